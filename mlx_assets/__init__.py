@@ -1,0 +1,1 @@
+"""The MLX asset graph, by lifecycle stage, and its Definitions."""

@@ -1,0 +1,65 @@
+"""Definitions from a composition: switching a plugin is a change of the composition only."""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+
+# BackfillPolicy.single_run() is "beta" in Dagster 1.13; one run per partition range is a
+# deliberate choice (a year of days in one run, not 365), so its warning is not news here.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    from mlx_assets import jobs
+    from mlx_assets.evaluation import evaluation
+    from mlx_assets.features import flight_features
+    from mlx_assets.ingest import raw
+    from mlx_assets.registry import registered_model
+    from mlx_assets.training import model, training_set
+from mlx_plugins.kernel.composition import Composition
+from mlx_plugins.kernel.errors import CompositionError
+
+STAGES = [raw, flight_features, training_set, model, evaluation, registered_model]
+REQUIRED_DATA_SOURCE = "flights"
+
+
+def platform_resources(composition: Composition) -> dict[str, object]:
+    """The non-plugin resources, all rooted in the platform's home folder."""
+    from mlx_resources.io_managers.polars_io import PolarsIOManager
+
+    from mlx_resources.model_registry import ModelRegistry
+    from mlx_resources.platform import Platform
+
+    try:
+        platform = Platform(**composition.settings)
+    except Exception as exc:
+        raise CompositionError(
+            composition.source,
+            "settings",
+            str(exc).splitlines()[0],
+            "see mlx_resources/platform.py for the fields",
+        ) from None
+    home = platform.home_path
+    return {
+        "platform": platform,
+        "model_registry": ModelRegistry(root=str(home / "registry")),
+        "io_manager": PolarsIOManager(base_path=str(home / "data")),
+        "object_io_manager": dg.FilesystemIOManager(base_dir=str(home / "objects")),
+    }
+
+
+def build_definitions(composition: Composition) -> dg.Definitions:
+    if not any(e.name == REQUIRED_DATA_SOURCE for e in composition.of_kind("data_source")):
+        raise CompositionError(
+            composition.source,
+            "plugins.data_source",
+            f"the lifecycle reads the data source named {REQUIRED_DATA_SOURCE!r}; none is",
+            f"add name: {REQUIRED_DATA_SOURCE} to one data_source entry",
+        )
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules(STAGES),
+        asset_checks=dg.load_asset_checks_from_modules(STAGES),
+        jobs=jobs.JOBS,
+        resources={**composition.resources(), **platform_resources(composition)},
+        executor=jobs.EXECUTOR,
+    )

@@ -1,0 +1,120 @@
+"""``mlx``: plugins, composition files and the lifecycle from the command line.
+
+mlx plugins list                  installed plugins by kind (no plugin module is imported)
+mlx config validate [FILE]        validate a composition file (exit 1 with a clear error)
+mlx health [FILE]                 open each used plugin and run its health check
+mlx lifecycle                     materialize what is missing or stale, in order
+mlx home                          print (and create) the local DAGSTER_HOME
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _plugins_list(_: argparse.Namespace) -> int:
+    from mlx_plugins.kernel.kinds import KINDS
+    from mlx_plugins.kernel.registry import default_registry
+
+    reg = default_registry()
+    for kind in KINDS.values():
+        print(f"{kind.name} ({kind.cardinality.describe()}): {kind.description}")
+        names = [s for s in reg if s.kind == kind.name]
+        for s in names:
+            print(f"  {s.name:<16} {s.target}  [{s.origin}]")
+        if not names:
+            print("  (none installed)")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from mlx_plugins.kernel.composition import load_composition
+
+    return load_composition(args.file, profile=args.profile)
+
+
+def _config_validate(args: argparse.Namespace) -> int:
+    from mlx_plugins.kernel.errors import CompositionError
+
+    try:
+        comp = _load(args)
+        from mlx_assets.build import build_definitions
+
+        build_definitions(comp)
+    except CompositionError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    print(f"valid: {comp.source}" + (f" (profile {comp.profile})" if comp.profile else ""))
+    for e in comp.entries:
+        secrets = f"  secrets from env: {', '.join(e.env_vars)}" if e.env_vars else ""
+        print(f"  {e.kind:<15} {e.name:<14} -> {e.plugin}{secrets}")
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    comp = _load(args)
+    ok = True
+    for key, plugin in comp.resources().items():
+        with plugin.session():
+            status = plugin.check_health()
+        ok &= status.healthy
+        mark = "ok " if status.healthy else "FAIL"
+        print(f"{mark} {key:<14} {status.detail} ({status.latency_ms:.0f} ms)")
+    return 0 if ok else 1
+
+
+def _home(_: argparse.Namespace) -> int:
+    from mlx_resources.instance_home import ensure_dagster_home
+
+    print(ensure_dagster_home())
+    return 0
+
+
+def _lifecycle(args: argparse.Namespace) -> int:
+    import os
+
+    from mlx_resources.instance_home import ensure_dagster_home
+
+    ensure_dagster_home()
+    if args.file:
+        os.environ["MLX_COMPOSITION"] = os.path.abspath(args.file)
+    if args.profile:
+        os.environ["MLX_PROFILE"] = args.profile
+    import dagster as dg
+
+    from mlx_assets.definitions import defs
+    from mlx_assets.lifecycle import run_lifecycle
+
+    with dg.DagsterInstance.get() as instance:
+        run_lifecycle(instance, defs, log=lambda m: print(f"[mlx] {m}", flush=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mlx", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    plugins = sub.add_parser("plugins", help="installed plugins")
+    plugins.add_argument("action", choices=["list"])
+    plugins.set_defaults(fn=_plugins_list)
+    config = sub.add_parser("config", help="composition files")
+    config.add_argument("action", choices=["validate"])
+    for p in (
+        config,
+        sub.add_parser("health", help="plugin health checks"),
+        sub.add_parser("lifecycle", help="materialize what is missing or stale"),
+    ):
+        p.add_argument("file", nargs="?", default=None, help="composition file (default mlx.yaml)")
+        p.add_argument("--profile", default=None, help="profile in the file (or MLX_PROFILE)")
+    sub.choices["config"].set_defaults(fn=_config_validate)
+    sub.choices["health"].set_defaults(fn=_health)
+    sub.choices["lifecycle"].set_defaults(fn=_lifecycle)
+    sub.add_parser("home", help="create and print the local DAGSTER_HOME").set_defaults(fn=_home)
+    args = parser.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

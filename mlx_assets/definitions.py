@@ -1,0 +1,6 @@
+"""The code location: Definitions built from the composition file (mlx.yaml)."""
+
+from mlx_assets.build import build_definitions
+from mlx_plugins.kernel.composition import load_composition
+
+defs = build_definitions(load_composition())

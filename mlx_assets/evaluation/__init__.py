@@ -1,0 +1,1 @@
+"""Evaluation: metrics on the test days and the blocking quality gate."""

@@ -1,0 +1,1 @@
+"""Features: flights joined with weather and planes, calendar and time-of-day features."""

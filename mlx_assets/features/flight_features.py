@@ -1,0 +1,101 @@
+"""Model features per flight, with the target: arrival more than 15 minutes late."""
+
+import dagster as dg
+import polars as pl
+
+from mlx_assets.frames import output
+from mlx_assets.partitions import DAILY_2013, SINGLE_RUN
+from mlx_assets.versioning import code_version
+
+DELAY_MINUTES = 15
+TARGET = "delayed"
+WEATHER_FEATURES = (
+    "temp",
+    "dewp",
+    "humid",
+    "wind_dir",
+    "wind_speed",
+    "wind_gust",
+    "precip",
+    "pressure",
+    "visib",
+)
+NUMERIC_FEATURES = (
+    "sched_dep_hour",
+    "sched_dep_minute_of_day",
+    "sched_arr_hour",
+    "distance",
+    "day_of_week",
+    "day_of_year",
+    "month",
+    "is_weekend",
+    "plane_age",
+    "seats",
+    "engines",
+    *WEATHER_FEATURES,
+)
+CATEGORICAL_FEATURES = ("carrier", "origin", "dest")
+
+
+def build_features(
+    flights: pl.DataFrame, weather: pl.DataFrame, planes: pl.DataFrame
+) -> pl.DataFrame:
+    """Pure polars, so the benchmark's plain script calls exactly this."""
+    # Cancelled and diverted flights have no arrival delay; they are not labelled.
+    labelled = flights.filter(pl.col("arr_delay").is_not_null())
+    wx = weather.select("origin", "time_hour", *WEATHER_FEATURES).unique(
+        subset=["origin", "time_hour"], keep="first", maintain_order=True
+    )
+    fleet = planes.select(
+        "tailnum",
+        (2013 - pl.col("year")).cast(pl.Float64).alias("plane_age"),
+        pl.col("seats").cast(pl.Float64),
+        pl.col("engines").cast(pl.Float64),
+    )
+    return (
+        labelled.join(wx, on=["origin", "time_hour"], how="left")
+        .join(fleet, on="tailnum", how="left")
+        .select(
+            "date",
+            "carrier",
+            "origin",
+            "dest",
+            (pl.col("sched_dep_time") // 100).cast(pl.Float64).alias("sched_dep_hour"),
+            ((pl.col("sched_dep_time") // 100) * 60 + pl.col("sched_dep_time") % 100)
+            .cast(pl.Float64)
+            .alias("sched_dep_minute_of_day"),
+            (pl.col("sched_arr_time") // 100).cast(pl.Float64).alias("sched_arr_hour"),
+            pl.col("distance").cast(pl.Float64),
+            pl.col("date").dt.weekday().cast(pl.Float64).alias("day_of_week"),
+            pl.col("date").dt.ordinal_day().cast(pl.Float64).alias("day_of_year"),
+            pl.col("date").dt.month().cast(pl.Float64).alias("month"),
+            (pl.col("date").dt.weekday() >= 6).cast(pl.Float64).alias("is_weekend"),
+            "plane_age",
+            "seats",
+            "engines",
+            *[pl.col(c).cast(pl.Float64) for c in WEATHER_FEATURES],
+            (pl.col("arr_delay") > DELAY_MINUTES).cast(pl.Int8).alias(TARGET),
+        )
+    )
+
+
+@dg.asset(
+    partitions_def=DAILY_2013,
+    backfill_policy=SINGLE_RUN,
+    group_name="features",
+    kinds={"polars", "parquet"},
+    code_version=code_version(__file__),
+    metadata={"partition_expr": "date"},
+    description=f"Flights with weather, plane and calendar features; target: arrival delay "
+    f"over {DELAY_MINUTES} minutes.",
+)
+def flight_features(
+    context: dg.AssetExecutionContext,
+    raw_flights: pl.DataFrame,
+    raw_weather: pl.DataFrame,
+    planes: pl.DataFrame,
+) -> dg.Output[pl.DataFrame]:
+    df = build_features(raw_flights, raw_weather, planes)
+    rate = float(df.get_column(TARGET).mean() or 0.0) if df.height else 0.0
+    context.log.info(f"{df.height} labelled flights, {rate:.1%} delayed")
+    return output(df, delayed_rate=dg.MetadataValue.float(rate))

@@ -1,0 +1,1 @@
+"""Ingest: source tables into partitioned parquet, with blocking schema and null checks."""

@@ -1,0 +1,1 @@
+"""Registry: registered, immutable model versions with lineage."""

@@ -1,0 +1,87 @@
+"""A new model version in the registry, with the lineage that produced it."""
+
+import dagster as dg
+
+from mlx_assets.evaluation.evaluation import Evaluation
+from mlx_assets.versioning import code_version
+from mlx_plugins.ml_platforms.base import TrainedModel
+from mlx_resources.model_registry import ModelLineage, ModelRegistry, ModelVersion
+from mlx_resources.platform import Platform
+
+LINEAGE_ASSETS = (
+    "raw_flights",
+    "raw_weather",
+    "planes",
+    "flight_features",
+    "training_set",
+    "model",
+    "model_evaluation",
+)
+
+
+def _latest(instance: dg.DagsterInstance, key: str) -> dg.EventLogEntry | None:
+    return instance.get_latest_materialization_event(dg.AssetKey(key))
+
+
+def collect_lineage(context: dg.AssetExecutionContext) -> ModelLineage:
+    instance = context.instance
+    code_versions: dict[str, str] = {}
+    for key in LINEAGE_ASSETS:
+        event = _latest(instance, key)
+        mat = event.asset_materialization if event else None
+        if mat and mat.tags and "dagster/code_version" in mat.tags:
+            code_versions[key] = mat.tags["dagster/code_version"]
+    ts = _latest(instance, "training_set")
+    ts_mat = ts.asset_materialization if ts else None
+    meta = ts_mat.metadata if ts_mat else {}
+    versions = meta.get("partition_data_versions")
+    versions_map: dict[str, str] = dict(versions.value) if versions is not None else {}  # type: ignore[arg-type]
+    return ModelLineage(
+        training_data_version=(ts_mat.tags or {}).get("dagster/data_version") if ts_mat else None,
+        partitions=sorted(versions_map),
+        partition_data_versions=versions_map,
+        code_versions=code_versions,
+        run_id=context.run_id,
+    )
+
+
+@dg.asset(
+    group_name="registry",
+    kinds={"python"},
+    code_version=code_version(__file__),
+    io_manager_key="object_io_manager",
+    description="The model version registered when evaluation passes the quality gate.",
+)
+def registered_model(
+    context: dg.AssetExecutionContext,
+    platform: Platform,
+    model_registry: ModelRegistry,
+    model: TrainedModel,
+    model_evaluation: Evaluation,
+) -> dg.Output[ModelVersion]:
+    lineage = collect_lineage(context)
+    version = model_registry.register(
+        platform.model_name,
+        model.artifact_path,
+        model.artifact_sha256,
+        metrics=model_evaluation.headline(),
+        config={
+            "platform": model.platform,
+            "params": model.params,
+            "features": model.spec.model_dump(exclude={"artifact_dir"}),
+            "window": platform.window.model_dump(),
+        },
+        lineage=lineage,
+    )
+    context.log.info(f"registered {version.tag} at {version.artifact_path}")
+    return dg.Output(
+        version,
+        data_version=dg.DataVersion(version.tag),
+        metadata={
+            "version": dg.MetadataValue.int(version.version),
+            "tag": version.tag,
+            "artifact": dg.MetadataValue.path(version.artifact_path),
+            "lineage": dg.MetadataValue.json(lineage.model_dump()),
+            **{k: dg.MetadataValue.float(v) for k, v in version.metrics.items()},
+        },
+    )

@@ -1,0 +1,82 @@
+"""The model, trained by whichever ``ml_platform`` the composition picks."""
+
+import uuid
+
+import dagster as dg
+import polars as pl
+
+from mlx_assets.features.flight_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGET
+from mlx_assets.training.training_set import SPLIT
+from mlx_assets.versioning import code_version
+from mlx_plugins.ml_platforms.base import EpochStats, MLPlatform, TrainedModel, TrainingSpec
+from mlx_resources.platform import Platform
+
+GPU_TAGS = {"mlx/gpu": "1"}
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"torch"},
+    code_version=code_version(__file__),
+    io_manager_key="object_io_manager",
+    pool="gpu",
+    op_tags=GPU_TAGS,
+    retry_policy=dg.RetryPolicy(max_retries=1),
+    description="Binary classifier of arrival delay; per-epoch loss is logged and plotted.",
+)
+def model(
+    context: dg.AssetExecutionContext,
+    platform: Platform,
+    ml_platform: MLPlatform,
+    training_set: pl.DataFrame,
+) -> dg.Output[TrainedModel]:
+    spec = TrainingSpec(
+        numeric_features=NUMERIC_FEATURES,
+        categorical_features=CATEGORICAL_FEATURES,
+        target=TARGET,
+        artifact_dir=str(
+            platform.path("artifacts", "models", f"{context.run_id}-{uuid.uuid4().hex[:6]}")
+        ),
+    )
+    train = training_set.filter(pl.col(SPLIT) == "train")
+    valid = training_set.filter(pl.col(SPLIT) == "valid")
+    context.log.info(f"training on {train.height} rows, validating on {valid.height}")
+
+    def on_epoch(e: EpochStats) -> None:
+        context.log.info(
+            f"epoch {e.epoch}: train_loss={e.train_loss:.4f} valid_loss={e.valid_loss:.4f} "
+            f"({e.samples_per_second:,.0f} samples/s)"
+        )
+        # One observation per epoch: the asset's Plots tab draws the loss curve as it trains.
+        context.log_event(
+            dg.AssetObservation(
+                asset_key="model",
+                metadata={
+                    "epoch": dg.MetadataValue.int(e.epoch),
+                    "train_loss": dg.MetadataValue.float(e.train_loss),
+                    "valid_loss": dg.MetadataValue.float(e.valid_loss),
+                    "samples_per_second": dg.MetadataValue.float(e.samples_per_second),
+                },
+            )
+        )
+
+    trained = ml_platform.train(train, valid, spec, on_epoch=on_epoch)
+    last = trained.history[-1]
+    return dg.Output(
+        trained,
+        data_version=dg.DataVersion(trained.artifact_sha256[:24]),
+        metadata={
+            "train_loss": dg.MetadataValue.float(last.train_loss),
+            "valid_loss": dg.MetadataValue.float(last.valid_loss),
+            "loss_curve": dg.MetadataValue.md(
+                "| epoch | train loss | valid loss | samples/s |\n|---|---|---|---|\n"
+                + "\n".join(
+                    f"| {e.epoch} | {e.train_loss:.4f} | {e.valid_loss:.4f} | {e.samples_per_second:,.0f} |"
+                    for e in trained.history
+                )
+            ),
+            "samples_per_second": dg.MetadataValue.float(last.samples_per_second),
+            "device": trained.device,
+            "artifact": dg.MetadataValue.path(trained.artifact_path),
+        },
+    )

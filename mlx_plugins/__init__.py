@@ -1,0 +1,1 @@
+"""MLX plugins: the kernel (mlx_plugins.kernel) and the plugins, one folder per kind."""

@@ -1,0 +1,1 @@
+"""Data source plugins: read source tables as polars frames."""

@@ -1,0 +1,1 @@
+"""Drift detector plugins: compare a current partition with a reference window."""

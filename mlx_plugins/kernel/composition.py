@@ -1,0 +1,458 @@
+"""The composition file: which plugins this platform uses, and their config.
+
+Format (``mlx.yaml``)::
+
+    plugins:
+      ml_platform: {plugin: local_torch, config: {epochs: 8}}
+      data_source:
+        - {name: flights, plugin: nycflights13}
+      drift_detector: polars            # shorthand for {plugin: polars}
+    profiles:
+      prod:                             # deep-merged over the base when MLX_PROFILE=prod
+        plugins:
+          ml_platform: {plugin: databricks, config: {token: {env: DATABRICKS_TOKEN}}}
+
+Secrets are never written in the file: ``{env: NAME}`` becomes a Dagster ``EnvVar`` that is
+read at run time, so its value appears neither in the definitions nor in the UI.
+
+Environment overrides: ``MLX_COMPOSITION`` (file), ``MLX_PROFILE`` (profile) and
+``MLX__A__B=value`` which sets ``a.b`` (YAML-parsed) after the profile is applied, e.g.
+``MLX__PLUGINS__ML_PLATFORM__CONFIG__EPOCHS=2``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlx_plugins.kernel.errors import CompositionError, PluginNotFoundError
+from mlx_plugins.kernel.kinds import KINDS
+from mlx_plugins.kernel.registry import PluginRegistry, PluginSpec, default_registry
+
+DEFAULT_FILE = "mlx.yaml"
+ENV_FILE = "MLX_COMPOSITION"
+ENV_PROFILE = "MLX_PROFILE"
+ENV_OVERRIDE_PREFIX = "MLX__"
+_TOP_LEVEL_KEYS = ("plugins", "profiles", "settings")
+
+
+class PluginEntry(BaseModel):
+    """One plugin in use, validated."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    name: str = Field(description="Resource key in Definitions.")
+    plugin: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    env_vars: tuple[str, ...] = ()
+    """Environment variables the config reads at run time (secrets)."""
+    spec: PluginSpec
+
+
+class Composition(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    profile: str | None
+    entries: tuple[PluginEntry, ...]
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    def of_kind(self, kind: str) -> tuple[PluginEntry, ...]:
+        return tuple(e for e in self.entries if e.kind == kind)
+
+    def resources(self) -> dict[str, Any]:
+        """Plugin instances by resource key. Imports each used plugin's module, no others."""
+        out: dict[str, Any] = {}
+        for entry in self.entries:
+            out[entry.name] = _instantiate(self.source, entry)
+        return out
+
+
+def find_composition_file(path: str | os.PathLike[str] | None = None) -> Path:
+    if path is not None:
+        return Path(path)
+    if env := os.environ.get(ENV_FILE):
+        return Path(env)
+    here = Path.cwd() / DEFAULT_FILE
+    if here.exists():
+        return here
+    return Path(__file__).resolve().parents[2] / DEFAULT_FILE
+
+
+def load_composition(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    registry: PluginRegistry | None = None,
+) -> Composition:
+    environ = os.environ if environ is None else environ
+    file = find_composition_file(path if path is not None else environ.get(ENV_FILE))
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise CompositionError(
+            str(file),
+            "(file)",
+            "composition file not found",
+            f"create it (see README 'Switching plugins') or point {ENV_FILE} at one",
+        ) from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise CompositionError(
+            str(file), "(file)", f"not valid YAML: {exc}", "fix the syntax"
+        ) from None
+    return parse_composition(
+        raw, source=str(file), profile=profile, environ=environ, registry=registry
+    )
+
+
+def parse_composition(
+    raw: Any,
+    *,
+    source: str = "<composition>",
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    registry: PluginRegistry | None = None,
+) -> Composition:
+    environ = os.environ if environ is None else environ
+    registry = registry or default_registry()
+    if not isinstance(raw, dict):
+        raise CompositionError(source, "(top level)", "must be a mapping", "start with 'plugins:'")
+    for key in raw:
+        if key not in _TOP_LEVEL_KEYS:
+            raise CompositionError(
+                source,
+                str(key),
+                "unknown top-level key",
+                f"use one of: {', '.join(_TOP_LEVEL_KEYS)}",
+            )
+    profile = profile or environ.get(ENV_PROFILE) or None
+    merged = _apply_profile(source, raw, profile)
+    merged = _apply_env_overrides(source, merged, environ)
+
+    plugins = merged.get("plugins") or {}
+    if not isinstance(plugins, dict):
+        raise CompositionError(
+            source,
+            "plugins",
+            "must be a mapping of kind to plugins",
+            f"use kinds as keys: {', '.join(KINDS)}",
+        )
+    entries: list[PluginEntry] = []
+    for kind_name, value in plugins.items():
+        if kind_name not in KINDS:
+            hint = ""
+            if isinstance(kind_name, str) and (kinds := registry.kinds_of(kind_name)):
+                hint = f" ({kind_name!r} is a {kinds[0]} plugin; put it under {kinds[0]}:)"
+            raise CompositionError(
+                source,
+                f"plugins.{kind_name}",
+                f"unknown plugin kind{hint}",
+                f"use one of: {', '.join(KINDS)}",
+            )
+        entries.extend(_parse_kind(source, kind_name, value, registry, environ))
+
+    for kind in KINDS.values():
+        found = [e for e in entries if e.kind == kind.name]
+        if not kind.cardinality.allows(len(found)):
+            names = ", ".join(f"{e.plugin!r}" for e in found) or "none"
+            fix = (
+                f"keep one {kind.name} and remove the others"
+                if len(found) > 1
+                else f"add one, e.g. plugins.{kind.name}: "
+                f"{(registry.names(kind.name) or ['<plugin>'])[0]}"
+            )
+            raise CompositionError(
+                source,
+                f"plugins.{kind.name}",
+                f"a platform uses {kind.cardinality.describe()} of kind {kind.name}; "
+                f"found {len(found)}: {names}",
+                fix,
+            )
+    seen: dict[str, PluginEntry] = {}
+    for e in entries:
+        if e.name in seen:
+            raise CompositionError(
+                source,
+                f"plugins.{e.kind}",
+                f"two plugins share the name {e.name!r} ({seen[e.name].kind} "
+                f"{seen[e.name].plugin!r} and {e.kind} {e.plugin!r})",
+                "give one of them another 'name:'",
+            )
+        seen[e.name] = e
+    settings = merged.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise CompositionError(source, "settings", "must be a mapping", "use key: value pairs")
+    return Composition(source=source, profile=profile, entries=tuple(entries), settings=settings)
+
+
+# -- internals ---------------------------------------------------------------------------------
+
+
+def _deep_merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _deep_merge(base[k], v) if k in base else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(over)
+
+
+def _apply_profile(source: str, raw: dict[str, Any], profile: str | None) -> dict[str, Any]:
+    base = {k: v for k, v in raw.items() if k != "profiles"}
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise CompositionError(
+            source,
+            "profiles",
+            "must be a mapping of profile name to overrides",
+            "e.g. profiles: {prod: {plugins: {...}}}",
+        )
+    if profile is None or (profile == "local" and "local" not in profiles):
+        return base
+    if profile not in profiles:
+        known = ", ".join(sorted(profiles)) or "none defined"
+        raise CompositionError(
+            source,
+            f"profiles.{profile}",
+            "no such profile",
+            f"set {ENV_PROFILE} to one of: {known}",
+        )
+    over = profiles[profile] or {}
+    if not isinstance(over, dict):
+        raise CompositionError(
+            source,
+            f"profiles.{profile}",
+            "must be a mapping",
+            "write overrides as in the base file",
+        )
+    merged: dict[str, Any] = _deep_merge(base, over)
+    return merged
+
+
+def _apply_env_overrides(
+    source: str, data: dict[str, Any], environ: Mapping[str, str]
+) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for var in sorted(environ):
+        if not var.startswith(ENV_OVERRIDE_PREFIX):
+            continue
+        path = [p.lower() for p in var[len(ENV_OVERRIDE_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        node: Any = data
+        for part in path[:-1]:
+            if not isinstance(node, dict):
+                raise CompositionError(
+                    source,
+                    ".".join(path),
+                    f"{var} points into a non-mapping",
+                    f"unset {var} or fix its path",
+                )
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise CompositionError(
+                source,
+                ".".join(path),
+                f"{var} points into a non-mapping",
+                f"unset {var} or fix its path",
+            )
+        node[path[-1]] = yaml.safe_load(environ[var])
+    return data
+
+
+def _parse_kind(
+    source: str, kind: str, value: Any, registry: PluginRegistry, environ: Mapping[str, str]
+) -> list[PluginEntry]:
+    if value is None:
+        return []
+    if isinstance(value, (str, dict)):
+        items = [value]
+        keys = [f"plugins.{kind}"]
+    elif isinstance(value, list):
+        items = value
+        keys = [f"plugins.{kind}[{i}]" for i in range(len(value))]
+    else:
+        raise CompositionError(
+            source,
+            f"plugins.{kind}",
+            f"unexpected {type(value).__name__}",
+            "write a plugin name, a {plugin: ..., config: ...} mapping or a list",
+        )
+    single = KINDS[kind].cardinality.singular
+    return [
+        _parse_entry(source, key, kind, item, registry, environ, single)
+        for key, item in zip(keys, items, strict=True)
+    ]
+
+
+def _parse_entry(
+    source: str,
+    key: str,
+    kind: str,
+    item: Any,
+    registry: PluginRegistry,
+    environ: Mapping[str, str],
+    single: bool,
+) -> PluginEntry:
+    if isinstance(item, str):
+        item = {"plugin": item}
+    if not isinstance(item, dict):
+        raise CompositionError(
+            source,
+            key,
+            f"unexpected {type(item).__name__}",
+            "write a plugin name or a {plugin: ..., config: ...} mapping",
+        )
+    allowed = {"plugin", "name", "config"}
+    for k in item:
+        if k not in allowed:
+            raise CompositionError(
+                source, f"{key}.{k}", "unknown key", f"use only: {', '.join(sorted(allowed))}"
+            )
+    plugin = item.get("plugin")
+    if not isinstance(plugin, str) or not plugin:
+        raise CompositionError(
+            source,
+            f"{key}.plugin",
+            "missing plugin name",
+            f"name one of: {', '.join(registry.names(kind)) or 'none installed'}",
+        )
+    try:
+        spec = registry.get(kind, plugin)
+    except PluginNotFoundError:
+        other = registry.kinds_of(plugin)
+        if other:
+            raise CompositionError(
+                source,
+                f"{key}.plugin",
+                f"plugin {plugin!r} is a {other[0]}, not a {kind}",
+                f"move it under plugins.{other[0]}, or use a {kind}: "
+                f"{', '.join(registry.names(kind)) or 'none installed'}",
+            ) from None
+        raise CompositionError(
+            source,
+            f"{key}.plugin",
+            f"unknown {kind} plugin {plugin!r}",
+            f"use one of the installed {kind} plugins: "
+            f"{', '.join(registry.names(kind)) or 'none installed'} "
+            "(or install the package that provides it)",
+        ) from None
+    config = item.get("config") or {}
+    if not isinstance(config, dict):
+        raise CompositionError(
+            source,
+            f"{key}.config",
+            "must be a mapping of field to value",
+            "write config: {field: value}",
+        )
+    name = item.get("name") or (kind if single else plugin)
+    if single and item.get("name") not in (None, kind):
+        raise CompositionError(
+            source,
+            f"{key}.name",
+            f"a {kind} is always wired as resource {kind!r}",
+            "remove 'name:'",
+        )
+    env_vars = tuple(_env_refs(source, f"{key}.config", config, environ))
+    entry = PluginEntry(
+        kind=kind, name=name, plugin=plugin, config=config, env_vars=env_vars, spec=spec
+    )
+    _instantiate(source, entry, key=key)  # validates the config now; cheap, no clients opened
+    return entry
+
+
+def _env_refs(source: str, key: str, value: Any, environ: Mapping[str, str]) -> list[str]:
+    found: list[str] = []
+    if isinstance(value, dict):
+        if set(value) == {"env"}:
+            var = value["env"]
+            if not isinstance(var, str) or not var:
+                raise CompositionError(
+                    source, key, "'env:' needs a variable name", "write {env: VARIABLE_NAME}"
+                )
+            if var not in environ:
+                raise CompositionError(
+                    source,
+                    key,
+                    f"secret environment variable {var} is not set",
+                    f"export {var}=... (or set it in the deployment's secrets)",
+                )
+            return [var]
+        for k, v in value.items():
+            found += _env_refs(source, f"{key}.{k}", v, environ)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _env_refs(source, f"{key}[{i}]", v, environ)
+    return found
+
+
+def _resolve(value: Any) -> Any:
+    import dagster as dg
+
+    if isinstance(value, dict):
+        if set(value) == {"env"}:
+            return dg.EnvVar(value["env"])
+        return {k: _resolve(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v) for v in value]
+    return value
+
+
+def _instantiate(source: str, entry: PluginEntry, key: str | None = None) -> Any:
+    key = key or f"plugins.{entry.kind}"
+    try:
+        cls = entry.spec.load()
+    except Exception as exc:
+        raise CompositionError(
+            source,
+            f"{key}.plugin",
+            f"plugin {entry.plugin!r} ({entry.spec.target}) failed to load: "
+            f"{type(exc).__name__}: {exc}",
+            "install the plugin's extra (see README) or fix the plugin package",
+        ) from exc
+    fields = cls.model_fields
+    for field in entry.config:
+        if field not in fields:
+            known = ", ".join(sorted(f for f in fields if not f.startswith("_"))) or "none"
+            raise CompositionError(
+                source,
+                f"{key}.config.{field}",
+                f"unknown config field for plugin {entry.plugin!r}",
+                f"use one of its fields: {known}",
+            )
+    secret_fields = {f for f in entry.config if _has_env(entry.config[f])}
+    try:
+        return cls(**_resolve(entry.config))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        field = str(err["loc"][0]) if err["loc"] else ""
+        annotation = fields[field].annotation if field in fields else None
+        expected = getattr(annotation, "__name__", None) or str(annotation)
+        given = (
+            "a secret from the environment" if field in secret_fields else f"{err.get('input')!r}"
+        )
+        raise CompositionError(
+            source,
+            f"{key}.config.{loc}",
+            f"{err['msg']} (got {given})",
+            f"give a value of type {expected}" if annotation else "fix the value",
+        ) from None
+
+
+def _has_env(value: Any) -> bool:
+    if isinstance(value, dict):
+        return set(value) == {"env"} or any(_has_env(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_env(v) for v in value)
+    return False

@@ -1,0 +1,1 @@
+"""LLM provider plugins: any number, called in parallel."""

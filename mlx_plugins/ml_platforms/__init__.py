@@ -1,0 +1,1 @@
+"""ML platform plugins: train and score models."""

@@ -1,0 +1,1 @@
+"""Model server plugins: package and serve registered models."""

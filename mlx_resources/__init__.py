@@ -1,0 +1,1 @@
+"""Platform machinery that is not a swappable plugin: IO managers, run launchers, the model registry, telemetry."""

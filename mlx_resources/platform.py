@@ -1,0 +1,83 @@
+"""``platform``: the composition's ``settings:`` block as a typed resource.
+
+It carries what every stage needs and no plugin owns: the local home folder, the training
+window, the quality gate. Dates are ISO strings because Dagster config has no date type.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field, field_validator, model_validator
+
+HOME_ENV = "MLX_HOME"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _iso(v: str) -> str:
+    try:
+        date.fromisoformat(v)
+    except ValueError:
+        raise ValueError(f"{v!r} is not an ISO date (YYYY-MM-DD)") from None
+    return v
+
+
+class TrainingWindow(dg.Config):
+    """Days that train, validate and test the model, split by time (never at random)."""
+
+    train_start: str = "2013-01-01"
+    train_end: str = "2013-08-31"
+    valid_days: int = Field(default=30, ge=1, description="Last days of the train window held out.")
+    test_start: str = "2013-09-01"
+    test_end: str = "2013-10-31"
+
+    _check_dates = field_validator("train_start", "train_end", "test_start", "test_end")(_iso)
+
+    @model_validator(mode="after")
+    def _order(self) -> TrainingWindow:
+        a, b, c, d = (
+            date.fromisoformat(x)
+            for x in (self.train_start, self.train_end, self.test_start, self.test_end)
+        )
+        if not a < b < c <= d:
+            raise ValueError("need train_start < train_end < test_start <= test_end")
+        if (b - a).days <= self.valid_days:
+            raise ValueError("valid_days must be shorter than the training window")
+        return self
+
+    def dates(self) -> tuple[date, date, date, date, date]:
+        """train_start, valid_start, train_end, test_start, test_end."""
+        a, b, c, d = (
+            date.fromisoformat(x)
+            for x in (self.train_start, self.train_end, self.test_start, self.test_end)
+        )
+        from datetime import timedelta
+
+        return a, b - timedelta(days=self.valid_days - 1), b, c, d
+
+
+class QualityGate(dg.Config):
+    min_roc_auc: float = Field(default=0.6, ge=0, le=1)
+    max_log_loss_ratio: float = Field(
+        default=1.0, gt=0, description="Model log loss over the base-rate predictor's."
+    )
+
+
+class Platform(dg.ConfigurableResource):
+    home: str = Field(default="", description=f"Local data home; {HOME_ENV} overrides.")
+    model_name: str = "flight_delay"
+    window: TrainingWindow = TrainingWindow()
+    quality_gate: QualityGate = QualityGate()
+
+    @property
+    def home_path(self) -> Path:
+        raw = os.environ.get(HOME_ENV) or self.home or str(REPO_ROOT / ".mlx_home")
+        return Path(raw).expanduser().resolve()
+
+    def path(self, *parts: str) -> Path:
+        p = self.home_path.joinpath(*parts)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
