@@ -26,7 +26,6 @@ REQUIRED_DATA_SOURCE = "flights"
 def platform_resources(composition: Composition) -> dict[str, object]:
     """The non-plugin resources, all rooted in the platform's home folder."""
     from mlx_resources.io_managers.polars_io import PolarsIOManager
-
     from mlx_resources.model_registry import ModelRegistry
     from mlx_resources.platform import Platform
 

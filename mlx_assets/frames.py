@@ -13,7 +13,7 @@ import polars as pl
 
 
 def frame_hash(df: pl.DataFrame) -> str:
-    """Order-sensitive hash of schema and values (polars row hash; stable within a polars version)."""
+    """Order-sensitive hash of schema and values (stable within one polars version)."""
     h = hashlib.sha256(repr(list(df.schema.items())).encode())
     h.update(str(df.height).encode())
     if df.height and df.width:

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mlx_assets.evaluation.metrics import CalibrationBin, brier, calibration, log_loss, roc_auc
 from mlx_assets.features.flight_features import TARGET
+from mlx_assets.markdown import md_table
 from mlx_assets.training.training_set import SPLIT
 from mlx_assets.versioning import code_version
 from mlx_plugins.ml_platforms.base import MLPlatform, TrainedModel
@@ -108,18 +109,32 @@ def model_evaluation(
         metadata={
             **{k: dg.MetadataValue.float(v) for k, v in ev.headline().items()},
             "calibration": dg.MetadataValue.md(
-                "| bin | n | predicted | observed |\n|---|---|---|---|\n"
-                + "\n".join(
-                    f"| {b.lower:.1f}-{b.upper:.1f} | {b.count} | {b.mean_predicted:.3f} | "
-                    f"{b.observed_rate:.3f} |"
-                    for b in ev.calibration
+                md_table(
+                    ["bin", "n", "predicted", "observed"],
+                    (
+                        [
+                            f"{b.lower:.1f}-{b.upper:.1f}",
+                            b.count,
+                            f"{b.mean_predicted:.3f}",
+                            f"{b.observed_rate:.3f}",
+                        ]
+                        for b in ev.calibration
+                    ),
                 )
             ),
             "by_carrier": dg.MetadataValue.md(
-                "| carrier | rows | delayed | ROC AUC | log loss |\n|---|---|---|---|---|\n"
-                + "\n".join(
-                    f"| {c} | {s.rows} | {s.positive_rate:.3f} | {s.roc_auc:.3f} | {s.log_loss:.4f} |"
-                    for c, s in ev.by_carrier.items()
+                md_table(
+                    ["carrier", "rows", "delayed", "ROC AUC", "log loss"],
+                    (
+                        [
+                            c,
+                            s.rows,
+                            f"{s.positive_rate:.3f}",
+                            f"{s.roc_auc:.3f}",
+                            f"{s.log_loss:.4f}",
+                        ]
+                        for c, s in ev.by_carrier.items()
+                    ),
                 )
             ),
         },

@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 
 from mlx_assets.features.flight_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGET
+from mlx_assets.markdown import md_table
 from mlx_assets.training.training_set import SPLIT
 from mlx_assets.versioning import code_version
 from mlx_plugins.ml_platforms.base import EpochStats, MLPlatform, TrainedModel, TrainingSpec
@@ -69,10 +70,17 @@ def model(
             "train_loss": dg.MetadataValue.float(last.train_loss),
             "valid_loss": dg.MetadataValue.float(last.valid_loss),
             "loss_curve": dg.MetadataValue.md(
-                "| epoch | train loss | valid loss | samples/s |\n|---|---|---|---|\n"
-                + "\n".join(
-                    f"| {e.epoch} | {e.train_loss:.4f} | {e.valid_loss:.4f} | {e.samples_per_second:,.0f} |"
-                    for e in trained.history
+                md_table(
+                    ["epoch", "train loss", "valid loss", "samples/s"],
+                    (
+                        [
+                            e.epoch,
+                            f"{e.train_loss:.4f}",
+                            f"{e.valid_loss:.4f}",
+                            f"{e.samples_per_second:,.0f}",
+                        ]
+                        for e in trained.history
+                    ),
                 )
             ),
             "samples_per_second": dg.MetadataValue.float(last.samples_per_second),

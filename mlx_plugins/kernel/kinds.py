@@ -46,7 +46,7 @@ class PluginKind(BaseModel):
     cardinality: Cardinality
     description: str
     base_class: str
-    """Import path ``module:Class`` of the kind's abstract base; every plugin of it subclasses it."""
+    """``module:Class`` of the kind's abstract base, which every plugin of the kind subclasses."""
 
 
 KINDS: dict[str, PluginKind] = {

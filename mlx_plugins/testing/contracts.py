@@ -1,0 +1,146 @@
+"""The contracts, one class per kind. Each test asserts behaviour a broken plugin would fail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mlx_plugins.kernel.base import HealthStatus, MLXPlugin
+from mlx_plugins.kernel.kinds import KINDS
+from mlx_plugins.kernel.metadata import PluginMetadata
+from mlx_plugins.kernel.registry import import_target
+
+
+class PluginContract:
+    """What every plugin promises: metadata, kind, lifecycle and a health check."""
+
+    @pytest.fixture
+    def plugin(self) -> MLXPlugin:  # pragma: no cover - the subclass provides it
+        raise NotImplementedError("provide a `plugin` fixture returning a configured instance")
+
+    def test_metadata_is_valid(self, plugin: MLXPlugin) -> None:
+        meta = type(plugin).metadata
+        assert isinstance(meta, PluginMetadata)
+        # Round-trips through validation: name, kind, semver and capabilities are well formed.
+        assert PluginMetadata.model_validate(meta.model_dump()) == meta
+
+    def test_subclasses_its_kind(self, plugin: MLXPlugin) -> None:
+        kind = KINDS[type(plugin).metadata.kind]
+        assert isinstance(plugin, import_target(kind.base_class))
+
+    def test_lifecycle_is_idempotent(self, plugin: MLXPlugin) -> None:
+        plugin.open()
+        plugin.open()
+        plugin.close()
+        plugin.close()
+        with plugin.session() as p:
+            assert p is plugin
+
+    def test_health_check_reports(self, plugin: MLXPlugin) -> None:
+        with plugin.session():
+            status = plugin.check_health()
+        assert isinstance(status, HealthStatus)
+        assert status.healthy, status.detail
+        assert status.latency_ms >= 0
+
+    def test_is_a_frozen_resource(self, plugin: MLXPlugin) -> None:
+        fields = [f for f in type(plugin).model_fields if not f.startswith("_")]
+        if not fields:
+            pytest.skip("plugin has no config fields")
+        with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own frozen error
+            setattr(plugin, fields[0], getattr(plugin, fields[0]))
+
+
+class DataSourceContract(PluginContract):
+    """Tables are declared; a partition read returns a polars frame with the declared schema."""
+
+    sample_partition: Any = None  # a datetime.date inside the source's data
+
+    def test_declares_tables(self, plugin: Any) -> None:
+        tables = plugin.tables()
+        assert tables, "a data source declares at least one table"
+        for name, info in tables.items():
+            assert info.name == name
+
+    def test_reads_with_declared_schema(self, plugin: Any) -> None:
+        import polars as pl
+
+        with plugin.session():
+            for name, info in plugin.tables().items():
+                day = self.sample_partition if info.partition_column else None
+                df = plugin.read(name, day, day)
+                assert isinstance(df, pl.DataFrame)
+                assert dict(df.schema) == plugin.schema(name), name
+                if info.partition_column and day is not None:
+                    assert df.height > 0, f"{name} has no rows for {day}"
+                    assert set(df[info.partition_column].unique().to_list()) == {day}
+
+    def test_unknown_table_is_a_clear_error(self, plugin: Any) -> None:
+        with pytest.raises(KeyError, match="no table 'no_such_table'"):
+            plugin.read("no_such_table")
+
+
+def _learnable_frame(n: int, seed: int) -> Any:
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    cat = rng.choice(["a", "b", "c"], size=n)
+    logit = 2.5 * x + np.where(cat == "a", 1.5, -0.5)
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
+    return pl.DataFrame({"x": x, "noise": rng.normal(size=n), "cat": cat, "y": y})
+
+
+class MLPlatformContract(PluginContract):
+    """Trains on a learnable problem, beats chance, and predicts probabilities."""
+
+    def test_trains_and_predicts(self, plugin: Any, tmp_path: Any) -> None:
+        import numpy as np
+
+        from mlx_plugins.ml_platforms.base import TrainedModel, TrainingSpec
+
+        train, valid, test = (_learnable_frame(n, s) for n, s in ((4000, 1), (1000, 2), (2000, 3)))
+        spec = TrainingSpec(
+            numeric_features=("x", "noise"),
+            categorical_features=("cat",),
+            target="y",
+            artifact_dir=str(tmp_path / "model"),
+        )
+        epochs: list[Any] = []
+        with plugin.session():
+            model = plugin.train(train, valid, spec, on_epoch=epochs.append)
+            assert isinstance(model, TrainedModel)
+            assert epochs and len(model.history) == len(epochs)
+            p = plugin.predict_proba(model, test)
+        assert p.shape == (test.height,)
+        assert np.all((p >= 0) & (p <= 1))
+        from mlx_assets.evaluation.metrics import roc_auc
+
+        assert roc_auc(test["y"].to_numpy(), p) > 0.75
+
+
+class DriftDetectorContract(PluginContract):
+    """Same distribution: no dataset drift. Shifted distribution: drift, on the shifted column."""
+
+    def test_detects_shift_and_not_noise(self, plugin: Any) -> None:
+        import numpy as np
+        import polars as pl
+
+        rng = np.random.default_rng(0)
+        n = 5000
+        ref = pl.DataFrame(
+            {"a": rng.normal(size=n), "b": rng.normal(size=n), "c": rng.choice(["x", "y"], size=n)}
+        )
+        same = pl.DataFrame(
+            {"a": rng.normal(size=n), "b": rng.normal(size=n), "c": rng.choice(["x", "y"], size=n)}
+        )
+        shifted = same.with_columns((pl.col("a") + 2).alias("a"), (pl.col("b") * 3).alias("b"))
+        with plugin.session():
+            calm = plugin.compare(ref, same)
+            moved = plugin.compare(ref, shifted)
+        assert not calm.dataset_drift
+        assert moved.dataset_drift
+        assert {"a", "b"} <= set(moved.drifted_columns)
+        assert "c" not in moved.drifted_columns

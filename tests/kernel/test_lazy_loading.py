@@ -1,0 +1,56 @@
+"""Loading the code location imports no heavy library and no unused plugin module."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = (
+    "torch",
+    "bentoml",
+    "snowflake",
+    "dagster_snowflake",
+    "dagster_databricks",
+    "pyspark",
+    "scipy",
+    "sklearn",
+    "pandas",
+    "evidently",
+)
+UNUSED_PLUGIN_MODULES = ("mlx_plugins.ml_platforms.torch_mlp",)
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_definitions_import_no_heavy_library():
+    loaded = _modules_after("import mlx_assets.definitions as d; d.defs.resolve_asset_graph()")
+    assert "mlx_plugins.ml_platforms.local_torch" in loaded  # used by the composition
+    for name in HEAVY + UNUSED_PLUGIN_MODULES:
+        assert name not in loaded, f"{name} was imported while loading the code location"
+
+
+def test_registry_listing_imports_no_plugin_module():
+    loaded = _modules_after(
+        "from mlx_plugins.kernel.registry import default_registry\n"
+        "names = [s.name for s in default_registry()]"
+    )
+    assert not any(
+        m.startswith(
+            (
+                "mlx_plugins.data_sources.",
+                "mlx_plugins.ml_platforms.",
+                "mlx_plugins.drift_detectors.",
+            )
+        )
+        for m in loaded
+    )
+    assert "polars" not in loaded
