@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import warnings
-
 import dagster as dg
+from pydantic import ValidationError
 
-# BackfillPolicy.single_run() is "beta" in Dagster 1.13; one run per partition range is a
-# deliberate choice (a year of days in one run, not 365), so its warning is not news here.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", dg.BetaWarning)
-    from mlx_assets import jobs
-    from mlx_assets.evaluation import evaluation
-    from mlx_assets.features import flight_features
-    from mlx_assets.ingest import raw
-    from mlx_assets.registry import registered_model
-    from mlx_assets.training import model, training_set
+from mlx_assets import jobs
+from mlx_assets.evaluation import evaluation
+from mlx_assets.features import flight_features
+from mlx_assets.ingest import raw
+from mlx_assets.registry import registered_model
+from mlx_assets.training import model, training_set
 from mlx_plugins.kernel.composition import Composition
-from mlx_plugins.kernel.errors import CompositionError
+from mlx_plugins.kernel.errors import CompositionError, from_validation_error
 
 STAGES = [raw, flight_features, training_set, model, evaluation, registered_model]
 REQUIRED_DATA_SOURCE = "flights"
@@ -31,6 +26,10 @@ def platform_resources(composition: Composition) -> dict[str, object]:
 
     try:
         platform = Platform(**composition.settings)
+    except ValidationError as exc:
+        raise from_validation_error(
+            composition.source, "settings", exc, Platform.model_fields
+        ) from None
     except Exception as exc:
         raise CompositionError(
             composition.source,

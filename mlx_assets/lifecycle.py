@@ -25,9 +25,8 @@ class LifecyclePlan:
 
 
 def _resolver(instance: dg.DagsterInstance, defs: dg.Definitions):
-    from dagster._core.definitions.asset_graph_view.asset_graph_view import AssetGraphView
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
     from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._core.definitions.temporal_context import TemporalContext
     from dagster._time import get_current_datetime
 
     graph = defs.resolve_asset_graph()
@@ -40,8 +39,9 @@ def _resolver(instance: dg.DagsterInstance, defs: dg.Definitions):
 
 
 def _job_keys(defs: dg.Definitions, job_name: str) -> list[dg.AssetKey]:
-    graph = defs.resolve_asset_graph()
-    return sorted(graph.get_materialization_asset_keys_for_job(job_name))
+    from mlx_assets.jobs import JOB_ASSETS
+
+    return [dg.AssetKey(k) for k in JOB_ASSETS[job_name]]
 
 
 def plan(

@@ -17,7 +17,11 @@ HOME_ENV = "MLX_HOME"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _iso(v: str) -> str:
+def _iso(v: object) -> str:
+    if isinstance(v, date):  # YAML reads 2013-01-01 as a date
+        return v.isoformat()
+    if not isinstance(v, str):
+        raise ValueError(f"{v!r} is not an ISO date (YYYY-MM-DD)")
     try:
         date.fromisoformat(v)
     except ValueError:
@@ -34,7 +38,9 @@ class TrainingWindow(dg.Config):
     test_start: str = "2013-09-01"
     test_end: str = "2013-10-31"
 
-    _check_dates = field_validator("train_start", "train_end", "test_start", "test_end")(_iso)
+    _check_dates = field_validator(
+        "train_start", "train_end", "test_start", "test_end", mode="before"
+    )(_iso)
 
     @model_validator(mode="after")
     def _order(self) -> TrainingWindow:

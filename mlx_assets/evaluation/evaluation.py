@@ -1,7 +1,8 @@
 """Model evaluation on the test days, and the quality gate that blocks registration."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
-import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
@@ -12,6 +13,9 @@ from mlx_assets.training.training_set import SPLIT
 from mlx_assets.versioning import code_version
 from mlx_plugins.ml_platforms.base import MLPlatform, TrainedModel
 from mlx_resources.platform import Platform
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class SliceMetrics(BaseModel):
@@ -47,7 +51,11 @@ class Evaluation(BaseModel):
         }
 
 
-def evaluate(y: np.ndarray, p: np.ndarray, carriers: np.ndarray, base_rate: float) -> Evaluation:
+def evaluate(
+    y: "np.ndarray", p: "np.ndarray", carriers: "np.ndarray", base_rate: float
+) -> "Evaluation":
+    import numpy as np
+
     bins, ece = calibration(y, p)
     by_carrier = {}
     for c in sorted(set(carriers.tolist())):

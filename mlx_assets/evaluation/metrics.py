@@ -1,8 +1,14 @@
-"""Classification metrics in numpy: ROC AUC, log loss, Brier, calibration."""
+"""Classification metrics in numpy: ROC AUC, log loss, Brier, calibration.
+
+numpy is imported per call so that loading the code location does not pay for it.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 EPS = 1e-7
@@ -10,6 +16,8 @@ EPS = 1e-7
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     """Mann-Whitney U with average ranks for ties; 0.5 when only one class is present."""
+    import numpy as np
+
     y = np.asarray(y, bool)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
@@ -25,12 +33,16 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    import numpy as np
+
     p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
     y = np.asarray(y, np.float64)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
 
 
 def brier(y: np.ndarray, p: np.ndarray) -> float:
+    import numpy as np
+
     return float(np.mean((np.asarray(p, np.float64) - np.asarray(y, np.float64)) ** 2))
 
 
@@ -46,6 +58,8 @@ class CalibrationBin(BaseModel):
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[list[CalibrationBin], float]:
     """Equal-width reliability bins and the expected calibration error (count-weighted gap)."""
+    import numpy as np
+
     y = np.asarray(y, np.float64)
     p = np.asarray(p, np.float64)
     idx = np.minimum((p * bins).astype(int), bins - 1)

@@ -67,43 +67,33 @@ def _read_window(context: dg.AssetExecutionContext, flights: DataSource, table: 
     yield from _check_results(f"raw_{table}", df, flights.schema(table))
 
 
-@dg.multi_asset(
-    specs=[
-        dg.AssetSpec(
-            "raw_flights",
-            group_name="ingest",
-            kinds={"polars", "parquet"},
-            code_version=CODE_VERSION,
-            description="One row per scheduled departure, by day.",
-            metadata={"partition_expr": "date"},
-        )
-    ],
+@dg.asset(
+    name="raw_flights",
+    group_name="ingest",
+    kinds={"polars", "parquet"},
+    code_version=CODE_VERSION,
+    description="One row per scheduled departure, by day.",
+    metadata={"partition_expr": "date"},
     check_specs=_checks("raw_flights"),
     partitions_def=DAILY_2013,
     backfill_policy=SINGLE_RUN,
     retry_policy=SOURCE_RETRY,
-    name="raw_flights",
 )
 def raw_flights(context: dg.AssetExecutionContext, flights: DataSource):
     yield from _read_window(context, flights, "flights")
 
 
-@dg.multi_asset(
-    specs=[
-        dg.AssetSpec(
-            "raw_weather",
-            group_name="ingest",
-            kinds={"polars", "parquet"},
-            code_version=CODE_VERSION,
-            description="Hourly weather at EWR, JFK and LGA, by day.",
-            metadata={"partition_expr": "date"},
-        )
-    ],
+@dg.asset(
+    name="raw_weather",
+    group_name="ingest",
+    kinds={"polars", "parquet"},
+    code_version=CODE_VERSION,
+    description="Hourly weather at EWR, JFK and LGA, by day.",
+    metadata={"partition_expr": "date"},
     check_specs=_checks("raw_weather"),
     partitions_def=DAILY_2013,
     backfill_policy=SINGLE_RUN,
     retry_policy=SOURCE_RETRY,
-    name="raw_weather",
 )
 def raw_weather(context: dg.AssetExecutionContext, flights: DataSource):
     yield from _read_window(context, flights, "weather")

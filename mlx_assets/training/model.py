@@ -1,5 +1,6 @@
 """The model, trained by whichever ``ml_platform`` the composition picks."""
 
+import inspect
 import uuid
 
 import dagster as dg
@@ -61,7 +62,11 @@ def model(
             )
         )
 
-    trained = ml_platform.train(train, valid, spec, on_epoch=on_epoch)
+    # Plugins that train out of process (DDP under Dagster Pipes) take the context.
+    extra = (
+        {"context": context} if "context" in inspect.signature(ml_platform.train).parameters else {}
+    )
+    trained = ml_platform.train(train, valid, spec, on_epoch=on_epoch, **extra)
     last = trained.history[-1]
     return dg.Output(
         trained,

@@ -31,7 +31,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mlx_plugins.kernel.errors import CompositionError, PluginNotFoundError
+from mlx_plugins.kernel.errors import (
+    CompositionError,
+    PluginNotFoundError,
+    from_validation_error,
+)
 from mlx_plugins.kernel.kinds import KINDS
 from mlx_plugins.kernel.registry import PluginRegistry, PluginSpec, default_registry
 
@@ -430,24 +434,11 @@ def _instantiate(source: str, entry: PluginEntry, key: str | None = None) -> Any
                 f"unknown config field for plugin {entry.plugin!r}",
                 f"use one of its fields: {known}",
             )
-    secret_fields = {f for f in entry.config if _has_env(entry.config[f])}
+    secret_fields = frozenset(f for f in entry.config if _has_env(entry.config[f]))
     try:
         return cls(**_resolve(entry.config))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        field = str(err["loc"][0]) if err["loc"] else ""
-        annotation = fields[field].annotation if field in fields else None
-        expected = getattr(annotation, "__name__", None) or str(annotation)
-        given = (
-            "a secret from the environment" if field in secret_fields else f"{err.get('input')!r}"
-        )
-        raise CompositionError(
-            source,
-            f"{key}.config.{loc}",
-            f"{err['msg']} (got {given})",
-            f"give a value of type {expected}" if annotation else "fix the value",
-        ) from None
+        raise from_validation_error(source, f"{key}.config", exc, fields, secret_fields) from None
 
 
 def _has_env(value: Any) -> bool:

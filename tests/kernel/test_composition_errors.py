@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mlx_plugins.data_sources.base import DataSource
 from mlx_plugins.kernel.composition import load_composition, parse_composition
 from mlx_plugins.kernel.errors import CompositionError
 
@@ -131,7 +132,10 @@ def test_secret_value_never_appears_in_errors(tmp_path, monkeypatch):
 
 
 def test_secret_is_read_at_run_time(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLX_TEST_DIR", str(tmp_path))
+    import dagster as dg
+
+    secret_dir = tmp_path / "secret-data-dir"
+    monkeypatch.setenv("MLX_TEST_DIR", str(secret_dir))
     text = BASE.replace(
         "{name: flights, plugin: nycflights13}",
         "{name: flights, plugin: nycflights13, config: {data_dir: {env: MLX_TEST_DIR}}}",
@@ -140,7 +144,16 @@ def test_secret_is_read_at_run_time(tmp_path, monkeypatch):
     path.write_text(text)
     comp = load_composition(path)
     assert comp.of_kind("data_source")[0].env_vars == ("MLX_TEST_DIR",)
-    assert str(tmp_path) not in comp.model_dump_json()
+    assert str(secret_dir) not in comp.model_dump_json()
+    seen = {}
+
+    @dg.asset
+    def probe(flights: DataSource) -> None:
+        seen["data_dir"] = flights.data_dir
+
+    result = dg.materialize([probe], resources={"flights": comp.resources()["flights"]})
+    assert result.success
+    assert seen["data_dir"] == str(secret_dir)
 
 
 def test_unknown_entry_key(tmp_path):

@@ -9,7 +9,9 @@ import sys
 HEAVY = (
     "torch",
     "bentoml",
-    "snowflake",
+    # a namespace-package .pth creates an empty `snowflake` module at start-up; the SDKs are these
+    "snowflake.connector",
+    "snowflake.snowpark",
     "dagster_snowflake",
     "dagster_databricks",
     "pyspark",

@@ -107,7 +107,7 @@ def test_spec_load_checks_metadata_matches_registration():
         name="other_name",
         target="mlx_plugins.data_sources.nycflights13:NYCFlights13Source",
     )
-    with pytest.raises(TypeError, match="metadata says data_source.nycflights13"):
+    with pytest.raises(TypeError, match=r"metadata says data_source\.nycflights13"):
         spec.load()
 
 
