@@ -7,16 +7,27 @@ here) and every test reads what it left.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
 
-from mlx_assets.lifecycle import plan, run_lifecycle
+from mlx_assets.lifecycle import LifecyclePlan, plan, run_lifecycle
 from mlx_resources.model_registry import ModelRegistry
 from mlx_resources.platform import REPO_ROOT
 
 pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Lifecycle:
+    instance: dg.DagsterInstance
+    defs: dg.Definitions
+    home: Path
+    first: LifecyclePlan
+    log: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +45,13 @@ def lifecycle(tmp_path_factory):
 
         log: list[str] = []
         first = run_lifecycle(instance, defs, log=log.append)
-        yield instance, defs, home, first, log
+        yield Lifecycle(instance, defs, home, first, log)
     mp.undo()
 
 
 @pytest.fixture(autouse=True)
 def _isolated_home(lifecycle, monkeypatch):  # overrides the suite-wide per-test home
-    monkeypatch.setenv("MLX_HOME", str(lifecycle[2]))
+    monkeypatch.setenv("MLX_HOME", str(lifecycle.home))
     monkeypatch.setenv("MLX_PROFILE", "smoke")
 
 
@@ -49,7 +60,7 @@ def _runs(instance) -> list[dg.DagsterRun]:
 
 
 def test_first_run_materializes_everything(lifecycle):
-    instance, defs, _, first, log = lifecycle
+    instance, first = lifecycle.instance, lifecycle.first
     assert first.reference == ["planes"]
     assert len(first.partitions) == 365
     runs = _runs(instance)
@@ -63,7 +74,7 @@ def test_first_run_materializes_everything(lifecycle):
 
 
 def test_registered_version_records_lineage(lifecycle):
-    instance, _, home, _, _ = lifecycle
+    instance, home = lifecycle.instance, lifecycle.home
     versions = ModelRegistry(root=str(home / "registry")).versions("flight_delay")
     assert [v.version for v in versions] == [1]
     v = versions[0]
@@ -72,7 +83,7 @@ def test_registered_version_records_lineage(lifecycle):
     assert v.metrics["log_loss"] < v.metrics["baseline_log_loss"]
     lin = v.lineage
     assert lin.partitions[0] == "2013-01-01" and lin.partitions[-1] == "2013-10-31"
-    assert len(lin.partitions) == 243 + 61 - 61 + 61  # Jan-Aug train/valid + Sep-Oct test
+    assert len(lin.partitions) == 243 + 61  # Jan-Aug (train and valid) + Sep-Oct (test)
     assert set(lin.partition_data_versions) == set(lin.partitions)
     ts = instance.get_latest_materialization_event(dg.AssetKey("training_set"))
     assert lin.training_data_version == ts.asset_materialization.tags["dagster/data_version"]
@@ -81,7 +92,7 @@ def test_registered_version_records_lineage(lifecycle):
 
 
 def test_checks_ran_and_passed(lifecycle):
-    instance, *_ = lifecycle
+    instance = lifecycle.instance
     for asset, check in (
         ("raw_flights", "schema_matches_source"),
         ("raw_flights", "no_null_keys"),
@@ -94,7 +105,7 @@ def test_checks_ran_and_passed(lifecycle):
 
 
 def test_second_run_recomputes_nothing(lifecycle):
-    instance, defs, *_ = lifecycle
+    instance, defs = lifecycle.instance, lifecycle.defs
     before = len(_runs(instance))
     log: list[str] = []
     todo = run_lifecycle(instance, defs, log=log.append)
@@ -104,7 +115,7 @@ def test_second_run_recomputes_nothing(lifecycle):
 
 
 def test_unchanged_upstream_keeps_downstream_fresh(lifecycle):
-    instance, defs, *_ = lifecycle
+    instance, defs = lifecycle.instance, lifecycle.defs
     result = defs.resolve_job_def("reference").execute_in_process(instance=instance)
     assert result.success
     # planes was re-materialized with identical content: same data version, nothing stale.
@@ -113,7 +124,7 @@ def test_unchanged_upstream_keeps_downstream_fresh(lifecycle):
 
 
 def test_quality_gate_blocks_a_bad_model(lifecycle, monkeypatch):
-    instance, _, home, *_ = lifecycle
+    instance, home = lifecycle.instance, lifecycle.home
     from mlx_assets.build import build_definitions
     from mlx_plugins.kernel.composition import load_composition
 
