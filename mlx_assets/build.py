@@ -9,12 +9,14 @@ from mlx_assets import jobs
 from mlx_assets.evaluation import evaluation
 from mlx_assets.features import flight_features
 from mlx_assets.ingest import raw
+from mlx_assets.monitoring import drift_sensor, feature_drift
+from mlx_assets.monitoring.arrival_schedule import build_arrival_schedule
 from mlx_assets.registry import registered_model
 from mlx_assets.training import model, training_set
 from mlx_plugins.kernel.composition import Composition
 from mlx_plugins.kernel.errors import CompositionError, from_validation_error
 
-STAGES = [raw, flight_features, training_set, model, evaluation, registered_model]
+STAGES = [raw, flight_features, training_set, model, evaluation, registered_model, feature_drift]
 REQUIRED_DATA_SOURCE = "flights"
 
 
@@ -54,10 +56,13 @@ def build_definitions(composition: Composition) -> dg.Definitions:
             f"the lifecycle reads the data source named {REQUIRED_DATA_SOURCE!r}; none is",
             f"add name: {REQUIRED_DATA_SOURCE} to one data_source entry",
         )
+    resources = {**composition.resources(), **platform_resources(composition)}
     return dg.Definitions(
         assets=dg.load_assets_from_modules(STAGES),
         asset_checks=dg.load_asset_checks_from_modules(STAGES),
         jobs=jobs.JOBS,
-        resources={**composition.resources(), **platform_resources(composition)},
+        schedules=[build_arrival_schedule(resources["platform"].arrival_cron)],
+        sensors=[drift_sensor.drift_retrain_sensor],
+        resources=resources,
         executor=jobs.EXECUTOR,
     )

@@ -1,7 +1,9 @@
-"""Jobs: the lifecycle in three runs, so partitioned and unpartitioned work each run once.
+"""Jobs: the lifecycle in four runs, so partitioned and unpartitioned work each run once.
 
 ``reference`` (planes) -> ``daily`` (raw tables and features, one run per partition range)
--> ``training`` (training set, model, evaluation, registration).
+-> ``training`` (training set, model, evaluation, registration) -> ``monitoring`` (drift per
+day against the new model). The arrival schedule runs ``monitoring`` for each new day; the drift
+sensor runs ``training`` when drift calls for it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ JOB_ASSETS: dict[str, tuple[str, ...]] = {
     "reference": ("planes",),
     "daily": ("raw_flights", "raw_weather", "flight_features"),
     "training": ("training_set", "model", "model_evaluation", "registered_model"),
+    "monitoring": ("raw_flights", "raw_weather", "flight_features", "feature_drift"),
 }
 
 reference_job = dg.define_asset_job(
@@ -47,4 +50,9 @@ training_job = dg.define_asset_job(
     },
     description="Training set -> model -> evaluation -> registered version.",
 )
-JOBS = [reference_job, daily_job, training_job]
+monitoring_job = dg.define_asset_job(
+    "monitoring",
+    selection=dg.AssetSelection.assets(*JOB_ASSETS["monitoring"]),
+    description="A day (or range) of raw data, features and drift against the current model.",
+)
+JOBS = [reference_job, daily_job, training_job, monitoring_job]

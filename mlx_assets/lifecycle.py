@@ -18,10 +18,12 @@ class LifecyclePlan:
     reference: list[str] = field(default_factory=list)
     partitions: list[str] = field(default_factory=list)
     training: list[str] = field(default_factory=list)
+    monitoring: list[str] = field(default_factory=list)
+    """Days whose drift is missing or stale."""
 
     @property
     def empty(self) -> bool:
-        return not (self.reference or self.partitions or self.training)
+        return not (self.reference or self.partitions or self.training or self.monitoring)
 
 
 def _resolver(instance: dg.DagsterInstance, defs: dg.Definitions):
@@ -74,6 +76,14 @@ def plan(
             for k in _job_keys(defs, "training")
             if resolver.get_status(k) in todo
         ]
+    drift = dg.AssetKey("feature_drift")
+    monitored = instance.get_materialized_partitions(drift)
+    retrain = bool(out.training)
+    out.monitoring = [
+        d
+        for d in all_days
+        if retrain or d not in monitored or resolver.get_status(drift, d) in todo
+    ]
     return out
 
 
@@ -126,4 +136,17 @@ def run_lifecycle(
     if todo.training:
         log(f"training: {', '.join(todo.training)}")
         _run(instance, "training", log, asset_keys=todo.training)
+    if todo.monitoring:
+        first, last = todo.monitoring[0], todo.monitoring[-1]
+        log(f"drift monitoring: {len(todo.monitoring)} days, {first}..{last}, in one run")
+        _run(
+            instance,
+            "monitoring",
+            log,
+            asset_keys=["feature_drift"],
+            tags={
+                "dagster/asset_partition_range_start": first,
+                "dagster/asset_partition_range_end": last,
+            },
+        )
     return todo

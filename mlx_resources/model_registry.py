@@ -28,6 +28,7 @@ class ModelLineage(BaseModel):
     partitions: list[str] = Field(description="Feature partitions the model was trained on.")
     partition_data_versions: dict[str, str] = Field(default_factory=dict)
     code_versions: dict[str, str] = Field(default_factory=dict)
+    window: dict[str, Any] = Field(default_factory=dict, description="Train/valid/test dates.")
     run_id: str | None = None
 
 

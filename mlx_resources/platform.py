@@ -54,6 +54,15 @@ class TrainingWindow(dg.Config):
             raise ValueError("valid_days must be shorter than the training window")
         return self
 
+    def shifted(self, test_end: str) -> TrainingWindow:
+        """The same lengths, moved so that the test period ends on ``test_end``."""
+        delta = date.fromisoformat(test_end) - date.fromisoformat(self.test_end)
+        moved = {
+            k: (date.fromisoformat(getattr(self, k)) + delta).isoformat()
+            for k in ("train_start", "train_end", "test_start", "test_end")
+        }
+        return TrainingWindow(valid_days=self.valid_days, **moved)
+
     def dates(self) -> tuple[date, date, date, date, date]:
         """train_start, valid_start, train_end, test_start, test_end."""
         a, b, c, d = (
@@ -72,11 +81,33 @@ class QualityGate(dg.Config):
     )
 
 
+class DriftPolicy(dg.Config):
+    """What the drift sensor does with a day's drift (the detector decides what drifted)."""
+
+    warn_share: float = Field(
+        default=0.25, ge=0, le=1, description="Share of drifted columns that logs a warning."
+    )
+    retrain_on_dataset_drift: bool = Field(
+        default=True, description="Request retraining when the detector's dataset rule fires."
+    )
+    cooldown_minutes: float = Field(
+        default=360, ge=0, description="No second retraining within this many minutes."
+    )
+    shift_window: bool = Field(
+        default=True, description="Retrain on the window that ends at the drifted day."
+    )
+
+
 class Platform(dg.ConfigurableResource):
     home: str = Field(default="", description=f"Local data home; {HOME_ENV} overrides.")
     model_name: str = "flight_delay"
     window: TrainingWindow = TrainingWindow()
     quality_gate: QualityGate = QualityGate()
+    drift: DriftPolicy = DriftPolicy()
+    arrival_cron: str = Field(
+        default="* * * * *",
+        description="How often the arrival schedule materializes the next unmonitored day.",
+    )
 
     @property
     def home_path(self) -> Path:

@@ -35,12 +35,14 @@ def collect_lineage(context: dg.AssetExecutionContext) -> ModelLineage:
     ts_mat = ts.asset_materialization if ts else None
     meta = ts_mat.metadata if ts_mat else {}
     versions = meta.get("partition_data_versions")
+    window = meta.get("window")
     versions_map: dict[str, str] = dict(versions.value) if versions is not None else {}  # type: ignore[arg-type]
     return ModelLineage(
         training_data_version=(ts_mat.tags or {}).get("dagster/data_version") if ts_mat else None,
         partitions=sorted(versions_map),
         partition_data_versions=versions_map,
         code_versions=code_versions,
+        window=dict(window.value) if window is not None else {},  # type: ignore[arg-type]
         run_id=context.run_id,
     )
 
@@ -69,7 +71,7 @@ def registered_model(
             "platform": model.platform,
             "params": model.params,
             "features": model.spec.model_dump(exclude={"artifact_dir"}),
-            "window": platform.window.model_dump(),
+            "window": lineage.window or platform.window.model_dump(),
         },
         lineage=lineage,
     )

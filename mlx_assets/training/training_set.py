@@ -58,6 +58,12 @@ def partition_data_versions(
     return out
 
 
+class TrainingSetConfig(dg.Config):
+    """Run config; the drift sensor sets ``test_end`` to retrain on the most recent days."""
+
+    test_end: str | None = None
+
+
 @dg.asset(
     group_name="training",
     kinds={"polars", "parquet"},
@@ -67,17 +73,23 @@ def partition_data_versions(
     "split by date.",
 )
 def training_set(
-    context: dg.AssetExecutionContext, platform: Platform, flight_features: pl.LazyFrame
+    context: dg.AssetExecutionContext,
+    config: TrainingSetConfig,
+    platform: Platform,
+    flight_features: pl.LazyFrame,
 ) -> dg.Output[pl.DataFrame]:
-    df = split_by_time(flight_features, platform.window)
+    window = platform.window.shifted(config.test_end) if config.test_end else platform.window
+    if config.test_end:
+        context.log.info(f"window moved to end on {config.test_end}: {window.model_dump()}")
+    df = split_by_time(flight_features, window)
     counts = dict(df.group_by(SPLIT).len().iter_rows())
     for split in ("train", "valid", "test"):
         if not counts.get(split):
             raise dg.Failure(
                 f"the training window has no {split!r} rows; check settings.window "
-                f"({platform.window.model_dump()}) against the materialized feature partitions",
+                f"({window.model_dump()}) against the materialized feature partitions",
             )
-    partitions = window_partitions(platform.window)
+    partitions = window_partitions(window)
     versions = partition_data_versions(context.instance, dg.AssetKey("flight_features"), partitions)
     missing = [p for p in partitions if p not in versions]
     if missing:
@@ -87,7 +99,7 @@ def training_set(
     return output(
         df,
         **{f"rows_{k}": dg.MetadataValue.int(v) for k, v in sorted(counts.items())},
-        window=dg.MetadataValue.json(platform.window.model_dump()),
+        window=dg.MetadataValue.json(window.model_dump()),
         partitions=dg.MetadataValue.json(
             {"first": partitions[0], "last": partitions[-1], "count": len(partitions)}
         ),

@@ -64,12 +64,12 @@ def test_first_run_materializes_everything(lifecycle):
     assert first.reference == ["planes"]
     assert len(first.partitions) == 365
     runs = _runs(instance)
-    assert sorted(r.job_name for r in runs) == ["daily", "reference", "training"]
+    assert sorted(r.job_name for r in runs) == ["daily", "monitoring", "reference", "training"]
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     daily = next(r for r in runs if r.job_name == "daily")
     assert daily.tags["dagster/asset_partition_range_start"] == "2013-01-01"
     assert daily.tags["dagster/asset_partition_range_end"] == "2013-12-31"
-    for key in ("raw_flights", "raw_weather", "flight_features"):
+    for key in ("raw_flights", "raw_weather", "flight_features", "feature_drift"):
         assert len(instance.get_materialized_partitions(dg.AssetKey(key))) == 365
 
 
