@@ -3,7 +3,6 @@
 import dagster as dg
 import polars as pl
 
-from mlx_assets.frames import output
 from mlx_assets.partitions import DAILY_2013, SINGLE_RUN
 from mlx_assets.versioning import code_version
 
@@ -98,4 +97,4 @@ def flight_features(
     df = build_features(raw_flights, raw_weather, planes)
     rate = float(df.get_column(TARGET).mean() or 0.0) if df.height else 0.0
     context.log.info(f"{df.height} labelled flights, {rate:.1%} delayed")
-    return output(df, delayed_rate=dg.MetadataValue.float(rate))
+    return dg.Output(df, metadata={"delayed_rate": dg.MetadataValue.float(rate)})

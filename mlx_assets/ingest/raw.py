@@ -5,7 +5,6 @@ from datetime import timedelta
 import dagster as dg
 import polars as pl
 
-from mlx_assets.frames import output
 from mlx_assets.partitions import DAILY_2013, SINGLE_RUN
 from mlx_assets.versioning import code_version
 from mlx_plugins.data_sources.base import DataSource
@@ -63,7 +62,7 @@ def _read_window(context: dg.AssetExecutionContext, flights: DataSource, table: 
     start, end = window.start.date(), (window.end - timedelta(days=1)).date()
     context.log.info(f"reading {table} for {start}..{end} from {type(flights).__name__}")
     df = flights.read(table, start, end)
-    yield output(df)
+    yield dg.Output(df)
     yield from _check_results(f"raw_{table}", df, flights.schema(table))
 
 
@@ -106,5 +105,5 @@ def raw_weather(context: dg.AssetExecutionContext, flights: DataSource):
     retry_policy=SOURCE_RETRY,
     description="Aircraft by tail number (reference table).",
 )
-def planes(flights: DataSource) -> dg.Output[pl.DataFrame]:
-    return output(flights.read("planes"))
+def planes(flights: DataSource) -> pl.DataFrame:
+    return flights.read("planes")

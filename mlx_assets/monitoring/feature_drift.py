@@ -4,7 +4,6 @@ import dagster as dg
 import polars as pl
 
 from mlx_assets.features.flight_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from mlx_assets.frames import output
 from mlx_assets.monitoring.policy import severity
 from mlx_assets.partitions import DAILY_2013, SINGLE_RUN
 from mlx_assets.training.training_set import SPLIT
@@ -112,4 +111,4 @@ def feature_drift(
             "columns": dg.MetadataValue.md(render_markdown(report)),
             "report": dg.MetadataValue.path(str(html)),
         }
-    return output(df, **meta)
+    return dg.Output(df, metadata=meta)

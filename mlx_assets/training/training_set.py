@@ -1,11 +1,8 @@
 """The training set: a window of feature partitions, split by time into train/valid/test."""
 
-from datetime import date
-
 import dagster as dg
 import polars as pl
 
-from mlx_assets.frames import output
 from mlx_assets.versioning import code_version
 from mlx_resources.platform import Platform, TrainingWindow
 
@@ -96,13 +93,14 @@ def training_set(
         context.log.warning(
             f"{len(missing)} window partitions have no data version, e.g. {missing[:3]}"
         )
-    return output(
+    return dg.Output(
         df,
-        **{f"rows_{k}": dg.MetadataValue.int(v) for k, v in sorted(counts.items())},
-        window=dg.MetadataValue.json(window.model_dump()),
-        partitions=dg.MetadataValue.json(
-            {"first": partitions[0], "last": partitions[-1], "count": len(partitions)}
-        ),
-        partition_data_versions=dg.MetadataValue.json(versions),
-        **{"first_date": dg.MetadataValue.text(str(df["date"].min() or date.min))},
+        metadata={
+            **{f"rows_{k}": dg.MetadataValue.int(v) for k, v in sorted(counts.items())},
+            "window": dg.MetadataValue.json(window.model_dump()),
+            "partitions": dg.MetadataValue.json(
+                {"first": partitions[0], "last": partitions[-1], "count": len(partitions)}
+            ),
+            "partition_data_versions": dg.MetadataValue.json(versions),
+        },
     )

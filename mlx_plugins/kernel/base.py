@@ -19,7 +19,7 @@ class HealthStatus(BaseModel):
     latency_ms: float = 0.0
 
 
-class MLXPlugin(dg.ConfigurableResource):
+class MLXPlugin(dg.ConfigurableResource):  # type: ignore[type-arg]
     """A swappable platform part.
 
     Subclasses set ``metadata`` and keep clients, pools and caches in private attributes

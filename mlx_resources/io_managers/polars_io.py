@@ -1,0 +1,567 @@
+"""``PolarsIOManager``: polars frames as one file per (asset, partition), on any fsspec path.
+
+Layout under ``base_path`` (local folder or any UPath/fsspec URL such as ``s3://bucket/prefix``)::
+
+    <asset/key/path>.<ext>                          unpartitioned
+    <asset/key/path>/<partition_key>.<ext>          partitioned
+    <asset/key/path>/<dim_a>=<key_a>/<dim_b>=<key_b>.<ext>   multi-dimensional partitions
+
+Writes are atomic (temp file + rename), every materialization records row count, schema, byte
+size, path and a content hash, and the hash becomes the asset's data version, so re-materializing
+identical data does not make downstream assets stale. See docs/io_manager.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+import polars as pl
+from pydantic import Field, PrivateAttr
+
+from mlx_resources.io_managers._formats import EXTENSIONS, Compression, Format
+from mlx_resources.io_managers._partition_split import SplitError, assign_partition_keys
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from upath import UPath
+
+
+def _files() -> ModuleType:
+    """The file machinery (pyarrow, fsspec), imported on first IO, not at code-location load."""
+    from mlx_resources.io_managers import _polars_files
+
+    return _polars_files
+
+
+# Asset definition metadata: the column (or ``{dimension: column}``) holding each row's partition.
+PARTITION_EXPR_KEY = "partition_expr"
+# Input metadata: skip, rather than fail on, missing upstream partitions of a multi-partition load.
+ALLOW_MISSING_PARTITIONS_KEY = "allow_missing_partitions"
+
+
+def content_hash(df: pl.DataFrame) -> str:
+    """Deterministic hash of a frame's schema and values (the data version)."""
+    return str(_files().content_hash(df))
+
+
+_KEY_COL = "__mlx_partition_key"
+_HASH_COL = "__mlx_row_hash"
+
+
+class PolarsIOManagerError(dg.Failure):
+    """A stored frame can't be read or written; names the asset, partition, path and the fix."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        asset: str,
+        partition: str | None,
+        path: str,
+        fix: str,
+    ) -> None:
+        where = f"asset '{asset}'" + (f" partition '{partition}'" if partition is not None else "")
+        super().__init__(
+            description=f"PolarsIOManager: {where}: {problem} (path: {path}). Fix: {fix}",
+            metadata={"asset": asset, "partition": partition or "", "path": path},
+            allow_retries=False,
+        )
+        self.asset = asset
+        self.partition = partition
+        self.path = path
+
+
+class MissingPartitionFileError(PolarsIOManagerError):
+    """No stored file for an asset (partition) that an input needs."""
+
+
+class CorruptPartitionFileError(PolarsIOManagerError):
+    """A stored file exists but is not a readable parquet / Arrow IPC file."""
+
+
+class PartitionSchemaMismatchError(PolarsIOManagerError):
+    """The partitions of a multi-partition input don't share one schema."""
+
+
+class PartitionSplitError(PolarsIOManagerError):
+    """A multi-partition output can't be split into its partitions."""
+
+
+def polars_output(
+    df: pl.DataFrame | pl.LazyFrame, *, metadata: Mapping[str, Any] | None = None, **kwargs: Any
+) -> dg.Output[pl.DataFrame]:
+    """``dg.Output`` with ``data_version`` = the frame's content hash.
+
+    ``PolarsIOManager`` already does this by itself; use this from assets stored by another IO
+    manager (or with ``data_version_from_content=False``) to get content-based data versions.
+    """
+    frame = df.collect() if isinstance(df, pl.LazyFrame) else df
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # Output(data_version=...) is "beta"
+        return dg.Output(
+            frame, metadata=metadata, data_version=_data_version(content_hash(frame)), **kwargs
+        )
+
+
+class PolarsIOManager(dg.ConfigurableIOManager):
+    """Stores polars DataFrames, one file per partition, atomically, with content data versions.
+
+    Asset contract:
+      * return a ``pl.DataFrame`` (a ``pl.LazyFrame`` is collected);
+      * annotate an input ``pl.LazyFrame`` to get a lazy scan, anything else gets a DataFrame;
+        an input spanning several upstream partitions is one concatenated frame (in key order);
+      * an output covering several partitions (a single-run backfill) needs
+        ``metadata={"partition_expr": "<column>"}`` (``{dim: column}`` for multi-dimensional
+        partitions); rows are split into one file per key. With a single key the column, if
+        named, is validated the same way.
+    """
+
+    base_path: str = Field(
+        description="Root folder or fsspec URL (e.g. /data/mlx, s3://bucket/mlx, memory://x)."
+    )
+    format: Format = Field(
+        default="ipc",
+        description=(
+            "'ipc' (Arrow IPC, memory-mapped zero-copy reads when local and uncompressed) or "
+            "'parquet' (smaller files; better for remote storage)."
+        ),
+    )
+    compression: Compression = Field(
+        default="uncompressed",
+        description="'zstd', 'lz4' or 'uncompressed'. Compressed IPC can't be memory-mapped.",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for a remote base_path (e.g. {'endpoint_url': ...}).",
+    )
+    fsync: bool = Field(
+        default=False,
+        description=(
+            "fsync local files (and their folder) before/after the rename. The rename alone is "
+            "atomic against process crashes; fsync adds durability against power loss."
+        ),
+    )
+    data_version_from_content: bool = Field(
+        default=True,
+        description="Set each materialization's data version to the frame's content hash.",
+    )
+
+    _root: UPath | None = PrivateAttr(default=None)
+
+    # ------------------------------------------------------------------ paths
+
+    def _base(self) -> UPath:
+        if self._root is None:
+            from upath import UPath
+
+            self._root = UPath(self.base_path, **self.storage_options)
+        return self._root
+
+    def _stem(
+        self,
+        key_path: Sequence[str],
+        partitions_def: dg.PartitionsDefinition | None,
+        partition_key: str | None,
+    ) -> UPath:
+        dims: list[tuple[str | None, str]] | None = None
+        if partition_key is not None:
+            if isinstance(partition_key, dg.MultiPartitionKey):
+                dims = sorted(partition_key.keys_by_dimension.items())
+            elif isinstance(partitions_def, dg.MultiPartitionsDefinition):
+                mk = partitions_def.get_partition_key_from_str(partition_key)
+                dims = sorted(mk.keys_by_dimension.items())
+            else:
+                dims = [(None, partition_key)]
+        return self._base().joinpath(*_files().relative_stem(key_path, dims))
+
+    def _target(self, stem: UPath) -> UPath:
+        return _files().with_format(stem, self.format)
+
+    def _existing(self, stem: UPath) -> UPath | None:
+        """The stored file for ``stem``: the configured format first, then the other one (so
+        switching ``format`` doesn't orphan data written before)."""
+        for fmt in (self.format, *(f for f in EXTENSIONS if f != self.format)):
+            candidate = _files().with_format(stem, fmt)
+            if _files().exists(candidate):
+                return candidate
+        return None
+
+    # ------------------------------------------------------------------ output
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        label = _label(context)
+        if isinstance(obj, pl.LazyFrame):
+            obj = obj.collect()
+        if not isinstance(obj, pl.DataFrame):
+            raise PolarsIOManagerError(
+                f"expected a polars DataFrame or LazyFrame, got {type(obj).__name__}",
+                asset=label,
+                partition=None,
+                path=str(self._base()),
+                fix="return a pl.DataFrame, or give this output another io_manager_key",
+            )
+        df = obj
+        if context.has_asset_key:
+            key_path = list(context.asset_key.path)
+        else:
+            key_path = _op_identifier(context)
+        # plan: (partition key, stem, frame, content hash or None) per file to write
+        total_hash: str | None = None
+        if context.has_asset_key and context.has_asset_partitions:
+            partitions_def = context.asset_partitions_def
+            parts, total_hash = self._split(
+                context, df, list(context.asset_partition_keys), partitions_def, label
+            )
+            plan = [
+                (k, self._stem(key_path, partitions_def, k), part, h)
+                for k, (part, h) in parts.items()
+            ]
+        else:
+            plan = [(None, self._stem(key_path, None, None), df, None)]
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # An unsplit frame is hashed while it is written (polars and hashlib release the GIL);
+            # split outputs were hashed row by row in _split.
+            pending = pool.submit(_files().content_hash, df) if total_hash is None else None
+            staged = self._stage_all([(stem, part) for _, stem, part, _ in plan])
+            if pending is not None:
+                total_hash = pending.result()
+                plan = [(plan[0][0], plan[0][1], df, total_hash)]
+        assert total_hash is not None
+        # Every file is written before any is published, so a failure above leaves all previous
+        # files intact; each rename below is atomic (the set of renames is not).
+        for (_, stem, _, _), s in zip(plan, staged, strict=True):
+            s.commit()
+            self._remove_other_formats(stem)
+
+        metadata: dict[str, Any] = {
+            "dagster/row_count": dg.MetadataValue.int(df.height),
+            "dagster/column_schema": dg.MetadataValue.table_schema(_table_schema(df)),
+            "byte_size": dg.MetadataValue.int(sum(s.byte_size for s in staged)),
+            "content_hash": dg.MetadataValue.text(total_hash),
+            "format": dg.MetadataValue.text(f"{self.format}/{self.compression}"),
+            "path": dg.MetadataValue.path(
+                str(staged[0].target) if len(staged) == 1 else str(staged[0].target.parent)
+            ),
+        }
+        if len(plan) > 1:
+            metadata["partition_count"] = dg.MetadataValue.int(len(plan))
+            for (key, _, part, part_hash), s in zip(plan, staged, strict=True):
+                _add_partition_metadata(
+                    context,
+                    key,
+                    {
+                        "dagster/row_count": dg.MetadataValue.int(part.height),
+                        "byte_size": dg.MetadataValue.int(s.byte_size),
+                        "content_hash": dg.MetadataValue.text(part_hash or ""),
+                        "path": dg.MetadataValue.path(str(s.target)),
+                    },
+                )
+        context.add_output_metadata(metadata)
+        if self.data_version_from_content and context.has_asset_key:
+            _set_data_version(context, total_hash)
+
+    def _split(
+        self,
+        context: dg.OutputContext,
+        df: pl.DataFrame,
+        keys: list[str],
+        partitions_def: dg.PartitionsDefinition,
+        label: str,
+    ) -> tuple[dict[str, tuple[pl.DataFrame, str | None]], str | None]:
+        """Frame and content hash per partition key, plus the whole frame's hash.
+
+        Row hashes are computed once; each part's hash equals ``content_hash(part)``. An unsplit
+        frame (one key, no ``partition_expr``) comes back unhashed (None), hashed by the caller.
+        """
+        expr = context.definition_metadata.get(PARTITION_EXPR_KEY)
+        where = str(self._stem(list(context.asset_key.path), None, None))
+        if expr is None:
+            if len(keys) == 1:
+                return {keys[0]: (df, None)}, None
+            raise PartitionSplitError(
+                f"this run covers {len(keys)} partitions ({keys[0]} .. {keys[-1]}) but the asset "
+                f"has no '{PARTITION_EXPR_KEY}' metadata to split the frame by",
+                asset=label,
+                partition=f"{keys[0]}..{keys[-1]}",
+                path=where,
+                fix=(
+                    f"add metadata={{'{PARTITION_EXPR_KEY}': '<column>'}} to the asset (a Date or "
+                    "string column holding each row's partition key), or run one partition per run"
+                ),
+            )
+        try:
+            assigned = assign_partition_keys(df, partitions_def, keys, expr)
+        except SplitError as e:
+            raise PartitionSplitError(
+                f"can't split the frame into partitions: {e}",
+                asset=label,
+                partition=keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}",
+                path=where,
+                fix=f"return a frame with the column(s) named in metadata '{PARTITION_EXPR_KEY}'",
+            ) from e
+        outside = assigned.is_null()
+        n_outside = int(outside.sum())
+        if n_outside:
+            columns = [expr] if isinstance(expr, str) else list(expr.values())
+            bad_rows = df.filter(outside).select(columns).unique(maintain_order=True).head(5)
+            examples = ["|".join(str(v) for v in row) for row in bad_rows.rows()]
+            raise PartitionSplitError(
+                f"{n_outside} of {df.height} rows have '{PARTITION_EXPR_KEY}' {expr!r} values "
+                f"outside the run's {len(keys)} partition key(s) {keys[0]} .. {keys[-1]} "
+                f"(e.g. {examples})",
+                asset=label,
+                partition=keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}",
+                path=where,
+                fix=(
+                    "filter the frame to the run's partitions (context.partition_keys / "
+                    "context.partition_time_window) before returning it"
+                ),
+            )
+        row_hashes = df.hash_rows(seed=0) if df.width else pl.Series(dtype=pl.UInt64)
+        whole = _files().digest(df.schema, df.height, row_hashes)
+        tagged = df.with_columns(assigned.alias(_KEY_COL), row_hashes.alias(_HASH_COL))
+        groups = {
+            str(k[0] if isinstance(k, tuple) else k): g
+            for k, g in tagged.partition_by(_KEY_COL, as_dict=True, maintain_order=True).items()
+        }
+        out: dict[str, tuple[pl.DataFrame, str | None]] = {}
+        for key in keys:
+            group = groups.get(str(key))
+            if group is None:
+                _log(context, "info", f"partition {key} has no rows; storing an empty frame")
+                part, part_hashes = df.clear(), None
+            else:
+                part = group.drop(_KEY_COL, _HASH_COL)
+                part_hashes = group.get_column(_HASH_COL)
+            out[key] = (part, _files().digest(part.schema, part.height, part_hashes))
+        return out, whole
+
+    def _stage_all(self, items: list[tuple[UPath, pl.DataFrame]]) -> list[Any]:
+        """Write every file to its temp name; on any failure remove the temps written so far."""
+        staged: list[Any] = []
+        try:
+            for stem, part in items:
+                target = self._target(stem)
+                staged.append(
+                    _files().stage(part, target, self.format, self.compression, fsync=self.fsync)
+                )
+        except BaseException:
+            for s in staged:
+                s.abort()
+            raise
+        return staged
+
+    def _remove_other_formats(self, stem: UPath) -> None:
+        for fmt in EXTENSIONS:
+            if fmt != self.format:
+                other = _files().with_format(stem, fmt)
+                if _files().exists(other):
+                    _files().remove_quietly(other)
+
+    # ------------------------------------------------------------------ input
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame | pl.LazyFrame:
+        label = _label(context)
+        if context.has_asset_key:
+            key_path = list(context.asset_key.path)
+        else:
+            key_path = _op_identifier(_upstream(context))
+        lazy = _wants_lazy(context)
+        allow_missing = bool(context.definition_metadata.get(ALLOW_MISSING_PARTITIONS_KEY, False))
+
+        wanted: list[tuple[str | None, UPath]]
+        if context.has_asset_key and context.has_asset_partitions:
+            partitions_def = context.asset_partitions_def
+            keys = list(context.asset_partition_keys)
+            wanted = [(k, self._stem(key_path, partitions_def, k)) for k in keys]
+        else:
+            keys = []
+            wanted = [(None, self._stem(key_path, None, None))]
+
+        found: list[tuple[str | None, UPath]] = []
+        for key, stem in wanted:
+            path = self._existing(stem)
+            if path is not None:
+                found.append((key, path))
+                continue
+            if allow_missing and len(wanted) > 1:
+                _log(context, "warning", f"skipping missing partition {key} of {label}")
+                continue
+            raise MissingPartitionFileError(
+                "no stored file",
+                asset=label,
+                partition=key,
+                path=str(self._target(stem)),
+                fix=_missing_fix(label, key, len(wanted) > 1),
+            )
+
+        frames = [self._open(key, path, label) for key, path in found]
+        if not frames:
+            _log(context, "warning", f"no stored partitions of {label} found; loading empty frame")
+            return pl.LazyFrame() if lazy else pl.DataFrame()
+        self._check_same_schema(frames, found, label)
+        try:
+            if all(isinstance(f, pl.DataFrame) for f in frames):
+                result = pl.concat(frames, rechunk=False) if len(frames) > 1 else frames[0]
+                return result.lazy() if lazy else result  # type: ignore[union-attr]
+            scan = pl.concat([f.lazy() for f in frames]) if len(frames) > 1 else frames[0].lazy()
+            return scan if lazy else scan.collect()
+        except pl.exceptions.PolarsError as e:
+            raise CorruptPartitionFileError(
+                f"reading failed ({type(e).__name__}: {e})",
+                asset=label,
+                partition=found[0][0] if len(found) == 1 else None,
+                path=", ".join(str(p) for _, p in found[:5]),
+                fix="re-materialize the asset (partitions) to rewrite the file(s)",
+            ) from e
+
+    @staticmethod
+    def _check_same_schema(
+        frames: list[pl.DataFrame | pl.LazyFrame],
+        found: list[tuple[str | None, UPath]],
+        label: str,
+    ) -> None:
+        """Partitions written by different code versions may disagree; say which, up front."""
+        first = frames[0].collect_schema()
+        for frame, (key, path) in zip(frames[1:], found[1:], strict=True):
+            schema = frame.collect_schema()
+            if schema != first:
+                raise PartitionSchemaMismatchError(
+                    f"partition schemas differ, so they can't be concatenated: '{found[0][0]}' "
+                    f"has {dict(first)}, this one has {dict(schema)}",
+                    asset=label,
+                    partition=key,
+                    path=str(path),
+                    fix="re-materialize the partitions written with the old schema",
+                )
+
+    def _open(self, key: str | None, path: UPath, label: str) -> pl.DataFrame | pl.LazyFrame:
+        """Open one file: a DataFrame for Arrow IPC (zero-copy mmap), a LazyFrame for parquet."""
+        try:
+            lf = _files().open_lazy(path)
+            if _files().format_of(path) == "ipc" or not _files().is_local(path):
+                return lf.collect()  # already in memory / mapped: collecting is free
+            return lf
+        except FileNotFoundError as e:  # deleted between the existence check and the read
+            raise MissingPartitionFileError(
+                "stored file disappeared while loading",
+                asset=label,
+                partition=key,
+                path=str(path),
+                fix=_missing_fix(label, key, False),
+            ) from e
+        except (OSError, ValueError, pl.exceptions.PolarsError) as e:
+            # pyarrow.ArrowInvalid is a ValueError; polars raises ComputeError for bad parquet.
+            raise CorruptPartitionFileError(
+                f"stored file is unreadable ({type(e).__name__}: {e}); it is truncated, "
+                "corrupt or not written by PolarsIOManager",
+                asset=label,
+                partition=key,
+                path=str(path),
+                fix=(
+                    "re-materialize "
+                    + (f"partition '{key}' of " if key is not None else "")
+                    + f"asset '{label}' (the bad file is replaced atomically), or delete it"
+                ),
+            ) from e
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _label(context: dg.OutputContext | dg.InputContext) -> str:
+    if context.has_asset_key:
+        return context.asset_key.to_user_string()
+    return "/".join(_op_identifier(context))
+
+
+def _upstream(context: dg.InputContext) -> dg.OutputContext:
+    upstream = context.upstream_output
+    if upstream is None:
+        raise dg.DagsterInvariantViolationError(
+            "PolarsIOManager can only load inputs that come from an asset or an upstream op output"
+        )
+    return upstream
+
+
+def _op_identifier(context: dg.OutputContext | dg.InputContext) -> list[str]:
+    if isinstance(context, dg.InputContext):
+        context = _upstream(context)
+    return list(context.get_identifier())
+
+
+def _wants_lazy(context: dg.InputContext) -> bool:
+    typing_type = context.dagster_type.typing_type
+    return isinstance(typing_type, type) and issubclass(typing_type, pl.LazyFrame)
+
+
+def _missing_fix(label: str, key: str | None, multi: bool) -> str:
+    if key is None:
+        return (
+            f"materialize asset '{label}' first (e.g. `dagster asset materialize --select {label}`)"
+        )
+    fix = (
+        f"materialize partition '{key}' of asset '{label}' first "
+        f"(e.g. `dagster asset materialize --select {label} --partition {key}`)"
+    )
+    if multi:
+        fix += f", or set input metadata {{'{ALLOW_MISSING_PARTITIONS_KEY}': True}} to skip gaps"
+    return fix
+
+
+def _table_schema(df: pl.DataFrame) -> dg.TableSchema:
+    return _schema_record([(name, str(dtype)) for name, dtype in df.schema.items()])
+
+
+def _schema_record(columns: list[tuple[str, str]]) -> dg.TableSchema:
+    # Keep big objects out of this frame: Dagster's @record classes (TableSchema, DataVersion, ...)
+    # compile their constructor on first use and keep the *caller's locals* alive for the life of
+    # the process; from a frame holding the DataFrame, that leaks the whole frame.
+    return dg.TableSchema(columns=[dg.TableColumn(name=n, type=t) for n, t in columns])
+
+
+def _data_version(value: str) -> dg.DataVersion:
+    return dg.DataVersion(value)  # see _schema_record: no large locals here
+
+
+def _step_context(context: dg.OutputContext) -> Any | None:
+    """The step context, absent for contexts built by ``dg.build_output_context``."""
+    try:
+        return context.step_context
+    except dg.DagsterInvariantViolationError:
+        return None
+
+
+def _set_data_version(context: dg.OutputContext, value: str) -> None:
+    """Make ``value`` the materialization's data version.
+
+    Dagster 1.13 reads a step's data-version cache when it builds the materialization event,
+    which happens after ``handle_output`` returns; this is the same cache that
+    ``AssetExecutionContext.set_data_version`` writes. An explicit ``Output(data_version=...)``
+    from the asset still takes precedence. The version is per asset per step, so a multi-partition
+    output gives all its partitions the hash of the whole frame.
+    """
+    step = _step_context(context)
+    if step is not None:
+        step.set_data_version(context.asset_key, _data_version(value))
+
+
+def _add_partition_metadata(
+    context: dg.OutputContext, partition_key: str | None, metadata: Mapping[str, Any]
+) -> None:
+    """Per-partition values (overriding the run totals) on each partition's materialization."""
+    step = _step_context(context)
+    if step is not None and partition_key is not None:
+        step.add_asset_metadata(metadata, asset_key=context.asset_key, partition_key=partition_key)
+
+
+def _log(context: dg.OutputContext | dg.InputContext, level: str, msg: str) -> None:
+    log = getattr(context, "log", None)
+    if log is not None:
+        getattr(log, level)(msg)
