@@ -91,6 +91,13 @@ def _lifecycle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drift_demo(_: argparse.Namespace) -> int:
+    from mlx_assets.monitoring.seasonal_demo import main as demo
+
+    demo()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mlx", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["health"].set_defaults(fn=_health)
     sub.choices["lifecycle"].set_defaults(fn=_lifecycle)
     sub.add_parser("home", help="create and print the local DAGSTER_HOME").set_defaults(fn=_home)
+    sub.add_parser("drift-demo", help="monthly drift against a winter-trained model").set_defaults(
+        fn=_drift_demo
+    )
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

@@ -49,8 +49,12 @@ def _rewind(instance, state: InstigatorState, cursor: str | None) -> None:
 
 def test_restart_does_not_launch_a_second_run(tmp_path):
     overrides = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
-    target = ModuleTarget(module_name="mlx_assets.definitions", attribute="defs",
-                          working_directory=str(REPO_ROOT), location_name="mlx")
+    target = ModuleTarget(
+        module_name="mlx_assets.definitions",
+        attribute="defs",
+        working_directory=str(REPO_ROOT),
+        location_name="mlx",
+    )
     with dg.instance_for_test(temp_dir=str(tmp_path), overrides=overrides) as instance:
         with create_test_daemon_workspace_context(target, instance) as ctx:
             _observe(instance, "2013-07-01", "retrain")
