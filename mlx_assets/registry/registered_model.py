@@ -43,7 +43,7 @@ def collect_lineage(context: dg.AssetExecutionContext) -> ModelLineage:
         partition_data_versions=versions_map,
         code_versions=code_versions,
         window=dict(window.value) if window is not None else {},  # type: ignore[arg-type]
-        run_id=context.run_id,
+        run_id=context.run.run_id,
     )
 
 

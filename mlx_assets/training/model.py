@@ -37,7 +37,7 @@ def model(
         categorical_features=CATEGORICAL_FEATURES,
         target=TARGET,
         artifact_dir=str(
-            platform.path("artifacts", "models", f"{context.run_id}-{uuid.uuid4().hex[:6]}")
+            platform.path("artifacts", "models", f"{context.run.run_id}-{uuid.uuid4().hex[:6]}")
         ),
     )
     train = training_set.filter(pl.col(SPLIT) == "train")
