@@ -1,6 +1,5 @@
 """The model, trained by whichever ``ml_platform`` the composition picks."""
 
-import inspect
 import uuid
 
 import dagster as dg
@@ -62,11 +61,8 @@ def model(
             )
         )
 
-    # Plugins that train out of process (DDP under Dagster Pipes) take the context.
-    extra = (
-        {"context": context} if "context" in inspect.signature(ml_platform.train).parameters else {}
-    )
-    trained = ml_platform.train(train, valid, spec, on_epoch=on_epoch, **extra)
+    # Plugins that train out of process (DDP under Dagster Pipes) stream logs through the context.
+    trained = ml_platform.train(train, valid, spec, on_epoch=on_epoch, context=context)
     last = trained.history[-1]
     return dg.Output(
         trained,

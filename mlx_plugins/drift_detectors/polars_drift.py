@@ -155,6 +155,10 @@ class PolarsDriftDetector(DriftDetector):
         plan, skipped = self.plan_columns(reference, current, numeric, categorical)
         local = threading.local()
 
+        workers = min(self.max_workers, len(plan))
+        if max(reference.height, current.height) < 50_000:
+            workers = 1
+
         def one(item: tuple[str, str]) -> ColumnDrift:
             name, kind = item
             ref, cur = reference.get_column(name), current.get_column(name)
@@ -162,10 +166,10 @@ class PolarsDriftDetector(DriftDetector):
                 return self._categorical(name, ref, cur)
             if not hasattr(local, "workspace"):
                 local.workspace = st.Workspace()
-            return self._numeric(name, ref, cur, local.workspace)
+            # with columns in parallel, each sort stays on its thread (no oversubscription)
+            return self._numeric(name, ref, cur, local.workspace, multithreaded_sort=workers == 1)
 
-        workers = min(self.max_workers, len(plan))
-        if workers > 1 and max(reference.height, current.height) >= 50_000:
+        if workers > 1:
             with ThreadPoolExecutor(workers, thread_name_prefix="mlx-drift") as pool:
                 results = list(pool.map(one, plan))
         else:
@@ -296,7 +300,12 @@ class PolarsDriftDetector(DriftDetector):
         )
 
     def _numeric(
-        self, column: str, ref: pl.Series, cur: pl.Series, workspace: st.Workspace | None = None
+        self,
+        column: str,
+        ref: pl.Series,
+        cur: pl.Series,
+        workspace: st.Workspace | None = None,
+        multithreaded_sort: bool = True,
     ) -> ColumnDrift:
         for side, s in (("reference", ref), ("current", cur)):
             if s.dtype == pl.String or isinstance(s.dtype, pl.Categorical | pl.Enum):
@@ -310,6 +319,7 @@ class PolarsDriftDetector(DriftDetector):
             wasserstein_min_std=self.wasserstein_min_std,
             ks_method=self.ks_method,
             workspace=workspace,
+            multithreaded_sort=multithreaded_sort,
         )
         notes = []
         if n_ref and values["reference_std"] < self.wasserstein_min_std:

@@ -41,20 +41,22 @@ mass is below 1e-30 per cell, so the p-value moves by far less than 1e-12."""
 
 
 # -- inputs ---------------------------------------------------------------------------------------
-def finite_sorted(series: pl.Series) -> np.ndarray:
+def finite_sorted(series: pl.Series, *, multithreaded: bool = True) -> np.ndarray:
     """The finite values of ``series`` as a sorted float64 array (read-only; often a view of
     the polars sort's buffer).
 
     Nulls, NaN and +/-inf are dropped (they count as missing): nulls before the sort, the rest
     by two binary searches after it (polars sorts -inf first and +inf, NaN last), so a clean
     column costs exactly one sort. Temporal columns are compared on their physical integer.
+    ``multithreaded=False`` keeps polars' sort on the calling thread (for callers that already
+    run columns in parallel).
     """
     if series.dtype.is_temporal():
         series = series.to_physical()
     s = series.cast(pl.Float64)
     if s.null_count():
         s = s.drop_nulls()
-    values = s.sort().to_numpy()
+    values = s.sort(multithreaded=multithreaded).to_numpy()
     lo = int(np.searchsorted(values, -np.inf, side="right"))
     hi = int(np.searchsorted(values, np.inf, side="left"))
     return values[lo:hi]
@@ -157,7 +159,7 @@ def _ecdf_distances_in_place(n: int, m: int, workspace: Workspace) -> ECDFDistan
     One stable argsort of the concatenation merges the two sorted runs in linear time (timsort
     finds the runs). Along the merged values z_k the scaled ECDF gap
     ``m * #x<=z_k - n * #y<=z_k`` is the running sum of ``+m`` for each x and ``-n`` for each
-    y: integers, exact in float64 while n * m < 2**53 (about 94 million values a side). The KS
+    y: integers, exact while n * m < 2**53 (about 94 million values a side). The KS
     statistic is its largest absolute value at the last element of each group of tied values,
     and the Wasserstein distance is ``sum_k |gap_k| * (z_{k+1} - z_k)``, both divided by
     ``n * m``. About ten passes over the n + m values. The only new array is the argsort's;
@@ -173,23 +175,29 @@ def _ecdf_distances_in_place(n: int, m: int, workspace: Workspace) -> ECDFDistan
     # in place over the indices: element k is read before slot k is written, and never again
     np.take(z, order, out=merged, mode="clip")
     steps = np.subtract(merged[1:], merged[:-1], out=z[:-1])  # z_{k+1} - z_k, >= 0
-    gap = merged  # the merged values are spent: the slots now hold the gaps
-    gap.fill(-float(n))
-    np.copyto(gap, float(m), where=from_x)
-    np.cumsum(gap, out=gap)
+    gap = order  # the merged values are spent: the slots now hold the integer gaps
+    np.multiply(from_x, total, out=gap)
+    np.subtract(gap, n, out=gap)  # +m for an x, -n for a y
+    np.cumsum(gap, out=gap)  # integer adds: several times faster than a float cumsum
     np.abs(gap, out=gap)
     gap = gap[:-1]
     ties = int(len(steps) - np.count_nonzero(steps))
     if ties:  # only the last of tied values is a point where both ECDFs are evaluated
         np.greater(steps, 0, out=from_x[:-1])
-        max_gap = float(np.max(gap, where=from_x[:-1], initial=0.0))
+        max_gap = int(np.max(gap, where=from_x[:-1], initial=0))
     else:
-        max_gap = float(gap.max())
+        max_gap = int(gap.max())
+    dot = 0.0  # sum |gap| * steps, converting the gaps to float a cache-sized chunk at a time
+    scratch = np.empty(min(len(gap), _CHUNK))
+    for start in range(0, len(gap), _CHUNK):
+        chunk = scratch[: len(gap[start : start + _CHUNK])]
+        np.copyto(chunk, gap[start : start + _CHUNK])
+        dot += float(np.dot(chunk, steps[start : start + _CHUNK]))
     nm = float(n) * float(m)
     return ECDFDistances(
-        ks_max_gap=round(max_gap),
+        ks_max_gap=max_gap,
         ks_statistic=max_gap / nm,
-        wasserstein=float(np.dot(gap, steps)) / nm,
+        wasserstein=dot / nm,
         n_unique=total - ties,
     )
 
@@ -421,6 +429,7 @@ def numeric_stats_of_series(
     wasserstein_min_std: float = 1e-3,
     ks_method: KSMethod = "auto",
     workspace: Workspace | None = None,
+    multithreaded_sort: bool = True,
 ) -> tuple[dict[str, float], int, int]:
     """:func:`numeric_stats` of two polars series (missing values dropped, see
     :func:`finite_sorted`), and the number of values compared on each side.
@@ -429,8 +438,8 @@ def numeric_stats_of_series(
     column's sorted copy exists outside the workspace at any time.
     """
     workspace = workspace or Workspace()
-    xs = finite_sorted(reference)
-    ys = finite_sorted(current)
+    xs = finite_sorted(reference, multithreaded=multithreaded_sort)
+    ys = finite_sorted(current, multithreaded=multithreaded_sort)
     n, m = len(xs), len(ys)
     z = workspace.buffers(n + m)[0]
     z[:n] = xs

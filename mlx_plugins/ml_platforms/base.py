@@ -63,7 +63,11 @@ class MLPlatform(MLXPlugin):
         valid: pl.DataFrame,
         spec: TrainingSpec,
         on_epoch: EpochCallback | None = None,
-    ) -> TrainedModel: ...
+        *,
+        context: Any = None,
+    ) -> TrainedModel:
+        """Train on ``train``, validate on ``valid``. ``context`` is the Dagster asset context,
+        for plugins that launch work out of process (Pipes) and stream its logs back."""
 
     @abstractmethod
     def predict_proba(self, model: TrainedModel, frame: pl.DataFrame) -> np.ndarray:

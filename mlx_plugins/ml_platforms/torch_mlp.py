@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 MEMORY_FRACTION_ENV = "MLX_GPU_MEMORY_FRACTION"
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class TabularMLP(nn.Module):
@@ -51,6 +54,35 @@ class TabularMLP(nn.Module):
         return self.mlp(torch.cat(parts, dim=1)).squeeze(1)
 
 
+def dense_parameter_count(model: nn.Module) -> int:
+    """Parameters of the Linear layers: what the 6 * params * samples FLOP estimate counts."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return sum(p.numel() for m in linears for p in m.parameters())
+
+
+def _column_block(frame: pl.DataFrame, dtype: torch.dtype, pin_memory: bool) -> torch.Tensor:
+    """A ``(rows, columns)`` tensor over one column-major buffer: exactly one copy out of polars.
+
+    Each polars column is a contiguous Arrow buffer, so a column-major block is a memcpy per
+    column (``to_numpy(order="fortran")``), where a row-major one would interleave. The tensor
+    is the transposed view of that buffer (strides ``(1, rows)``); ``.contiguous()`` on the GPU
+    makes it row-major at device bandwidth. With ``pin_memory`` the columns are copied straight
+    into page-locked memory, so the host-to-device copy can be asynchronous.
+    """
+    rows, cols = frame.height, frame.width
+    if pin_memory:
+        buf = torch.empty((cols, rows), dtype=dtype, pin_memory=True)
+        view = buf.numpy()
+        for j, series in enumerate(frame.iter_columns()):
+            view[j] = series.to_numpy()  # zero-copy read of a null-free column
+        return buf.T
+    arr = frame.to_numpy(order="fortran", writable=True)  # copies only a lone read-only column
+    out = torch.from_numpy(arr)
+    if out.dtype != dtype:  # pragma: no cover - the expressions fix the dtype
+        raise TypeError(f"expected {dtype}, polars produced {out.dtype}")
+    return out
+
+
 @dataclass
 class Preprocessor:
     """Standardisation and category vocabularies, fitted on the training frame only."""
@@ -65,10 +97,13 @@ class Preprocessor:
     def fit(
         cls, df: pl.DataFrame, numeric: Sequence[str], categorical: Sequence[str]
     ) -> Preprocessor:
+        def clean(c: str) -> pl.Expr:  # NaN is missing, like null: it must not poison the stats
+            return pl.col(c).cast(pl.Float64).fill_nan(None)
+
         stats = (
             df.select(
-                *[pl.col(c).cast(pl.Float64).mean().alias(f"m_{c}") for c in numeric],
-                *[pl.col(c).cast(pl.Float64).std().alias(f"s_{c}") for c in numeric],
+                *[clean(c).mean().alias(f"m_{c}") for c in numeric],
+                *[clean(c).std().alias(f"s_{c}") for c in numeric],
             ).row(0)
             if numeric
             else ()
@@ -92,64 +127,126 @@ class Preprocessor:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> Preprocessor:
+    def from_dict(cls, d: Mapping[str, object]) -> Preprocessor:
         return cls(**d)  # type: ignore[arg-type]
 
     @property
     def cardinalities(self) -> list[int]:
         return [len(self.vocab[c]) for c in self.categorical]
 
-    def transform(self, df: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-        """Polars to tensors in columnar bulk: one numpy buffer per block, no Python row loop.
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
 
-        Unknown categories and nulls map to index 0; numeric nulls to the mean (0 after scaling).
-        """
-        num = (
-            df.select(
-                ((pl.col(c).cast(pl.Float32) - m) / s).fill_null(0.0).fill_nan(0.0).alias(c)
-                for c, m, s in zip(self.numeric, self.means, self.stds, strict=True)
-            ).to_numpy(order="c")
-            if self.numeric
-            else np.zeros((df.height, 0), np.float32)
-        )
-        cat = (
-            df.select(
+    def _category_codes(self, c: str) -> pl.Expr:
+        # Casting to an Enum of the vocabulary is a hash lookup per row; unknown values become
+        # null (non-strict), so index 0 means null or unseen. The vocabulary is sorted, so the
+        # Enum's physical index + 1 is the position in ``vocab[c]`` + 1.
+        if not self.vocab[c]:
+            return pl.repeat(0, pl.len(), dtype=pl.Int64).alias(c)
+        return (
+            (
                 pl.col(c)
                 .cast(pl.String)
-                .replace_strict(
-                    self.vocab[c],
-                    list(range(1, len(self.vocab[c]) + 1)),
-                    default=0,
-                    return_dtype=pl.Int64,
-                )
-                for c in self.categorical
-            ).to_numpy(order="c")
+                .cast(pl.Enum(self.vocab[c]), strict=False)
+                .to_physical()
+                .cast(pl.Int64)
+                + 1
+            )
+            .fill_null(0)
+            .alias(c)
+        )
+
+    def transform(
+        self, df: pl.DataFrame, *, pin_memory: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Polars to ``(numeric float32, categorical int64)`` tensors, one bulk copy each.
+
+        Unknown categories and nulls map to index 0; numeric nulls and NaNs to the mean (0 after
+        scaling). The tensors are column-major views (see ``_column_block``); values equal the
+        row-major result. ``pin_memory`` (CUDA only) puts them in page-locked host memory.
+        """
+        pin = pin_memory and torch.cuda.is_available()
+        n = df.height
+        num = (
+            _column_block(
+                df.select(
+                    ((pl.col(c).cast(pl.Float32) - m) / s).fill_null(0.0).fill_nan(0.0).alias(c)
+                    for c, m, s in zip(self.numeric, self.means, self.stds, strict=True)
+                ),
+                torch.float32,
+                pin,
+            )
+            if self.numeric
+            else torch.zeros((n, 0), dtype=torch.float32)
+        )
+        cat = (
+            _column_block(
+                df.select(self._category_codes(c) for c in self.categorical), torch.int64, pin
+            )
             if self.categorical
-            else np.zeros((df.height, 0), np.int64)
+            else torch.zeros((n, 0), dtype=torch.int64)
         )
-        return torch.from_numpy(np.ascontiguousarray(num, np.float32)), torch.from_numpy(
-            np.ascontiguousarray(cat, np.int64)
-        )
+        return num, cat
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """The torch device for ``requested``, with a clear error when it cannot be used here."""
+    if not DEVICE_PATTERN.match(requested):
+        raise ValueError(
+            f"device {requested!r} is not one of 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'"
+        )
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {requested!r} was asked for but torch sees no CUDA GPU "
+                f"(torch {torch.__version__}, CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); use device='auto' or 'cpu'"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise RuntimeError(
+                f"device {requested!r} does not exist: this process sees {count} GPU(s) "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})"
+            )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise RuntimeError("device 'mps' was asked for but torch sees no Apple GPU")
+    return device
+
+
+def memory_fraction_from_env(environ: Mapping[str, str] | None = None) -> float | None:
+    """``MLX_GPU_MEMORY_FRACTION`` as a float in (0, 1], None when unset or empty."""
+    raw = (os.environ if environ is None else environ).get(MEMORY_FRACTION_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        fraction = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"{MEMORY_FRACTION_ENV}={raw!r} is not a number; the run launcher sets it to a "
+            "fraction in (0, 1] of the GPU's memory"
+        ) from None
+    if not 0 < fraction <= 1:  # also rejects nan
+        raise ValueError(f"{MEMORY_FRACTION_ENV}={raw!r} must be in (0, 1]")
+    return fraction
 
 
 def apply_memory_fraction(device: torch.device) -> float | None:
     """Cap this process's share of GPU memory, as the run launcher asked (seed: memory limit)."""
-    raw = os.environ.get(MEMORY_FRACTION_ENV)
-    if device.type != "cuda" or not raw:
+    if device.type != "cuda":
         return None
-    fraction = float(raw)
-    if not 0 < fraction <= 1:
-        raise ValueError(f"{MEMORY_FRACTION_ENV}={raw!r} must be in (0, 1]")
+    fraction = memory_fraction_from_env()
+    if fraction is None:
+        return None
     torch.cuda.set_per_process_memory_fraction(fraction, device)
     return fraction
 
@@ -173,6 +270,7 @@ class LoopConfig:
     seed: int = 0
     bf16: bool = True
     compile: bool = False
+    cuda_graphs: bool = False
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -180,9 +278,154 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Row-major copy of ``t`` on ``device``.
+
+    On CUDA the host buffer goes over as it lies (asynchronously when it is pinned: no extra
+    host copy is made to pin it) and the transpose to row-major runs on the GPU.
+    """
     if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+        return t.to(device, non_blocking=t.is_pinned()).contiguous()
+    return t.to(device).contiguous()
+
+
+def make_optimizer(
+    model: nn.Module, cfg: LoopConfig, device: torch.device, *, capturable: bool = False
+) -> torch.optim.AdamW:
+    """AdamW; the fused single-kernel step on CUDA (no host sync, fewer launches)."""
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        fused=fused,
+        capturable=capturable and fused,
+    )
+
+
+def epoch_permutation(
+    n: int,
+    gen: torch.Generator,
+    device: torch.device,
+    shard: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """A seeded permutation of ``range(n)``, drawn on ``device``; ``shard=(rank, world)`` keeps
+    every world-th entry after padding to a multiple of ``world`` (wrapping around), so every
+    rank gets the same number of rows: DDP ranks then take the same number of steps."""
+    perm = torch.randperm(n, generator=gen, device=device)
+    if shard is None:
+        return perm
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside a world of {world}")
+    pad = (-n) % world
+    if pad:
+        perm = torch.cat([perm, perm[torch.arange(pad, device=device) % n]])
+    return perm[rank::world]
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+class FlatGradients:
+    """Every gradient as a view of one buffer: zeroed by one kernel, averaged over the data
+    parallel ranks by one all-reduce, and at fixed addresses (what a CUDA graph needs)."""
+
+    def __init__(self, model: nn.Module, world: int = 1) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.flat = torch.zeros(
+            sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device
+        )
+        offset = 0
+        for p in params:
+            p.grad = self.flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        self.world = world
+
+    def zero(self) -> None:
+        self.flat.zero_()
+
+    def all_reduce(self) -> None:
+        if self.world > 1:
+            torch.distributed.all_reduce(self.flat)
+            self.flat.div_(self.world)
+
+
+def broadcast_parameters(model: nn.Module, src: int = 0) -> None:
+    """Start every rank from rank ``src``'s weights."""
+    for p in model.parameters():
+        torch.distributed.broadcast(p.data, src)
+
+
+def replica_divergence(model: nn.Module) -> float:
+    """Largest absolute weight difference between this rank and any other (0: in sync)."""
+    vec = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    gathered = [torch.empty_like(vec) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, vec)
+    return max(float((g - vec).abs().max()) for g in gathered)
+
+
+WARMUP_STEPS = 3
+"""Eager steps before a CUDA graph is captured (optimizer state, cuBLAS and NCCL set-up)."""
+
+Step = Callable[[torch.Tensor, int], None]
+
+
+def _capture_step(step: Step, static_idx: torch.Tensor, batch: int) -> Callable[[], None]:
+    """Record one full-batch step as a CUDA graph; the returned callable replays it."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(static_idx, batch)
+    return graph.replay
+
+
+def _graphs_available(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+class GraphedStep:
+    """A full-batch training step replayed from a CUDA graph: per step the host copies the
+    batch's indices into a static buffer and launches the graph, two calls instead of ~100."""
+
+    def __init__(self, step: Step, batch: int, device: torch.device) -> None:
+        self.static_idx = torch.zeros(batch, dtype=torch.long, device=device)
+        self.replay = _capture_step(step, self.static_idx, batch)
+
+    def __call__(self, idx: torch.Tensor) -> None:
+        self.static_idx.copy_(idx)
+        self.replay()
+
+
+def _try_graph(step: Step, batch: int, device: torch.device, ddp: bool) -> GraphedStep | None:
+    """Capture the step, or None (train eagerly) if any rank could not."""
+    graphed: GraphedStep | None = None
+    try:
+        graphed = GraphedStep(step, batch, device)
+    except RuntimeError as exc:
+        warnings.warn(f"CUDA graph capture failed, training eagerly: {exc}", stacklevel=2)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    if ddp:  # every rank must take the same path, or the collectives would not match
+        ok = torch.tensor([1.0 if graphed is not None else 0.0], device=device)
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        if ok.item() < 1.0:
+            return None
+    return graphed
+
+
+def _warm_up(step: Step, perm: torch.Tensor, batch: int, device: torch.device) -> int:
+    """The epoch's first full batches, eagerly, on a side stream (as capture requires)."""
+    if device.type != "cuda":
+        for k in range(WARMUP_STEPS):
+            step(perm[k * batch : (k + 1) * batch], batch)
+        return WARMUP_STEPS
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for k in range(WARMUP_STEPS):
+            step(perm[k * batch : (k + 1) * batch], batch)
+    torch.cuda.current_stream(device).wait_stream(side)
+    return WARMUP_STEPS
 
 
 def train_loop(
@@ -197,42 +440,87 @@ def train_loop(
 ) -> list[EpochResult]:
     """Train with AdamW and BCE. Data sits on the device once; each epoch is a seeded permutation.
 
-    ``distributed_sampler=(rank, world)`` takes every world-th shuffled batch row for DDP.
+    The steps never wait for the host: the loss is summed on the device and read once an epoch.
+    ``distributed_sampler=(rank, world)`` gives this process a disjoint, equal-sized shard of
+    each epoch's permutation (see :func:`epoch_permutation`). When a process group is
+    initialised the ranks start from rank 0's weights and average their gradients with one
+    all-reduce per step (data-parallel, like DistributedDataParallel with one bucket); the
+    validation set is sharded too and the reported losses and throughput are over all ranks.
+    ``cfg.cuda_graphs`` replays full-batch steps from a CUDA graph (CUDA only, not with
+    ``compile``); if capture fails the loop warns and stays eager.
     """
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    if train[2].shape[0] == 0:
+        raise ValueError("the training set is empty")
     x_num, x_cat, y = (to_device(t, device) for t in train)
     v_num, v_cat, v_y = (to_device(t, device) for t in valid)
     model = model.to(device)
+    ddp = distributed_sampler is not None and _dist_ready()
+    world, valid_rows = 1, v_y.shape[0]
+    if ddp:
+        rank, world = distributed_sampler  # type: ignore[misc]
+        v_num, v_cat, v_y = v_num[rank::world], v_cat[rank::world], v_y[rank::world]
+        broadcast_parameters(model)
+    grads = FlatGradients(model, world)
     step_model: nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    use_graphs = cfg.cuda_graphs and not cfg.compile and _graphs_available(device)
+    opt = make_optimizer(model, cfg, device, capturable=use_graphs)
     loss_fn = nn.BCEWithLogitsLoss()
     use_bf16 = cfg.bf16 and bf16_supported(device)
-    n = y.shape[0]
+    total = torch.zeros((), device=device)
+
+    def step(idx: torch.Tensor, rows: int) -> None:
+        # no autocast weight cache: each weight is cast once per step anyway, and graphs need it
+        with torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=False
+        ):
+            logits = step_model(x_num[idx], x_cat[idx])
+            loss = loss_fn(logits.float(), y[idx])
+        grads.zero()
+        loss.backward()
+        grads.all_reduce()
+        opt.step()
+        total.add_(loss.detach(), alpha=rows)
+
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    n, batch = y.shape[0], cfg.batch_size
+    graphed: GraphedStep | None = None
     history: list[EpochResult] = []
+    perm = epoch_permutation(n, gen, device, distributed_sampler)
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        if distributed_sampler is not None:
-            rank, world = distributed_sampler
-            perm = perm[rank::world]
-        total, seen = torch.zeros((), device=device), 0
-        for i in range(0, perm.shape[0], cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = step_model(x_num[idx], x_cat[idx])
-                loss = loss_fn(logits.float(), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * idx.shape[0]
-            seen += idx.shape[0]
-        valid_loss = evaluate_loss(model, v_num, v_cat, v_y, cfg.batch_size * 4, use_bf16)
-        train_loss = float(total) / max(seen, 1)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        total.zero_()
+        rows = perm.shape[0]
+        full = rows // batch
+        first = 0
+        if use_graphs and graphed is None and full > WARMUP_STEPS:
+            first = _warm_up(step, perm, batch, device)
+            graphed = _try_graph(step, batch, device, ddp)
+            use_graphs = graphed is not None
+        for i in range(first * batch, full * batch, batch):
+            if graphed is not None:
+                graphed(perm[i : i + batch])
+            else:
+                step(perm[i : i + batch], batch)
+        if rows > full * batch:
+            step(perm[full * batch :], rows - full * batch)
+        if epoch < cfg.epochs:  # queued behind this epoch's steps, before the host waits
+            perm = epoch_permutation(n, gen, device, distributed_sampler)
+        sums = torch.stack(
+            [total, _valid_loss_sum(model, v_num, v_cat, v_y, cfg.batch_size * 4, use_bf16)]
+        )
+        if ddp:
+            torch.distributed.all_reduce(sums)
+        train_sum, valid_sum = sums.tolist()  # the epoch's one host sync
+        seen = rows * world  # every rank trains on the same number of rows
         seconds = time.perf_counter() - start
-        result = EpochResult(epoch, train_loss, valid_loss, seconds, seen / max(seconds, 1e-9))
+        result = EpochResult(
+            epoch,
+            train_sum / seen,
+            valid_sum / valid_rows if valid_rows else math.nan,
+            seconds,
+            seen / max(seconds, 1e-9),
+        )
         history.append(result)
         if on_epoch is not None:
             on_epoch(result)
@@ -240,6 +528,27 @@ def train_loop(
 
 
 @torch.no_grad()
+def _valid_loss_sum(
+    model: nn.Module,
+    x_num: torch.Tensor,
+    x_cat: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    use_bf16: bool = False,
+) -> torch.Tensor:
+    """Summed BCE over the rows, left on the device (no host sync)."""
+    total = torch.zeros((), device=y.device)
+    if y.shape[0] == 0:
+        return total
+    model.eval()
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    for i in range(0, y.shape[0], batch_size):
+        with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(x_num[i : i + batch_size], x_cat[i : i + batch_size])
+        total += loss_fn(logits.float(), y[i : i + batch_size])
+    return total
+
+
 def evaluate_loss(
     model: nn.Module,
     x_num: torch.Tensor,
@@ -248,16 +557,10 @@ def evaluate_loss(
     batch_size: int,
     use_bf16: bool = False,
 ) -> float:
+    """Mean BCE of ``model`` on the given rows; NaN when there are none."""
     if y.shape[0] == 0:
         return math.nan
-    model.eval()
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
-    total = 0.0
-    for i in range(0, y.shape[0], batch_size):
-        with torch.autocast(x_num.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(x_num[i : i + batch_size], x_cat[i : i + batch_size])
-        total += float(loss_fn(logits.float(), y[i : i + batch_size]))
-    return total / y.shape[0]
+    return float(_valid_loss_sum(model, x_num, x_cat, y, batch_size, use_bf16)) / y.shape[0]
 
 
 @torch.no_grad()
@@ -275,5 +578,14 @@ def predict_logits(
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
-def target_tensor(df: pl.DataFrame, target: str) -> torch.Tensor:
-    return torch.from_numpy(df.get_column(target).cast(pl.Float32).to_numpy().copy())
+def target_tensor(df: pl.DataFrame, target: str, *, pin_memory: bool = False) -> torch.Tensor:
+    """The target column as float32 (nulls are an error: every training row needs a label)."""
+    col = df.get_column(target)
+    if col.null_count():
+        raise ValueError(f"target column {target!r} has {col.null_count()} null(s)")
+    values = col.cast(pl.Float32).to_numpy()
+    if pin_memory and torch.cuda.is_available():
+        out = torch.empty(values.shape[0], dtype=torch.float32, pin_memory=True)
+        out.numpy()[:] = values
+        return out
+    return torch.from_numpy(values.copy())  # polars hands out a read-only view

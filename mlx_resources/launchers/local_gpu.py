@@ -37,6 +37,7 @@ from dagster import Array, Bool, Field, Float, Noneable, StringSource
 from dagster import _check as check
 from dagster._core.launcher import LaunchRunContext, RunLauncher
 from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
+from dagster._core.origin import get_python_environment_entry_point
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
@@ -342,9 +343,17 @@ class LocalGpuRunLauncher(RunLauncher, ConfigurableClass):
             f"Run {run.run_id} has no python origin; LocalGpuRunLauncher starts runs from "
             "their code location's Python environment.",
         )
-        command = ExecuteRunArgs(
+        args = ExecuteRunArgs(
             job_origin=job_origin, run_id=run.run_id, instance_ref=self._instance.get_ref()
-        ).get_command_args()
+        )
+        # `python -m dagster` from the code location's interpreter: a `dagster` script need not
+        # be on PATH (it was not on the GPU host where this was first run).
+        command = [
+            *get_python_environment_entry_point(job_origin.executable_path),
+            "api",
+            "execute_run",
+            serialize_value(args),
+        ]
 
         request = gpu_request_for_run(self._instance, run)
         if request is None:
