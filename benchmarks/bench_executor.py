@@ -21,7 +21,7 @@ import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import row  # noqa: E402
+from _common import row
 
 STEPS = int(os.environ.get("MLX_BENCH_STEPS", "8"))
 
@@ -71,8 +71,10 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
         _time("mlx", instance)  # start the forkserver once, as a long-lived worker would
-        results = {job: min(_time(job, instance) for _ in range(args.repeats))
-                   for job in ("in_process", "spawn", "mlx")}
+        results = {
+            job: min(_time(job, instance) for _ in range(args.repeats))
+            for job in ("in_process", "spawn", "mlx")
+        }
     floor = results["in_process"]
     print(f"{STEPS} chained steps, best of {args.repeats} runs")
     print(row("executor", "wall s", "per step ms", "vs spawn"))
@@ -81,8 +83,10 @@ def main() -> None:
         ratio = results["spawn"] / wall
         print(row(job, f"{wall:.2f}", f"{per:.0f}", f"{ratio:.2f}x faster"))
     per_mlx = (results["mlx"] - floor) / STEPS * 1000
-    print(f"\nmlx executor: {per_mlx:.0f} ms per step over in-process (goal < 150 ms); "
-          f"spawn: {(results['spawn'] - floor) / STEPS * 1000:.0f} ms")
+    print(
+        f"\nmlx executor: {per_mlx:.0f} ms per step over in-process (goal < 150 ms); "
+        f"spawn: {(results['spawn'] - floor) / STEPS * 1000:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -35,14 +35,23 @@ def composition(scale: float, epochs: int) -> dict:
 def run_mlx(scale: float, epochs: int, work: Path) -> float:
     comp = work / "mlx.yaml"
     comp.write_text(yaml.safe_dump(composition(scale, epochs)))
-    env = {**os.environ, "MLX_HOME": str(work / "home"), "MLX_COMPOSITION": str(comp),
-           "DAGSTER_HOME": str(work / "dagster")}
+    env = {
+        **os.environ,
+        "MLX_HOME": str(work / "home"),
+        "MLX_COMPOSITION": str(comp),
+        "DAGSTER_HOME": str(work / "dagster"),
+    }
     env.pop("MLX_PROFILE", None)
     (work / "dagster").mkdir()
     (work / "dagster" / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mlx_assets.cli", "lifecycle"], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "mlx_assets.cli", "lifecycle"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
@@ -56,7 +65,8 @@ from mlx_plugins.data_sources.nycflights13 import NYCFlights13Source
 from mlx_plugins.ml_platforms.local_torch import LocalTorchPlatform
 from mlx_plugins.ml_platforms.base import TrainingSpec
 from mlx_plugins.drift_detectors.polars_drift import PolarsDriftDetector
-from mlx_assets.features.flight_features import build_features, NUMERIC_FEATURES, CATEGORICAL_FEATURES, TARGET
+from mlx_assets.features.flight_features import (
+    build_features, NUMERIC_FEATURES, CATEGORICAL_FEATURES, TARGET)
 from mlx_assets.training.training_set import split_by_time, SPLIT
 from mlx_assets.evaluation.evaluation import evaluate
 from mlx_assets.monitoring.feature_drift import FEATURES, MONITORED_NUMERIC, MONITORED_CATEGORICAL
@@ -78,17 +88,18 @@ with p.session():
     m = p.train(ts.filter(pl.col(SPLIT) == "train"), ts.filter(pl.col(SPLIT) == "valid"), spec)
     test = ts.filter(pl.col(SPLIT) == "test")
     base = float(ts.filter(pl.col(SPLIT) == "train")[TARGET].mean())
-    ev = evaluate(test[TARGET].to_numpy().astype(bool), p.predict_proba(m, test), test["carrier"].to_numpy(), base)
+    y, carriers = test[TARGET].to_numpy().astype(bool), test["carrier"].to_numpy()
+    ev = evaluate(y, p.predict_proba(m, test), carriers, base)
 feats = pl.read_ipc(f"{{w}}/features.arrow")
 ref = ts.filter(pl.col(SPLIT) == "train").select(FEATURES)
 det = PolarsDriftDetector()
 for (d,), cur in feats.partition_by("date", as_dict=True).items():
-    det.compare(ref, cur.select(FEATURES), numeric=MONITORED_NUMERIC, categorical=MONITORED_CATEGORICAL)
+    det.compare(ref, cur.select(FEATURES), numeric=MONITORED_NUMERIC,
+                categorical=MONITORED_CATEGORICAL)
 print(time.perf_counter() - start)
 """
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 

@@ -55,24 +55,26 @@ def test_restart_does_not_launch_a_second_run(tmp_path):
         working_directory=str(REPO_ROOT),
         location_name="mlx",
     )
-    with dg.instance_for_test(temp_dir=str(tmp_path), overrides=overrides) as instance:
-        with create_test_daemon_workspace_context(target, instance) as ctx:
-            _observe(instance, "2013-07-01", "retrain")
-            _tick(ctx)
-            runs = instance.get_runs(dg.RunsFilter(tags={"dagster/sensor_name": SENSOR}))
-            assert len(runs) == 1
-            assert runs[0].job_name == "training"
-            assert runs[0].tags["mlx/drift_partition"] == "2013-07-01"
-            state, _ = _state(ctx, instance)
-            assert state.instigator_data.cursor  # the daemon saved the cursor
+    with (
+        dg.instance_for_test(temp_dir=str(tmp_path), overrides=overrides) as instance,
+        create_test_daemon_workspace_context(target, instance) as ctx,
+    ):
+        _observe(instance, "2013-07-01", "retrain")
+        _tick(ctx)
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/sensor_name": SENSOR}))
+        assert len(runs) == 1
+        assert runs[0].job_name == "training"
+        assert runs[0].tags["mlx/drift_partition"] == "2013-07-01"
+        state, _ = _state(ctx, instance)
+        assert state.instigator_data.cursor  # the daemon saved the cursor
 
-            _rewind(instance, state, cursor=None)
-            _tick(ctx)
-            runs = instance.get_runs(dg.RunsFilter(tags={"dagster/sensor_name": SENSOR}))
-            assert len(runs) == 1, "the replayed event must not launch a second run"
+        _rewind(instance, state, cursor=None)
+        _tick(ctx)
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/sensor_name": SENSOR}))
+        assert len(runs) == 1, "the replayed event must not launch a second run"
 
-            _observe(instance, "2013-07-02", "retrain")  # a new event, but inside the cooldown
-            state, _ = _state(ctx, instance)
-            _rewind(instance, state, cursor=state.instigator_data.cursor)
-            _tick(ctx)
-            assert len(instance.get_runs(dg.RunsFilter(tags={"dagster/sensor_name": SENSOR}))) == 1
+        _observe(instance, "2013-07-02", "retrain")  # a new event, but inside the cooldown
+        state, _ = _state(ctx, instance)
+        _rewind(instance, state, cursor=state.instigator_data.cursor)
+        _tick(ctx)
+        assert len(instance.get_runs(dg.RunsFilter(tags={"dagster/sensor_name": SENSOR}))) == 1

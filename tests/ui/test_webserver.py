@@ -81,7 +81,7 @@ def webserver(tmp_path_factory):
 
 
 def test_code_location_loads_and_serves_the_graph(webserver):
-    port, log = webserver
+    port, _ = webserver
     data = _post(port, QUERY)
     (entry,) = data["workspaceOrError"]["locationEntries"]
     assert entry["name"] == "mlx"
