@@ -61,3 +61,41 @@ def test_missing_data_dir_is_unhealthy(tmp_path):
     status = s.check_health()
     assert not status.healthy
     assert "flights.csv.zip" in status.detail
+
+
+def test_training_is_reproducible_on_cpu(tmp_path):
+    from mlx_plugins.ml_platforms.base import TrainingSpec
+    from mlx_plugins.ml_platforms.local_torch import LocalTorchPlatform
+
+    day = date(2013, 6, 1)
+    src = NYCFlights13Source()
+    from mlx_assets.features.flight_features import (
+        CATEGORICAL_FEATURES,
+        NUMERIC_FEATURES,
+        TARGET,
+        build_features,
+    )
+
+    df = build_features(
+        src.read("flights", day, day), src.read("weather", day, day), src.read("planes")
+    )
+    runs = []
+    for i in range(2):
+        spec = TrainingSpec(
+            numeric_features=NUMERIC_FEATURES,
+            categorical_features=CATEGORICAL_FEATURES,
+            target=TARGET,
+            artifact_dir=str(tmp_path / f"run{i}"),
+        )
+        p = LocalTorchPlatform(epochs=2, hidden=[16], batch_size=128, device="cpu", num_threads=1)
+        with p.session():
+            model = p.train(df, df.head(100), spec)
+            runs.append(
+                (
+                    model.artifact_sha256,
+                    p.predict_proba(model, df.head(50)).tolist(),
+                    [h.train_loss for h in model.history],
+                )
+            )
+    assert runs[0][1] == runs[1][1]
+    assert runs[0][2] == runs[1][2]
