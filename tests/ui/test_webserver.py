@@ -107,3 +107,45 @@ def test_no_warnings_while_loading(webserver):
     _post(port, "{ version }")
     text = log.read_text()
     assert "Warning" not in text, text
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=20000",
+    "--window-size=1400,900",
+]
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("Chromium is not installed: .ci/run installs it (apt-get install chromium)")
+    return exe
+
+
+def test_ui_renders_the_asset_catalog_in_chromium(webserver, tmp_path):
+    port, _ = webserver
+    url = f"http://127.0.0.1:{port}/assets"
+    profile = tmp_path / "chromium-profile"
+    dom = subprocess.run(
+        [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    for asset in ("raw_flights", "flight_features", "registered_model", "feature_drift"):
+        assert asset in dom, f"{asset} not rendered by the UI"
+    shot = tmp_path / "assets.png"
+    subprocess.run(
+        [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
