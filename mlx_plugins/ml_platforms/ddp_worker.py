@@ -53,7 +53,7 @@ def train_rank(job: DDPJob, rank: int, local_rank: int, world: int, pipes: Any) 
     dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
     try:
         tm.apply_memory_fraction(device)
-        torch.manual_seed(job.seed)
+        torch.manual_seed(job.loop["seed"])
         pre = tm.Preprocessor.from_dict(job.preprocessing)
         pin = job.pin_memory and device.type == "cuda"
 
@@ -64,23 +64,13 @@ def train_rank(job: DDPJob, rank: int, local_rank: int, world: int, pipes: Any) 
                 tm.target_tensor(df, job.target, pin_memory=pin),
             )
 
-        cfg = tm.LoopConfig(
-            hidden=tuple(job.hidden),
-            epochs=job.epochs,
-            batch_size=job.batch_size,
-            learning_rate=job.learning_rate,
-            weight_decay=job.weight_decay,
-            seed=job.seed,
-            bf16=job.bf16,
-            compile=job.compile,
-            cuda_graphs=job.cuda_graphs,
-        )
-        model = tm.TabularMLP(len(pre.numeric), pre.cardinalities, job.hidden, job.embedding_dim)
+        cfg = tm.LoopConfig(**{**job.loop, "hidden": tuple(job.loop["hidden"])})
+        model = tm.TabularMLP(len(pre.numeric), pre.cardinalities, cfg.hidden, job.embedding_dim)
 
         def report(r: tm.EpochResult) -> None:
             stats = EpochStats(**r.__dict__)
             pipes.log.info(
-                f"[ddp] epoch {r.epoch}/{job.epochs}: train_loss={r.train_loss:.4f} "
+                f"[ddp] epoch {r.epoch}/{cfg.epochs}: train_loss={r.train_loss:.4f} "
                 f"valid_loss={r.valid_loss:.4f} ({r.samples_per_second:,.0f} samples/s "
                 f"on {world} {device.type} rank(s))"
             )
@@ -97,7 +87,9 @@ def train_rank(job: DDPJob, rank: int, local_rank: int, world: int, pipes: Any) 
         )
         divergence = tm.replica_divergence(model)  # a collective: every rank takes part
         if rank == 0:
-            path = save_artifact(model.cpu(), pre, job.hidden, job.embedding_dim, job.artifact_dir)
+            path = save_artifact(
+                model.cpu(), pre, list(cfg.hidden), job.embedding_dim, job.artifact_dir
+            )
             pipes.log.info(f"[ddp] rank 0 saved the model to {path}")
             result = DDPResultMessage(
                 artifact_path=str(path),

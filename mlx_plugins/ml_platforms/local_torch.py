@@ -91,16 +91,9 @@ class DDPJob(BaseModel):
     target: str
     artifact_dir: str
     preprocessing: dict[str, Any]
-    hidden: list[int]
+    loop: dict[str, Any]
+    """``torch_mlp.LoopConfig`` fields (hidden, epochs, batch size, optimizer, precision)."""
     embedding_dim: int
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    weight_decay: float
-    seed: int
-    bf16: bool
-    compile: bool
-    cuda_graphs: bool = False
     device: Literal["cuda", "cpu"]
     pin_memory: bool = False
     num_threads: int | None = None
@@ -405,16 +398,8 @@ class LocalTorchPlatform(MLPlatform):
                 target=spec.target,
                 artifact_dir=spec.artifact_dir,
                 preprocessing=pre.to_dict(),
-                hidden=list(self.hidden),
+                loop={**cfg.__dict__, "hidden": list(cfg.hidden)},
                 embedding_dim=self.embedding_dim,
-                epochs=cfg.epochs,
-                batch_size=cfg.batch_size,
-                learning_rate=cfg.learning_rate,
-                weight_decay=cfg.weight_decay,
-                seed=cfg.seed,
-                bf16=cfg.bf16,
-                compile=cfg.compile,
-                cuda_graphs=cfg.cuda_graphs,
                 device=device_type,
                 pin_memory=self.pin_memory,
                 num_threads=self.num_threads,

@@ -190,15 +190,8 @@ def test_ddp_job_rejects_unknown_fields():
         target="y",
         artifact_dir="a",
         preprocessing={},
-        hidden=[8],
+        loop={"hidden": [8], "epochs": 1, "batch_size": 8, "seed": 0},
         embedding_dim=4,
-        epochs=1,
-        batch_size=8,
-        learning_rate=1e-3,
-        weight_decay=0.0,
-        seed=0,
-        bf16=True,
-        compile=False,
         device="cpu",
     )
     assert DDPJob.model_validate(fields).device == "cpu"
