@@ -66,36 +66,30 @@ def _read_window(context: dg.AssetExecutionContext, flights: DataSource, table: 
     yield from _check_results(f"raw_{table}", df, flights.schema(table))
 
 
-@dg.asset(
-    name="raw_flights",
-    group_name="ingest",
-    kinds={"polars", "parquet"},
-    code_version=CODE_VERSION,
-    description="One row per scheduled departure, by day.",
-    metadata={"partition_expr": "date"},
-    check_specs=_checks("raw_flights"),
-    partitions_def=DAILY_2013,
-    backfill_policy=SINGLE_RUN,
-    retry_policy=SOURCE_RETRY,
-)
-def raw_flights(context: dg.AssetExecutionContext, flights: DataSource):
-    yield from _read_window(context, flights, "flights")
+def _daily_raw_asset(table: str, description: str) -> dg.AssetsDefinition:
+    """A daily-partitioned copy of one source table; a range of days is read in one go."""
+    name = f"raw_{table}"
+
+    @dg.asset(
+        name=name,
+        group_name="ingest",
+        kinds={"polars", "parquet"},
+        code_version=CODE_VERSION,
+        description=description,
+        metadata={"partition_expr": "date"},
+        check_specs=_checks(name),
+        partitions_def=DAILY_2013,
+        backfill_policy=SINGLE_RUN,
+        retry_policy=SOURCE_RETRY,
+    )
+    def _raw(context: dg.AssetExecutionContext, flights: DataSource):
+        yield from _read_window(context, flights, table)
+
+    return _raw
 
 
-@dg.asset(
-    name="raw_weather",
-    group_name="ingest",
-    kinds={"polars", "parquet"},
-    code_version=CODE_VERSION,
-    description="Hourly weather at EWR, JFK and LGA, by day.",
-    metadata={"partition_expr": "date"},
-    check_specs=_checks("raw_weather"),
-    partitions_def=DAILY_2013,
-    backfill_policy=SINGLE_RUN,
-    retry_policy=SOURCE_RETRY,
-)
-def raw_weather(context: dg.AssetExecutionContext, flights: DataSource):
-    yield from _read_window(context, flights, "weather")
+raw_flights = _daily_raw_asset("flights", "One row per scheduled departure, by day.")
+raw_weather = _daily_raw_asset("weather", "Hourly weather at EWR, JFK and LGA, by day.")
 
 
 @dg.asset(
