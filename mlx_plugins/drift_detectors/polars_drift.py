@@ -166,8 +166,7 @@ class PolarsDriftDetector(DriftDetector):
                 return self._categorical(name, ref, cur)
             if not hasattr(local, "workspace"):
                 local.workspace = st.Workspace()
-            # with columns in parallel, each sort stays on its thread (no oversubscription)
-            return self._numeric(name, ref, cur, local.workspace, multithreaded_sort=workers == 1)
+            return self._numeric(name, ref, cur, local.workspace)
 
         if workers > 1:
             with ThreadPoolExecutor(workers, thread_name_prefix="mlx-drift") as pool:
@@ -305,7 +304,6 @@ class PolarsDriftDetector(DriftDetector):
         ref: pl.Series,
         cur: pl.Series,
         workspace: st.Workspace | None = None,
-        multithreaded_sort: bool = True,
     ) -> ColumnDrift:
         for side, s in (("reference", ref), ("current", cur)):
             if s.dtype == pl.String or isinstance(s.dtype, pl.Categorical | pl.Enum):
@@ -319,7 +317,6 @@ class PolarsDriftDetector(DriftDetector):
             wasserstein_min_std=self.wasserstein_min_std,
             ks_method=self.ks_method,
             workspace=workspace,
-            multithreaded_sort=multithreaded_sort,
         )
         notes = []
         if n_ref and values["reference_std"] < self.wasserstein_min_std:

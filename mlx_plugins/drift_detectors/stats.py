@@ -1,6 +1,7 @@
 """Vectorised two-sample drift statistics.
 
-Pure functions over numpy arrays (and, for the two ``*_from_series`` helpers, polars series).
+Pure functions over numpy arrays (``finite_sorted``, ``category_counts`` and
+``numeric_stats_of_series`` take polars series).
 Nothing here loops over rows in Python: a numeric column is sorted once per side, and the
 Kolmogorov-Smirnov statistic, the Wasserstein distance and the bin counts for PSI and
 Jensen-Shannon all come from those two sorted arrays (one linear merge, plus binary searches of
@@ -41,15 +42,16 @@ mass is below 1e-30 per cell, so the p-value moves by far less than 1e-12."""
 
 
 # -- inputs ---------------------------------------------------------------------------------------
-def finite_sorted(series: pl.Series, *, multithreaded: bool = True) -> np.ndarray:
+def finite_sorted(series: pl.Series, *, multithreaded: bool = False) -> np.ndarray:
     """The finite values of ``series`` as a sorted float64 array (read-only; often a view of
     the polars sort's buffer).
 
     Nulls, NaN and +/-inf are dropped (they count as missing): nulls before the sort, the rest
     by two binary searches after it (polars sorts -inf first and +inf, NaN last), so a clean
     column costs exactly one sort. Temporal columns are compared on their physical integer.
-    ``multithreaded=False`` keeps polars' sort on the calling thread (for callers that already
-    run columns in parallel).
+    The sort stays on the calling thread unless ``multithreaded``: parallelism pays off across
+    columns (see the detector's ``max_workers``), while a parallel sort of one column mostly
+    burns CPU on a small machine.
     """
     if series.dtype.is_temporal():
         series = series.to_physical()
@@ -70,11 +72,11 @@ def category_counts(
     Categories are rendered as strings and sorted, so the result is deterministic. A category
     seen on one side only gets a count of 0 on the other.
     """
-    ref = reference.drop_nulls().value_counts(name="reference")
-    cur = current.drop_nulls().value_counts(name="current")
-    key = ref.columns[0]
+    key = "category"  # fixed names: a column may itself be called "reference" or "current"
+    ref = reference.alias(key).drop_nulls().value_counts(name="reference")
+    cur = current.alias(key).drop_nulls().value_counts(name="current")
     ref = ref.with_columns(pl.col(key).cast(pl.String))
-    cur = cur.rename({cur.columns[0]: key}).with_columns(pl.col(key).cast(pl.String))
+    cur = cur.with_columns(pl.col(key).cast(pl.String))
     both = ref.join(cur, on=key, how="full", coalesce=True, nulls_equal=True).fill_null(0).sort(key)
     return (
         both.get_column(key).to_list(),
@@ -159,14 +161,14 @@ def _ecdf_distances_in_place(n: int, m: int, workspace: Workspace) -> ECDFDistan
     One stable argsort of the concatenation merges the two sorted runs in linear time (timsort
     finds the runs). Along the merged values z_k the scaled ECDF gap
     ``m * #x<=z_k - n * #y<=z_k`` is the running sum of ``+m`` for each x and ``-n`` for each
-    y: integers, exact while n * m < 2**53 (about 94 million values a side). The KS
+    y: int64, exact while n * m < 2**63 (about 3 billion values a side). The KS
     statistic is its largest absolute value at the last element of each group of tied values,
     and the Wasserstein distance is ``sum_k |gap_k| * (z_{k+1} - z_k)``, both divided by
     ``n * m``. About ten passes over the n + m values. The only new array is the argsort's;
     once each index is read, its slot holds the merged value, and later the gap.
     """
-    if float(n) * float(m) >= 2.0**53:
-        raise ValueError(f"samples of {n} and {m} values are too large for exact ECDF gaps")
+    if n * m >= 2**63:
+        raise ValueError(f"samples of {n} and {m} values are too large for int64 ECDF gaps")
     total = n + m
     z, from_x = workspace.buffers(total)
     order = np.argsort(z, kind="stable")
@@ -187,12 +189,15 @@ def _ecdf_distances_in_place(n: int, m: int, workspace: Workspace) -> ECDFDistan
         max_gap = int(np.max(gap, where=from_x[:-1], initial=0))
     else:
         max_gap = int(gap.max())
-    dot = 0.0  # sum |gap| * steps, converting the gaps to float a cache-sized chunk at a time
+    # sum |gap| * steps, converting the gaps to float a cache-sized chunk at a time (and
+    # without BLAS, whose threads only add overhead on chunks this small)
+    dot = 0.0
     scratch = np.empty(min(len(gap), _CHUNK))
     for start in range(0, len(gap), _CHUNK):
         chunk = scratch[: len(gap[start : start + _CHUNK])]
         np.copyto(chunk, gap[start : start + _CHUNK])
-        dot += float(np.dot(chunk, steps[start : start + _CHUNK]))
+        np.multiply(chunk, steps[start : start + _CHUNK], out=chunk)
+        dot += float(chunk.sum())
     nm = float(n) * float(m)
     return ECDFDistances(
         ks_max_gap=max_gap,
@@ -368,9 +373,9 @@ def gof_expected(ref_counts: np.ndarray, cur_total: int, epsilon: float = 1e-4) 
     times the current size. Shares are floored at ``epsilon`` and renormalised so a category
     unseen in the reference has a small positive expectation instead of zero (scipy's
     ``chisquare`` would return inf/NaN there)."""
-    shares = ref_counts / ref_counts.sum()
-    shares = np.maximum(shares, epsilon)
-    return shares / shares.sum() * cur_total
+    shares: np.ndarray = np.maximum(ref_counts / ref_counts.sum(), epsilon)
+    expected: np.ndarray = shares / shares.sum() * cur_total
+    return expected
 
 
 def chi2_goodness_of_fit(
@@ -429,7 +434,7 @@ def numeric_stats_of_series(
     wasserstein_min_std: float = 1e-3,
     ks_method: KSMethod = "auto",
     workspace: Workspace | None = None,
-    multithreaded_sort: bool = True,
+    multithreaded_sort: bool = False,
 ) -> tuple[dict[str, float], int, int]:
     """:func:`numeric_stats` of two polars series (missing values dropped, see
     :func:`finite_sorted`), and the number of values compared on each side.
