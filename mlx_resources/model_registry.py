@@ -7,6 +7,7 @@ number is claimed with an exclusive ``mkdir``, so two writers never share or ove
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -95,10 +96,13 @@ class ModelRegistry(dg.ConfigurableResource):
                 lineage=lineage,
             )
             (staging / "version.json").write_text(mv.model_dump_json(indent=2))
-            os.rmdir(final)  # the claim marker: an empty folder only we created
+            # Renaming onto our empty claim folder replaces it atomically (POSIX), so the
+            # number is never free for another writer in between.
             os.rename(staging, final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.rmdir(final)  # give the number back if nothing was written there
             raise
         with closing(self._connect()) as conn, conn:
             conn.execute(

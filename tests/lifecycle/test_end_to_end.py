@@ -43,14 +43,22 @@ def lifecycle(tmp_path_factory):
     overrides = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
     with dg.instance_for_test(temp_dir=str(home / "dagster"), overrides=overrides) as instance:
         mp.setenv("DAGSTER_HOME", instance.root_directory)
-        from mlx_assets.definitions import defs
+        from mlx_assets.build import build_definitions
+        from mlx_plugins.kernel.composition import load_composition
 
+        # Built here, not imported: mlx_assets.definitions may have been imported by an earlier
+        # test with another MLX_HOME, and resources resolve their paths when built.
+        defs = build_definitions(load_composition())
         first = plan(instance, defs)
         # The README's command, in its own process: training steps run in forked workers whose
         # environment must be this test's, not that of an earlier test in this pytest process.
         done = subprocess.run(
             [sys.executable, "-m", "mlx_assets.cli", "lifecycle"],
-            cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=1800,
+            cwd=REPO_ROOT,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=1800,
         )
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
         log = [line for line in done.stdout.splitlines() if line.startswith("[mlx]")]

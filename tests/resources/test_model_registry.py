@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -37,17 +37,11 @@ def test_versions_are_numbered_and_immutable(tmp_path):
 def test_concurrent_writers_get_distinct_versions(tmp_path):
     reg = ModelRegistry(root=str(tmp_path / "registry"))
     art = _artifact(tmp_path, b"x")
-    out: list[int] = []
-
-    def register() -> None:
-        out.append(reg.register("m", art, "sha", {}, {}, LINEAGE).version)
-
-    threads = [threading.Thread(target=register) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(reg.register, "m", art, "sha", {}, {}, LINEAGE) for _ in range(6)]
+        out = [f.result().version for f in futures]  # re-raises a writer's error
     assert sorted(out) == [1, 2, 3, 4, 5, 6]
+    assert [v.version for v in reg.versions("m")] == [1, 2, 3, 4, 5, 6]
 
 
 def test_failed_registration_leaves_no_version(tmp_path):
