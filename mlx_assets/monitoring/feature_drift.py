@@ -62,15 +62,14 @@ def feature_drift(
     by_day = {
         d.isoformat(): f for (d,), f in flight_features.partition_by("date", as_dict=True).items()
     }
+    # the reference is sorted, binned and counted once for all the days
+    prepared = drift_detector.prepare_reference(
+        reference, numeric=MONITORED_NUMERIC, categorical=MONITORED_CATEGORICAL
+    )
     frames, last = [], None
     for day in context.partition_keys:
         current = by_day.get(day, flight_features.clear())
-        report = drift_detector.compare(
-            reference,
-            current.select(FEATURES),
-            numeric=MONITORED_NUMERIC,
-            categorical=MONITORED_CATEGORICAL,
-        )
+        report = drift_detector.compare_prepared(prepared, current.select(FEATURES))
         level = severity(report, platform.drift)
         html = reports_dir / f"{day}.html"
         tmp = html.with_suffix(".html.tmp")

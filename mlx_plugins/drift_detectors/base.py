@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
@@ -73,6 +74,29 @@ class DriftReport(BaseModel):
         return render_html(self, title=title)
 
 
+@dataclass(frozen=True, eq=False)
+class PreparedReference:
+    """A reference window made ready, once, to be compared with many current frames: what
+    :meth:`DriftDetector.prepare_reference` returns and :meth:`DriftDetector.compare_prepared`
+    takes. Detectors subclass it with what they cache; pass it back to a detector of the type
+    (and, where it says so, the settings) that prepared it."""
+
+    reference_rows: int
+    numeric: tuple[str, ...] | None
+    """The ``numeric`` list given to ``prepare_reference`` (``None``: inferred per current)."""
+    categorical: tuple[str, ...] | None
+    """The ``categorical`` list given to ``prepare_reference``."""
+    detector: str
+    """``kind.name@version`` of the plugin that prepared it."""
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceFrame(PreparedReference):
+    """What the default :meth:`DriftDetector.prepare_reference` keeps: the frame itself."""
+
+    frame: pl.DataFrame
+
+
 class DriftDetector(MLXPlugin):
     @abstractmethod
     def compare(
@@ -82,3 +106,52 @@ class DriftDetector(MLXPlugin):
         numeric: list[str] | None = None,
         categorical: list[str] | None = None,
     ) -> DriftReport: ...
+
+    def prepare_reference(
+        self,
+        reference: pl.DataFrame | pl.LazyFrame,
+        numeric: list[str] | None = None,
+        categorical: list[str] | None = None,
+    ) -> PreparedReference:
+        """Do the reference's share of :meth:`compare` once, for many
+        :meth:`compare_prepared` calls that give the same reports as ``compare(reference,
+        current, numeric, categorical)``. This default keeps the frame and compares it anew
+        each time; detectors override both methods to cache per-column work."""
+        import polars as pl
+
+        if isinstance(reference, pl.LazyFrame):
+            reference = reference.collect()
+        return ReferenceFrame(
+            reference_rows=reference.height,
+            numeric=None if numeric is None else tuple(numeric),
+            categorical=None if categorical is None else tuple(categorical),
+            detector=self.detector_id(),
+            frame=reference,
+        )
+
+    def compare_prepared(
+        self, prepared: PreparedReference, current: pl.DataFrame | pl.LazyFrame
+    ) -> DriftReport:
+        """``compare(reference, current, numeric, categorical)`` for the reference and column
+        lists given to :meth:`prepare_reference`."""
+        import polars as pl
+
+        if not isinstance(prepared, ReferenceFrame):
+            raise TypeError(
+                f"{type(self).__name__}.compare_prepared needs what its own prepare_reference "
+                f"returned, not a {type(prepared).__name__} (from {prepared.detector})"
+            )
+        if isinstance(current, pl.LazyFrame):
+            current = current.collect()
+        return self.compare(
+            prepared.frame,
+            current,
+            None if prepared.numeric is None else list(prepared.numeric),
+            None if prepared.categorical is None else list(prepared.categorical),
+        )
+
+    @classmethod
+    def detector_id(cls) -> str:
+        """``kind.name@version``, as :attr:`DriftReport.detector`."""
+        meta = cls.metadata
+        return f"{meta.kind}.{meta.name}@{meta.version}"

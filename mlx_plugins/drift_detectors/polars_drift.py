@@ -8,28 +8,55 @@ category shares. Every statistic is computed and reported; one of them, picked p
 type and size, decides whether the column drifted. The dataset drifted when the share of
 drifted columns reaches ``drift_share``. See docs/drift.md for the defaults and how they
 differ from Evidently's.
+
+One reference compared with many currents (a daily backfill): ``prepare_reference`` sorts,
+bins and counts the reference once, and ``compare_prepared`` gives the same reports as
+``compare`` from then on, doing only the current side's work and a merge.
+
+This module imports polars and pydantic only: numpy and scipy (through ``stats``) are
+imported when something is compared, so that loading the code location stays cheap.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, get_args
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, TypeVar, get_args
 
 import polars as pl
 from pydantic import Field, field_validator
 
-from mlx_plugins.drift_detectors import stats as st
-from mlx_plugins.drift_detectors.base import ColumnDrift, DriftDetector, DriftReport
+from mlx_plugins.drift_detectors.base import (
+    ColumnDrift,
+    DriftDetector,
+    DriftReport,
+    PreparedReference,
+)
 from mlx_plugins.kernel.metadata import PluginMetadata
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mlx_plugins.drift_detectors import stats as st
 
 NumericTest = Literal["ks", "wasserstein", "psi", "jensenshannon"]
 CategoricalTest = Literal["chi2", "psi", "jensenshannon"]
+KSMethod = Literal["auto", "exact", "asymp"]
+Binning = Literal["quantile", "equal_width"]
+Kind = Literal["numeric", "categorical"]
+
+_T = TypeVar("_T")
+_THREADED_MIN_ROWS = 50_000
+"""Columns are compared in threads only when a side has at least this many rows."""
 
 _P_VALUE_TESTS = {"ks", "chi2", "chi2_gof"}
 
 
-def infer_column_kind(dtype: pl.DataType) -> Literal["numeric", "categorical"] | None:
+def infer_column_kind(dtype: pl.DataType) -> Kind | None:
     """``"numeric"`` for integer, float and decimal dtypes; ``"categorical"`` for string,
     categorical, enum and boolean; ``None`` (not compared unless named) for anything else."""
     if dtype == pl.Boolean or isinstance(dtype, pl.String | pl.Categorical | pl.Enum):
@@ -101,14 +128,14 @@ class PolarsDriftDetector(DriftDetector):
 
     # -- how the statistics are computed ---------------------------------------------------------
     numeric_bins: int = Field(default=10, ge=2, le=10_000)
-    numeric_binning: st.Binning = "quantile"
+    numeric_binning: Binning = "quantile"
     psi_epsilon: float = Field(
         default=1e-4, gt=0, lt=1, description="Floor of a bin's share in PSI (empty bins)."
     )
     wasserstein_min_std: float = Field(
         default=1e-3, gt=0, description="Floor of the reference std that normalises W."
     )
-    ks_method: st.KSMethod = "auto"
+    ks_method: KSMethod = "auto"
     max_workers: int = Field(
         default=2,
         ge=1,
@@ -150,16 +177,14 @@ class PolarsDriftDetector(DriftDetector):
         present on one side only, or left out of a given list) are listed in
         ``DriftReport.skipped_columns``.
         """
+        from mlx_plugins.drift_detectors import stats as st
+
         reference = _collect(reference)
         current = _collect(current)
         plan, skipped = self.plan_columns(reference, current, numeric, categorical)
         local = threading.local()
 
-        workers = min(self.max_workers, len(plan))
-        if max(reference.height, current.height) < 50_000:
-            workers = 1
-
-        def one(item: tuple[str, str]) -> ColumnDrift:
+        def one(item: tuple[str, Kind]) -> ColumnDrift:
             name, kind = item
             ref, cur = reference.get_column(name), current.get_column(name)
             if kind == "categorical":
@@ -168,23 +193,162 @@ class PolarsDriftDetector(DriftDetector):
                 local.workspace = st.Workspace()
             return self._numeric(name, ref, cur, local.workspace)
 
+        results = self._map(one, plan, max(reference.height, current.height))
+        return self._report(results, reference.height, current.height, skipped)
+
+    def prepare_reference(
+        self,
+        reference: pl.DataFrame | pl.LazyFrame,
+        numeric: list[str] | None = None,
+        categorical: list[str] | None = None,
+    ) -> PolarsPreparedReference:
+        """Sort, summarise, bin and count the reference once, for many :meth:`compare_prepared`
+        calls that return exactly what ``compare(reference, current, numeric, categorical)``
+        would (the same :class:`DriftReport`, every statistic bit for bit).
+
+        Prepared per numeric column: the sorted finite values, their mean and std, the bin
+        edges and the reference's bin counts; per categorical column: the category counts; and
+        the row counts (hence null shares). With a list left as ``None`` every reference column
+        that could be inferred into it is prepared, since which are compared depends on each
+        current's dtypes. Costs about one ``compare``; keeps 8 bytes per finite numeric
+        reference value. Errors about the reference (a named column missing from it, or named
+        numeric with a string dtype) are raised here; errors about a current by
+        ``compare_prepared``. The result depends on ``numeric_bins`` and ``numeric_binning``;
+        any detector with the same two settings can use it (thresholds and tests may differ).
+        """
+        from mlx_plugins.drift_detectors import stats as st
+
+        reference = _collect(reference)
+        _check_names(numeric, categorical, [("reference", reference)])
+        wanted: list[tuple[str, Kind]] = []
+        for name, dtype in reference.schema.items():
+            if numeric is not None and name in numeric:
+                wanted.append((name, "numeric"))
+            elif categorical is not None and name in categorical:
+                wanted.append((name, "categorical"))
+            elif numeric is None or categorical is None:
+                # what compare may infer it as; a column of dtype Null takes the current's kind
+                kinds: list[Kind | None] = (
+                    ["numeric", "categorical"] if dtype == pl.Null else [infer_column_kind(dtype)]
+                )
+                if "numeric" in kinds and numeric is None:
+                    wanted.append((name, "numeric"))
+                if "categorical" in kinds and categorical is None:
+                    wanted.append((name, "categorical"))
+
+        def one(item: tuple[str, Kind]) -> st.NumericReference | st.CategoricalReference:
+            name, kind = item
+            series = reference.get_column(name)
+            if kind == "categorical":
+                return st.CategoricalReference.of_series(series)
+            _check_numeric_dtype(name, "reference", series)
+            return st.NumericReference.of_series(
+                series, bins=self.numeric_bins, binning=self.numeric_binning
+            )
+
+        prepared = self._map(one, wanted, reference.height)
+        numeric_columns: dict[str, st.NumericReference] = {}
+        categorical_columns: dict[str, st.CategoricalReference] = {}
+        for (name, _), column in zip(wanted, prepared, strict=True):
+            if isinstance(column, st.NumericReference):
+                numeric_columns[name] = column
+            else:
+                categorical_columns[name] = column
+        return PolarsPreparedReference(
+            reference_rows=reference.height,
+            numeric=None if numeric is None else tuple(numeric),
+            categorical=None if categorical is None else tuple(categorical),
+            detector=self.detector_id(),
+            frame=reference.clear(),
+            numeric_columns=numeric_columns,
+            categorical_columns=categorical_columns,
+            binning=self._binning(),
+        )
+
+    def compare_prepared(
+        self, prepared: PreparedReference, current: pl.DataFrame | pl.LazyFrame
+    ) -> DriftReport:
+        """``compare(reference, current, numeric, categorical)`` for the reference and column
+        lists given to :meth:`prepare_reference`: the same report, doing only the current
+        side's work (a sort of its values, its counts) plus a linear merge per numeric column.
+        """
+        from mlx_plugins.drift_detectors import stats as st
+
+        if not isinstance(prepared, PolarsPreparedReference):
+            raise TypeError(
+                "compare_prepared needs what PolarsDriftDetector.prepare_reference returned, "
+                f"not a {type(prepared).__name__} (from {prepared.detector})"
+            )
+        if prepared.binning != self._binning():
+            raise ValueError(
+                f"the reference was prepared with numeric_bins={prepared.binning[0]}, "
+                f"numeric_binning={prepared.binning[1]!r}; this detector has "
+                f"numeric_bins={self.numeric_bins}, numeric_binning={self.numeric_binning!r}"
+            )
+        current = _collect(current)
+        plan, skipped = self.plan_columns(
+            prepared.frame,
+            current,
+            None if prepared.numeric is None else list(prepared.numeric),
+            None if prepared.categorical is None else list(prepared.categorical),
+        )
+
+        def one(item: tuple[str, Kind]) -> ColumnDrift:
+            name, kind = item
+            cur = current.get_column(name)
+            if kind == "categorical":
+                ref_counts = prepared.categorical_columns[name]
+                _, rc, cc = st.align_category_counts(ref_counts.counts, cur)
+                return self._categorical_result(name, rc, cc, ref_counts.rows, len(cur))
+            ref = prepared.numeric_columns[name]
+            _check_numeric_dtype(name, "current", cur)
+            with prepared.workspace() as workspace:
+                values, n_ref, n_cur = st.numeric_stats_prepared(
+                    ref,
+                    cur,
+                    psi_epsilon=self.psi_epsilon,
+                    wasserstein_min_std=self.wasserstein_min_std,
+                    ks_method=self.ks_method,
+                    workspace=workspace,
+                )
+            return self._numeric_result(name, values, n_ref, n_cur, ref.rows, len(cur))
+
+        # threads only for a large current: against a small one each column is a few
+        # milliseconds of short numpy calls, which the GIL serialises anyway
+        results = self._map(one, plan, current.height)
+        return self._report(results, prepared.reference_rows, current.height, skipped)
+
+    # -- shared by compare and compare_prepared ------------------------------------------------
+    def _binning(self) -> tuple[int, Binning]:
+        return self.numeric_bins, self.numeric_binning
+
+    def _map(
+        self, fn: Callable[[tuple[str, Kind]], _T], items: Sequence[tuple[str, Kind]], rows: int
+    ) -> list[_T]:
+        """``[fn(item) for item in items]``, in ``max_workers`` threads when ``rows`` (the
+        larger side) is at least 50,000."""
+        workers = min(self.max_workers, len(items))
+        if rows < _THREADED_MIN_ROWS:
+            workers = 1
         if workers > 1:
             with ThreadPoolExecutor(workers, thread_name_prefix="mlx-drift") as pool:
-                results = list(pool.map(one, plan))
-        else:
-            results = [one(item) for item in plan]
+                return list(pool.map(fn, items))
+        return [fn(item) for item in items]
+
+    def _report(
+        self, results: list[ColumnDrift], ref_rows: int, cur_rows: int, skipped: list[str]
+    ) -> DriftReport:
         drifted = sum(c.drifted for c in results)
         share = drifted / len(results) if results else 0.0
-        meta = self.metadata
         return DriftReport(
             columns=tuple(results),
-            reference_rows=reference.height,
-            current_rows=current.height,
+            reference_rows=ref_rows,
+            current_rows=cur_rows,
             drift_share=share,
             share_threshold=self.drift_share,
             dataset_drift=bool(results) and share >= self.drift_share,
             skipped_columns=tuple(skipped),
-            detector=f"{meta.kind}.{meta.name}@{meta.version}",
+            detector=self.detector_id(),
         )
 
     def plan_columns(
@@ -193,20 +357,10 @@ class PolarsDriftDetector(DriftDetector):
         current: pl.DataFrame,
         numeric: list[str] | None = None,
         categorical: list[str] | None = None,
-    ) -> tuple[list[tuple[str, Literal["numeric", "categorical"]]], list[str]]:
+    ) -> tuple[list[tuple[str, Kind]], list[str]]:
         """``([(column, kind), ...], skipped)``: what :meth:`compare` will compare."""
-        overlap = set(numeric or ()) & set(categorical or ())
-        if overlap:
-            raise ValueError(f"columns named both numeric and categorical: {sorted(overlap)}")
-        for name in [*(numeric or ()), *(categorical or ())]:
-            missing = [
-                side
-                for side, df in (("reference", reference), ("current", current))
-                if name not in df.columns
-            ]
-            if missing:
-                raise ValueError(f"column {name!r} is not in the {' or '.join(missing)} frame")
-        plan: list[tuple[str, Literal["numeric", "categorical"]]] = []
+        _check_names(numeric, categorical, [("reference", reference), ("current", current)])
+        plan: list[tuple[str, Kind]] = []
         if numeric is not None and categorical is not None:
             plan = [(c, "numeric") for c in numeric] + [(c, "categorical") for c in categorical]
         else:
@@ -305,9 +459,10 @@ class PolarsDriftDetector(DriftDetector):
         cur: pl.Series,
         workspace: st.Workspace | None = None,
     ) -> ColumnDrift:
+        from mlx_plugins.drift_detectors import stats as st
+
         for side, s in (("reference", ref), ("current", cur)):
-            if s.dtype == pl.String or isinstance(s.dtype, pl.Categorical | pl.Enum):
-                raise TypeError(f"numeric column {column!r} has dtype {s.dtype} in the {side}")
+            _check_numeric_dtype(column, side, s)
         values, n_ref, n_cur = st.numeric_stats_of_series(
             ref,
             cur,
@@ -318,15 +473,40 @@ class PolarsDriftDetector(DriftDetector):
             ks_method=self.ks_method,
             workspace=workspace,
         )
+        return self._numeric_result(column, values, n_ref, n_cur, len(ref), len(cur))
+
+    def _numeric_result(
+        self,
+        column: str,
+        values: dict[str, float],
+        n_ref: int,
+        n_cur: int,
+        ref_total: int,
+        cur_total: int,
+    ) -> ColumnDrift:
         notes = []
         if n_ref and values["reference_std"] < self.wasserstein_min_std:
             notes.append(
                 f"reference (nearly) constant: W normalised by {self.wasserstein_min_std:g}"
             )
-        return self._result(column, "numeric", values, n_ref, n_cur, len(ref), len(cur), notes)
+        return self._result(column, "numeric", values, n_ref, n_cur, ref_total, cur_total, notes)
 
     def _categorical(self, column: str, ref: pl.Series, cur: pl.Series) -> ColumnDrift:
+        from mlx_plugins.drift_detectors import stats as st
+
         _, ref_counts, cur_counts = st.category_counts(ref, cur)
+        return self._categorical_result(column, ref_counts, cur_counts, len(ref), len(cur))
+
+    def _categorical_result(
+        self,
+        column: str,
+        ref_counts: np.ndarray,
+        cur_counts: np.ndarray,
+        ref_total: int,
+        cur_total: int,
+    ) -> ColumnDrift:
+        from mlx_plugins.drift_detectors import stats as st
+
         values = st.categorical_stats(ref_counts, cur_counts, psi_epsilon=self.psi_epsilon)
         n_ref, n_cur = int(ref_counts.sum()), int(cur_counts.sum())
         notes = []
@@ -336,10 +516,69 @@ class PolarsDriftDetector(DriftDetector):
             count = int(values["new_categories"])
             noun = "category" if count == 1 else "categories"
             notes.append(f"{prefix} in {count} {noun} unseen in the reference")
-        return self._result(column, "categorical", values, n_ref, n_cur, len(ref), len(cur), notes)
+        return self._result(
+            column, "categorical", values, n_ref, n_cur, ref_total, cur_total, notes
+        )
 
 
-def _common_kind(a: pl.DataType, b: pl.DataType) -> Literal["numeric", "categorical"] | None:
+@dataclass(frozen=True, eq=False)
+class PolarsPreparedReference(PreparedReference):
+    """A reference prepared by :meth:`PolarsDriftDetector.prepare_reference`.
+
+    ``numeric_columns`` / ``categorical_columns`` hold each column's reference side
+    (:class:`~mlx_plugins.drift_detectors.stats.NumericReference`: sorted finite values, mean,
+    std, bin edges and counts, row count; :class:`~mlx_plugins.drift_detectors.stats.
+    CategoricalReference`: category counts, row counts). A reference column of dtype ``Null``
+    can be in both, as its kind follows the current's. ``frame`` is the reference with no
+    rows (its schema, to plan the columns of each current). Safe to share between threads.
+    """
+
+    frame: pl.DataFrame
+    numeric_columns: dict[str, st.NumericReference]
+    categorical_columns: dict[str, st.CategoricalReference]
+    binning: tuple[int, Binning]
+    """``(numeric_bins, numeric_binning)`` of the detector that prepared it."""
+    _workspaces: queue.SimpleQueue[st.Workspace] = field(
+        default_factory=queue.SimpleQueue, repr=False
+    )
+
+    @contextmanager
+    def workspace(self) -> Iterator[st.Workspace]:
+        """A scratch workspace for one column at a time, reused across calls (and threads, one
+        at a time), so comparing many small currents does not fault in fresh buffers each time:
+        about 17 bytes per reference value per busy thread, kept as long as this object."""
+        from mlx_plugins.drift_detectors import stats as st
+
+        try:
+            workspace = self._workspaces.get_nowait()
+        except queue.Empty:
+            workspace = st.Workspace()
+        try:
+            yield workspace
+        finally:
+            self._workspaces.put(workspace)
+
+
+def _check_names(
+    numeric: Sequence[str] | None,
+    categorical: Sequence[str] | None,
+    frames: list[tuple[str, pl.DataFrame]],
+) -> None:
+    overlap = set(numeric or ()) & set(categorical or ())
+    if overlap:
+        raise ValueError(f"columns named both numeric and categorical: {sorted(overlap)}")
+    for name in [*(numeric or ()), *(categorical or ())]:
+        missing = [side for side, df in frames if name not in df.columns]
+        if missing:
+            raise ValueError(f"column {name!r} is not in the {' or '.join(missing)} frame")
+
+
+def _check_numeric_dtype(column: str, side: str, series: pl.Series) -> None:
+    if series.dtype == pl.String or isinstance(series.dtype, pl.Categorical | pl.Enum):
+        raise TypeError(f"numeric column {column!r} has dtype {series.dtype} in the {side}")
+
+
+def _common_kind(a: pl.DataType, b: pl.DataType) -> Kind | None:
     """The kind both sides agree on; an all-null side (dtype ``Null``) agrees with anything."""
     if a == pl.Null:
         a, b = b, a

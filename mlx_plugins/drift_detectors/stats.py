@@ -17,6 +17,12 @@ ours                        scipy
 ``chi2_goodness_of_fit``    ``scipy.stats.chisquare(cur, f_exp)`` (Evidently's test)
 ==========================  ================================================================
 
+A reference compared with many currents is summarised once (:class:`NumericReference`,
+:class:`CategoricalReference`); :func:`numeric_stats_prepared` and :func:`align_category_counts`
+then give, bit for bit, what :func:`numeric_stats_of_series` and :func:`category_counts` give on
+the raw reference, merging the current into the sorted reference by binary search
+(:func:`ecdf_distances_by_search`).
+
 scipy itself is imported lazily, and only for distribution tail functions (``kstwo.sf`` for
 the asymptotic KS p-value, ``special.chdtrc`` for chi-square p-values).
 """
@@ -24,13 +30,12 @@ the asymptotic KS p-value, ``special.chdtrc`` for chi-square p-values).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import polars as pl
 
-KSMethod = Literal["auto", "exact", "asymp"]
-Binning = Literal["quantile", "equal_width"]
+# The option types live with the detector's config, whose module imports no numpy.
+from mlx_plugins.drift_detectors.polars_drift import Binning, KSMethod
 
 KS_EXACT_MAX_N = 10_000
 """``method="auto"`` computes the exact KS p-value when both samples have at most this many
@@ -64,6 +69,34 @@ def finite_sorted(series: pl.Series, *, multithreaded: bool = False) -> np.ndarr
     return values[lo:hi]
 
 
+_CATEGORY = "category"  # fixed names: a column may itself be called "reference" or "current"
+
+
+def category_value_counts(series: pl.Series, name: str = "reference") -> pl.DataFrame:
+    """Non-null values of ``series`` rendered as strings (column ``category``) and their counts
+    (column ``name``), in no particular order: one side of :func:`category_counts`."""
+    counts = series.alias(_CATEGORY).drop_nulls().value_counts(name=name)
+    return counts.with_columns(pl.col(_CATEGORY).cast(pl.String))
+
+
+def align_category_counts(
+    reference_counts: pl.DataFrame, current: pl.Series
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """:func:`category_counts` with the reference side already counted by
+    :func:`category_value_counts` (``name="reference"``)."""
+    cur = category_value_counts(current, "current")
+    both = (
+        reference_counts.join(cur, on=_CATEGORY, how="full", coalesce=True, nulls_equal=True)
+        .fill_null(0)
+        .sort(_CATEGORY)
+    )
+    return (
+        both.get_column(_CATEGORY).to_list(),
+        both.get_column("reference").to_numpy().astype(np.int64),
+        both.get_column("current").to_numpy().astype(np.int64),
+    )
+
+
 def category_counts(
     reference: pl.Series, current: pl.Series
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -72,17 +105,7 @@ def category_counts(
     Categories are rendered as strings and sorted, so the result is deterministic. A category
     seen on one side only gets a count of 0 on the other.
     """
-    key = "category"  # fixed names: a column may itself be called "reference" or "current"
-    ref = reference.alias(key).drop_nulls().value_counts(name="reference")
-    cur = current.alias(key).drop_nulls().value_counts(name="current")
-    ref = ref.with_columns(pl.col(key).cast(pl.String))
-    cur = cur.with_columns(pl.col(key).cast(pl.String))
-    both = ref.join(cur, on=key, how="full", coalesce=True, nulls_equal=True).fill_null(0).sort(key)
-    return (
-        both.get_column(key).to_list(),
-        both.get_column("reference").to_numpy().astype(np.int64),
-        both.get_column("current").to_numpy().astype(np.int64),
-    )
+    return align_category_counts(category_value_counts(reference), current)
 
 
 # -- Kolmogorov-Smirnov and Wasserstein from two sorted samples -----------------------------------
@@ -109,6 +132,7 @@ class Workspace:
         self._size = 0
         self._values = np.empty(0)
         self._flags = np.empty(0, dtype=bool)
+        self._ints = np.empty(0, dtype=np.int64)
 
     def buffers(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """``(values, flags)``, each of length ``size``."""
@@ -117,6 +141,14 @@ class Workspace:
             self._values, self._flags = np.empty(size), np.empty(size, dtype=bool)
             self._size = size
         return self._values[:size], self._flags[:size]
+
+    def ints(self, size: int) -> np.ndarray:
+        """An int64 array of length ``size``, kept apart from :meth:`buffers` (only the merge
+        against a prepared reference uses it: 8 more bytes per value)."""
+        if size > len(self._ints):
+            self._ints = np.empty(0, dtype=np.int64)
+            self._ints = np.empty(size, dtype=np.int64)
+        return self._ints[:size]
 
 
 _CHUNK = 1 << 16
@@ -167,8 +199,7 @@ def _ecdf_distances_in_place(n: int, m: int, workspace: Workspace) -> ECDFDistan
     ``n * m``. About ten passes over the n + m values. The only new array is the argsort's;
     once each index is read, its slot holds the merged value, and later the gap.
     """
-    if n * m >= 2**63:
-        raise ValueError(f"samples of {n} and {m} values are too large for int64 ECDF gaps")
+    _check_ecdf_size(n, m)
     total = n + m
     z, from_x = workspace.buffers(total)
     order = np.argsort(z, kind="stable")
@@ -176,25 +207,71 @@ def _ecdf_distances_in_place(n: int, m: int, workspace: Workspace) -> ECDFDistan
     merged = order.view(np.float64)
     # in place over the indices: element k is read before slot k is written, and never again
     np.take(z, order, out=merged, mode="clip")
-    steps = np.subtract(merged[1:], merged[:-1], out=z[:-1])  # z_{k+1} - z_k, >= 0
-    gap = order  # the merged values are spent: the slots now hold the integer gaps
+    return _ecdf_of_merged(n, m, order, from_x, z)
+
+
+def ecdf_distances_by_search(
+    xs: np.ndarray, ys: np.ndarray, workspace: Workspace | None = None
+) -> ECDFDistances:
+    """:func:`ecdf_distances`, bit for bit, merging by binary search instead of a sort: cheap
+    when ``ys`` is much shorter than ``xs`` (a prepared reference against a small current).
+
+    A stable argsort of ``[xs, ys]`` puts each y after every x <= y and after the ys before
+    it, so y_j lands at ``searchsorted(xs, y_j, "right") + j`` and the xs fill the other slots
+    in order: the same merged values and flags, then the same arithmetic as
+    :func:`ecdf_distances`. Costs a fill of the flags and one masked copy of ``xs``, about a
+    tenth of the argsort.
+    """
+    n, m = len(xs), len(ys)
+    if n == 0 or m == 0:
+        raise ValueError("ecdf_distances needs two non-empty samples")
+    _check_ecdf_size(n, m)
+    workspace = workspace or Workspace()
+    total = n + m
+    z, from_x = workspace.buffers(total)
+    buf = workspace.ints(total)
+    merged = buf.view(np.float64)
+    pos = np.searchsorted(xs, ys, side="right")
+    pos += np.arange(m, dtype=pos.dtype)
+    from_x.fill(True)
+    from_x[pos] = False
+    merged[pos] = ys
+    merged[from_x] = xs
+    return _ecdf_of_merged(n, m, buf, from_x, z)
+
+
+def _check_ecdf_size(n: int, m: int) -> None:
+    if n * m >= 2**63:
+        raise ValueError(f"samples of {n} and {m} values are too large for int64 ECDF gaps")
+
+
+def _ecdf_of_merged(
+    n: int, m: int, buf: np.ndarray, from_x: np.ndarray, scratch: np.ndarray
+) -> ECDFDistances:
+    """KS and Wasserstein from the merged samples: ``buf`` (int64, n + m) holds the merged
+    values as float64 bits, ``from_x`` flags the x's; both are overwritten, and ``scratch``
+    (float64, at least n + m - 1) receives the steps between consecutive values."""
+    total = n + m
+    merged = buf.view(np.float64)
+    steps = np.subtract(merged[1:], merged[:-1], out=scratch[: total - 1])  # z_{k+1} - z_k
+    gap = buf  # the merged values are spent: the slots now hold the integer gaps
     np.multiply(from_x, total, out=gap)
     np.subtract(gap, n, out=gap)  # +m for an x, -n for a y
     np.cumsum(gap, out=gap)  # integer adds: several times faster than a float cumsum
     np.abs(gap, out=gap)
     gap = gap[:-1]
-    ties = int(len(steps) - np.count_nonzero(steps))
-    if ties:  # only the last of tied values is a point where both ECDFs are evaluated
-        np.greater(steps, 0, out=from_x[:-1])
-        max_gap = int(np.max(gap, where=from_x[:-1], initial=0))
-    else:
-        max_gap = int(gap.max())
+    # the steps are >= 0 (or -0.0 between 0.0 and -0.0): a tie is a step that is not > 0;
+    # counting the flags is several times faster than counting the nonzero floats
+    last_of_ties = np.greater(steps, 0, out=from_x[:-1])
+    ties = int(len(steps) - np.count_nonzero(last_of_ties))
+    # only the last of tied values is a point where both ECDFs are evaluated
+    max_gap = int(np.max(gap, where=last_of_ties, initial=0) if ties else gap.max())
     # sum |gap| * steps, converting the gaps to float a cache-sized chunk at a time (and
     # without BLAS, whose threads only add overhead on chunks this small)
     dot = 0.0
-    scratch = np.empty(min(len(gap), _CHUNK))
+    chunk_buf = np.empty(min(len(gap), _CHUNK))
     for start in range(0, len(gap), _CHUNK):
-        chunk = scratch[: len(gap[start : start + _CHUNK])]
+        chunk = chunk_buf[: len(gap[start : start + _CHUNK])]
         np.copyto(chunk, gap[start : start + _CHUNK])
         np.multiply(chunk, steps[start : start + _CHUNK], out=chunk)
         dot += float(chunk.sum())
@@ -471,13 +548,61 @@ def _numeric_stats_in_place(
     xs, ys = z[:n], z[n:]
     ref_mean, ref_std = mean_std(xs)
     cur_mean, cur_std = mean_std(ys)
+    if n == 0 or m == 0:
+        return _numeric_values(ref_mean, ref_std, cur_mean, cur_std, n_unique=_n_unique(z))
+    edges = reference_edges(xs, bins, binning)
+    ref_counts, cur_counts = bin_counts(xs, edges), bin_counts(ys, edges)
+    dist = _ecdf_distances_in_place(n, m, workspace)  # last: overwrites z
+    return _numeric_values(
+        ref_mean,
+        ref_std,
+        cur_mean,
+        cur_std,
+        n_unique=dist.n_unique,
+        dist=dist,
+        n=n,
+        m=m,
+        edges=edges,
+        ref_counts=ref_counts,
+        cur_counts=cur_counts,
+        psi_epsilon=psi_epsilon,
+        wasserstein_min_std=wasserstein_min_std,
+        ks_method=ks_method,
+    )
+
+
+def _n_unique(sorted_values: np.ndarray) -> int:
+    """Distinct values of a sorted array (0 when empty)."""
+    return int(np.count_nonzero(np.diff(sorted_values)) + 1) if len(sorted_values) else 0
+
+
+def _numeric_values(
+    ref_mean: float,
+    ref_std: float,
+    cur_mean: float,
+    cur_std: float,
+    *,
+    n_unique: int,
+    dist: ECDFDistances | None = None,
+    n: int = 0,
+    m: int = 0,
+    edges: np.ndarray | None = None,
+    ref_counts: np.ndarray | None = None,
+    cur_counts: np.ndarray | None = None,
+    psi_epsilon: float = 1e-4,
+    wasserstein_min_std: float = 1e-3,
+    ks_method: KSMethod = "auto",
+) -> dict[str, float]:
+    """The dict :func:`numeric_stats` returns; without ``dist`` (an empty side) every distance
+    is 0.0 and the p-value 1.0. Shared by the one-shot and the prepared-reference paths, so
+    both produce the same keys, in the same order, from the same arithmetic."""
     out: dict[str, float] = {
         "reference_mean": ref_mean,
         "reference_std": ref_std,
         "current_mean": cur_mean,
         "current_std": cur_std,
     }
-    if n == 0 or m == 0:
+    if dist is None:
         out.update(
             ks_statistic=0.0,
             ks_p_value=1.0,
@@ -486,12 +611,10 @@ def _numeric_stats_in_place(
             psi=0.0,
             jensenshannon=0.0,
             bins=0.0,
-            n_unique=float(np.count_nonzero(np.diff(z)) + 1 if n + m else 0),
+            n_unique=float(n_unique),
         )
         return out
-    edges = reference_edges(xs, bins, binning)
-    ref_counts, cur_counts = bin_counts(xs, edges), bin_counts(ys, edges)
-    dist = _ecdf_distances_in_place(n, m, workspace)  # last: overwrites z
+    assert edges is not None and ref_counts is not None and cur_counts is not None
     out.update(
         ks_statistic=dist.ks_statistic,
         ks_p_value=ks_pvalue(dist.ks_max_gap, n, m, ks_method),
@@ -503,6 +626,109 @@ def _numeric_stats_in_place(
         n_unique=float(dist.n_unique),
     )
     return out
+
+
+# -- a reference prepared once, compared with many currents ---------------------------------------
+@dataclass(frozen=True, eq=False)
+class NumericReference:
+    """What a numeric column's statistics need from the reference side, computed once: its
+    finite values sorted, their mean and population std, and the bins fixed on them (interior
+    ``edges`` and the reference's ``counts`` per bin). ``rows`` counts every reference row,
+    ``values`` only the non-missing ones."""
+
+    values: np.ndarray
+    mean: float
+    std: float
+    edges: np.ndarray
+    counts: np.ndarray
+    bins: int
+    binning: Binning
+    rows: int
+
+    @property
+    def null_share(self) -> float:
+        return (self.rows - len(self.values)) / self.rows if self.rows else 0.0
+
+    @classmethod
+    def of_series(
+        cls,
+        series: pl.Series,
+        *,
+        bins: int = 10,
+        binning: Binning = "quantile",
+        multithreaded_sort: bool = False,
+    ) -> NumericReference:
+        values = finite_sorted(series, multithreaded=multithreaded_sort)
+        values.flags.writeable = False
+        mean, std = mean_std(values)
+        edges = reference_edges(values, bins, binning) if len(values) else np.empty(0)
+        counts = bin_counts(values, edges)
+        for array in (edges, counts):
+            array.flags.writeable = False
+        return cls(values, mean, std, edges, counts, bins, binning, len(series))
+
+
+@dataclass(frozen=True, eq=False)
+class CategoricalReference:
+    """A categorical column's reference side, counted once: ``counts`` is
+    :func:`category_value_counts` (column ``category`` as strings, column ``reference``);
+    ``values`` the non-null reference rows, ``rows`` all of them."""
+
+    counts: pl.DataFrame
+    values: int
+    rows: int
+
+    @property
+    def null_share(self) -> float:
+        return (self.rows - self.values) / self.rows if self.rows else 0.0
+
+    @classmethod
+    def of_series(cls, series: pl.Series) -> CategoricalReference:
+        counts = category_value_counts(series)
+        return cls(counts, int(counts.get_column("reference").sum()), len(series))
+
+
+def numeric_stats_prepared(
+    reference: NumericReference,
+    current: pl.Series,
+    *,
+    psi_epsilon: float = 1e-4,
+    wasserstein_min_std: float = 1e-3,
+    ks_method: KSMethod = "auto",
+    workspace: Workspace | None = None,
+) -> tuple[dict[str, float], int, int]:
+    """:func:`numeric_stats_of_series` with the reference side prepared: the same values, bit
+    for bit, but only the current side is sorted and summarised, the bins are the prepared
+    ones, and the two sides are merged by binary search (:func:`ecdf_distances_by_search`)."""
+    xs = reference.values
+    ys = finite_sorted(current)
+    n, m = len(xs), len(ys)
+    cur_mean, cur_std = mean_std(ys)
+    if n == 0 or m == 0:
+        n_unique = _n_unique(ys if n == 0 else xs)
+        values = _numeric_values(
+            reference.mean, reference.std, cur_mean, cur_std, n_unique=n_unique
+        )
+        return values, n, m
+    cur_counts = bin_counts(ys, reference.edges)
+    dist = ecdf_distances_by_search(xs, ys, workspace)
+    values = _numeric_values(
+        reference.mean,
+        reference.std,
+        cur_mean,
+        cur_std,
+        n_unique=dist.n_unique,
+        dist=dist,
+        n=n,
+        m=m,
+        edges=reference.edges,
+        ref_counts=reference.counts,
+        cur_counts=cur_counts,
+        psi_epsilon=psi_epsilon,
+        wasserstein_min_std=wasserstein_min_std,
+        ks_method=ks_method,
+    )
+    return values, n, m
 
 
 def categorical_stats(

@@ -16,6 +16,7 @@ HEAVY = (
     "dagster_databricks",
     "pyspark",
     "scipy",
+    "numpy",
     "sklearn",
     "pandas",
     "evidently",
