@@ -117,9 +117,12 @@ def main() -> None:
                 ours.append(run_mlx(scale, args.epochs, Path(b)))
                 floors.append(run_floor(scale, args.epochs, Path(a)))
         floor, mlx = min(floors), min(ours)
-        print(f"{scale:>6g} {floor:>9.1f} {mlx:>9.1f} {mlx / floor:>6.2f}x   "
-              f"(all floor: {', '.join(f'{x:.1f}' for x in floors)}; "
-              f"all mlx: {', '.join(f'{x:.1f}' for x in ours)})", flush=True)
+        print(
+            f"{scale:>6g} {floor:>9.1f} {mlx:>9.1f} {mlx / floor:>6.2f}x   "
+            f"(all floor: {', '.join(f'{x:.1f}' for x in floors)}; "
+            f"all mlx: {', '.join(f'{x:.1f}' for x in ours)})",
+            flush=True,
+        )
     print("\ngoal: under 1.5x at 10x scale (both include interpreter start and imports)")
 
 
