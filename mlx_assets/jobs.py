@@ -15,12 +15,25 @@ import dagster as dg
 # preloaded modules are imported once by the forkserver. Light jobs (ingest, features, drift) run
 # in-process: polars already uses every core, and a step costs no process start at all.
 LIGHT_EXECUTOR = dg.in_process_executor
+# Imported once by the forkserver so a step's fork does not import them again: the code
+# location, the heavy libraries, and the instance's storage modules (profiled: importing the
+# SQLite storages was most of a forked step's start).
+PRELOAD_MODULES = [
+    "mlx_assets.definitions",
+    "polars",
+    "torch",
+    "upath",
+    "dagster._core.storage.sqlite_storage",
+    "dagster._core.storage.event_log.sqlite.sqlite_event_log",
+    "dagster._core.storage.runs.sqlite.sqlite_run_storage",
+    "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
+    "dagster._core.storage.local_compute_log_manager",
+    "alembic.script",
+]
 EXECUTOR = dg.multiprocess_executor.configured(
     {
         "max_concurrent": 2,
-        "start_method": {
-            "forkserver": {"preload_modules": ["mlx_assets.definitions", "polars", "torch"]}
-        },
+        "start_method": {"forkserver": {"preload_modules": PRELOAD_MODULES}},
     },
     name="mlx_forkserver_executor",
 )
