@@ -10,33 +10,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-# Training runs its steps in forked workers: process isolation (a crashed or leaking training
-# step cannot take the run down) without a fresh interpreter per step (about 2 s each here); the
-# preloaded modules are imported once by the forkserver. Light jobs (ingest, features, drift) run
-# in-process: polars already uses every core, and a step costs no process start at all.
-LIGHT_EXECUTOR = dg.in_process_executor
-# Imported once by the forkserver so a step's fork does not import them again: the code
-# location, the heavy libraries, and the instance's storage modules (profiled: importing the
-# SQLite storages was most of a forked step's start).
-PRELOAD_MODULES = [
-    "mlx_assets.definitions",
-    "polars",
-    "torch",
-    "upath",
-    "dagster._core.storage.sqlite_storage",
-    "dagster._core.storage.event_log.sqlite.sqlite_event_log",
-    "dagster._core.storage.runs.sqlite.sqlite_run_storage",
-    "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
-    "dagster._core.storage.local_compute_log_manager",
-    "alembic.script",
-]
-EXECUTOR = dg.multiprocess_executor.configured(
-    {
-        "max_concurrent": 2,
-        "start_method": {"forkserver": {"preload_modules": PRELOAD_MODULES}},
-    },
-    name="mlx_forkserver_executor",
-)
+# Every job runs its steps in-process: a step costs no process start (a fresh interpreter per
+# step costs about 2 s here, a forkserver fork about 0.5 s with Dagster's per-process instance
+# set-up; benchmarks/bench_executor.py). Training keeps process isolation inside its step: the
+# local_torch plugin trains in a child forked from a server that has torch loaded
+# (``isolation: process``), and DDP trains in torchrun workers under Dagster Pipes.
+EXECUTOR = dg.in_process_executor
+
 
 # Asset keys per job, in lifecycle order (the lifecycle runner plans with these).
 JOB_ASSETS: dict[str, tuple[str, ...]] = {
@@ -50,13 +30,13 @@ reference_job = dg.define_asset_job(
     "reference",
     selection=dg.AssetSelection.assets(*JOB_ASSETS["reference"]),
     description="Reference tables (unpartitioned).",
-    executor_def=LIGHT_EXECUTOR,
+    executor_def=EXECUTOR,
 )
 daily_job = dg.define_asset_job(
     "daily",
     selection=dg.AssetSelection.assets(*JOB_ASSETS["daily"]),
     description="Raw tables and features for a day or a range of days (one run per range).",
-    executor_def=LIGHT_EXECUTOR,
+    executor_def=EXECUTOR,
 )
 training_job = dg.define_asset_job(
     "training",
@@ -73,6 +53,6 @@ monitoring_job = dg.define_asset_job(
     "monitoring",
     selection=dg.AssetSelection.assets(*JOB_ASSETS["monitoring"]),
     description="A day (or range) of raw data, features and drift against the current model.",
-    executor_def=LIGHT_EXECUTOR,
+    executor_def=EXECUTOR,
 )
 JOBS = [reference_job, daily_job, training_job, monitoring_job]

@@ -422,3 +422,39 @@ def test_cuda_graphs_reach_the_loop_config():
     assert LocalTorchPlatform().loop_config("cuda").cuda_graphs is True
     assert LocalTorchPlatform(cuda_graphs=False).loop_config("cuda").cuda_graphs is False
     assert tm.LoopConfig().cuda_graphs is False  # the shared loop stays eager unless asked
+
+
+def test_isolated_training_matches_in_process_and_reports_child_errors(tmp_path):
+    """isolation='process' trains in a child: same model as in-process, errors come back whole."""
+    from mlx_plugins.ml_platforms.base import TrainingSpec
+    from mlx_plugins.ml_platforms.local_torch import LocalTorchPlatform
+    from mlx_plugins.testing.contracts import _learnable_frame
+
+    train, valid = _learnable_frame(1500, 1), _learnable_frame(300, 2)
+    preds, epochs = {}, {}
+    for mode in ("process", "none"):
+        spec = TrainingSpec(
+            numeric_features=("x", "noise"),
+            categorical_features=("cat",),
+            target="y",
+            artifact_dir=str(tmp_path / mode),
+        )
+        plugin = LocalTorchPlatform(
+            epochs=2, hidden=[8], isolation=mode, num_threads=1, device="cpu"
+        )
+        seen: list[int] = []
+        with plugin.session():
+            model = plugin.train(train, valid, spec, on_epoch=lambda e, s=seen: s.append(e.epoch))
+            preds[mode] = plugin.predict_proba(model, valid).tolist()
+        epochs[mode] = seen
+    assert preds["process"] == preds["none"]
+    assert epochs["process"] == epochs["none"] == [1, 2]  # epochs streamed from the child
+
+    bad = LocalTorchPlatform(epochs=1, hidden=[8], isolation="process", device="cuda:7")
+    spec = TrainingSpec(numeric_features=("x",), target="y", artifact_dir=str(tmp_path / "bad"))
+    with (
+        pytest.raises(RuntimeError, match="training failed in the child process") as info,
+        bad.session(),
+    ):
+        bad.train(train, valid, spec)
+    assert "cuda" in str(info.value).lower()
