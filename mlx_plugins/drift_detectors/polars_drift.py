@@ -36,6 +36,11 @@ from mlx_plugins.drift_detectors.base import (
     DriftReport,
     PreparedReference,
 )
+from mlx_plugins.drift_detectors.dtypes import (
+    check_categorical_pair,
+    check_numeric_dtype,
+    check_numeric_pair,
+)
 from mlx_plugins.kernel.metadata import PluginMetadata
 
 if TYPE_CHECKING:
@@ -358,7 +363,15 @@ class PolarsDriftDetector(DriftDetector):
         numeric: list[str] | None = None,
         categorical: list[str] | None = None,
     ) -> tuple[list[tuple[str, Kind]], list[str]]:
-        """``([(column, kind), ...], skipped)``: what :meth:`compare` will compare."""
+        """``([(column, kind), ...], skipped)``: what :meth:`compare` will compare.
+
+        Raises ``ValueError`` for a named column missing from a frame or named twice, and
+        ``TypeError`` (naming the column, both dtypes and the fix) for a named column whose
+        sides cannot be compared on one scale: a numeric column must be a number, boolean or
+        temporal type of the same family on both sides (units and time zones may differ, see
+        :mod:`mlx_plugins.drift_detectors.dtypes`); a categorical column must render the same
+        value as the same text on both sides. An inferred column whose sides disagree so is
+        skipped instead."""
         _check_names(numeric, categorical, [("reference", reference), ("current", current)])
         plan: list[tuple[str, Kind]] = []
         if numeric is not None and categorical is not None:
@@ -376,6 +389,7 @@ class PolarsDriftDetector(DriftDetector):
                         kind == "categorical" and categorical is None
                     ):
                         plan.append((name, kind))
+        _check_plan(plan, reference, current)
         compared = {name for name, _ in plan}
         everything = dict.fromkeys([*reference.columns, *current.columns])
         return plan, [c for c in everything if c not in compared]
@@ -574,8 +588,18 @@ def _check_names(
 
 
 def _check_numeric_dtype(column: str, side: str, series: pl.Series) -> None:
-    if series.dtype == pl.String or isinstance(series.dtype, pl.Categorical | pl.Enum):
-        raise TypeError(f"numeric column {column!r} has dtype {series.dtype} in the {side}")
+    check_numeric_dtype(column, side, series.dtype)
+
+
+def _check_plan(
+    plan: Sequence[tuple[str, Kind]], reference: pl.DataFrame, current: pl.DataFrame
+) -> None:
+    """Refuse, before anything is computed, every planned column whose two sides cannot be
+    compared on one scale (see :mod:`mlx_plugins.drift_detectors.dtypes`)."""
+    ref_schema, cur_schema = reference.schema, current.schema
+    for name, kind in plan:
+        check = check_numeric_pair if kind == "numeric" else check_categorical_pair
+        check(name, ref_schema[name], cur_schema[name])
 
 
 def _common_kind(a: pl.DataType, b: pl.DataType) -> Kind | None:
@@ -584,6 +608,11 @@ def _common_kind(a: pl.DataType, b: pl.DataType) -> Kind | None:
         a, b = b, a
     kind = infer_column_kind(a)
     if b == pl.Null or infer_column_kind(b) == kind:
+        check = check_numeric_pair if kind == "numeric" else check_categorical_pair
+        try:
+            check("", a, b)
+        except TypeError:
+            return None  # inferred, not named: left out (and listed as skipped)
         return kind
     return None
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from mlx_plugins.drift_detectors.dtypes import comparable_float64
+
 # The option types live with the detector's config, whose module imports no numpy.
 from mlx_plugins.drift_detectors.polars_drift import Binning, KSMethod
 
@@ -53,14 +55,14 @@ def finite_sorted(series: pl.Series, *, multithreaded: bool = False) -> np.ndarr
 
     Nulls, NaN and +/-inf are dropped (they count as missing): nulls before the sort, the rest
     by two binary searches after it (polars sorts -inf first and +inf, NaN last), so a clean
-    column costs exactly one sort. Temporal columns are compared on their physical integer.
+    column costs exactly one sort. Temporal columns are compared as nanoseconds (instants since
+    the epoch in UTC, durations, times of day; see :func:`~mlx_plugins.drift_detectors.dtypes.
+    comparable_float64`), whatever their unit or time zone.
     The sort stays on the calling thread unless ``multithreaded``: parallelism pays off across
     columns (see the detector's ``max_workers``), while a parallel sort of one column mostly
     burns CPU on a small machine.
     """
-    if series.dtype.is_temporal():
-        series = series.to_physical()
-    s = series.cast(pl.Float64)
+    s = comparable_float64(series)
     if s.null_count():
         s = s.drop_nulls()
     values = s.sort(multithreaded=multithreaded).to_numpy()
