@@ -265,6 +265,10 @@ class PolarsIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata(metadata)
         if self.data_version_from_content and context.has_asset_key:
             _set_data_version(context, total_hash)
+            if len(plan) > 1:
+                _set_partition_data_versions(
+                    context, {key: h for key, _, _, h in plan if key is not None and h}
+                )
 
     def _split(
         self,
@@ -544,12 +548,28 @@ def _set_data_version(context: dg.OutputContext, value: str) -> None:
     Dagster 1.13 reads a step's data-version cache when it builds the materialization event,
     which happens after ``handle_output`` returns; this is the same cache that
     ``AssetExecutionContext.set_data_version`` writes. An explicit ``Output(data_version=...)``
-    from the asset still takes precedence. The version is per asset per step, so a multi-partition
-    output gives all its partitions the hash of the whole frame.
+    from the asset still takes precedence. The version is per asset per step: for a
+    multi-partition output it is the whole frame's hash, and ``_set_partition_data_versions``
+    replaces it on each partition's event by that partition's own hash.
     """
     step = _step_context(context)
     if step is not None:
         step.set_data_version(context.asset_key, _data_version(value))
+
+
+def _set_partition_data_versions(context: dg.OutputContext, versions: Mapping[str, str]) -> None:
+    """Give each partition of a multi-partition output its own data version (its content hash).
+
+    Dagster 1.13 has no public way to do this in one step; the contained hook is in
+    ``_dagster_partition_versions`` (which says why, and what happens if Dagster changes).
+    """
+    step = _step_context(context)
+    if step is not None and versions:
+        from mlx_resources.io_managers._dagster_partition_versions import (
+            set_partition_data_versions,
+        )
+
+        set_partition_data_versions(step, context.asset_key, versions)
 
 
 def _add_partition_metadata(
