@@ -79,9 +79,12 @@ def plan(
     drift = dg.AssetKey("feature_drift")
     monitored = instance.get_materialized_partitions(drift)
     retrain = bool(out.training)
+    from mlx_assets.monitoring.coverage import lifecycle_monitoring_days
+
+    # up to the model's test end; later days arrive through the `arrival` schedule
     out.monitoring = [
         d
-        for d in all_days
+        for d in lifecycle_monitoring_days(defs.resources["platform"], all_days)
         if retrain or d not in monitored or resolver.get_status(drift, d) in todo
     ]
     return out
