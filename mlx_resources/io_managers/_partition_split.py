@@ -84,10 +84,16 @@ def _keep_only(values: pl.Series, keys: list[str]) -> pl.Series:
 def _assign_by_window(
     values: pl.Series, partitions_def: dg.TimeWindowPartitionsDefinition, keys: list[str]
 ) -> pl.Series:
-    windows = sorted(
-        ((partitions_def.time_window_for_partition_key(k), k) for k in keys),
-        key=lambda wk: wk[0].start,
-    )
+    """Each row's key by the window its instant falls in.
+
+    Naive values (and Date values, read as midnight) are wall times in the partitions' time
+    zone. A wall time that happens twice (the autumn overlap) goes to the earlier instant's
+    window when that window is in ``keys``, else to the later one's; a wall time that does not
+    exist (the spring-forward gap) is shifted forward by the gap's length, as Spark and Trino
+    do (02:30 on a day New York skips 02:00-03:00 is read as 03:30). Time-zone-aware values are
+    instants and need no reading.
+    """
+    windows = [(partitions_def.time_window_for_partition_key(k), k) for k in keys]
     if values.dtype == pl.Date and any(
         w.start.time() != datetime.min.time() or w.end.time() != datetime.min.time()
         for w, _ in windows
@@ -96,6 +102,12 @@ def _assign_by_window(
             f"column {values.name!r} is a Date but the partitions are shorter than a day; "
             "use a Datetime column as 'partition_expr'"
         )
+    # by instant: aware datetimes of one zone compare by wall time, ignoring the DST fold
+    spans = sorted(((w.start - _EPOCH) // _US, (w.end - _EPOCH) // _US, k) for w, k in windows)
+    starts = pl.Series([s for s, _, _ in spans], dtype=pl.Int64)
+    ends = pl.Series([e for _, e, _ in spans], dtype=pl.Int64)
+    names = pl.Series([k for _, _, k in spans], dtype=pl.String)
+
     tz = partitions_def.timezone
     if values.dtype == pl.Date:
         local = values.cast(pl.Datetime("us"))
@@ -103,13 +115,40 @@ def _assign_by_window(
         local = values.dt.cast_time_unit("us")
     dtype = local.dtype
     assert isinstance(dtype, pl.Datetime)
-    if dtype.time_zone is None:
-        local = local.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
-    epoch = local.dt.epoch("us")
+    if dtype.time_zone is not None:
+        return _key_of(local.dt.epoch("us"), starts, ends, names)
+    earliest = local.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
+    latest = local.dt.replace_time_zone(tz, ambiguous="latest", non_existent="null")
+    early_us, late_us = earliest.dt.epoch("us"), latest.dt.epoch("us")
+    if int((early_us.is_null() & local.is_not_null()).sum()):
+        shifted = _past_the_gap(local, tz)
+        early_us, late_us = early_us.fill_null(shifted), late_us.fill_null(shifted)
+    first = _key_of(early_us, starts, ends, names)
+    return first.fill_null(_key_of(late_us, starts, ends, names))
 
-    starts = pl.Series([(w.start - _EPOCH) // _US for w, _ in windows], dtype=pl.Int64)
-    ends = pl.Series([(w.end - _EPOCH) // _US for w, _ in windows], dtype=pl.Int64)
-    names = pl.Series([k for _, k in windows], dtype=pl.String)
+
+_GAP_PROBES = (timedelta(hours=1), timedelta(hours=3), timedelta(days=1), timedelta(days=2))
+"""How far before a non-existent wall time to look for the UTC offset in force before the gap
+(gaps are 30 minutes to 24 hours; the shortest probe that lands on an existing time wins)."""
+
+
+def _past_the_gap(local: pl.Series, tz: str) -> pl.Series:
+    """Microseconds since the epoch of naive wall times ``local`` read with the UTC offset in
+    force just before each one: for a wall time inside a spring-forward gap that is the time
+    shifted forward by the gap's length; null where no probe finds an existing time."""
+    wall_us = local.dt.epoch("us")
+    offsets = []
+    for probe in _GAP_PROBES:
+        before = local - probe
+        aware = before.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
+        offsets.append(before.dt.epoch("us") - aware.dt.epoch("us"))
+    offset = pl.select(pl.coalesce(offsets)).to_series()
+    return wall_us - offset
+
+
+def _key_of(epoch: pl.Series, starts: pl.Series, ends: pl.Series, names: pl.Series) -> pl.Series:
+    """The name of the ``[start, end)`` span holding each epoch (sorted, disjoint spans), null
+    for epochs in none of them and for null epochs."""
     frame = pl.DataFrame({"epoch": epoch})
     idx = (starts.search_sorted(epoch.fill_null(0), side="right").cast(pl.Int64) - 1).clip(0)
     frame = frame.with_columns(
