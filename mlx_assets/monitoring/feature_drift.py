@@ -4,11 +4,13 @@ import dagster as dg
 import polars as pl
 
 from mlx_assets.features.flight_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from mlx_assets.monitoring.events import DriftObservation
 from mlx_assets.monitoring.policy import severity
 from mlx_assets.partitions import DAILY_2013, SINGLE_RUN
 from mlx_assets.training.training_set import SPLIT
 from mlx_assets.versioning import code_version
 from mlx_plugins.drift_detectors.base import DriftDetector, DriftReport
+from mlx_resources.atomic import atomic_write_text
 from mlx_resources.platform import Platform
 
 # Calendar features are functions of the date: one day against months of reference always
@@ -38,6 +40,18 @@ def report_rows(day: str, report: DriftReport, level: str) -> pl.DataFrame:
     ).with_columns(pl.col("date").str.to_date())
 
 
+def _reference(instance: dg.DagsterInstance) -> tuple[str | None, str | None]:
+    """Data version of the latest training set and the last day of its window (test end)."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("training_set"))
+    mat = event.asset_materialization if event else None
+    if mat is None:
+        return None, None
+    window = mat.metadata.get("window")
+    raw = getattr(window, "value", None)
+    end = raw.get("test_end") if isinstance(raw, dict) else None
+    return (mat.tags or {}).get("dagster/data_version"), str(end) if end else None
+
+
 @dg.asset(
     partitions_def=DAILY_2013,
     backfill_policy=SINGLE_RUN,
@@ -46,7 +60,8 @@ def report_rows(day: str, report: DriftReport, level: str) -> pl.DataFrame:
     code_version=code_version(__file__),
     metadata={"partition_expr": "date"},
     description="Per-column drift of each day's features against the model's training rows. "
-    "Each day also emits an observation (share, severity, report) that the drift sensor reads.",
+    "Each day's materialization carries that day's drift (share, severity, drifted columns, the "
+    "per-column table and the HTML report path), which the drift sensor reads.",
 )
 def feature_drift(
     context: dg.AssetExecutionContext,
@@ -55,10 +70,16 @@ def feature_drift(
     flight_features: pl.DataFrame,
     training_set: pl.DataFrame,
 ) -> dg.Output[pl.DataFrame]:
+    """One row per (day, monitored column); per-partition metadata is a ``DriftObservation``.
+
+    Every partition of a multi-day run gets its own metadata (``context.add_asset_metadata`` with
+    ``partition_key``) and, through the IO manager, its own data version (content hash).
+    """
     from mlx_plugins.drift_detectors.report import render_html, render_markdown
 
     reference = training_set.filter(pl.col(SPLIT) == "train").select(FEATURES)
     reports_dir = platform.path("reports", "drift")
+    reference_version, reference_end = _reference(context.instance)
     by_day = {
         d.isoformat(): f for (d,), f in flight_features.partition_by("date", as_dict=True).items()
     }
@@ -66,48 +87,40 @@ def feature_drift(
     prepared = drift_detector.prepare_reference(
         reference, numeric=MONITORED_NUMERIC, categorical=MONITORED_CATEGORICAL
     )
-    frames, last = [], None
+    frames: list[pl.DataFrame] = []
+    flagged: list[str] = []
     for day in context.partition_keys:
         current = by_day.get(day, flight_features.clear())
         report = drift_detector.compare_prepared(prepared, current.select(FEATURES))
         level = severity(report, platform.drift)
-        html = reports_dir / f"{day}.html"
-        tmp = html.with_suffix(".html.tmp")
-        tmp.write_text(render_html(report, title=f"Feature drift on {day}"))
-        tmp.replace(html)
-        context.log_event(
-            dg.AssetObservation(
-                asset_key=DRIFT_ASSET,
-                partition=day,
-                metadata={
-                    "drift_share": dg.MetadataValue.float(report.drift_share),
-                    "dataset_drift": dg.MetadataValue.bool(report.dataset_drift),
-                    "severity": level,
-                    "drifted_columns": dg.MetadataValue.json(report.drifted_columns),
-                    "report": dg.MetadataValue.path(str(html)),
-                },
-            )
+        html = atomic_write_text(
+            reports_dir / f"{day}.html", render_html(report, title=f"Feature drift on {day}")
+        )
+        observation = DriftObservation(
+            day=day,
+            drift_share=report.drift_share,
+            dataset_drift=report.dataset_drift,
+            severity=level,
+            drifted_columns=report.drifted_columns,
+            rows=current.height,
+            report=str(html),
+            reference_data_version=reference_version,
+            reference_end=reference_end,
+        )
+        context.add_asset_metadata(
+            {
+                **observation.to_metadata(),
+                "columns": dg.MetadataValue.md(render_markdown(report)),
+            },
+            partition_key=day,
         )
         if level != "ok":
-            context.log.warning(
-                f"{day}: drift share {report.drift_share:.0%} ({level}): "
-                f"{', '.join(report.drifted_columns)}"
-            )
+            flagged.append(f"{day} ({level}, {report.drift_share:.0%})")
         frames.append(report_rows(day, report, level))
-        last = (day, report, level, html)
-    df = pl.concat(frames)
-    meta: dict[str, object] = {
-        "days_with_dataset_drift": dg.MetadataValue.int(
-            df.filter(pl.col("severity") == "retrain")["date"].n_unique()
-        ),
-    }
-    if last is not None:
-        day, report, level, html = last
-        meta |= {
-            "last_day": day,
-            "drift_share": dg.MetadataValue.float(report.drift_share),
-            "severity": level,
-            "columns": dg.MetadataValue.md(render_markdown(report)),
-            "report": dg.MetadataValue.path(str(html)),
-        }
-    return dg.Output(df, metadata=meta)
+    if flagged:
+        context.log.info(
+            f"{len(flagged)} of {len(context.partition_keys)} days drifted: "
+            f"{', '.join(flagged[:10])}{' ...' if len(flagged) > 10 else ''}; "
+            f"reports in {reports_dir}"
+        )
+    return dg.Output(pl.concat(frames))
