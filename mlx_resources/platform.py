@@ -96,6 +96,12 @@ class DriftPolicy(dg.Config):
     shift_window: bool = Field(
         default=True, description="Retrain on the window that ends at the drifted day."
     )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Retraining runs requested for one drift event before the sensor gives up "
+        "on it (a failed run makes its event eligible again until then).",
+    )
 
 
 class Platform(dg.ConfigurableResource):

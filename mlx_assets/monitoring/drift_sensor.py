@@ -1,9 +1,23 @@
-"""The event bus: drift observations in, retraining runs out, exactly once per event.
+"""The event bus: each day's drift in, at most one retraining per day of data out.
 
-The cursor is the storage id of the last drift observation handled, plus the time of the last
-retraining request (for the cooldown). Each request carries a run key derived from the event, so
-an evaluation repeated after a crash (cursor not yet saved) asks for the same run and Dagster
-launches it once.
+The sensor reads ``feature_drift`` MATERIALIZATIONS (each partition's own ``DriftObservation``
+metadata, so a day's drift is visible only once that day is materialized) after the storage id
+in its cursor, and makes one decision per day:
+
+- a day that is inside or before the current model's window (the latest ``training_set``
+  materialization's ``window``, or the observation's ``reference_end``) is not news to that
+  model and never requests a retraining;
+- a day already requested is not requested again, even when it is materialized again;
+- the retraining window (moved to end on the day) is checked BEFORE the request with the rule
+  the ``training_set`` asset enforces (``window_problem``) on the materialized feature days: a
+  window that starts before the first day with data, or has an empty split, is skipped with a
+  reason naming the window and the available days, never launched;
+- a cooldown keeps a flapping feature from retraining every tick.
+
+Each request's run key is derived from the day (``drift:<day>``, then ``drift:<day>:attempt-<n>``)
+so a tick repeated after a crash asks for the same run and Dagster launches it once. Requests
+stay in the cursor until their run (with Dagster's automatic retries) succeeds; a run that
+failed makes its event eligible again, up to ``DriftPolicy.max_attempts`` runs per day.
 """
 
 from __future__ import annotations
@@ -11,84 +25,279 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import dagster as dg
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
 
+from mlx_assets.monitoring.events import DriftObservation
 from mlx_assets.monitoring.feature_drift import DRIFT_ASSET
-from mlx_resources.platform import Platform
+from mlx_assets.training.training_set import describe_window, window_problem
+from mlx_resources.platform import Platform, TrainingWindow
 
 BATCH = 200
+SENSOR_NAME = "drift_retrain_sensor"
+TRIGGER_TAG = "mlx/trigger"
+DAY_TAG = "mlx/drift_partition"
+ATTEMPT_TAG = "mlx/drift_attempt"
+RUN_KEY_TAG = "dagster/run_key"
+AUTO_RETRY_RUN_ID_TAG = "dagster/auto_retry_run_id"
+
+
+class Pending(BaseModel):
+    """A retraining requested for one day, not yet known to have succeeded."""
+
+    run_key: str
+    attempt: int = Field(ge=1)
+    share: float = 0.0
+    drifted_columns: list[str] = Field(default_factory=list)
 
 
 class DriftCursor(BaseModel):
+    """The sensor's state, stored as JSON in Dagster's cursor."""
+
     after_storage_id: int | None = None
+    """Storage id of the last ``feature_drift`` materialization read."""
     last_retrain_at: float | None = None
-    """Timestamp of the drift event that last requested retraining."""
+    """Timestamp of the drift event that last requested retraining (for the cooldown)."""
+    requested: list[str] = Field(default_factory=list)
+    """Days that ever requested a retraining: one decision per day of data."""
+    pending: dict[str, Pending] = Field(default_factory=dict)
+    """Day -> its latest request, until that run succeeds or the attempts are spent."""
 
 
-def retrain_request(partition: str, storage_id: int, platform: Platform) -> dg.RunRequest:
-    config = {"test_end": partition} if platform.drift.shift_window else {}
+def run_key(day: str, attempt: int) -> str:
+    """Run key of the ``attempt``-th (1-based) retraining for ``day``."""
+    return f"drift:{day}" if attempt == 1 else f"drift:{day}:attempt-{attempt}"
+
+
+def retrain_request(day: str, attempt: int, platform: Platform) -> dg.RunRequest:
+    """The training run for a drift event on ``day`` (ISO date), its window moved to end there."""
+    config = {"test_end": day} if platform.drift.shift_window else {}
     return dg.RunRequest(
-        run_key=f"drift:{partition}:{storage_id}",
+        run_key=run_key(day, attempt),
         run_config={"ops": {"training_set": {"config": config}}},
-        tags={"mlx/trigger": "drift", "mlx/drift_partition": partition},
+        tags={TRIGGER_TAG: "drift", DAY_TAG: day, ATTEMPT_TAG: str(attempt)},
+    )
+
+
+def retrain_window(day: str, platform: Platform) -> TrainingWindow:
+    """The window the retraining for ``day`` trains on (what ``training_set`` will compute)."""
+    return platform.window.shifted(day) if platform.drift.shift_window else platform.window
+
+
+def current_reference_end(instance: dg.DagsterInstance) -> str | None:
+    """Last day (ISO) of the current model's window: the latest ``training_set``'s test end."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("training_set"))
+    mat = event.asset_materialization if event else None
+    window = mat.metadata.get("window") if mat else None
+    value = getattr(window, "value", None)
+    if isinstance(value, dict) and isinstance(value.get("test_end"), str):
+        return value["test_end"]
+    return None
+
+
+def run_outcome(instance: dg.DagsterInstance, key: str) -> str:
+    """``"success"``, ``"failed"`` or ``"in_flight"`` for the run launched with run key ``key``.
+
+    Follows Dagster's automatic re-executions (``dagster/auto_retry_run_id``): a failed run whose
+    retry is pending or running is still in flight; only the last run of the chain decides. A
+    key with no run yet (the daemon has not created it) is in flight.
+    """
+    runs = instance.get_runs(dg.RunsFilter(tags={RUN_KEY_TAG: key}), limit=5)
+    roots = [r for r in runs if "dagster/parent_run_id" not in r.tags] or list(runs)
+    if not roots:
+        return "in_flight"
+    outcomes = set()
+    for run in roots:
+        seen = {run.run_id}
+        while (child := run.tags.get(AUTO_RETRY_RUN_ID_TAG)) and child not in seen:
+            seen.add(child)
+            nxt = instance.get_run_by_id(child)
+            if nxt is None:
+                break
+            run = nxt
+        if run.status == dg.DagsterRunStatus.SUCCESS:
+            outcomes.add("success")
+        elif not run.is_finished or run.is_complete_and_waiting_to_retry:
+            outcomes.add("in_flight")
+        else:
+            outcomes.add("failed")
+    for o in ("success", "in_flight"):
+        if o in outcomes:
+            return o
+    return "failed"
+
+
+def _event(day: str, share: float, columns: list[str], action: str) -> dg.AssetObservation:
+    return dg.AssetObservation(
+        asset_key="model",
+        metadata={
+            "drift_partition": day,
+            "drift_share": dg.MetadataValue.float(float(share)),
+            "drifted_columns": dg.MetadataValue.json(list(columns)),
+            "action": action,
+            "requested_at": datetime.now(UTC).isoformat(),
+        },
     )
 
 
 @dg.sensor(
+    name=SENSOR_NAME,
     job_name="training",
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests a retraining run when a day's drift passes the dataset rule; "
-    "a cooldown keeps a flapping feature from retraining every tick.",
+    description="Requests one retraining run for a day of data the current model has not seen "
+    "when its drift passes the dataset rule; retries a failed retraining up to "
+    "settings.drift.max_attempts; a cooldown keeps a flapping feature from retraining every tick.",
 )
 def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform):
     cursor = DriftCursor.model_validate_json(context.cursor) if context.cursor else DriftCursor()
-    records = context.instance.fetch_observations(
+    policy = platform.drift
+    instance = context.instance
+    requests: list[dg.RunRequest] = []
+    events: list[dg.AssetObservation] = []
+    skips: list[str] = []
+    changed = False
+    reference_end = current_reference_end(instance)
+    history: set[str] | None = None
+
+    def available_days() -> set[str]:
+        nonlocal history
+        if history is None:
+            history = instance.get_materialized_partitions(dg.AssetKey("flight_features"))
+        return history
+
+    def check(day: str) -> str | None:
+        window = retrain_window(day, platform)
+        problem = window_problem(window, available_days(), whole_history=True)
+        if problem:
+            return f"not retraining for drift on {day}: {problem}"
+        return None
+
+    # 1. Requests made earlier: done, still running, or failed (then eligible again).
+    for day, pend in list(cursor.pending.items()):
+        outcome = run_outcome(instance, pend.run_key)
+        if outcome == "in_flight":
+            continue
+        changed = True
+        if outcome == "success":
+            del cursor.pending[day]
+            context.log.info(f"retraining for drift on {day} succeeded ({pend.run_key})")
+            continue
+        if reference_end is not None and day <= reference_end:
+            del cursor.pending[day]
+            context.log.info(
+                f"retraining for drift on {day} failed ({pend.run_key}), but the current model "
+                f"already covers it (window ends {reference_end}); not retrying"
+            )
+            continue
+        if pend.attempt >= policy.max_attempts:
+            del cursor.pending[day]
+            context.log.error(
+                f"retraining for drift on {day} failed {pend.attempt} times (last run key "
+                f"{pend.run_key}); giving up on this event (settings.drift.max_attempts = "
+                f"{policy.max_attempts}). Fix the cause, then launch the training job by hand."
+            )
+            events.append(_event(day, pend.share, pend.drifted_columns, "retraining gave up"))
+            continue
+        problem = check(day)
+        if problem:
+            del cursor.pending[day]
+            skips.append(problem)
+            context.log.warning(problem)
+            continue
+        attempt = pend.attempt + 1
+        context.log.warning(
+            f"retraining for drift on {day} failed ({pend.run_key}); the event is eligible again: "
+            f"attempt {attempt} of {policy.max_attempts}"
+        )
+        requests.append(retrain_request(day, attempt, platform))
+        cursor.pending[day] = pend.model_copy(
+            update={"run_key": run_key(day, attempt), "attempt": attempt}
+        )
+        events.append(
+            _event(
+                day, pend.share, pend.drifted_columns, f"retraining requested (attempt {attempt})"
+            )
+        )
+
+    # 2. New days of drift, in the order they were materialized.
+    records = instance.fetch_materializations(
         dg.AssetRecordsFilter(
             asset_key=dg.AssetKey(DRIFT_ASSET), after_storage_id=cursor.after_storage_id
         ),
         limit=BATCH,
         ascending=True,
     ).records
-    cooldown = platform.drift.cooldown_minutes * 60
-    requests: list[dg.RunRequest] = []
-    events: list[dg.AssetObservation] = []
+    cooldown = policy.cooldown_minutes * 60
     for record in records:
         cursor.after_storage_id = record.storage_id
-        obs = record.asset_observation
-        if obs is None:
+        changed = True
+        mat = record.asset_materialization
+        if mat is None or mat.partition is None:
             continue
-        level = obs.metadata["severity"].value if "severity" in obs.metadata else "ok"
-        partition = str(obs.partition)
-        share = obs.metadata["drift_share"].value if "drift_share" in obs.metadata else None
-        if level != "retrain":
-            if level == "warn":
-                context.log.warning(f"drift warning on {partition}: share {share}")
+        day = str(mat.partition)
+        try:
+            obs = DriftObservation.from_metadata(mat.metadata, day=day)
+        except ValidationError as exc:
+            context.log.warning(
+                f"feature_drift {day} (storage id {record.storage_id}) carries no readable "
+                f"DriftObservation metadata ({exc.error_count()} errors, first: "
+                f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}); skipped"
+            )
+            continue
+        if obs.severity != "retrain":
+            if obs.severity == "warn":
+                context.log.warning(f"drift warning on {day}: share {obs.drift_share:.0%}")
+            continue
+        known_end = max(e for e in (reference_end, obs.reference_end, "") if e is not None)
+        if known_end and day <= known_end:
+            context.log.info(
+                f"drift on {day} is inside the current model's window (it ends {known_end}): "
+                "not news to that model; not retraining"
+            )
+            continue
+        if day in cursor.requested:
+            context.log.info(f"drift on {day} already requested a retraining; not again")
             continue
         if (
             cursor.last_retrain_at is not None
             and record.timestamp - cursor.last_retrain_at < cooldown
         ):
-            context.log.info(f"drift on {partition} within the cooldown; not retraining again")
+            context.log.info(
+                f"drift on {day} within the cooldown ({policy.cooldown_minutes:g} min); "
+                "not retraining again"
+            )
+            continue
+        problem = check(day)
+        if problem:
+            skips.append(problem)
+            context.log.warning(problem)
             continue
         cursor.last_retrain_at = record.timestamp
-        requests.append(retrain_request(partition, record.storage_id, platform))
-        events.append(
-            dg.AssetObservation(
-                asset_key="model",
-                metadata={
-                    "drift_partition": partition,
-                    "drift_share": dg.MetadataValue.float(float(share or 0.0)),
-                    "drifted_columns": obs.metadata["drifted_columns"]
-                    if "drifted_columns" in obs.metadata
-                    else dg.MetadataValue.json([]),
-                    "action": "retraining requested",
-                    "requested_at": datetime.now(UTC).isoformat(),
-                },
-            )
+        cursor.requested.append(day)
+        cursor.pending[day] = Pending(
+            run_key=run_key(day, 1),
+            attempt=1,
+            share=obs.drift_share,
+            drifted_columns=list(obs.drifted_columns),
         )
-    if not records:
-        return dg.SkipReason("no new drift observations")
+        window = retrain_window(day, platform)
+        context.log.info(
+            f"drift on {day} (share {obs.drift_share:.0%}): retraining on {describe_window(window)}"
+        )
+        requests.append(retrain_request(day, 1, platform))
+        events.append(_event(day, obs.drift_share, obs.drifted_columns, "retraining requested"))
+
+    if not changed:
+        return dg.SkipReason(
+            "no new feature_drift materializations"
+            + (f"; waiting for {', '.join(sorted(cursor.pending))}" if cursor.pending else "")
+        )
+    skip_reason = None
+    if not requests:
+        skip_reason = "; ".join(skips) if skips else "no day of new data calls for retraining"
     return dg.SensorResult(
-        run_requests=requests, asset_events=events, cursor=cursor.model_dump_json()
+        run_requests=requests,
+        asset_events=events,
+        cursor=cursor.model_dump_json(),
+        skip_reason=skip_reason,
     )

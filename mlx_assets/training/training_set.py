@@ -1,5 +1,8 @@
 """The training set: a window of feature partitions, split by time into train/valid/test."""
 
+from collections.abc import Iterable
+from datetime import date, timedelta
+
 import dagster as dg
 import polars as pl
 
@@ -28,9 +31,76 @@ def split_by_time(features: pl.LazyFrame, window: TrainingWindow) -> pl.DataFram
     )
 
 
-def window_partitions(window: TrainingWindow) -> list[str]:
-    from datetime import timedelta
+SPLITS = ("train", "valid", "test")
 
+
+def split_ranges(window: TrainingWindow) -> dict[str, tuple[date, date]]:
+    """First and last day (inclusive) of each split of ``window``: train, valid, test."""
+    train_start, valid_start, train_end, test_start, test_end = window.dates()
+    return {
+        "train": (train_start, valid_start - timedelta(days=1)),
+        "valid": (valid_start, train_end),
+        "test": (test_start, test_end),
+    }
+
+
+def describe_days(days: Iterable[date | str]) -> str:
+    """``"<n> days, <first>..<last>"`` (or ``"none"``) for a set of ISO days or dates."""
+    ds = sorted({d if isinstance(d, date) else date.fromisoformat(d) for d in days})
+    if not ds:
+        return "none"
+    return f"{len(ds)} days, {ds[0].isoformat()}..{ds[-1].isoformat()}"
+
+
+def describe_window(window: TrainingWindow) -> str:
+    """The window's splits as ``train A..B, valid C..D, test E..F``."""
+    return ", ".join(
+        f"{k} {a.isoformat()}..{b.isoformat()}" for k, (a, b) in split_ranges(window).items()
+    )
+
+
+def window_problem(
+    window: TrainingWindow, days: Iterable[date | str], *, whole_history: bool = False
+) -> str | None:
+    """Why ``window`` cannot train a model on ``days``, or ``None`` when it can.
+
+    The rule the ``training_set`` asset enforces (on the days that have rows) and the drift
+    sensor checks before it requests a retraining (on the materialized feature partitions):
+    every split (train, valid, test) holds at least one of ``days``. With ``whole_history`` the
+    window must also not start before the first of ``days`` (a retraining window never reaches
+    into days that do not exist).
+
+    Args:
+        window: the training window.
+        days: ISO date strings or dates that have data; order and duplicates do not matter.
+        whole_history: also refuse a window that starts before the first day with data.
+
+    Returns:
+        A one-line message naming the window, the empty splits and the available days.
+    """
+    available = sorted({d if isinstance(d, date) else date.fromisoformat(d) for d in days})
+    ranges = split_ranges(window)
+    empty = [k for k, (a, b) in ranges.items() if not _between(available, a, b)]
+    problems = []
+    if whole_history and available and ranges["train"][0] < available[0]:
+        problems.append(f"starts before the first day with data ({available[0].isoformat()})")
+    if empty:
+        problems.append(f"has no {' or '.join(repr(k) for k in empty)} rows")
+    if not problems:
+        return None
+    return (
+        f"the training window ({describe_window(window)}) {' and '.join(problems)}; "
+        f"days with data: {describe_days(available)}"
+    )
+
+
+def _between(sorted_days: list[date], a: date, b: date) -> list[date]:
+    from bisect import bisect_left, bisect_right
+
+    return sorted_days[bisect_left(sorted_days, a) : bisect_right(sorted_days, b)]
+
+
+def window_partitions(window: TrainingWindow) -> list[str]:
     a, _, b, c, d = window.dates()
     days = [a + timedelta(n) for n in range((b - a).days + 1)]
     days += [c + timedelta(n) for n in range((d - c).days + 1)]
@@ -79,13 +149,13 @@ def training_set(
     if config.test_end:
         context.log.info(f"window moved to end on {config.test_end}: {window.model_dump()}")
     df = split_by_time(flight_features, window)
+    problem = window_problem(window, df["date"].unique().to_list())
+    if problem:
+        raise dg.Failure(
+            f"{problem}; fix: move settings.window (or the run's training_set test_end) onto "
+            "materialized flight_features partitions, or materialize the missing days",
+        )
     counts = dict(df.group_by(SPLIT).len().iter_rows())
-    for split in ("train", "valid", "test"):
-        if not counts.get(split):
-            raise dg.Failure(
-                f"the training window has no {split!r} rows; check settings.window "
-                f"({window.model_dump()}) against the materialized feature partitions",
-            )
     partitions = window_partitions(window)
     versions = partition_data_versions(context.instance, dg.AssetKey("flight_features"), partitions)
     missing = [p for p in partitions if p not in versions]
