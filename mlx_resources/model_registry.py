@@ -3,11 +3,14 @@
 Each version is a folder ``<root>/<model>/v<NNNN>/`` holding the artifact and ``version.json``,
 indexed in SQLite. A version is written to a temporary folder and renamed into place, and its
 number is claimed with an exclusive ``mkdir``, so two writers never share or overwrite one.
+Registering a model identical to an existing version (same training-set data version, code
+versions and config) writes nothing and returns that version.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +24,8 @@ from typing import Any
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlx_resources.atomic import atomic_write_text
+
 
 class ModelLineage(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -31,6 +36,21 @@ class ModelLineage(BaseModel):
     code_versions: dict[str, str] = Field(default_factory=dict)
     window: dict[str, Any] = Field(default_factory=dict, description="Train/valid/test dates.")
     run_id: str | None = None
+
+
+def identity(config: dict[str, Any], lineage: ModelLineage) -> str | None:
+    """What makes two registrations the same model version: training-set data version, code
+    versions and config (a sha256 hex string), or None when the training-set data version is
+    unknown (nothing can then be proven identical)."""
+    if not lineage.training_data_version:
+        return None
+    payload = {
+        "training_data_version": lineage.training_data_version,
+        "code_versions": dict(sorted(lineage.code_versions.items())),
+        "config": config,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class ModelVersion(BaseModel):
@@ -77,8 +97,73 @@ class ModelRegistry(dg.ConfigurableResource):
         config: dict[str, Any],
         lineage: ModelLineage,
     ) -> ModelVersion:
+        """Register a new version, or return the existing identical one (see ``register_once``)."""
+        return self.register_once(model, artifact, artifact_sha256, metrics, config, lineage)[0]
+
+    def register_once(
+        self,
+        model: str,
+        artifact: str | os.PathLike[str],
+        artifact_sha256: str,
+        metrics: dict[str, float],
+        config: dict[str, Any],
+        lineage: ModelLineage,
+    ) -> tuple[ModelVersion, bool]:
+        """Register ``artifact`` as the next version of ``model``, unless it is already there.
+
+        A version is identical when its training-set data version, its code versions and its
+        config all equal this one's (``identity``); then nothing is written and that version is
+        returned with ``False``. Without a training-set data version nothing can be proven
+        identical, so a new version is always written. Registrations of one registry are
+        serialized (an exclusive SQLite transaction), so two identical concurrent registrations
+        give one version.
+
+        Returns:
+            ``(version, created)``: ``created`` is False when an identical version was reused.
+
+        Raises:
+            OSError: the artifact can't be copied (nothing is registered then).
+            sqlite3.OperationalError: the registry stayed locked for 30 s by another writer.
+        """
+        key = identity(config, lineage)
         folder = Path(self.root) / model
         folder.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as conn:
+            conn.isolation_level = None  # explicit transactions below
+            conn.execute("BEGIN IMMEDIATE")  # one registration at a time per registry
+            try:
+                if key is not None:
+                    for row in conn.execute(
+                        "SELECT body FROM versions WHERE model = ? ORDER BY version", (model,)
+                    ):
+                        existing = ModelVersion.model_validate(json.loads(row[0]))
+                        if identity(existing.config, existing.lineage) == key:
+                            conn.execute("COMMIT")
+                            return existing, False
+                mv = self._write_version(
+                    folder, model, artifact, artifact_sha256, metrics, config, lineage
+                )
+                conn.execute(
+                    "INSERT INTO versions VALUES (?, ?, ?, ?)",
+                    (model, mv.version, mv.created_at, mv.model_dump_json()),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        return mv, True
+
+    def _write_version(
+        self,
+        folder: Path,
+        model: str,
+        artifact: str | os.PathLike[str],
+        artifact_sha256: str,
+        metrics: dict[str, float],
+        config: dict[str, Any],
+        lineage: ModelLineage,
+    ) -> ModelVersion:
         version = self._claim(folder)
         final = folder / f"v{version:04d}"
         staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".v{version:04d}-"))
@@ -95,7 +180,7 @@ class ModelRegistry(dg.ConfigurableResource):
                 config=config,
                 lineage=lineage,
             )
-            (staging / "version.json").write_text(mv.model_dump_json(indent=2))
+            atomic_write_text(staging / "version.json", mv.model_dump_json(indent=2))
             # Renaming onto our empty claim folder replaces it atomically (POSIX), so the
             # number is never free for another writer in between.
             os.rename(staging, final)
@@ -104,11 +189,6 @@ class ModelRegistry(dg.ConfigurableResource):
             with contextlib.suppress(OSError):
                 os.rmdir(final)  # give the number back if nothing was written there
             raise
-        with closing(self._connect()) as conn, conn:
-            conn.execute(
-                "INSERT INTO versions VALUES (?, ?, ?, ?)",
-                (model, version, mv.created_at, mv.model_dump_json()),
-            )
         return mv
 
     @staticmethod

@@ -62,7 +62,7 @@ def registered_model(
     model_evaluation: Evaluation,
 ) -> dg.Output[ModelVersion]:
     lineage = collect_lineage(context)
-    version = model_registry.register(
+    version, created = model_registry.register_once(
         platform.model_name,
         model.artifact_path,
         model.artifact_sha256,
@@ -75,15 +75,22 @@ def registered_model(
         },
         lineage=lineage,
     )
-    context.log.info(f"registered {version.tag} at {version.artifact_path}")
+    if created:
+        context.log.info(f"registered {version.tag} at {version.artifact_path}")
+    else:
+        context.log.info(
+            f"nothing registered: {version.tag} already has this training-set data version "
+            f"({lineage.training_data_version}), code versions and config"
+        )
     return dg.Output(
         version,
         data_version=dg.DataVersion(version.tag),
         metadata={
             "version": dg.MetadataValue.int(version.version),
             "tag": version.tag,
+            "created": dg.MetadataValue.bool(created),
             "artifact": dg.MetadataValue.path(version.artifact_path),
-            "lineage": dg.MetadataValue.json(lineage.model_dump()),
+            "lineage": dg.MetadataValue.json(version.lineage.model_dump()),
             **{k: dg.MetadataValue.float(v) for k, v in version.metrics.items()},
         },
     )

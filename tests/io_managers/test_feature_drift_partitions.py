@@ -104,3 +104,20 @@ def test_each_drift_partition_has_its_own_metadata_and_version(
     # no per-day observations any more: the sensor reads the materializations
     observations = instance.fetch_observations(dg.AssetKey("feature_drift"), limit=10).records
     assert observations == []
+
+
+def test_training_lineage_holds_each_days_own_version(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    """What a model version's lineage records per feature day: distinct, per-day values."""
+    from mlx_assets.training.training_set import partition_data_versions
+
+    res = {"io_manager": PolarsIOManager(base_path=str(tmp_path / "data"))}
+    tags = range_tags(DAYS[0], DAYS[-1])
+    assert dg.materialize([flight_features], instance=instance, resources=res, tags=tags).success
+    versions = partition_data_versions(instance, dg.AssetKey("flight_features"), DAYS)
+    assert sorted(versions) == DAYS
+    assert len(set(versions.values())) == len(DAYS)
+    for day in DAYS:
+        stored = pl.read_ipc(tmp_path / "data" / "flight_features" / f"{day}.arrow")
+        assert versions[day] == content_hash(stored)
