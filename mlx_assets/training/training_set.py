@@ -149,8 +149,10 @@ def training_set(
     if config.test_end:
         context.log.info(f"window moved to end on {config.test_end}: {window.model_dump()}")
     df = split_by_time(flight_features, window)
-    problem = window_problem(window, df["date"].unique().to_list())
-    if problem:
+    if window_problem(window, df["date"].unique().to_list()):
+        # the message names every day the features have, not only those inside the window
+        have = flight_features.select(pl.col("date").unique()).collect()["date"].to_list()
+        problem = window_problem(window, have)
         raise dg.Failure(
             f"{problem}; fix: move settings.window (or the run's training_set test_end) onto "
             "materialized flight_features partitions, or materialize the missing days",
