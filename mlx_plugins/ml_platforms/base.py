@@ -15,6 +15,17 @@ if TYPE_CHECKING:
     import polars as pl
 
 
+class TrainingDataError(ValueError):
+    """Training input that cannot be trained on (a bad label, a feature that cannot be
+    standardised, a column of the wrong type); the message names the frame, the column, the
+    count of bad values and the fix. Raised before anything is trained or saved."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or infinite during training; the message names the epoch and the loss
+    (training or validation). Training stops there and no model is saved."""
+
+
 class TrainingSpec(BaseModel):
     """What to learn: the columns. How to learn it is the plugin's config."""
 

@@ -28,6 +28,8 @@ from mlx_plugins.ml_platforms.base import (
     EpochStats,
     MLPlatform,
     TrainedModel,
+    TrainingDataError,
+    TrainingDivergedError,
     TrainingSpec,
 )
 
@@ -334,13 +336,29 @@ class LocalTorchPlatform(MLPlatform):
         *,
         context: Any = None,
     ) -> TrainedModel:
-        """Fit the MLP; with a Dagster ``context`` and several GPUs, through DDP workers."""
+        """Fit the MLP; with a Dagster ``context`` and several GPUs, through DDP workers.
+
+        Input is checked first, in this process, whatever the isolation: every label of
+        ``spec.target`` in both frames must be 0 or 1, and numeric features must be numbers or
+        booleans (else :class:`TrainingDataError` naming frame, column, count and fix).
+        NaN and +/-inf feature values are missing values, like nulls (counted per column in
+        ``params["non_finite_features"]`` and logged as a warning). A loss that becomes NaN or
+        infinite raises :class:`TrainingDivergedError` naming the epoch and the loss, and no
+        model is saved."""
         import torch
 
         from mlx_plugins.ml_platforms import torch_mlp as tm
 
         if train.height == 0:
             raise ValueError("the training frame is empty; widen the training window")
+        for name, df in (("training", train), ("validation", valid)):
+            tm.check_target(df, spec.target, name)
+            tm.check_numeric_features(df, spec.numeric_features)
+        non_finite = tm.non_finite_counts(train, spec.numeric_features)
+        if non_finite and context is not None:
+            context.log.warning(
+                f"non-finite feature values treated as missing (rows per column): {non_finite}"
+            )
         world = self.ddp_world_size(context, train.height * self.epochs)
         if world is not None:
             return self._train_ddp(train, valid, spec, on_epoch, context, world)
@@ -370,7 +388,7 @@ class LocalTorchPlatform(MLPlatform):
             artifact_sha256=sha256_file(path),
             spec=spec,
             preprocessing=pre.to_dict(),
-            params=self._params(device.type),
+            params=self._params(device.type, non_finite_features=non_finite),
             history=tuple(EpochStats(**h.__dict__) for h in history),
             device=str(device),
         )
@@ -388,6 +406,7 @@ class LocalTorchPlatform(MLPlatform):
         import torch
 
         from mlx_plugins.ml_platforms import torch_mlp as tm
+        from mlx_resources.process_identity import with_parent_death
 
         use_cuda = self.device != "cpu" and torch.cuda.is_available()
         device_type = "cuda" if use_cuda else "cpu"
@@ -396,7 +415,7 @@ class LocalTorchPlatform(MLPlatform):
         pre = tm.Preprocessor.fit(train, spec.numeric_features, spec.categorical_features)
         cfg = self.loop_config(device_type)
         columns = [*pre.columns, spec.target]
-        with tempfile.TemporaryDirectory(prefix="mlx-ddp-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"mlx-ddp-{os.getpid()}-") as tmp:
             paths = {name: str(Path(tmp) / f"{name}.arrow") for name in ("train", "valid")}
             for name, df in (("train", train), ("valid", valid)):
                 df.select(columns).write_ipc(paths[name], compression="uncompressed")
@@ -424,7 +443,7 @@ class LocalTorchPlatform(MLPlatform):
             )
             invocation = client.run(
                 context=context,
-                command=torchrun_command(world),
+                command=with_parent_death(torchrun_command(world)),  # workers die with us
                 extras={DDP_EXTRA: job.model_dump(mode="json")},
                 env=self._worker_env(),
             )
@@ -528,6 +547,13 @@ _PRELOAD = [
 ]
 
 
+_TYPED_ERRORS: dict[str, type[Exception]] = {
+    cls.__name__: cls for cls in (TrainingDataError, TrainingDivergedError)
+}
+"""Errors about the input or the training itself: the child sends the message and the parent
+raises the same class, so the caller sees what ``isolation='none'`` would raise."""
+
+
 def _train_in_child_process(
     plugin: LocalTorchPlatform,
     train: pl.DataFrame,
@@ -545,8 +571,11 @@ def _train_in_child_process(
     main = ["__main__"] if main_file and os.path.exists(main_file) else []
     ctx.set_forkserver_preload([*main, *_PRELOAD])
     config = {**plugin.model_dump(), "isolation": "none"}
-    env = {k: os.environ[k] for k in _CHILD_ENV if k in os.environ}
-    with tempfile.TemporaryDirectory(prefix="mlx-train-") as tmp:
+    from mlx_resources.process_identity import parent_env
+
+    # The child dies with this process (mlx_resources.process_identity.die_with_parent).
+    env = {**{k: os.environ[k] for k in _CHILD_ENV if k in os.environ}, **parent_env()}
+    with tempfile.TemporaryDirectory(prefix=f"mlx-train-{os.getpid()}-") as tmp:
         paths = (str(Path(tmp) / "train.arrow"), str(Path(tmp) / "valid.arrow"))
         train.write_ipc(paths[0], compression="uncompressed")
         valid.write_ipc(paths[1], compression="uncompressed")
@@ -573,6 +602,8 @@ def _train_in_child_process(
                         on_epoch(EpochStats.model_validate_json(body))
                 elif kind == "result":
                     return TrainedModel.model_validate_json(body)
+                elif kind in _TYPED_ERRORS:  # the same error as in-process, by its message
+                    raise _TYPED_ERRORS[kind](body)
                 else:
                     raise RuntimeError(f"training failed in the child process:\n{body}")
         finally:
@@ -593,6 +624,9 @@ def _child_main(
     import polars as pl
 
     os.environ.update(env)
+    from mlx_resources.process_identity import die_with_parent
+
+    die_with_parent()  # a kill -9 of the run's process must not leave this child training
     try:
         plugin = LocalTorchPlatform(**config)
         with plugin.session():
@@ -603,5 +637,7 @@ def _child_main(
                 on_epoch=lambda e: messages.put(("epoch", e.model_dump_json())),
             )
         messages.put(("result", model.model_dump_json()))
+    except (TrainingDataError, TrainingDivergedError) as exc:
+        messages.put((type(exc).__name__, str(exc)))
     except BaseException as exc:  # the parent raises it with the child's traceback
         messages.put(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))

@@ -19,6 +19,8 @@ import polars as pl
 import torch
 from torch import nn
 
+from mlx_plugins.ml_platforms.base import TrainingDataError, TrainingDivergedError
+
 MEMORY_FRACTION_ENV = "MLX_GPU_MEMORY_FRACTION"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -97,8 +99,19 @@ class Preprocessor:
     def fit(
         cls, df: pl.DataFrame, numeric: Sequence[str], categorical: Sequence[str]
     ) -> Preprocessor:
-        def clean(c: str) -> pl.Expr:  # NaN is missing, like null: it must not poison the stats
-            return pl.col(c).cast(pl.Float64).fill_nan(None)
+        """Means and standard deviations of the ``numeric`` columns and sorted vocabularies
+        of the ``categorical`` ones, from ``df``.
+
+        Null, NaN and +/-inf are missing values: they are left out of the statistics (and
+        become the mean, 0 after scaling, in :meth:`transform`). Raises
+        :class:`TrainingDataError` for a numeric column whose dtype is not a number or
+        boolean, or whose finite values are too large to standardise (mean or std overflow).
+        """
+        check_numeric_features(df, numeric)
+
+        def clean(c: str) -> pl.Expr:  # NaN and inf are missing, like null: no poisoned stats
+            x = pl.col(c).cast(pl.Float64)
+            return pl.when(x.is_finite()).then(x)
 
         stats = (
             df.select(
@@ -111,6 +124,13 @@ class Preprocessor:
         k = len(numeric)
         means = [float(x) if x is not None else 0.0 for x in stats[:k]]
         stds = [float(x) if x and x > 0 else 1.0 for x in stats[k:]]
+        for c, m, s in zip(numeric, means, stds, strict=True):
+            if not (math.isfinite(m) and math.isfinite(s)):
+                raise TrainingDataError(
+                    f"numeric feature {c!r} cannot be standardised: its finite values are too "
+                    f"large (mean {m}, std {s} overflow float64). fix: rescale the column "
+                    "(e.g. a log or a unit change) in the feature asset"
+                )
         vocab = {
             c: sorted(v for v in df.get_column(c).drop_nulls().unique().cast(pl.String).to_list())
             for c in categorical
@@ -162,16 +182,17 @@ class Preprocessor:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Polars to ``(numeric float32, categorical int64)`` tensors, one bulk copy each.
 
-        Unknown categories and nulls map to index 0; numeric nulls and NaNs to the mean (0 after
-        scaling). The tensors are column-major views (see ``_column_block``); values equal the
-        row-major result. ``pin_memory`` (CUDA only) puts them in page-locked host memory.
+        Unknown categories and nulls map to index 0; numeric nulls, NaN, +/-inf (and values
+        too large for float32) to the mean (0 after scaling). The tensors are column-major
+        views (see ``_column_block``); values equal the row-major result. ``pin_memory``
+        (CUDA only) puts them in page-locked host memory.
         """
         pin = pin_memory and torch.cuda.is_available()
         n = df.height
         num = (
             _column_block(
                 df.select(
-                    ((pl.col(c).cast(pl.Float32) - m) / s).fill_null(0.0).fill_nan(0.0).alias(c)
+                    _finite_or_zero((pl.col(c).cast(pl.Float32) - m) / s).alias(c)
                     for c, m, s in zip(self.numeric, self.means, self.stds, strict=True)
                 ),
                 torch.float32,
@@ -188,6 +209,75 @@ class Preprocessor:
             else torch.zeros((n, 0), dtype=torch.int64)
         )
         return num, cat
+
+
+def _finite_or_zero(x: pl.Expr) -> pl.Expr:
+    return pl.when(x.is_finite()).then(x).otherwise(0.0)
+
+
+def _numeric_dtype(dtype: pl.DataType) -> bool:
+    return dtype.is_numeric() or dtype in (pl.Boolean, pl.Null)
+
+
+def check_numeric_features(df: pl.DataFrame, numeric: Sequence[str]) -> None:
+    """Raise :class:`TrainingDataError` naming every numeric feature whose dtype is not a
+    number or boolean (a string or date column listed as numeric)."""
+    bad = {c: str(df.schema[c]) for c in numeric if not _numeric_dtype(df.schema[c])}
+    if bad:
+        raise TrainingDataError(
+            f"numeric features with a non-numeric dtype: {bad}. fix: cast them to a number in "
+            "the feature asset, or list them as categorical features"
+        )
+
+
+def non_finite_counts(df: pl.DataFrame, numeric: Sequence[str]) -> dict[str, int]:
+    """``{column: rows}`` of the numeric features holding NaN or +/-inf (float columns only;
+    columns without any are left out). Training treats these values as missing."""
+    floats = [c for c in numeric if df.schema[c].is_float()]
+    if not floats or df.height == 0:
+        return {}
+    row = df.select(
+        (~pl.col(c).is_finite()).sum().alias(c)  # nulls are not counted (is_finite is null)
+        for c in floats
+    ).row(0)
+    return {c: int(n) for c, n in zip(floats, row, strict=True) if n}
+
+
+def check_target(df: pl.DataFrame, target: str, frame: str = "training") -> None:
+    """Raise :class:`TrainingDataError` unless every label of ``target`` in ``df`` is 0 or 1
+    (numbers or booleans): names the frame, the column, the count of nulls, NaN, +/-inf or
+    out-of-range labels, examples, and the fix."""
+    if target not in df.columns:
+        raise TrainingDataError(
+            f"the {frame} frame has no target column {target!r} (columns: {df.columns})"
+        )
+    col = df.get_column(target)
+    if not _numeric_dtype(col.dtype):
+        raise TrainingDataError(
+            f"target column {target!r} has dtype {col.dtype} in the {frame} frame; a binary "
+            "target must be 0/1 or boolean. fix: map it to 0/1 in the feature asset"
+        )
+    problems = []
+    if col.null_count():
+        problems.append(f"{col.null_count()} null(s)")
+    values = col.drop_nulls().cast(pl.Float64)
+    nan = int(values.is_nan().sum())
+    if nan:
+        problems.append(f"{nan} NaN")
+    inf = int(values.is_infinite().sum())
+    if inf:
+        problems.append(f"{inf} infinite")
+    finite = values.filter(values.is_finite())
+    outside = finite.filter(~finite.is_in([0.0, 1.0]))
+    if outside.len():
+        examples = sorted(set(outside.head(1000).to_list()))[:5]
+        problems.append(f"{outside.len()} outside {{0, 1}} (e.g. {examples})")
+    if problems:
+        raise TrainingDataError(
+            f"target column {target!r} has {', '.join(problems)} in the {frame} frame "
+            f"({col.len()} rows); every row needs a binary label, 0 or 1. fix: drop or repair "
+            "those rows in the feature asset before training"
+        )
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -513,6 +603,7 @@ def train_loop(
             torch.distributed.all_reduce(sums)
         train_sum, valid_sum = sums.tolist()  # the epoch's one host sync
         seen = rows * world  # every rank trains on the same number of rows
+        _check_losses(epoch, train_sum / seen, valid_sum / valid_rows if valid_rows else 0.0, cfg)
         seconds = time.perf_counter() - start
         result = EpochResult(
             epoch,
@@ -525,6 +616,17 @@ def train_loop(
         if on_epoch is not None:
             on_epoch(result)
     return history
+
+
+def _check_losses(epoch: int, train_loss: float, valid_loss: float, cfg: LoopConfig) -> None:
+    """Raise :class:`TrainingDivergedError` when either mean loss of the epoch is not finite."""
+    for name, value in (("training", train_loss), ("validation", valid_loss)):
+        if not math.isfinite(value):
+            raise TrainingDivergedError(
+                f"epoch {epoch} of {cfg.epochs}: the {name} loss is {value}; training stopped "
+                "and no model was saved. fix: look for extreme values in the features (or the "
+                f"labels), or lower learning_rate (now {cfg.learning_rate:g})"
+            )
 
 
 @torch.no_grad()
@@ -579,10 +681,10 @@ def predict_logits(
 
 
 def target_tensor(df: pl.DataFrame, target: str, *, pin_memory: bool = False) -> torch.Tensor:
-    """The target column as float32 (nulls are an error: every training row needs a label)."""
+    """The target column as float32, after :func:`check_target` (a bad label raises
+    :class:`TrainingDataError`: every training row needs a label of 0 or 1)."""
+    check_target(df, target)
     col = df.get_column(target)
-    if col.null_count():
-        raise ValueError(f"target column {target!r} has {col.null_count()} null(s)")
     values = col.cast(pl.Float32).to_numpy()
     if pin_memory and torch.cuda.is_available():
         out = torch.empty(values.shape[0], dtype=torch.float32, pin_memory=True)
