@@ -74,9 +74,12 @@ def _home(_: argparse.Namespace) -> int:
 def _lifecycle(args: argparse.Namespace) -> int:
     import os
 
-    from mlx_resources.instance_home import ensure_dagster_home
+    from mlx_resources.instance_home import ensure_dagster_home, lifecycle_lock
 
-    ensure_dagster_home()
+    def log(m: str) -> None:
+        print(f"[mlx] {m}", flush=True)
+
+    home = ensure_dagster_home(log=log)  # safe under concurrent first use (issue 9.7)
     if args.file:
         os.environ["MLX_COMPOSITION"] = os.path.abspath(args.file)
     if args.profile:
@@ -85,9 +88,11 @@ def _lifecycle(args: argparse.Namespace) -> int:
 
     from mlx_assets.definitions import defs
     from mlx_assets.lifecycle import run_lifecycle
+    from mlx_resources.leftovers import recover
 
-    with dg.DagsterInstance.get() as instance:
-        run_lifecycle(instance, defs, log=lambda m: print(f"[mlx] {m}", flush=True))
+    with lifecycle_lock(home, log), dg.DagsterInstance.get() as instance:
+        recover(instance, defs, log)  # fail runs of killed processes, clean their leftovers
+        run_lifecycle(instance, defs, log=log)
     return 0
 
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import dagster as dg
 
+from mlx_resources.run_liveness import liveness_in_process_executor
+
 # Every job runs its steps in-process: a step costs no process start (a fresh interpreter per
 # step costs about 2 s here, a forkserver fork about 0.5 s with Dagster's per-process instance
 # set-up; benchmarks/bench_executor.py). Training keeps process isolation inside its step: the
 # local_torch plugin trains in a child forked from a server that has torch loaded
 # (``isolation: process``), and DDP trains in torchrun workers under Dagster Pipes.
-EXECUTOR = dg.in_process_executor
+# The in-process executor that also records the run's process (pid, start time, host) as run
+# tags, so a run whose process was killed is found and failed (mlx_resources/run_liveness.py).
+EXECUTOR = liveness_in_process_executor
 
 
 # Asset keys per job, in lifecycle order (the lifecycle runner plans with these).

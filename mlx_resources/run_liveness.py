@@ -1,0 +1,169 @@
+"""Run liveness: which process executes a run, whether it is still alive, and failing dead runs.
+
+Runs executed in-process (``mlx lifecycle``, ``dagster asset materialize``) record no run worker
+Dagster can check, so a ``kill -9`` left them STARTED forever, each holding a
+``max_concurrent_runs`` slot. Here:
+
+* :data:`liveness_in_process_executor` (the jobs' executor) records the executing process as run
+  tags when the run starts: pid, the process's start time (so a reused pid is not mistaken for
+  it), host and boot id.
+* :func:`worker_death` decides from those tags whether the process is gone (same host only; a
+  run from another host is never judged here).
+* :func:`sweep_dead_runs` marks such runs FAILURE with ``instance.report_run_failed``; the
+  lifecycle CLI calls it before planning.
+* :class:`LivenessRunLauncher` is Dagster's ``DefaultRunLauncher`` whose
+  ``check_run_worker_health`` answers from the same tags, so the daemon's run monitoring
+  (``run_monitoring: enabled`` in dagster.yaml) fails dead runs on its own.
+* :func:`die_with_parent` makes a child process (the forked training child, torchrun and its
+  workers) die with the process that started it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dagster as dg
+from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
+
+from mlx_resources.process_identity import (
+    TAG_BOOT,
+    TAG_HOST,
+    TAG_PID,
+    TAG_START,
+    TAGS,
+    ProcessIdentity,
+    die_with_parent,
+    identity,
+    is_alive,
+    pid_running,
+)
+
+__all__ = [
+    "TAGS",
+    "TAG_BOOT",
+    "TAG_HOST",
+    "TAG_PID",
+    "TAG_START",
+    "LivenessRunLauncher",
+    "ProcessIdentity",
+    "die_with_parent",
+    "identity",
+    "is_alive",
+    "liveness_in_process_executor",
+    "pid_running",
+    "record_run_worker",
+    "sweep_dead_runs",
+    "worker_death",
+]
+
+
+def worker_death(run: dg.DagsterRun) -> str | None:
+    """Why the process recorded on ``run`` is known to be gone, or None (alive or unknown)."""
+    who = ProcessIdentity.from_tags(run.tags)
+    if who is None or is_alive(who) is not False:
+        return None
+    return (
+        f"the process that executed run {run.run_id} (pid {who.pid} on {who.host}) is gone "
+        "(killed or crashed) and the run never finished; marked failed so it no longer holds a "
+        "run slot. Re-run what it was doing (e.g. `mlx lifecycle`)."
+    )
+
+
+IN_PROGRESS = (
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+)
+
+
+def sweep_dead_runs(instance: dg.DagsterInstance, log: Callable[[str], None] = print) -> list[str]:
+    """Mark FAILURE every in-progress run whose recorded process on this host is gone.
+
+    Returns the run ids it failed. Runs without liveness tags, or from another host, are left
+    alone (run monitoring's timeouts cover those).
+    """
+    failed: list[str] = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS))):
+        reason = worker_death(run)
+        if reason is None:
+            continue
+        fresh = instance.get_run_by_id(run.run_id)
+        if fresh is None or fresh.status not in IN_PROGRESS:
+            continue  # finished meanwhile
+        instance.report_run_failed(fresh, reason)
+        log(
+            f"run {run.run_id[:8]} ({run.job_name}) was left {run.status.value} by a dead "
+            "process; marked failed"
+        )
+        failed.append(run.run_id)
+    return failed
+
+
+def record_run_worker(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Tag ``run_id`` with this process's identity (see :class:`ProcessIdentity`)."""
+    instance.add_run_tags(run_id, identity().tags())
+
+
+# -- the executor that records the worker ------------------------------------------------------
+class _LivenessExecutor:
+    """Wraps an executor: records the executing process on the run, then delegates."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def execute(self, plan_context: Any, execution_plan: Any) -> Iterator[Any]:
+        record_run_worker(plan_context.instance, plan_context.run_id)
+        yield from self._inner.execute(plan_context, execution_plan)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _make_executor_class() -> type:
+    from dagster._core.executor.base import Executor
+
+    class LivenessExecutor(_LivenessExecutor, Executor):
+        @property
+        def retries(self):  # type: ignore[override]
+            return self._inner.retries
+
+        @property
+        def step_dependency_config(self):  # type: ignore[override]
+            return self._inner.step_dependency_config
+
+    return LivenessExecutor
+
+
+@dg.executor(
+    name="in_process",
+    config_schema=dg.in_process_executor.config_schema,
+)
+def liveness_in_process_executor(init_context: Any) -> Any:
+    """Dagster's in-process executor that first records the run's process as run tags.
+
+    Same config as ``in_process_executor``; adds tags ``mlx/worker_pid``, ``mlx/worker_start``,
+    ``mlx/worker_host``, ``mlx/worker_boot`` so a dead run can be told from a live one.
+    """
+    inner = dg.in_process_executor.executor_creation_fn(init_context)  # type: ignore[misc]
+    return _make_executor_class()(inner)
+
+
+# -- run monitoring in the daemon --------------------------------------------------------------
+class LivenessRunLauncher(DefaultRunLauncher):
+    """``DefaultRunLauncher`` whose worker health check also covers runs executed in-process.
+
+    Run monitoring calls ``check_run_worker_health`` for every STARTED run; a run whose recorded
+    process (see :func:`worker_death`) is gone is reported FAILED, and the daemon marks it
+    failed. Every other run reads as RUNNING, so this never fails a run it cannot judge.
+    """
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
+        reason = worker_death(run)
+        if reason is not None:
+            return CheckRunHealthResult(WorkerStatus.FAILED, reason)
+        return CheckRunHealthResult(WorkerStatus.RUNNING)

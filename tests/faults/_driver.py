@@ -1,0 +1,120 @@
+"""Subprocess driver for the fault-injection tests: run real MLX work, optionally killed at a point.
+
+``python -m tests.faults._driver lifecycle``   the real ``mlx lifecycle`` CLI, on ``SMALL_DAYS``
+``python -m tests.faults._driver job NAME``    one job executed in this process (the CLI's way)
+
+``MLX_FAULT_KILL_AT`` picks where this process SIGKILLs itself (a real ``kill -9``: no
+``finally`` runs):
+
+* ``partition-write``: at the first rename of a ``raw_weather`` temp file onto its final name
+  (every partition of the run has been written to its temp name, none committed).
+* ``training``: when the first epoch of the forked training child arrives; the pids of all
+  descendant processes are written to ``$MLX_FAULT_PIDS`` first.
+* ``registration``: at the rename of the registry's staging folder onto its version folder.
+
+``MLX_FAULT_MARK`` (a path) is created just before the kill, so a test can tell the point was
+reached.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+SMALL_DAYS = [f"2013-01-{d:02d}" for d in range(1, 15)]
+SMALL_ENV = {
+    "MLX__PLUGINS__ML_PLATFORM__CONFIG__EPOCHS": "2",
+    "MLX__SETTINGS__WINDOW__TRAIN_START": "2013-01-01",
+    "MLX__SETTINGS__WINDOW__TRAIN_END": "2013-01-10",
+    "MLX__SETTINGS__WINDOW__VALID_DAYS": "3",
+    "MLX__SETTINGS__WINDOW__TEST_START": "2013-01-11",
+    "MLX__SETTINGS__WINDOW__TEST_END": "2013-01-14",
+    "MLX__SETTINGS__QUALITY_GATE__MIN_ROC_AUC": "0",
+    "MLX__SETTINGS__QUALITY_GATE__MAX_LOG_LOSS_RATIO": "100",
+}
+"""A few days, two epochs, a gate every model passes: the lifecycle in seconds."""
+
+
+def _die() -> None:
+    mark = os.environ.get("MLX_FAULT_MARK")
+    if mark:
+        Path(mark).write_text(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _arm(point: str) -> None:
+    if point == "partition-write":
+        from mlx_resources.leftovers import temp_owner
+
+        real_replace = os.replace
+
+        def replace(src, dst, *a, **k):  # type: ignore[no-untyped-def]
+            s, d = Path(os.fsdecode(src)), Path(os.fsdecode(dst))
+            if temp_owner(s.name)[0] and "raw_weather" in d.parts:
+                _die()
+            return real_replace(src, dst, *a, **k)
+
+        os.replace = replace  # type: ignore[assignment]
+    elif point == "registration":
+        real_rename = os.rename
+
+        def rename(src, dst, *a, **k):  # type: ignore[no-untyped-def]
+            if re.fullmatch(r"v\d{4}", Path(os.fsdecode(dst)).name):
+                _die()
+            return real_rename(src, dst, *a, **k)
+
+        os.rename = rename  # type: ignore[assignment]
+    elif point == "training":
+        import psutil
+
+        from mlx_plugins.ml_platforms import local_torch
+
+        real_train = local_torch._train_in_child_process
+
+        def train(plugin, train, valid, spec, on_epoch):  # type: ignore[no-untyped-def]
+            def first_epoch(e):  # type: ignore[no-untyped-def]
+                pids = [p.pid for p in psutil.Process().children(recursive=True)]
+                Path(os.environ["MLX_FAULT_PIDS"]).write_text(" ".join(map(str, pids)))
+                _die()
+
+            return real_train(plugin, train, valid, spec, first_epoch)
+
+        local_torch._train_in_child_process = train
+    elif point:
+        raise SystemExit(f"unknown MLX_FAULT_KILL_AT={point!r}")
+
+
+def main(argv: list[str]) -> int:
+    os.environ.update({k: v for k, v in SMALL_ENV.items() if k not in os.environ})
+    _arm(os.environ.get("MLX_FAULT_KILL_AT", ""))
+    if argv[0] == "lifecycle":
+        import mlx_assets.lifecycle as lc
+        from mlx_assets import cli
+
+        lc.run_lifecycle = functools.partial(lc.run_lifecycle, partitions=SMALL_DAYS)
+        return cli.main(["lifecycle"])
+    if argv[0] == "job":
+        import dagster as dg
+
+        from mlx_assets.lifecycle import _run
+        from mlx_resources.instance_home import ensure_dagster_home
+
+        ensure_dagster_home()
+        tags = {}
+        if argv[1] in ("daily", "monitoring"):
+            tags = {
+                "dagster/asset_partition_range_start": SMALL_DAYS[0],
+                "dagster/asset_partition_range_end": SMALL_DAYS[-1],
+            }
+        with dg.DagsterInstance.get() as instance:
+            _run(instance, argv[1], print, tags=tags)
+        return 0
+    raise SystemExit(f"unknown action {argv[0]!r}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
