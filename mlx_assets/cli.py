@@ -3,7 +3,8 @@
 mlx plugins list                  installed plugins by kind (no plugin module is imported)
 mlx config validate [FILE]        validate a composition file (exit 1 with a clear error)
 mlx health [FILE]                 open each used plugin and run its health check
-mlx lifecycle                     materialize what is missing or stale, in order
+mlx lifecycle [FILE] [-v]         materialize what is missing, stale or bad, in order
+                                  (-v/--verbose: also Dagster's event lines)
 mlx home                          print (and create) the local DAGSTER_HOME
 """
 
@@ -73,12 +74,16 @@ def _home(_: argparse.Namespace) -> int:
 
 def _lifecycle(args: argparse.Namespace) -> int:
     import os
+    import time
 
+    from mlx_assets.console import Console
     from mlx_resources.instance_home import ensure_dagster_home, lifecycle_lock
 
-    def log(m: str) -> None:
-        print(f"[mlx] {m}", flush=True)
-
+    started = time.perf_counter()
+    console = Console(verbose=args.verbose)
+    log = console.line
+    # A bad composition file fails here, before anything is created or imported.
+    _load(args)
     home = ensure_dagster_home(log=log)  # safe under concurrent first use (issue 9.7)
     if args.file:
         os.environ["MLX_COMPOSITION"] = os.path.abspath(args.file)
@@ -86,13 +91,17 @@ def _lifecycle(args: argparse.Namespace) -> int:
         os.environ["MLX_PROFILE"] = args.profile
     import dagster as dg
 
+    from mlx_assets.console import summary_lines
     from mlx_assets.definitions import defs
     from mlx_assets.lifecycle import run_lifecycle
     from mlx_resources.leftovers import recover
 
     with lifecycle_lock(home, log), dg.DagsterInstance.get() as instance:
         recover(instance, defs, log)  # fail runs of killed processes, clean their leftovers
-        run_lifecycle(instance, defs, log=log)
+        run_lifecycle(instance, defs, console=console)
+        log(f"finished in {time.perf_counter() - started:.1f}s")
+        for line in summary_lines(instance, defs):
+            log(f"  {line}")
     return 0
 
 
@@ -127,8 +136,29 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("drift-demo", help="monthly drift against a winter-trained model").set_defaults(
         fn=_drift_demo
     )
+    sub.choices["lifecycle"].add_argument(
+        "-v", "--verbose", action="store_true", help="also print Dagster's event lines"
+    )
     args = parser.parse_args(argv)
-    return int(args.fn(args))
+    try:
+        return int(args.fn(args))
+    except _clear_errors() as exc:
+        # These errors already say what is wrong and how to fix it: no traceback around them.
+        print(f"mlx {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _clear_errors() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is the whole story (file/key/fix, or run and how to see it)."""
+    from mlx_plugins.kernel.errors import CompositionError
+
+    kinds: list[type[BaseException]] = [CompositionError]
+    for module, name in (
+        ("mlx_assets.lifecycle", "LifecycleRunFailed"),
+        ("mlx_resources.instance_home", "HomeLockError"),
+    ):
+        kinds.append(getattr(__import__(module, fromlist=[name]), name))
+    return tuple(kinds)
 
 
 if __name__ == "__main__":

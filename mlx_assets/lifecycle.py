@@ -1,114 +1,411 @@
-"""Run the whole lifecycle on the local instance, recomputing only what is missing or stale.
+"""Run the whole lifecycle on the local instance, recomputing only what is missing, stale or bad.
 
-Order: reference tables, then the daily partitions (one run over the range of missing or stale
-days), then training -> evaluation -> registration when anything upstream changed.
+Order: reference tables, then the daily partitions (one run per contiguous range of days that
+need the same assets), then training -> evaluation -> registration, then drift monitoring. The
+plan is made again before each stage, so a stage runs only if what the previous stages wrote
+changed its inputs (a re-materialized partition with identical content changes nothing
+downstream).
+
+An asset partition is recomputed when it is
+
+- **missing**: never materialized;
+- **bad**: its stored file is gone or its size differs from the ``byte_size`` recorded at write
+  time (a truncated or replaced file; one ``stat`` per file);
+- **stale**: its code version changed, or an input it read has a new data version since (Dagster's
+  staleness rules, computed per partition from the recorded provenance tags
+  ``dagster/code_version``, ``dagster/input_data_version/<key>`` and
+  ``dagster/input_event_pointer/<key>``; for the training set, from the per-day data versions
+  it recorded as ``partition_data_versions``);
+- **upstream**: something it reads is recomputed in this plan.
+
+The facts are read by :class:`mlx_assets.asset_state.AssetState` in a few queries per asset, so a
+no-op plan costs the same for 30 days as for 300.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
+
+from mlx_assets.console import Console
+
+MISSING, BAD, STALE, UPSTREAM = "missing", "bad", "stale", "upstream"
+CALL_TAG = "mlx/lifecycle_call"
+"""Run tag that lets the console find the run ``execute_job`` creates (to follow its events)."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Why one asset partition is recomputed.
+
+    Attributes:
+        asset: asset key as a user string (``flight_features``).
+        partition: partition key (``2013-03-04``) or None for an unpartitioned asset.
+        status: ``missing`` | ``bad`` | ``stale`` | ``upstream``.
+        reason: a short human-readable reason (for ``bad``: what is wrong with which file).
+    """
+
+    asset: str
+    partition: str | None
+    status: str
+    reason: str
+
+    def describe(self) -> str:
+        where = f"{self.asset} {self.partition}" if self.partition else self.asset
+        return f"{where}: {self.reason}"
 
 
 @dataclass
 class LifecyclePlan:
     reference: list[str] = field(default_factory=list)
     partitions: list[str] = field(default_factory=list)
+    """Days on which at least one daily asset is recomputed, in partition order."""
+    daily_assets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Day -> the daily assets recomputed on that day (in job order)."""
     training: list[str] = field(default_factory=list)
     monitoring: list[str] = field(default_factory=list)
-    """Days whose drift is missing or stale."""
+    """Days whose drift is missing, stale or bad."""
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (self.reference or self.partitions or self.training or self.monitoring)
 
+    @property
+    def bad(self) -> list[Finding]:
+        """Stored files found missing or not matching their recorded size."""
+        return [f for f in self.findings if f.status == BAD]
 
-def _resolver(instance: dg.DagsterInstance, defs: dg.Definitions):
-    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._time import get_current_datetime
+    def daily_runs(self) -> list[tuple[tuple[str, ...], list[str]]]:
+        """``(assets, days)`` per run: contiguous days that need the same daily assets."""
+        return _contiguous(self.partitions, self.daily_assets, self._order)
 
-    graph = defs.resolve_asset_graph()
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=graph,
-    )
-    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+    def monitoring_runs(self) -> list[list[str]]:
+        """Contiguous ranges of :attr:`monitoring` days, one run each."""
+        days = dict.fromkeys(self.monitoring, ("feature_drift",))
+        return [d for _, d in _contiguous(self.monitoring, days, self._order)]
+
+    _order: dict[str, int] = field(default_factory=dict, repr=False)
 
 
-def _job_keys(defs: dg.Definitions, job_name: str) -> list[dg.AssetKey]:
+def _contiguous(
+    days: Sequence[str], assets: dict[str, tuple[str, ...]], order: dict[str, int]
+) -> list[tuple[tuple[str, ...], list[str]]]:
+    runs: list[tuple[tuple[str, ...], list[str]]] = []
+    for day in days:
+        want = assets[day]
+        if (
+            runs
+            and runs[-1][0] == want
+            and order.get(day, -2) == order.get(runs[-1][1][-1], -9) + 1
+        ):
+            runs[-1][1].append(day)
+        else:
+            runs.append((want, [day]))
+    return runs
+
+
+def _job_keys(job_name: str) -> list[dg.AssetKey]:
     from mlx_assets.jobs import JOB_ASSETS
 
     return [dg.AssetKey(k) for k in JOB_ASSETS[job_name]]
 
 
+class _Assessor:
+    """Decides, in dependency order, which asset partitions need recomputing (see module doc)."""
+
+    def __init__(self, graph: Any, state: Any) -> None:
+        self.graph = graph
+        self.state = state
+        self.found: dict[tuple[dg.AssetKey, str | None], Finding] = {}
+
+    def planned(self, key: dg.AssetKey, partition: str | None) -> bool:
+        return (key, partition) in self.found
+
+    def assess(self, key: dg.AssetKey, partition: str | None) -> Finding | None:
+        finding = self._assess(key, partition)
+        if finding is not None:
+            self.found[(key, partition)] = finding
+        return finding
+
+    def _finding(self, key: dg.AssetKey, p: str | None, status: str, why: str) -> Finding:
+        return Finding(key.to_user_string(), p, status, why)
+
+    def _assess(self, key: dg.AssetKey, p: str | None) -> Finding | None:
+        latest = self.state.get(key, p)
+        if latest is None:
+            return self._finding(key, p, MISSING, "never materialized")
+        problem = latest.file_problem()
+        if problem:
+            return self._finding(key, p, BAD, problem)
+        node = self.graph.get(key)
+        if node.code_version and latest.has_provenance and latest.code_version != node.code_version:
+            return self._finding(key, p, STALE, "has a new code version")
+        for dep in sorted(node.parent_keys):
+            why = self._dep_cause(key, p, latest, dep)
+            if why is not None:
+                return self._finding(key, p, *why)
+        return None
+
+    def _dep_cause(self, key: dg.AssetKey, p: str | None, latest: Any, dep: dg.AssetKey):
+        name = dep.to_user_string()
+        dep_node = self.graph.get(dep)
+        if not dep_node.is_partitioned:
+            current = self.state.get(dep)
+            if self.planned(dep, None):
+                return UPSTREAM, f"{name} is recomputed"
+            if not latest.has_provenance:  # Dagster's fallback: compare event order
+                if current is not None and current.storage_id > latest.storage_id:
+                    return STALE, f"{name} has a newer materialization"
+                return None
+            if dep not in latest.input_versions:
+                return STALE, f"has a new dependency on {name}"
+            if latest.input_versions[dep] != (current.data_version if current else None):
+                return STALE, f"{name} has a new data version"
+            return None
+        if p is None:  # a window of an input's partitions, e.g. training_set <- flight_features
+            return self._window_cause(latest, dep)
+        days = self._parent_partitions(key, p, dep)
+        for q in days:
+            if self.planned(dep, q):
+                return UPSTREAM, f"{name} {q} is recomputed"
+        if not latest.has_provenance:
+            newer = [
+                q
+                for q in days
+                if (d := self.state.get(dep, q)) and d.storage_id > latest.storage_id
+            ]
+            return (STALE, f"{name} {newer[0]} has a newer materialization") if newer else None
+        if dep not in latest.input_pointers:
+            return STALE, f"has a new dependency on {name}"
+        cursor = latest.input_pointers[dep]
+        changed = [
+            q
+            for q in days
+            if (d := self.state.get(dep, q)) is not None
+            and (cursor is None or d.storage_id > cursor)
+        ]
+        if changed:
+            before = self.state.versions_as_of(dep, cursor, changed) if cursor is not None else {}
+            for q in changed:
+                if before.get(q) != self.state.get(dep, q).data_version:
+                    return STALE, f"{name} {q} has a new data version"
+        return None
+
+    def _window_cause(self, latest: Any, dep: dg.AssetKey):
+        name = dep.to_user_string()
+        recorded = latest.metadata.get("partition_data_versions")
+        if isinstance(recorded, dict) and recorded:
+            for q in sorted(recorded):
+                if self.planned(dep, q):
+                    return UPSTREAM, f"{name} {q} is recomputed"
+            for q, version in sorted(recorded.items()):
+                current = self.state.get(dep, q)
+                if current is None or current.data_version != version:
+                    return STALE, f"{name} {q} has a new data version"
+            return None
+        # No per-day record: any partition written after the read makes it stale.
+        cursor = latest.input_pointers.get(dep)
+        for q, d in (self.state.latest.get(dep) or {}).items():
+            if self.planned(dep, q):
+                return UPSTREAM, f"{name} {q} is recomputed"
+            if cursor is not None and d.storage_id > cursor:
+                return STALE, f"{name} {q} has a newer materialization"
+        return None
+
+    def _parent_partitions(self, key: dg.AssetKey, p: str, dep: dg.AssetKey) -> list[str]:
+        node, dep_node = self.graph.get(key), self.graph.get(dep)
+        mapping = self.graph.get_partition_mapping(key, dep)
+        if (
+            isinstance(mapping, dg.TimeWindowPartitionMapping)
+            and mapping.start_offset == 0
+            and mapping.end_offset == 0
+            and node.partitions_def == dep_node.partitions_def
+        ) or isinstance(mapping, dg.IdentityPartitionMapping):
+            return [p]
+        subset = self.graph.get_parent_partition_keys_for_child(p, dep, key).partitions_subset
+        return list(subset.get_partition_keys())
+
+
 def plan(
     instance: dg.DagsterInstance, defs: dg.Definitions, partitions: list[str] | None = None
 ) -> LifecyclePlan:
-    from dagster._core.definitions.data_version import StaleStatus
+    """What the lifecycle would recompute now, and why (one :class:`Finding` per asset partition).
 
-    todo = (StaleStatus.MISSING, StaleStatus.STALE)
-    resolver = _resolver(instance, defs)
-    out = LifecyclePlan()
-    out.reference = [
-        k.to_user_string() for k in _job_keys(defs, "reference") if resolver.get_status(k) in todo
-    ]
-    daily_keys = _job_keys(defs, "daily")
-    all_days = partitions or defs.resolve_job_def("daily").partitions_def.get_partition_keys()  # type: ignore[union-attr]
-    # Missing partitions in bulk from the instance; staleness per day only where materialized.
-    done: set[str] | None = None
-    for key in daily_keys:
-        have = instance.get_materialized_partitions(key)
-        done = have if done is None else done & have
-    done = done or set()
-    for day in all_days:
-        if day not in done or any(resolver.get_status(k, day) in todo for k in daily_keys):
-            out.partitions.append(day)
-    if out.reference or out.partitions:
-        out.training = [k.to_user_string() for k in _job_keys(defs, "training")]
-    else:
-        out.training = [
-            k.to_user_string()
-            for k in _job_keys(defs, "training")
-            if resolver.get_status(k) in todo
-        ]
-    drift = dg.AssetKey("feature_drift")
-    monitored = instance.get_materialized_partitions(drift)
-    retrain = bool(out.training)
+    Args:
+        instance: the Dagster instance whose event log is read (a few queries per asset).
+        defs: the code location's definitions (asset graph, jobs, the ``platform`` resource).
+        partitions: the daily partition keys (``YYYY-MM-DD``) to consider; default all of them.
+
+    Returns:
+        A :class:`LifecyclePlan`; downstream of anything recomputed is planned too (``upstream``),
+        although :func:`run_lifecycle` re-plans after each stage and may then skip it.
+    """
+    from mlx_assets.asset_state import AssetState
     from mlx_assets.monitoring.coverage import lifecycle_monitoring_days
 
+    graph = defs.resolve_asset_graph()
+    all_days = partitions or defs.resolve_job_def("daily").partitions_def.get_partition_keys()  # type: ignore[union-attr]
     # up to the model's test end; later days arrive through the `arrival` schedule
-    out.monitoring = [
-        d
-        for d in lifecycle_monitoring_days(defs.resources["platform"], all_days)
-        if retrain or d not in monitored or resolver.get_status(drift, d) in todo
-    ]
+    monitor_days = lifecycle_monitoring_days(defs.resources["platform"], all_days)
+    reference, daily, training = _job_keys("reference"), _job_keys("daily"), _job_keys("training")
+    drift = dg.AssetKey("feature_drift")
+    ordered = [*reference, *daily, *training, drift]
+    parents = {d for k in ordered for d in graph.get(k).parent_keys}
+    state = AssetState(instance, graph, [*ordered, *sorted(parents - set(ordered))])
+    judge = _Assessor(graph, state)
+
+    out = LifecyclePlan(_order={d: i for i, d in enumerate(all_days)})
+    out.reference = [k.to_user_string() for k in reference if judge.assess(k, None)]
+    for key in daily:
+        for day in all_days:
+            if judge.assess(key, day):
+                out.daily_assets[day] = (*out.daily_assets.get(day, ()), key.to_user_string())
+    out.partitions = [d for d in all_days if d in out.daily_assets]
+    out.training = [k.to_user_string() for k in training if judge.assess(k, None)]
+    out.monitoring = [d for d in monitor_days if judge.assess(drift, d)]
+    out.findings = list(judge.found.values())
     return out
+
+
+class LifecycleRunFailed(RuntimeError):
+    """A run launched by the lifecycle failed; the message names the run and how to see it."""
+
+    def __init__(self, job: str, run_id: str, detail: str) -> None:
+        self.job, self.run_id = job, run_id
+        super().__init__(
+            f"the {job} run {run_id[:8]} failed{detail}; see it with `./dev ui` (Runs -> "
+            f"{run_id[:8]}) or re-run with `mlx lifecycle --verbose`"
+        )
+
+
+def _failure_detail(instance: dg.DagsterInstance, run_id: str) -> str:
+    from dagster._core.events import DagsterEventType
+
+    records = instance.get_records_for_run(
+        run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        error = getattr(event.event_specific_data, "error", None) if event else None
+        if event is None:
+            continue
+        where = f" at step {event.step_key}" if event.step_key else ""
+        message = (error.message if error else record.event_log_entry.user_message) or ""
+        first = message.strip().splitlines()[0] if message.strip() else ""
+        return f"{where}: {first}" if first else where
+    return ""
+
+
+@contextmanager
+def _follow(
+    instance: dg.DagsterInstance, call: str, on_materialized: Callable[[str, str | None], None]
+) -> Iterator[None]:
+    """Call ``on_materialized(asset, partition)`` for each materialization of the run tagged
+    ``CALL_TAG=call`` while the block runs (the run is found by polling run storage, then followed
+    through the instance's event listener, which runs in the executing thread)."""
+    from dagster._core.events import DagsterEventType
+
+    seen: set[tuple[str, str | None]] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def handle(key: dg.AssetKey | None, partition: str | None) -> None:
+        if key is None:
+            return
+        item = (key.to_user_string(), partition)
+        with lock:
+            if item in seen:
+                return
+            seen.add(item)
+        on_materialized(*item)
+
+    def listener(entry: Any) -> None:
+        event = entry.dagster_event
+        if event is not None and event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            handle(event.asset_key, event.partition)
+
+    def watch() -> None:
+        while not stop.wait(0.1):
+            ids = instance.get_run_ids(dg.RunsFilter(tags={CALL_TAG: call}), limit=1)
+            if ids:
+                instance.add_event_listener(ids[0], listener)
+                # catch up on what happened before the listener was in place
+                for r in instance.get_records_for_run(
+                    ids[0], of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=100_000
+                ).records:
+                    mat = r.asset_materialization
+                    if mat is not None:
+                        handle(mat.asset_key, mat.partition)
+                return
+
+    thread = threading.Thread(target=watch, name="mlx-run-follower", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _run(
     instance: dg.DagsterInstance,
     job: str,
-    log: Callable[[str], None],
+    console: Console,
+    label: str,
+    total: int,
     tags: dict[str, str] | None = None,
-    asset_keys: list[str] | None = None,
-) -> None:
+    asset_keys: Sequence[str] | None = None,
+) -> str:
+    """Execute ``job`` in this process; return the run id. Raises LifecycleRunFailed."""
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     recon = ReconstructableRepository.for_module(
         "mlx_assets.definitions", "defs", working_directory=None
     ).get_reconstructable_job(job)
-    start = time.perf_counter()
+    call = uuid.uuid4().hex
     selection = [dg.AssetKey.from_user_string(k) for k in asset_keys] if asset_keys else None
-    with dg.execute_job(recon, instance, tags=tags, asset_selection=selection) as result:
-        status = "succeeded" if result.success else "FAILED"
-        log(f"run {result.run_id[:8]} ({job}) {status} in {time.perf_counter() - start:.1f}s")
-        if not result.success:
-            raise SystemExit(f"the {job} run failed; see `dagster dev` (Runs) or the log above")
+    run_config = (
+        {} if console.verbose else {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    )
+    start = time.perf_counter()
+    with (
+        console.progress(label, total) as advance,
+        _follow(instance, call, lambda _a, _p: advance(1)),
+        dg.execute_job(
+            recon,
+            instance,
+            run_config=run_config,
+            tags={**(tags or {}), CALL_TAG: call},
+            asset_selection=selection,
+            raise_on_error=False,
+        ) as result,
+    ):
+        run_id, success = result.run_id, result.success
+    elapsed = time.perf_counter() - start
+    if not success:
+        console.line(f"{label}: FAILED after {elapsed:.1f}s (run {run_id[:8]})")
+        raise LifecycleRunFailed(job, run_id, _failure_detail(instance, run_id))
+    console.line(f"{label}: done in {elapsed:.1f}s (run {run_id[:8]})")
+    return run_id
+
+
+def _range_tags(days: Sequence[str]) -> dict[str, str]:
+    return {
+        "dagster/asset_partition_range_start": days[0],
+        "dagster/asset_partition_range_end": days[-1],
+    }
+
+
+def _days(days: Sequence[str]) -> str:
+    return f"{len(days)} day{'s' if len(days) != 1 else ''} {days[0]}..{days[-1]}"
 
 
 def run_lifecycle(
@@ -116,40 +413,72 @@ def run_lifecycle(
     defs: dg.Definitions,
     log: Callable[[str], None] = print,
     partitions: list[str] | None = None,
+    console: Console | None = None,
 ) -> LifecyclePlan:
-    todo = plan(instance, defs, partitions)
-    if todo.empty:
-        log("everything is up to date; nothing to recompute")
-        return todo
+    """Materialize what is missing, stale or bad, stage by stage; return the first plan.
+
+    Args:
+        instance: the Dagster instance runs are executed on (in this process).
+        defs: the code location's definitions.
+        log: where plain progress lines go when no ``console`` is given.
+        partitions: the daily partition keys to consider (default: all).
+        console: progress output (bars on a terminal, plain lines otherwise); default plain
+            lines to ``log`` with Dagster's own event lines off.
+
+    Raises:
+        LifecycleRunFailed: a run failed; the message names the run and how to see it.
+    """
+    console = console or Console(log=log)
+    first = plan(instance, defs, partitions)
+    if first.empty:
+        console.line("everything is up to date; nothing to recompute")
+        return first
+    if first.bad:
+        console.line(f"found {len(first.bad)} bad stored partition(s); re-materializing them:")
+        for f in first.bad[:10]:
+            console.line(f"  {f.describe()}")
+        if len(first.bad) > 10:
+            console.line(f"  ... and {len(first.bad) - 10} more")
+    todo = first
     if todo.reference:
-        log(f"reference tables: {', '.join(todo.reference)}")
-        _run(instance, "reference", log)
-    if todo.partitions:
-        first, last = todo.partitions[0], todo.partitions[-1]
-        log(f"daily partitions: {len(todo.partitions)} days, {first}..{last}, in one run")
+        _run(
+            instance,
+            "reference",
+            console,
+            f"reference tables ({', '.join(todo.reference)})",
+            len(todo.reference),
+        )
+        todo = plan(instance, defs, partitions)
+    for assets, days in todo.daily_runs():
         _run(
             instance,
             "daily",
-            log,
-            tags={
-                "dagster/asset_partition_range_start": first,
-                "dagster/asset_partition_range_end": last,
-            },
+            console,
+            f"daily data ({', '.join(assets)}): {_days(days)}",
+            len(assets) * len(days),
+            tags=_range_tags(days),
+            asset_keys=list(assets),
         )
+    if todo.partitions:
+        todo = plan(instance, defs, partitions)
     if todo.training:
-        log(f"training: {', '.join(todo.training)}")
-        _run(instance, "training", log, asset_keys=todo.training)
-    if todo.monitoring:
-        first, last = todo.monitoring[0], todo.monitoring[-1]
-        log(f"drift monitoring: {len(todo.monitoring)} days, {first}..{last}, in one run")
+        _run(
+            instance,
+            "training",
+            console,
+            f"training ({', '.join(todo.training)})",
+            len(todo.training),
+            asset_keys=todo.training,
+        )
+        todo = plan(instance, defs, partitions)
+    for days in todo.monitoring_runs():
         _run(
             instance,
             "monitoring",
-            log,
+            console,
+            f"drift monitoring: {_days(days)}",
+            len(days),
+            tags=_range_tags(days),
             asset_keys=["feature_drift"],
-            tags={
-                "dagster/asset_partition_range_start": first,
-                "dagster/asset_partition_range_end": last,
-            },
         )
-    return todo
+    return first

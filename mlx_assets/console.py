@@ -1,0 +1,165 @@
+"""Console output of ``mlx lifecycle``: one line per stage, a progress bar on a terminal, a summary.
+
+On a terminal (``stream.isatty()``) a long stage shows a rich progress bar with partitions
+done/total and the elapsed time; otherwise (a pipe, a CI log, a test) only plain lines are
+printed, so the output of a whole first run fits on a screen. Dagster's own event lines are
+printed only with ``--verbose`` (the lifecycle sets the run's console logger level).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+PREFIX = "[mlx] "
+
+
+class Console:
+    """Where the lifecycle's progress goes.
+
+    Args:
+        stream: text stream for lines and bars (default ``sys.stdout``).
+        verbose: keep Dagster's event lines (and never draw a bar, which they would break).
+        tty: draw progress bars; default ``stream.isatty()``.
+        log: if given, every line goes to this callable (without prefix) and no bar is drawn.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        verbose: bool = False,
+        tty: bool | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.stream = stream or sys.stdout
+        self.verbose = verbose
+        self._log = log
+        if tty is None:
+            isatty = getattr(self.stream, "isatty", None)
+            tty = bool(isatty and isatty())
+        self.tty = tty and log is None and not verbose
+        self._rich: Any = None
+        if self.tty:
+            from rich.console import Console as RichConsole
+
+            self._rich = RichConsole(file=self.stream, highlight=False)
+
+    def line(self, message: str) -> None:
+        """Print one line (prefixed ``[mlx]`` on a stream)."""
+        if self._log is not None:
+            self._log(message)
+        elif self._rich is not None:
+            self._rich.print(f"[bold cyan]\\[mlx][/] {message}", markup=True, soft_wrap=True)
+        else:
+            print(f"{PREFIX}{message}", file=self.stream, flush=True)
+
+    @contextmanager
+    def progress(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A stage that materializes ``total`` asset partitions; yields ``advance(n)``.
+
+        On a terminal: a transient bar ``label ━━━━ done/total partitions 0:00:12``; otherwise
+        the label is printed once when the stage starts. ``advance`` may be called from any
+        thread.
+        """
+        if self._rich is None:
+            self.line(f"{label} ...")
+            yield lambda n: None
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        with Progress(
+            TextColumn("[bold cyan]\\[mlx][/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("partitions"),
+            TimeElapsedColumn(),
+            console=self._rich,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(label, total=max(total, 1))
+            yield lambda n: bar.advance(task, n)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def summary_lines(instance: Any, defs: Any) -> list[str]:
+    """The closing summary of ``mlx lifecycle``: where every result is and how good the model is.
+
+    Reads the latest materializations (a few queries): model version and artifact, the
+    ``beats_baseline`` gate, ROC AUC / log loss / Brier of the test days, the drift days by
+    severity with the report folder, the data, registry and instance folders, and how to open
+    the UI. Lines are plain text (no prefix); absent results are said to be absent.
+    """
+    import dagster as dg
+
+    from mlx_assets.asset_state import AssetState
+
+    graph = defs.resolve_asset_graph()
+    keys = [dg.AssetKey(k) for k in ("model_evaluation", "registered_model", "feature_drift")]
+    state = AssetState(instance, graph, keys)
+    evaluation = state.get(keys[0])
+    registered = state.get(keys[1])
+    resources = defs.resources
+    registry_root = getattr(resources.get("model_registry"), "root", None)
+    data_root = getattr(resources.get("io_manager"), "base_path", None)
+    platform = resources.get("platform")
+    lines: list[str] = []
+
+    if registered is not None:
+        meta = registered.metadata
+        tag = meta.get("tag") or f"version {meta.get('version')}"
+        lines.append(f"model      {tag}: {meta.get('artifact', '?')}")
+    else:
+        lines.append("model      no registered version yet")
+    check = dg.AssetCheckKey(keys[0], "beats_baseline")
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check]).get(check)
+    status = getattr(getattr(record, "status", None), "value", None)
+    gate = {"SUCCEEDED": "passed", "FAILED": "FAILED (the model was not registered)"}.get(
+        str(status), "not run" if record is None else str(status).lower()
+    )
+    lines.append(f"gate       beats_baseline {gate}")
+    if evaluation is not None:
+        m = evaluation.metadata
+        lines.append(
+            f"metrics    ROC AUC {_fmt(m.get('roc_auc'))}, log loss {_fmt(m.get('log_loss'))} "
+            f"(base rate {_fmt(m.get('baseline_log_loss'))}), Brier {_fmt(m.get('brier'))} "
+            "on the test days"
+        )
+    days = state.latest.get(keys[2], {})
+    by_severity: dict[str, int] = {}
+    report_dirs: set[str] = set()
+    for latest in days.values():
+        severity = str(latest.metadata.get("severity", "?"))
+        by_severity[severity] = by_severity.get(severity, 0) + 1
+        report = latest.metadata.get("report")
+        if report:
+            report_dirs.add(str(report).rsplit("/", 1)[0])
+    if days:
+        first, last = min(p for p in days if p), max(p for p in days if p)
+        others = ", ".join(f"{n} {s}" for s, n in sorted(by_severity.items()) if s != "retrain")
+        where = ", ".join(sorted(report_dirs)) or (
+            str(platform.path("reports", "drift")) if platform is not None else "?"
+        )
+        lines.append(
+            f"drift      {by_severity.get('retrain', 0)} of {len(days)} days {first}..{last} "
+            f"drift enough to retrain ({others or 'no others'}); reports: {where}"
+        )
+    else:
+        lines.append("drift      no day monitored yet")
+    if data_root:
+        lines.append(f"data       {data_root} (one file per asset and day)")
+    if registry_root:
+        lines.append(f"registry   {registry_root} (numbered versions with lineage)")
+    lines.append(f"instance   {instance.root_directory} (runs and events, DAGSTER_HOME)")
+    lines.append("ui         ./dev ui, then open http://127.0.0.1:3000 (PORT=... to change)")
+    return lines
