@@ -1,7 +1,9 @@
 """Subprocess driver for the fault-injection tests: run real MLX work, optionally killed at a point.
 
 ``python -m tests.faults._driver lifecycle``   the real ``mlx lifecycle`` CLI, on ``SMALL_DAYS``
-``python -m tests.faults._driver job NAME``    one job executed in this process (the CLI's way)
+``python -m tests.faults._driver job NAME...`` jobs executed in this process (the CLI's way)
+``python -m tests.faults._driver train DIR``   local_torch (isolation: process) on a tiny frame
+``python -m tests.faults._driver register ROOT ARTIFACT``  one registration in ROOT
 
 ``MLX_FAULT_KILL_AT`` picks where this process SIGKILLs itself (a real ``kill -9``: no
 ``finally`` runs):
@@ -11,6 +13,7 @@
 * ``training``: when the first epoch of the forked training child arrives; the pids of all
   descendant processes are written to ``$MLX_FAULT_PIDS`` first.
 * ``registration``: at the rename of the registry's staging folder onto its version folder.
+* ``registration-after-rename``: just after that rename, before the version is recorded.
 
 ``MLX_FAULT_MARK`` (a path) is created just before the kill, so a test can tell the point was
 reached.
@@ -25,7 +28,7 @@ import signal
 import sys
 from pathlib import Path
 
-SMALL_DAYS = [f"2013-01-{d:02d}" for d in range(1, 15)]
+SMALL_DAYS = [f"2013-01-{d:02d}" for d in range(1, 8)]
 SMALL_ENV = {
     "MLX__PLUGINS__ML_PLATFORM__CONFIG__EPOCHS": "2",
     "MLX__SETTINGS__WINDOW__TRAIN_START": "2013-01-01",
@@ -68,6 +71,15 @@ def _arm(point: str) -> None:
             return real_rename(src, dst, *a, **k)
 
         os.rename = rename  # type: ignore[assignment]
+    elif point == "registration-after-rename":
+        real_rename2 = os.rename
+
+        def rename_then_die(src, dst, *a, **k):  # type: ignore[no-untyped-def]
+            real_rename2(src, dst, *a, **k)
+            if re.fullmatch(r"v\d{4}", Path(os.fsdecode(dst)).name):
+                _die()
+
+        os.rename = rename_then_die  # type: ignore[assignment]
     elif point == "training":
         import psutil
 
@@ -99,21 +111,82 @@ def main(argv: list[str]) -> int:
         return cli.main(["lifecycle"])
     if argv[0] == "job":
         import dagster as dg
+        from dagster._core.definitions.reconstruct import ReconstructableRepository
 
-        from mlx_assets.lifecycle import _run
         from mlx_resources.instance_home import ensure_dagster_home
 
         ensure_dagster_home()
-        tags = {}
-        if argv[1] in ("daily", "monitoring"):
-            tags = {
-                "dagster/asset_partition_range_start": SMALL_DAYS[0],
-                "dagster/asset_partition_range_end": SMALL_DAYS[-1],
-            }
         with dg.DagsterInstance.get() as instance:
-            _run(instance, argv[1], print, tags=tags)
+            for job in argv[1:]:
+                tags = {}
+                if job in ("daily", "monitoring"):
+                    tags = {
+                        "dagster/asset_partition_range_start": SMALL_DAYS[0],
+                        "dagster/asset_partition_range_end": SMALL_DAYS[-1],
+                    }
+                recon = ReconstructableRepository.for_module(
+                    "mlx_assets.definitions", "defs", working_directory=None
+                ).get_reconstructable_job(job)
+                with dg.execute_job(recon, instance, tags=tags) as result:
+                    if not result.success:
+                        return 1
+        return 0
+    if argv[0] == "train":
+        train_tiny(Path(argv[1]))
+        return 0
+    if argv[0] == "register":
+        register(Path(argv[1]), Path(argv[2]))
         return 0
     raise SystemExit(f"unknown action {argv[0]!r}")
+
+
+def tiny_frames(n: int = 256) -> tuple[object, object]:
+    """A train and a valid frame: two numeric features, one categorical, a 0/1 target."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(0)
+    df = pl.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "b": rng.normal(size=n),
+            "c": [f"k{i % 3}" for i in range(n)],
+            "y": (rng.random(n) < 0.3).astype(np.int64),
+        }
+    )
+    return df, df.head(64)
+
+
+def train_tiny(artifact_dir: Path, epochs: int = 1_000_000) -> None:
+    """Train in a forked child for (practically) ever: the test kills this process meanwhile."""
+    from mlx_plugins.ml_platforms.base import TrainingSpec
+    from mlx_plugins.ml_platforms.local_torch import LocalTorchPlatform
+
+    train, valid = tiny_frames()
+    plugin = LocalTorchPlatform(epochs=epochs, batch_size=64, hidden=[4], isolation="process")
+    spec = TrainingSpec(
+        numeric_features=["a", "b"],
+        categorical_features=["c"],
+        target="y",
+        artifact_dir=str(artifact_dir),
+    )
+    with plugin.session():
+        plugin.train(train, valid, spec, on_epoch=lambda e: None)
+
+
+def register(root: Path, artifact: Path) -> None:
+    """Register ``artifact`` as a new version of model ``m`` (lineage without a data version)."""
+    from mlx_resources.model_registry import ModelLineage, ModelRegistry
+    from mlx_resources.process_identity import identity
+
+    ModelRegistry(root=str(root)).register(
+        "m",
+        artifact,
+        "0" * 64,
+        {"roc_auc": 0.7},
+        {"writer": identity().pid},
+        ModelLineage(training_data_version=None, partitions=[]),
+    )
 
 
 if __name__ == "__main__":
