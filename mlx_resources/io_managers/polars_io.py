@@ -471,7 +471,8 @@ class PolarsIOManager(dg.ConfigurableIOManager):
                 fix=(
                     "re-materialize "
                     + (f"partition '{key}' of " if key is not None else "")
-                    + f"asset '{label}' (the bad file is replaced atomically), or delete it"
+                    + f"asset '{label}' (the bad file is replaced atomically): `mlx lifecycle` "
+                    f"or `{materialize_command(label, key)}`"
                 ),
             ) from e
 
@@ -505,14 +506,23 @@ def _wants_lazy(context: dg.InputContext) -> bool:
     return isinstance(typing_type, type) and issubclass(typing_type, pl.LazyFrame)
 
 
+def materialize_command(label: str, key: str | None) -> str:
+    """A shell command that re-materializes ``label`` (at partition ``key``) on the local instance,
+    as printed in fixes; it works as written from any folder with the venv's ``dagster``."""
+    part = f" --partition {key}" if key is not None else ""
+    return (
+        "DAGSTER_HOME=$(mlx home) dagster asset materialize -m mlx_assets.definitions "
+        f"--select {label}{part}"
+    )
+
+
 def _missing_fix(label: str, key: str | None, multi: bool) -> str:
     if key is None:
-        return (
-            f"materialize asset '{label}' first (e.g. `dagster asset materialize --select {label}`)"
-        )
+        command = materialize_command(label, None)
+        return f"materialize asset '{label}' first: `mlx lifecycle` or `{command}`"
     fix = (
-        f"materialize partition '{key}' of asset '{label}' first "
-        f"(e.g. `dagster asset materialize --select {label} --partition {key}`)"
+        f"materialize partition '{key}' of asset '{label}' first: `mlx lifecycle` "
+        f"(it re-materializes missing and bad partitions) or `{materialize_command(label, key)}`"
     )
     if multi:
         fix += f", or set input metadata {{'{ALLOW_MISSING_PARTITIONS_KEY}': True}} to skip gaps"
