@@ -20,6 +20,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -29,6 +30,7 @@ from dagster import Array, Field, Map, Noneable, Permissive, Shape, StringSource
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import (
+    K8S_RESOURCE_REQUIREMENTS_KEY,
     USER_DEFINED_K8S_CONFIG_KEY,
     UserDefinedDagsterK8sConfig,
     get_user_defined_k8s_config,
@@ -39,6 +41,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from mlx_resources.launchers.gpu_requirements import (
     GPU_MEMORY_TAG,
+    GPU_POOL,
+    GPU_TAG,
     GPU_TYPE_TAG,
     GpuRequest,
     gpu_request_for_run,
@@ -425,6 +429,7 @@ class GpuK8sRunLauncher(K8sRunLauncher):
         # Layers 1+2: launcher config and code-location container context (checked against
         # only_allow_user_defined_* by dagster-k8s).
         context = K8sContainerContext.create_for_run(dagster_run, self, include_run_tags=False)
+        base = context
 
         request = gpu_request_for_run(self._instance, dagster_run)
         gpu_layer = None
@@ -446,7 +451,221 @@ class GpuK8sRunLauncher(K8sRunLauncher):
 
         if request is not None and gpu_layer is not None:
             _check_gpu_limit_survived(dagster_run, request, gpu_layer, context)
+        self._check_one_gpu_count(
+            dagster_run,
+            request,
+            layers=[
+                (_BASE_LAYER, base.run_k8s_config),
+                (_user_layer_name(dagster_run), run_tag_context.run_k8s_config),
+            ],
+            gpu_resource=None if gpu_layer is None else next(iter(_limits(gpu_layer))),
+            final=context,
+        )
         return context
+
+    # -- one GPU count ------------------------------------------------------------------------
+
+    def gpu_resource_names(self) -> set[str]:
+        """Extended resources that count GPUs: the configured types' ``resource_name`` and the
+        common device plugins' names (see :func:`is_gpu_resource`)."""
+        return {
+            *KNOWN_GPU_RESOURCES,
+            *(t.resource_name for t in self.gpu_settings.gpu_types.values()),
+        }
+
+    def _count_source(self, run: DagsterRun, request: GpuRequest) -> str:
+        if GPU_TAG in run.tags:
+            return f"the run tag {GPU_TAG}={run.tags[GPU_TAG]!r}"
+        steps = sorted(
+            step
+            for step, req in gpu_steps_for_run(self._instance, run).items()
+            if req.gpus == request.gpus
+        )
+        where = f"step '{steps[0]}'" if steps else "the run's GPU steps"
+        return f"{where} ({GPU_TAG} op tag, or pool '{GPU_POOL}' for one GPU)"
+
+    def _check_one_gpu_count(
+        self,
+        run: DagsterRun,
+        request: GpuRequest | None,
+        *,
+        layers: list[tuple[str, UserDefinedDagsterK8sConfig]],
+        gpu_resource: str | None,
+        final: K8sContainerContext,
+    ) -> None:
+        """Refuse a Job whose GPU count is stated twice with different values, so that one
+        count is the request, the limit and ``MLX_GPU_COUNT``; and any extended resource whose
+        request and limit differ (Kubernetes refuses those). Raises :class:`K8sGpuConfigError`
+        naming the run, both sources and the fix."""
+        names = self.gpu_resource_names()
+        fix_count = (
+            f"Fix: state the GPU count once, as {GPU_TAG} (on the asset's op_tags, or as a run "
+            f"tag {GPU_TAG}=<n> for one run), and remove the GPU resource and {GPU_COUNT_ENV} "
+            "from the Kubernetes config: the launcher sets the request, the limit and "
+            f"{GPU_COUNT_ENV} from {GPU_TAG}."
+        )
+        statements = [st for name, cfg in layers for st in _gpu_statements(name, cfg, names)]
+        if request is None:
+            if statements:
+                st = statements[0]
+                raise K8sGpuConfigError(
+                    f"Run {run.run_id}: no step of this run asks for a GPU, but {st.source} "
+                    f"sets {st.value!r}. {fix_count}"
+                )
+            _check_extended_resources(run, final, layers)
+            return
+        want = Decimal(request.gpus)
+        count_source = self._count_source(run, request)
+        for st in statements:
+            if st.sidecar:
+                raise K8sGpuConfigError(
+                    f"Run {run.run_id}: {st.source} gives a GPU ({st.value!r}) to a container "
+                    f"other than the run's; this run's {request.gpus} GPU(s) from {count_source} "
+                    "go to the run container. Fix: remove the GPU resource from that container."
+                )
+            if st.resource not in (gpu_resource, GPU_COUNT_ENV):
+                raise K8sGpuConfigError(
+                    f"Run {run.run_id}: {st.source} asks for {st.value!r} of a second GPU "
+                    f"resource; this run's GPUs are {gpu_resource} ({request.gpus}, from "
+                    f"{count_source}). Fix: remove {st.resource} from the Kubernetes config, or "
+                    "set resource_name of the GPU type in the launcher config."
+                )
+            if st.layer == _BASE_LAYER and st.resource == gpu_resource:
+                continue  # a default the GPU layer replaces (merged after it)
+            if _quantity(st.value) != want:
+                raise K8sGpuConfigError(
+                    f"Run {run.run_id}: the GPU count is stated twice with different values: "
+                    f"{count_source} says {request.gpus}, but {st.source} says {st.value!r}. "
+                    "Kubernetes refuses a GPU whose request and limit differ, and the run must "
+                    f"see the count it got in {GPU_COUNT_ENV}. {fix_count}"
+                )
+        config = final.run_k8s_config.container_config
+        resources = config.get("resources") or {}
+        for part in ("limits", "requests"):
+            value = (resources.get(part) or {}).get(gpu_resource)
+            if value is not None and _quantity(value) != want:  # pragma: no cover - guarded above
+                raise K8sGpuConfigError(
+                    f"Run {run.run_id}: the Job would get {part}['{gpu_resource}']={value!r} but "
+                    f"{count_source} asks for {request.gpus}. {fix_count}"
+                )
+        for entry in config.get("env") or []:
+            if entry.get("name") == GPU_COUNT_ENV and entry.get("value") != str(request.gpus):
+                raise K8sGpuConfigError(  # pragma: no cover - guarded above
+                    f"Run {run.run_id}: {GPU_COUNT_ENV}={entry.get('value')!r} but "
+                    f"{count_source} asks for {request.gpus}. {fix_count}"
+                )
+        _check_extended_resources(run, final, layers)
+
+
+KNOWN_GPU_RESOURCES = frozenset(
+    {"nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915", "gpu.intel.com/xe"}
+)
+_BASE_LAYER = "the run launcher's config / the code location's container_context"
+
+
+def is_gpu_resource(name: str, known: set[str] | frozenset[str] = KNOWN_GPU_RESOURCES) -> bool:
+    """Whether the extended resource ``name`` counts GPUs: one of ``known``, a MIG slice
+    (``nvidia.com/mig-...``) or any ``<vendor>/gpu``."""
+    return name in known or name.startswith("nvidia.com/mig-") or name.endswith("/gpu")
+
+
+def _is_extended(name: str) -> bool:
+    # Kubernetes: a fully qualified name outside the kubernetes.io domain is an extended resource
+    domain = name.split("/", 1)[0] if "/" in name else ""
+    return bool(domain) and not (domain == "kubernetes.io" or domain.endswith(".kubernetes.io"))
+
+
+def _user_layer_name(run: DagsterRun) -> str:
+    tags = [
+        t for t in (USER_DEFINED_K8S_CONFIG_KEY, K8S_RESOURCE_REQUIREMENTS_KEY) if t in run.tags
+    ]
+    return " / ".join(f"the run's '{t}' tag" for t in tags) or "the run's tags"
+
+
+@dataclass(frozen=True)
+class _Statement:
+    layer: str
+    source: str
+    resource: str
+    value: Any
+    sidecar: bool = False
+
+
+def _gpu_statements(
+    layer: str, config: UserDefinedDagsterK8sConfig, names: set[str]
+) -> list[_Statement]:
+    """Every place in one layer's config that states a GPU count: the run container's GPU
+    limits and requests and its ``MLX_GPU_COUNT``, and GPU resources of other containers
+    (``pod_spec_config`` containers and init containers)."""
+    out: list[_Statement] = []
+    container = config.container_config or {}
+    resources = container.get("resources") or {}
+    for part in ("limits", "requests"):
+        for name, value in (resources.get(part) or {}).items():
+            if is_gpu_resource(name, names):
+                where = f"{layer}: container_config.resources.{part}['{name}']"
+                out.append(_Statement(layer, where, name, value))
+    for entry in container.get("env") or []:
+        if entry.get("name") == GPU_COUNT_ENV:
+            where = f"{layer}: container_config.env {GPU_COUNT_ENV}"
+            out.append(_Statement(layer, where, GPU_COUNT_ENV, entry.get("value")))
+    pod = config.pod_spec_config or {}
+    for key in ("containers", "init_containers"):
+        for index, other in enumerate(pod.get(key) or []):
+            other_resources = (other or {}).get("resources") or {}
+            for part in ("limits", "requests"):
+                for name, value in (other_resources.get(part) or {}).items():
+                    if is_gpu_resource(name, names):
+                        where = (
+                            f"{layer}: pod_spec_config.{key}[{index}].resources.{part}['{name}']"
+                        )
+                        out.append(_Statement(layer, where, name, value, sidecar=True))
+    return out
+
+
+def _quantity(value: Any) -> Decimal | None:
+    try:
+        return parse_quantity(value if isinstance(value, int | float) else str(value))
+    except (ValueError, TypeError):
+        return None
+
+
+def _check_extended_resources(
+    run: DagsterRun,
+    final: K8sContainerContext,
+    layers: list[tuple[str, UserDefinedDagsterK8sConfig]],
+) -> None:
+    """Kubernetes refuses an extended resource (``vendor/name``) whose request and limit are
+    both given and differ, or that is not a whole number: refuse it here, naming the sources."""
+    resources = final.run_k8s_config.container_config.get("resources") or {}
+    limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
+
+    def source(part: str, name: str) -> str:
+        for layer, cfg in reversed(layers):
+            given = ((cfg.container_config or {}).get("resources") or {}).get(part) or {}
+            if name in given:
+                return f"{layer} ({part}['{name}']={given[name]!r})"
+        return f"the GPU layer ({part}['{name}'])"
+
+    for name in sorted({*limits, *requests}):
+        if not _is_extended(name):
+            continue
+        for part, values in (("limits", limits), ("requests", requests)):
+            amount = _quantity(values[name]) if name in values else None
+            if name in values and (amount is None or amount != amount.to_integral_value()):
+                raise K8sGpuConfigError(
+                    f"Run {run.run_id}: {source(part, name)} is not a whole number; Kubernetes "
+                    f"counts extended resources such as {name} in whole units. Fix: give a "
+                    "whole number."
+                )
+        both = name in limits and name in requests
+        if both and _quantity(limits[name]) != _quantity(requests[name]):
+            raise K8sGpuConfigError(
+                f"Run {run.run_id}: extended resource {name} has limit {limits[name]!r} from "
+                f"{source('limits', name)} but request {requests[name]!r} from "
+                f"{source('requests', name)}; Kubernetes refuses an extended resource whose "
+                "request and limit differ. Fix: give one value (or only the limit)."
+            )
 
 
 def _resources(context: K8sContainerContext) -> Mapping[str, Any]:
