@@ -1,6 +1,5 @@
 """Subprocess driver for the fault-injection tests: run real MLX work, optionally killed at a point.
 
-``python -m tests.faults._driver lifecycle``   the real ``mlx lifecycle`` CLI, on ``SMALL_DAYS``
 ``python -m tests.faults._driver job NAME...`` jobs executed in this process (the CLI's way)
 ``python -m tests.faults._driver train DIR``   local_torch (isolation: process) on a tiny frame
 ``python -m tests.faults._driver register ROOT ARTIFACT``  one registration in ROOT
@@ -21,7 +20,6 @@ reached.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import signal
@@ -29,17 +27,8 @@ import sys
 from pathlib import Path
 
 SMALL_DAYS = [f"2013-01-{d:02d}" for d in range(1, 8)]
-SMALL_ENV = {
-    "MLX__PLUGINS__ML_PLATFORM__CONFIG__EPOCHS": "2",
-    "MLX__SETTINGS__WINDOW__TRAIN_START": "2013-01-01",
-    "MLX__SETTINGS__WINDOW__TRAIN_END": "2013-01-10",
-    "MLX__SETTINGS__WINDOW__VALID_DAYS": "3",
-    "MLX__SETTINGS__WINDOW__TEST_START": "2013-01-11",
-    "MLX__SETTINGS__WINDOW__TEST_END": "2013-01-14",
-    "MLX__SETTINGS__QUALITY_GATE__MIN_ROC_AUC": "0",
-    "MLX__SETTINGS__QUALITY_GATE__MAX_LOG_LOSS_RATIO": "100",
-}
-"""A few days, two epochs, a gate every model passes: the lifecycle in seconds."""
+SMALL_ENV = {"MLX__PLUGINS__ML_PLATFORM__CONFIG__EPOCHS": "2"}
+"""Small configurations for the jobs the driver runs."""
 
 
 def _die() -> None:
@@ -103,12 +92,6 @@ def _arm(point: str) -> None:
 def main(argv: list[str]) -> int:
     os.environ.update({k: v for k, v in SMALL_ENV.items() if k not in os.environ})
     _arm(os.environ.get("MLX_FAULT_KILL_AT", ""))
-    if argv[0] == "lifecycle":
-        import mlx_assets.lifecycle as lc
-        from mlx_assets import cli
-
-        lc.run_lifecycle = functools.partial(lc.run_lifecycle, partitions=SMALL_DAYS)
-        return cli.main(["lifecycle"])
     if argv[0] == "job":
         import dagster as dg
         from dagster._core.definitions.reconstruct import ReconstructableRepository

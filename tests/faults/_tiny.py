@@ -41,5 +41,29 @@ def run_tiny() -> None:
         assert result.success
 
 
+def first_use(log_path: Path) -> None:
+    """What ``mlx lifecycle`` does on a home, with the tiny job: create the instance (first use),
+    take the lifecycle lock, materialize ``slow`` unless it already is. Log lines go to
+    ``log_path`` (appended, one per line)."""
+    from mlx_resources.instance_home import ensure_dagster_home, lifecycle_lock
+
+    def log(message: str) -> None:
+        with open(log_path, "a") as fh:
+            fh.write(f"{os.getpid()} {message}\n")
+
+    home = ensure_dagster_home(log=log)
+    with lifecycle_lock(home, log), dg.DagsterInstance.get() as instance:
+        if instance.get_latest_materialization_event(dg.AssetKey("slow")) is None:
+            run_tiny()
+            log("materialized slow")
+        else:
+            log("nothing to do")
+
+
 if __name__ == "__main__":
-    run_tiny()
+    import sys
+
+    if sys.argv[1:2] == ["first-use"]:
+        first_use(Path(sys.argv[2]))
+    else:
+        run_tiny()
