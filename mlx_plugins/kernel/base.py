@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
 import time
-from typing import ClassVar
+import types
+import typing
+from collections.abc import Callable, Generator
+from typing import Any, ClassVar, Self
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from mlx_plugins.kernel.metadata import PluginMetadata
+from mlx_plugins.kernel.secrets import redact, redact_exception, register_secret
+
+ENV_FIELD = "mlx_env"
+"""The hidden config field that carries ``{env: NAME}`` values Dagster cannot read itself."""
 
 
 class HealthStatus(BaseModel):
@@ -19,6 +39,59 @@ class HealthStatus(BaseModel):
     latency_ms: float = 0.0
 
 
+def scalar_type(annotation: Any) -> type | None:
+    """``int``, ``float``, ``bool`` or ``str`` when ``annotation`` is one of them (possibly
+    ``Optional`` or ``Annotated``), else ``None`` (models, lists, ``Literal``, unions...)."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            return None
+        return scalar_type(args[0])
+    if annotation in (int, float, bool, str):
+        return typing.cast(type, annotation)
+    return None
+
+
+def dagster_reads_env(annotation: Any) -> bool:
+    """Whether Dagster's config system itself reads ``{env: NAME}`` into a field of this type
+    (its ``StringSource``, ``IntSource`` and ``BoolSource``: ``str``, ``int`` and ``bool``)."""
+    return scalar_type(annotation) in (str, int, bool)
+
+
+def parse_env_value(annotation: Any, text: str) -> Any:
+    """An environment variable's text as a value of ``annotation``: ``"7"`` -> 7 for ``int``,
+    ``"0.5"`` -> 0.5 for ``float``, ``"true"``/``"1"`` -> True for ``bool``, a ``str`` field
+    gets the text unchanged. Text that does not parse is returned as is, so the model's own
+    validation reports it (with the value redacted)."""
+    if scalar_type(annotation) is str:
+        return text
+    try:
+        return TypeAdapter(annotation).validate_strings(text)
+    except Exception:
+        return text
+
+
+_STRICT_MESSAGES = {
+    int: "Input should be a whole number (int)",
+    float: "Input should be a number",
+    bool: "Input should be true or false",
+    str: "Input should be text (str)",
+}
+
+
+def _strict_ok(expected: type, value: Any) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
 class MLXPlugin(dg.ConfigurableResource):  # type: ignore[type-arg]
     """A swappable platform part.
 
@@ -27,9 +100,75 @@ class MLXPlugin(dg.ConfigurableResource):  # type: ignore[type-arg]
     step through ``setup_for_execution``/``teardown_after_execution``; tests and the CLI use
     the ``session()`` context manager. Heavy libraries (torch, bentoml, cloud SDKs) are imported
     inside methods so that loading the code location never pays for them.
+
+    Config rules every plugin gets:
+
+    - scalars are strict: ``epochs: true`` is refused for an ``int`` field (a bool is not a
+      number), ``"6"`` for an ``int`` and ``6`` for a ``str`` too;
+    - a field declared ``Field(json_schema_extra={"secret": True})`` is secret: its value is
+      redacted from every error and log line (so is every ``{env: NAME}`` value);
+    - an exception raised by a public method (and ``_probe``) is re-raised with secrets
+      redacted from its message and cause chain, keeping its type.
     """
 
     metadata: ClassVar[PluginMetadata]
+
+    mlx_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Config fields whose value is read from an environment variable at run "
+        "time ({env: NAME} in the composition), for field types Dagster cannot read from the "
+        "environment itself (float, Literal, ...). Written by the composition, not by hand.",
+    )
+
+    # -- config ----------------------------------------------------------------------------
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_from_env(cls, data: Any) -> Any:
+        """At run time Dagster has resolved ``mlx_env`` to the variables' text: parse each as
+        its field's type (``"0.5"`` -> 0.5 for a float) and put it in place."""
+        if not isinstance(data, dict) or not data.get(ENV_FIELD):
+            return data
+        carried = data[ENV_FIELD]
+        out = dict(data)
+        for name, value in carried.items():
+            if isinstance(value, dg.EnvVar) or name not in cls.model_fields:
+                continue  # not resolved yet (definitions time), or refused by the composition
+            if isinstance(value, str):
+                register_secret(value)
+                out[name] = parse_env_value(cls.model_fields[name].annotation, value)
+        return out
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _strict_and_env(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Any:
+        from dagster._config.field_utils import is_dagster_env_var
+
+        if is_dagster_env_var(value):
+            # A Dagster EnvVar: read and validated at run time, when its value is known (the
+            # composition has validated the current value already).
+            register_secret(os.environ.get(value.env_var_name))
+            return value
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and value is not None:
+            expected = scalar_type(field.annotation)
+            if expected is not None and not _strict_ok(expected, value):
+                raise PydanticCustomError("strict_scalar", _STRICT_MESSAGES[expected])
+            if is_secret_field(field.json_schema_extra) and isinstance(value, str):
+                register_secret(value)
+        return handler(value)
+
+    # -- secrets in errors -----------------------------------------------------------------
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for name, attr in list(vars(cls).items()):
+            if not inspect.isfunction(attr) or getattr(attr, "_mlx_redacting", False):
+                continue
+            if name.startswith("__") or (name.startswith("_") and name != "_probe"):
+                continue
+            setattr(cls, name, _redacting(attr))
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> None:
@@ -45,26 +184,138 @@ class MLXPlugin(dg.ConfigurableResource):  # type: ignore[type-arg]
         self.close()
 
     def session(self) -> _Session:
-        return _Session(self)
+        """Open the plugin (and close it on exit), outside of a Dagster run.
+
+        Yields the opened plugin. When the config reads environment variables (``{env:}``)
+        that is :meth:`resolved`, a copy with their values read and validated as Dagster
+        does at run time: use the yielded object.
+        """
+        return _Session(self.resolved() if self.reads_env() else self)
+
+    def reads_env(self) -> bool:
+        """Whether a config value is still an ``{env: NAME}`` reference (read at run time)."""
+        return any(_holds_env_var(self.__dict__.get(name)) for name in type(self).model_fields)
+
+    def resolved(self) -> Self:
+        """A copy with every ``{env: NAME}`` reference read now and validated as its field's
+        type, as Dagster makes at run time (``mlx health``, ``session()``, scripts).
+
+        Raises ``RuntimeError`` naming the variable if one is not set; ``ValidationError``
+        (secrets redacted) if a value does not fit its field.
+        """
+        data: dict[str, Any] = {}
+        for name, info in type(self).model_fields.items():
+            value = self.__dict__.get(name)
+            if name == ENV_FIELD:
+                data[name] = {k: _env_text(v) for k, v in (value or {}).items()}
+            elif _is_env_var(value):
+                data[name] = parse_env_value(info.annotation, _env_text(value))
+            else:
+                data[name] = _read_env_vars(value)
+        return type(self)(**data)
 
     # -- health --------------------------------------------------------------------------------
     def check_health(self) -> HealthStatus:
         """Probe the plugin's backing system. Override ``_probe`` rather than this."""
+        if self.reads_env():
+            with self.session() as live:
+                status: HealthStatus = live.check_health()
+                return status
         start = time.perf_counter()
         try:
             detail = self._probe()
         except Exception as exc:  # a failed probe is a result, not a crash
             return HealthStatus(
                 healthy=False,
-                detail=f"{type(exc).__name__}: {exc}",
+                detail=redact(f"{type(exc).__name__}: {exc}"),
                 latency_ms=(time.perf_counter() - start) * 1000,
             )
         return HealthStatus(
-            healthy=True, detail=detail or "ok", latency_ms=(time.perf_counter() - start) * 1000
+            healthy=True,
+            detail=redact(detail or "ok"),
+            latency_ms=(time.perf_counter() - start) * 1000,
         )
 
     def _probe(self) -> str:
         return "ok"
+
+
+def _is_env_var(value: Any) -> bool:
+    from dagster._config.field_utils import is_dagster_env_var
+
+    return bool(is_dagster_env_var(value))
+
+
+def _holds_env_var(value: Any) -> bool:
+    if _is_env_var(value):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_env_var(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_env_var(v) for v in value)
+    return False
+
+
+def _env_text(value: Any) -> Any:
+    """The text of an ``EnvVar``/``IntEnvVar`` (registered as a secret); others unchanged."""
+    if not _is_env_var(value):
+        return value
+    name = value.env_var_name
+    text = os.environ.get(name)
+    if text is None:
+        raise RuntimeError(
+            f"environment variable {name} is not set; export {name}=... (the composition "
+            "reads it with {env: " + name + "})"
+        )
+    register_secret(text)
+    return text
+
+
+def _read_env_vars(value: Any) -> Any:
+    if _is_env_var(value):
+        return _env_text(value)
+    if isinstance(value, dict):
+        return {k: _read_env_vars(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_read_env_vars(v) for v in value]
+    return value
+
+
+def is_secret_field(extra: Any) -> bool:
+    """Whether a field's ``json_schema_extra`` declares it secret (``{"secret": True}`` or
+    Dagster's ``{"dagster__is_secret": True}``)."""
+    return isinstance(extra, dict) and bool(extra.get("secret") or extra.get("dagster__is_secret"))
+
+
+def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` whose exceptions have secrets redacted (message, arguments, cause chain)."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            try:
+                return (yield from fn(*args, **kwargs))
+            except Exception as exc:
+                clean = redact_exception(exc)
+                if clean is exc:
+                    raise
+                raise clean from clean.__cause__
+
+        gen_wrapper._mlx_redacting = True  # type: ignore[attr-defined]
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            clean = redact_exception(exc)
+            if clean is exc:
+                raise
+            raise clean from clean.__cause__
+
+    wrapper._mlx_redacting = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 class _Session:
@@ -77,3 +328,14 @@ class _Session:
 
     def __exit__(self, *exc: object) -> None:
         self.plugin.close()
+
+
+__all__ = [
+    "ENV_FIELD",
+    "HealthStatus",
+    "MLXPlugin",
+    "dagster_reads_env",
+    "is_secret_field",
+    "parse_env_value",
+    "scalar_type",
+]

@@ -12,17 +12,28 @@ Format (``mlx.yaml``)::
         plugins:
           ml_platform: {plugin: databricks, config: {token: {env: DATABRICKS_TOKEN}}}
 
-Secrets are never written in the file: ``{env: NAME}`` becomes a Dagster ``EnvVar`` that is
-read at run time, so its value appears neither in the definitions nor in the UI.
+The file is read with YAML 1.2 rules (:mod:`mlx_plugins.kernel.yaml12`): ``off`` is the text
+``off``, ``0123`` is 123, dates stay ISO strings, a repeated key is an error.
+
+Secrets are never written in the file: ``{env: NAME}`` is read at run time, so its value
+appears neither in the definitions nor in the UI, and it is redacted from every error and log
+line (:mod:`mlx_plugins.kernel.secrets`). It validates as its field's type: the composition
+checks the current value when it loads (``seed: {env: S}`` with ``S=7`` is the int 7), and the
+run reads it again. ``str``, ``int`` and ``bool`` fields become a Dagster ``EnvVar``; other
+types (``float``, ``Literal``...) travel in the plugin's ``mlx_env`` field, which Dagster reads
+as text and the plugin parses as the field's type.
 
 Environment overrides: ``MLX_COMPOSITION`` (file), ``MLX_PROFILE`` (profile) and
-``MLX__A__B=value`` which sets ``a.b`` (YAML-parsed) after the profile is applied, e.g.
-``MLX__PLUGINS__ML_PLATFORM__CONFIG__EPOCHS=2``.
+``MLX__A__B=value`` which sets ``a.b`` (read as YAML 1.2) after the profile is applied, e.g.
+``MLX__PLUGINS__ML_PLATFORM__CONFIG__EPOCHS=2``. A path through a shorthand entry
+(``drift_detector: polars``) expands it to ``{plugin: polars}`` first; a number in the path
+indexes a list (``MLX__PLUGINS__DATA_SOURCE__0__CONFIG__SCALE=2``).
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +42,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mlx_plugins.kernel import yaml12
+from mlx_plugins.kernel.base import ENV_FIELD, dagster_reads_env, is_secret_field, parse_env_value
 from mlx_plugins.kernel.errors import (
     CompositionError,
     PluginNotFoundError,
@@ -38,6 +51,7 @@ from mlx_plugins.kernel.errors import (
 )
 from mlx_plugins.kernel.kinds import KINDS
 from mlx_plugins.kernel.registry import PluginRegistry, PluginSpec, default_registry
+from mlx_plugins.kernel.secrets import redact, register_secret
 
 DEFAULT_FILE = "mlx.yaml"
 ENV_FILE = "MLX_COMPOSITION"
@@ -109,10 +123,10 @@ def load_composition(
             f"create it (see README 'Switching plugins') or point {ENV_FILE} at one",
         ) from None
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml12.load(text) or {}
     except yaml.YAMLError as exc:
         raise CompositionError(
-            str(file), "(file)", f"not valid YAML: {exc}", "fix the syntax"
+            str(file), "(file)", f"not valid YAML: {exc}", "fix the syntax at the line shown"
         ) from None
     return parse_composition(
         raw, source=str(file), profile=profile, environ=environ, registry=registry
@@ -246,6 +260,7 @@ def _apply_profile(source: str, raw: dict[str, Any], profile: str | None) -> dic
 def _apply_env_overrides(
     source: str, data: dict[str, Any], environ: Mapping[str, str]
 ) -> dict[str, Any]:
+    """Apply ``MLX__A__B=value`` overrides (values read as YAML 1.2, like the file)."""
     data = copy.deepcopy(data)
     for var in sorted(environ):
         if not var.startswith(ENV_OVERRIDE_PREFIX):
@@ -254,24 +269,54 @@ def _apply_env_overrides(
         if not path:
             continue
         node: Any = data
-        for part in path[:-1]:
-            if not isinstance(node, dict):
-                raise CompositionError(
-                    source,
-                    ".".join(path),
-                    f"{var} points into a non-mapping",
-                    f"unset {var} or fix its path",
-                )
-            node = node.setdefault(part, {})
-        if not isinstance(node, dict):
+        for depth, part in enumerate(path[:-1]):
+            node = _step_into(source, var, path, depth, node, part)
+        last = path[-1]
+        value = yaml12.load_scalar(environ[var])
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise _not_a_mapping(source, var, path, len(path) - 1, node)
+    return data
+
+
+def _step_into(source: str, var: str, path: list[str], depth: int, node: Any, part: str) -> Any:
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
             raise CompositionError(
                 source,
-                ".".join(path),
-                f"{var} points into a non-mapping",
-                f"unset {var} or fix its path",
+                ".".join(path[:depth]),
+                f"{var}: {part!r} is not an index of this list of {len(node)}",
+                f"use an index from 0 to {len(node) - 1}, e.g. "
+                f"{ENV_OVERRIDE_PREFIX}{'__'.join(p.upper() for p in path[:depth])}__0__...",
             )
-        node[path[-1]] = yaml.safe_load(environ[var])
-    return data
+        child = node[int(part)]
+        if isinstance(child, str) and depth == 2 and path[0] == "plugins":
+            child = node[int(part)] = {"plugin": child}  # shorthand list item
+        return child
+    if not isinstance(node, dict):
+        raise _not_a_mapping(source, var, path, depth, node)
+    child = node.get(part)
+    if child is None:
+        child = node[part] = {}
+    elif isinstance(child, str) and depth == 1 and path[0] == "plugins":
+        child = node[part] = {"plugin": child}  # ``drift_detector: polars`` shorthand
+    return child
+
+
+def _not_a_mapping(
+    source: str, var: str, path: list[str], depth: int, node: Any
+) -> CompositionError:
+    where = ".".join(path[:depth]) or "(top level)"
+    return CompositionError(
+        source,
+        ".".join(path),
+        f"{var} sets a key inside {where}, which is a {type(node).__name__}, not a mapping",
+        f"unset {var}, or point it at {where} itself ({ENV_OVERRIDE_PREFIX}"
+        f"{'__'.join(p.upper() for p in path[:depth])})",
+    )
 
 
 def _parse_kind(
@@ -371,14 +416,20 @@ def _parse_entry(
     entry = PluginEntry(
         kind=kind, name=name, plugin=plugin, config=config, env_vars=env_vars, spec=spec
     )
-    _instantiate(source, entry, key=key)  # validates the config now; cheap, no clients opened
+    # Validates the config now, env values included; cheap, no clients opened.
+    _instantiate(source, entry, key=key, environ=environ)
     return entry
 
 
+def _is_env_ref(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"env"}
+
+
 def _env_refs(source: str, key: str, value: Any, environ: Mapping[str, str]) -> list[str]:
+    """Names of the environment variables ``value`` reads; their values become secrets."""
     found: list[str] = []
     if isinstance(value, dict):
-        if set(value) == {"env"}:
+        if _is_env_ref(value):
             var = value["env"]
             if not isinstance(var, str) or not var:
                 raise CompositionError(
@@ -391,6 +442,7 @@ def _env_refs(source: str, key: str, value: Any, environ: Mapping[str, str]) -> 
                     f"secret environment variable {var} is not set",
                     f"export {var}=... (or set it in the deployment's secrets)",
                 )
+            register_secret(environ[var])
             return [var]
         for k, v in value.items():
             found += _env_refs(source, f"{key}.{k}", v, environ)
@@ -400,19 +452,35 @@ def _env_refs(source: str, key: str, value: Any, environ: Mapping[str, str]) -> 
     return found
 
 
-def _resolve(value: Any) -> Any:
+def _resolve(value: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """``{env: NAME}`` as a Dagster ``EnvVar`` (``environ`` None) or as the variable's text."""
     import dagster as dg
 
     if isinstance(value, dict):
-        if set(value) == {"env"}:
-            return dg.EnvVar(value["env"])
-        return {k: _resolve(v) for k, v in value.items()}
+        if _is_env_ref(value):
+            return dg.EnvVar(value["env"]) if environ is None else environ[value["env"]]
+        return {k: _resolve(v, environ) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve(v) for v in value]
+        return [_resolve(v, environ) for v in value]
     return value
 
 
-def _instantiate(source: str, entry: PluginEntry, key: str | None = None) -> Any:
+def _instantiate(
+    source: str,
+    entry: PluginEntry,
+    key: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Any:
+    """The plugin resource for ``entry``.
+
+    With ``environ`` (composition load): every ``{env:}`` value is read from ``environ`` and
+    parsed as its field's type, so the config is validated as the run will see it; the
+    instance is thrown away. Without (definitions): ``{env:}`` values stay references, read at
+    run time (``EnvVar`` for ``str``/``int``/``bool`` fields, ``mlx_env`` for the others).
+    Raises ``CompositionError`` naming the file, the key and the fix; secrets are redacted.
+    """
+    import dagster as dg
+
     key = key or f"plugins.{entry.kind}"
     try:
         cls = entry.spec.load()
@@ -421,29 +489,67 @@ def _instantiate(source: str, entry: PluginEntry, key: str | None = None) -> Any
             source,
             f"{key}.plugin",
             f"plugin {entry.plugin!r} ({entry.spec.target}) failed to load: "
-            f"{type(exc).__name__}: {exc}",
+            f"{type(exc).__name__}: {redact(str(exc))}",
             "install the plugin's extra (see README) or fix the plugin package",
-        ) from exc
-    fields = cls.model_fields
+        ) from None
+    fields = {k: v for k, v in cls.model_fields.items() if k != ENV_FIELD}
     for field in entry.config:
         if field not in fields:
-            known = ", ".join(sorted(f for f in fields if not f.startswith("_"))) or "none"
+            known = sorted(f for f in fields if not f.startswith("_"))
+            close = difflib.get_close_matches(str(field), known, n=1)
             raise CompositionError(
                 source,
                 f"{key}.config.{field}",
-                f"unknown config field for plugin {entry.plugin!r}",
-                f"use one of its fields: {known}",
+                f"unknown config field for plugin {entry.plugin!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else ""),
+                f"use one of its fields: {', '.join(known) or 'none'}",
             )
-    secret_fields = frozenset(f for f in entry.config if _has_env(entry.config[f]))
+    values: dict[str, Any] = {}
+    carried: dict[str, Any] = {}
+    for field, value in entry.config.items():
+        info = fields[field]
+        if not _is_env_ref(value):
+            values[field] = _resolve(value, environ)
+        elif dagster_reads_env(info.annotation):
+            values[field] = (
+                dg.EnvVar(value["env"])
+                if environ is None
+                else parse_env_value(info.annotation, environ[value["env"]])
+            )
+        elif info.is_required():
+            raise CompositionError(
+                source,
+                f"{key}.config.{field}",
+                f"this required {_type_name(info.annotation)} field cannot come from the "
+                "environment (Dagster reads environment variables only into str, int and "
+                "bool fields, and MLX into fields that have a default)",
+                "write the value in the file, or ask the plugin's author for a default",
+            )
+        elif environ is None:
+            carried[field] = dg.EnvVar(value["env"])
+        else:
+            values[field] = parse_env_value(info.annotation, environ[value["env"]])
+    if carried:
+        values[ENV_FIELD] = carried
+    secret_fields = frozenset(
+        f
+        for f in fields
+        if (f in entry.config and _has_env(entry.config[f]))
+        or is_secret_field(fields[f].json_schema_extra)
+    )
     try:
-        return cls(**_resolve(entry.config))
+        return cls(**values)
     except ValidationError as exc:
         raise from_validation_error(source, f"{key}.config", exc, fields, secret_fields) from None
 
 
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation)
+
+
 def _has_env(value: Any) -> bool:
     if isinstance(value, dict):
-        return set(value) == {"env"} or any(_has_env(v) for v in value.values())
+        return _is_env_ref(value) or any(_has_env(v) for v in value.values())
     if isinstance(value, list):
         return any(_has_env(v) for v in value)
     return False

@@ -1,0 +1,181 @@
+"""Composition mistakes that used to be accepted or raw (issue 9 item 13): each is refused at
+load with the file, the key and a fix a person can act on."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlx_assets.build import build_definitions
+from mlx_plugins.kernel.composition import load_composition
+from mlx_plugins.kernel.errors import CompositionError
+
+BASE = """
+plugins:
+  data_source: [{name: flights, plugin: nycflights13}]
+  ml_platform: {plugin: local_torch, config: {epochs: 2}}
+  drift_detector: polars
+"""
+
+
+def _error(tmp_path, text: str, environ=None, build: bool = False) -> CompositionError:
+    path = tmp_path / "mlx.yaml"
+    path.write_text(text)
+    with pytest.raises(CompositionError) as info:
+        comp = load_composition(path, environ=environ or {})
+        if build:
+            build_definitions(comp)
+    err = info.value
+    assert str(path) in str(err), "the error names the file"
+    assert err.fix and "fix:" in str(err)
+    return err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fix"),
+    [
+        ("epochs", "true", "whole number"),  # was silently 1
+        ("epochs", "false", "whole number"),  # was silently 0
+        ("epochs", "'6'", "whole number"),  # a quoted number is text
+        ("epochs", "6.0", "whole number"),
+        ("learning_rate", "true", "number (float)"),
+        ("compile", "1", "true or false"),  # was silently True
+        ("compile", "'false'", "true or false"),
+        ("device", "5", "text (str)"),
+    ],
+)
+def test_scalars_are_strict(tmp_path, field, value, fix):
+    err = _error(tmp_path, BASE.replace("{epochs: 2}", f"{{{field}: {value}}}"))
+    assert err.key == f"plugins.ml_platform.config.{field}"
+    assert "(got " in err.problem
+    assert fix in err.fix
+
+
+def test_bool_for_int_names_the_bool(tmp_path):
+    err = _error(tmp_path, BASE.replace("{epochs: 2}", "{epochs: true}"))
+    assert "(got True)" in err.problem
+
+
+def test_int_for_float_is_fine(tmp_path):
+    path = tmp_path / "mlx.yaml"
+    path.write_text(BASE.replace("{epochs: 2}", "{learning_rate: 1}"))
+    comp = load_composition(path, environ={})
+    assert comp.of_kind("ml_platform")[0].config == {"learning_rate": 1}
+
+
+def test_misspelled_plugin_field_suggests_the_closest(tmp_path):
+    err = _error(tmp_path, BASE.replace("{epochs: 2}", "{epoch: 2}"))
+    assert err.key == "plugins.ml_platform.config.epoch"
+    assert "did you mean 'epochs'?" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "suggestion"),
+    [
+        ("  model_nme: x\n", "settings.model_nme", "model_name"),
+        ("  window: {train_strt: 2013-01-01}\n", "settings.window.train_strt", "train_start"),
+        ("  drift: {cooldown_minute: 5}\n", "settings.drift.cooldown_minute", "cooldown_minutes"),
+        ("  quality_gate: {min_auc: 0.7}\n", "settings.quality_gate.min_auc", "min_roc_auc"),
+    ],
+)
+def test_misspelled_settings_key_is_refused_with_a_suggestion(tmp_path, settings, key, suggestion):
+    err = _error(tmp_path, BASE + "settings:\n" + settings, build=True)
+    assert err.key == key
+    assert f"did you mean {suggestion!r}?" in err.problem
+    assert suggestion in err.fix
+
+
+@pytest.mark.parametrize("cron", ["every minute", "61 * * * *", "* * * *", "@sometimes"])
+def test_bad_arrival_cron_is_one_clear_error(tmp_path, cron):
+    err = _error(tmp_path, BASE + f"settings:\n  arrival_cron: '{cron}'\n", build=True)
+    assert err.key == "settings.arrival_cron"
+    assert f"{cron!r} is not a cron schedule" in err.problem
+    assert "five fields" in err.fix and "'*/5 * * * *'" in err.fix
+    assert "Traceback" not in str(err)
+
+
+@pytest.mark.parametrize("cron", ["*/5 * * * *", "@daily", "0 6 * * 1-5"])
+def test_good_arrival_cron_is_accepted(tmp_path, cron):
+    path = tmp_path / "mlx.yaml"
+    path.write_text(BASE + f"settings:\n  arrival_cron: '{cron}'\n")
+    defs = build_definitions(load_composition(path, environ={}))
+    assert defs.resolve_schedule_def("arrival").cron_schedule == cron
+
+
+def test_settings_scalars_are_strict(tmp_path):
+    err = _error(tmp_path, BASE + "settings:\n  window: {valid_days: true}\n", build=True)
+    assert err.key == "settings.window.valid_days"
+    assert "whole number" in err.fix
+    err = _error(
+        tmp_path, BASE + "settings:\n  drift: {retrain_on_dataset_drift: off}\n", build=True
+    )
+    assert err.key == "settings.drift.retrain_on_dataset_drift"
+    assert "only true and false are booleans" in err.problem
+
+
+def test_nested_settings_model_fix_lists_fields_and_an_example(tmp_path):
+    err = _error(tmp_path, BASE + "settings:\n  window: 2013-01-01\n", build=True)
+    assert err.key == "settings.window"
+    assert "TrainingWindow" not in err.fix, "a class name is not a fix a person can act on"
+    for field in ("train_start", "train_end", "valid_days", "test_start", "test_end"):
+        assert field in err.fix
+    assert "e.g. {train_start: 2013-01-01" in err.fix
+
+
+def test_literal_fix_lists_the_choices(tmp_path):
+    err = _error(tmp_path, BASE.replace("{epochs: 2}", "{distributed: sometimes}"))
+    assert err.key == "plugins.ml_platform.config.distributed"
+    assert err.fix == "write one of: 'auto', 'off', 'always'"
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "kind", "field", "expected"),
+    [
+        (
+            "MLX__PLUGINS__DRIFT_DETECTOR__CONFIG__DRIFT_SHARE",
+            "0.4",
+            "drift_detector",
+            "drift_share",
+            0.4,
+        ),
+        (
+            "MLX__PLUGINS__ML_PLATFORM__CONFIG__DISTRIBUTED",
+            "off",
+            "ml_platform",
+            "distributed",
+            "off",
+        ),
+    ],
+)
+def test_env_override_under_a_shorthand_entry(tmp_path, var, value, kind, field, expected):
+    """``drift_detector: polars`` is expanded to {plugin: polars} before overrides apply."""
+    path = tmp_path / "mlx.yaml"
+    path.write_text(BASE.replace("{plugin: local_torch, config: {epochs: 2}}", "local_torch"))
+    comp = load_composition(path, environ={var: value})
+    entry = comp.of_kind(kind)[0]
+    assert entry.plugin in ("polars", "local_torch")
+    assert entry.config == {field: expected}
+
+
+def test_env_override_into_a_shorthand_list_item(tmp_path):
+    path = tmp_path / "mlx.yaml"
+    path.write_text(BASE.replace("[{name: flights, plugin: nycflights13}]", "[nycflights13]"))
+    comp = load_composition(path, environ={"MLX__PLUGINS__DATA_SOURCE__0__NAME": "flights"})
+    assert [e.name for e in comp.of_kind("data_source")] == ["flights"]
+
+
+def test_env_override_into_a_scalar_names_the_variable_and_the_real_path(tmp_path):
+    err = _error(
+        tmp_path,
+        BASE + "settings:\n  model_name: x\n",
+        environ={"MLX__SETTINGS__MODEL_NAME__SUFFIX": "y"},
+    )
+    assert "MLX__SETTINGS__MODEL_NAME__SUFFIX" in err.problem
+    assert "settings.model_name, which is a str" in err.problem
+    assert "MLX__SETTINGS__MODEL_NAME" in err.fix
+
+
+def test_env_override_bad_list_index(tmp_path):
+    err = _error(tmp_path, BASE, environ={"MLX__PLUGINS__DATA_SOURCE__3__CONFIG__SCALE": "2"})
+    assert err.key == "plugins.data_source"
+    assert "not an index of this list of 1" in err.problem
+    assert "MLX__PLUGINS__DATA_SOURCE__0__" in err.fix
