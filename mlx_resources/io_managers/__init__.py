@@ -9,6 +9,7 @@ from mlx_resources.io_managers.polars_io import (
     PartitionSplitError,
     PolarsIOManager,
     PolarsIOManagerError,
+    UnstorableDtypeError,
     content_hash,
     polars_output,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "PartitionSplitError",
     "PolarsIOManager",
     "PolarsIOManagerError",
+    "UnstorableDtypeError",
     "content_hash",
     "polars_output",
 ]

@@ -92,6 +92,10 @@ class PartitionSplitError(PolarsIOManagerError):
     """A multi-partition output can't be split into its partitions."""
 
 
+class UnstorableDtypeError(PolarsIOManagerError):
+    """A column's dtype can't be stored in a file (``pl.Object``); refused before any write."""
+
+
 def polars_output(
     df: pl.DataFrame | pl.LazyFrame, *, metadata: Mapping[str, Any] | None = None, **kwargs: Any
 ) -> dg.Output[pl.DataFrame]:
@@ -206,6 +210,7 @@ class PolarsIOManager(dg.ConfigurableIOManager):
                 fix="return a pl.DataFrame, or give this output another io_manager_key",
             )
         df = obj
+        self._refuse_unstorable(df, label)
         if context.has_asset_key:
             key_path = list(context.asset_key.path)
         else:
@@ -269,6 +274,25 @@ class PolarsIOManager(dg.ConfigurableIOManager):
                 _set_partition_data_versions(
                     context, {key: h for key, _, _, h in plan if key is not None and h}
                 )
+
+    def _refuse_unstorable(self, df: pl.DataFrame, label: str) -> None:
+        """Refuse, before any file or data version is written, what could not be read back."""
+        bad = _files().unstorable_columns(df.schema)
+        if bad:
+            column, dtype = bad[0]
+            raise UnstorableDtypeError(
+                f"column {column!r} has dtype {dtype}, which neither Arrow IPC nor parquet can "
+                f"store (python objects)"
+                + (f"; also {', '.join(repr(c) for c, _ in bad[1:])}" if len(bad) > 1 else ""),
+                asset=label,
+                partition=None,
+                path=str(self._base()),
+                fix=(
+                    f"convert {column!r} to a storable dtype before returning the frame (e.g. "
+                    f"pl.col({column!r}).map_elements(str, return_dtype=pl.String), or a Struct "
+                    "of its fields), or give this output an io_manager_key of a pickling IO manager"
+                ),
+            )
 
     def _split(
         self,
