@@ -11,7 +11,7 @@ from datetime import date
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 HOME_ENV = "MLX_HOME"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +31,8 @@ def _iso(v: object) -> str:
 
 class TrainingWindow(dg.Config):
     """Days that train, validate and test the model, split by time (never at random)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # misspelled keys, true for 1: errors
 
     train_start: str = "2013-01-01"
     train_end: str = "2013-08-31"
@@ -75,6 +77,8 @@ class TrainingWindow(dg.Config):
 
 
 class QualityGate(dg.Config):
+    model_config = ConfigDict(extra="forbid", strict=True)  # misspelled keys, true for 1: errors
+
     min_roc_auc: float = Field(default=0.6, ge=0, le=1)
     max_log_loss_ratio: float = Field(
         default=1.0, gt=0, description="Model log loss over the base-rate predictor's."
@@ -83,6 +87,8 @@ class QualityGate(dg.Config):
 
 class DriftPolicy(dg.Config):
     """What the drift sensor does with a day's drift (the detector decides what drifted)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # misspelled keys, true for 1: errors
 
     warn_share: float = Field(
         default=0.25, ge=0, le=1, description="Share of drifted columns that logs a warning."
@@ -114,6 +120,15 @@ class Platform(dg.ConfigurableResource):
         default="* * * * *",
         description="How often the arrival schedule materializes the next unmonitored day.",
     )
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # misspelled keys, true for 1: errors
+
+    @field_validator("arrival_cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from mlx_plugins.kernel.cron import check_cron
+
+        return check_cron(v)
 
     @property
     def home_path(self) -> Path:
