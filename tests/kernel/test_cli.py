@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from mlx_assets.cli import main
+from mlx_resources.platform import REPO_ROOT
 
 
 def test_plugins_list_shows_kinds_and_builtins(capsys):
@@ -32,3 +40,70 @@ def test_health_runs_each_plugin_check(capsys):
     assert main(["health"]) == 0
     out = capsys.readouterr().out
     assert out.count("ok ") == 3
+
+
+# ---- clear errors, no traceback (issue 9 item 13, CLI part) ----------------------------------
+
+BAD_PLATFORM = (
+    "plugins:\n  data_source: [{name: flights, plugin: nycflights13}]\n"
+    "  ml_platform: sagemaker\n  drift_detector: polars\n"
+)
+
+
+def _bad_files(tmp_path):
+    unknown = tmp_path / "unknown_plugin.yaml"
+    unknown.write_text(BAD_PLATFORM)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("plugins: [unclosed\n  ml_platform: {\n")
+    return {
+        "unknown plugin": (unknown, "plugins.ml_platform"),
+        "missing file": (tmp_path / "nowhere.yaml", "not found"),
+        "unreadable yaml": (broken, "fix:"),
+    }
+
+
+@pytest.mark.parametrize("command", ["lifecycle", "health"])
+@pytest.mark.parametrize("case", ["unknown plugin", "missing file", "unreadable yaml"])
+def test_bad_composition_gives_one_clear_error_and_exit_1(tmp_path, capsys, command, case):
+    path, expected = _bad_files(tmp_path)[case]
+    assert main([command, str(path)]) == 1
+    captured = capsys.readouterr()
+    assert str(path) in captured.err and expected in captured.err and "fix:" in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    # nothing was created for a file that cannot be used
+    assert not (Path(os.environ["MLX_HOME"]) / "dagster").exists()
+
+
+def test_lifecycle_bad_file_in_a_real_process_has_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_PLATFORM)
+    done = subprocess.run(
+        [sys.executable, "-m", "mlx_assets.cli", "lifecycle", str(bad)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "MLX_HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith(f"mlx lifecycle: {bad}: plugins.ml_platform.plugin: unknown")
+    assert lines[1].strip().startswith("fix:") and len(lines) == 2
+
+
+def test_failed_run_is_one_line_naming_the_run_and_how_to_see_it(monkeypatch, capsys):
+    import mlx_assets.lifecycle as lifecycle
+
+    def fail(*args, **kwargs):
+        raise lifecycle.LifecycleRunFailed(
+            "daily", "0123456789abcdef", " at step raw_flights: source unreachable"
+        )
+
+    monkeypatch.setattr(lifecycle, "run_lifecycle", fail)
+    assert main(["lifecycle"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.strip()]
+    assert "the daily run 01234567 failed at step raw_flights: source unreachable" in line
+    assert "./dev ui" in line and "--verbose" in line
