@@ -6,9 +6,11 @@ errors that name the asset, partition and fix.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -183,6 +185,43 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- OS errors
+
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")
+_ERRNO_KIND = {
+    errno.ENOSPC: "no_space",
+    errno.EDQUOT: "no_space",
+    errno.EACCES: "permission",
+    errno.EPERM: "permission",
+    errno.EROFS: "read_only",
+    errno.EAGAIN: "transient",
+    errno.EINTR: "transient",
+    errno.EBUSY: "transient",
+    errno.ETIMEDOUT: "transient",
+    errno.ECONNRESET: "transient",
+    errno.ECONNABORTED: "transient",
+    errno.ECONNREFUSED: "transient",
+    errno.EPIPE: "transient",
+    errno.ESTALE: "transient",
+}
+
+
+def os_error_kind(exc: BaseException) -> str | None:
+    """``no_space`` | ``permission`` | ``read_only`` | ``transient`` | None (anything else).
+
+    Reads ``errno`` of an ``OSError`` or, for polars (whose IO errors carry the OS error only in
+    their text, e.g. ``No space left on device (os error 28)``), the number in the message;
+    ``ConnectionError`` and ``TimeoutError`` without an errno count as transient.
+    """
+    code = getattr(exc, "errno", None)
+    if code is None:
+        m = _OS_ERROR_IN_TEXT.search(str(exc))
+        code = int(m.group(1)) if m else None
+    if code is None:
+        return "transient" if isinstance(exc, ConnectionError | TimeoutError) else None
+    return _ERRNO_KIND.get(code)
 
 
 # --------------------------------------------------------------------------- dtypes

@@ -13,6 +13,7 @@ identical data does not make downstream assets stale. See docs/io_manager.md.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,9 @@ _HASH_COL = "__mlx_row_hash"
 class PolarsIOManagerError(dg.Failure):
     """A stored frame can't be read or written; names the asset, partition, path and the fix."""
 
+    retryable: bool = False
+    """Whether a step retry policy may retry it (only transient storage errors)."""
+
     def __init__(
         self,
         problem: str,
@@ -69,7 +73,7 @@ class PolarsIOManagerError(dg.Failure):
         super().__init__(
             description=f"PolarsIOManager: {where}: {problem} (path: {path}). Fix: {fix}",
             metadata={"asset": asset, "partition": partition or "", "path": path},
-            allow_retries=False,
+            allow_retries=self.retryable,
         )
         self.asset = asset
         self.partition = partition
@@ -90,6 +94,16 @@ class PartitionSchemaMismatchError(PolarsIOManagerError):
 
 class PartitionSplitError(PolarsIOManagerError):
     """A multi-partition output can't be split into its partitions."""
+
+
+class StorageWriteError(PolarsIOManagerError):
+    """Writing failed in a way retrying can't fix: out of space, permission denied, read-only."""
+
+
+class TransientStorageError(PolarsIOManagerError):
+    """Writing kept failing with a transient error (EAGAIN, EINTR, connection reset...)."""
+
+    retryable = True
 
 
 class UnstorableDtypeError(PolarsIOManagerError):
@@ -233,15 +247,20 @@ class PolarsIOManager(dg.ConfigurableIOManager):
             # An unsplit frame is hashed while it is written (polars and hashlib release the GIL);
             # split outputs were hashed row by row in _split.
             pending = pool.submit(_files().content_hash, df) if total_hash is None else None
-            staged = self._stage_all([(stem, part) for _, stem, part, _ in plan])
+            staged = self._stage_all([(k, stem, part) for k, stem, part, _ in plan], label)
             if pending is not None:
                 total_hash = pending.result()
                 plan = [(plan[0][0], plan[0][1], df, total_hash)]
         assert total_hash is not None
         # Every file is written before any is published, so a failure above leaves all previous
         # files intact; each rename below is atomic (the set of renames is not).
-        for (_, stem, _, _), s in zip(plan, staged, strict=True):
-            s.commit()
+        for i, ((key, stem, _, _), s) in enumerate(zip(plan, staged, strict=True)):
+            try:
+                _with_retries(s.commit)
+            except BaseException as e:
+                for rest in staged[i:]:
+                    rest.abort()
+                raise _write_error(e, label, key, str(s.target)) from e
             self._remove_other_formats(stem)
 
         metadata: dict[str, Any] = {
@@ -370,15 +389,31 @@ class PolarsIOManager(dg.ConfigurableIOManager):
             out[key] = (part, _files().digest(part.schema, part.height, part_hashes))
         return out, whole
 
-    def _stage_all(self, items: list[tuple[UPath, pl.DataFrame]]) -> list[Any]:
-        """Write every file to its temp name; on any failure remove the temps written so far."""
+    def _stage_all(
+        self, items: list[tuple[str | None, UPath, pl.DataFrame]], label: str
+    ) -> list[Any]:
+        """Write every file to its temp name; on any failure remove the temps written so far.
+
+        Transient OS errors are retried (``_with_retries``); the rest become the IO manager's own
+        error naming the path and the fix (``_write_error``).
+        """
         staged: list[Any] = []
         try:
-            for stem, part in items:
+            for key, stem, part in items:
                 target = self._target(stem)
-                staged.append(
-                    _files().stage(part, target, self.format, self.compression, fsync=self.fsync)
-                )
+                try:
+                    staged.append(
+                        _with_retries(
+                            lambda part=part, target=target: _files().stage(
+                                part, target, self.format, self.compression, fsync=self.fsync
+                            )
+                        )
+                    )
+                except Exception as e:
+                    error = _write_error(e, label, key, str(target))
+                    if error is e:
+                        raise
+                    raise error from e
         except BaseException:
             for s in staged:
                 s.abort()
@@ -613,6 +648,64 @@ def _add_partition_metadata(
     step = _step_context(context)
     if step is not None and partition_key is not None:
         step.add_asset_metadata(metadata, asset_key=context.asset_key, partition_key=partition_key)
+
+
+_RETRY_DELAYS_S = (0.05, 0.2, 0.5)
+
+
+def _with_retries(fn: Any) -> Any:
+    """Call ``fn``; retry after a short pause while it fails with a transient OS error."""
+    for delay in (*_RETRY_DELAYS_S, None):
+        try:
+            return fn()
+        except Exception as e:
+            if delay is None or _files().os_error_kind(e) != "transient":
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+_WRITE_FIXES = {
+    "no_space": (
+        "the file system is full (out of disk space or quota)",
+        "free space on that file system (or raise the quota), or point the IO manager's "
+        "base_path at a file system with room; nothing was published, the previous files are "
+        "intact",
+    ),
+    "permission": (
+        "permission denied",
+        "give the user running Dagster write access to that folder (and its parents), or point "
+        "the IO manager's base_path at a folder it can write",
+    ),
+    "read_only": (
+        "the file system is read-only",
+        "remount it read-write, or point the IO manager's base_path at a writable file system",
+    ),
+}
+
+
+def _write_error(exc: BaseException, label: str, partition: str | None, path: str) -> BaseException:
+    """The IO manager's own error for an OS-level write failure; other errors pass through."""
+    kind = _files().os_error_kind(exc)
+    if kind in _WRITE_FIXES:
+        problem, fix = _WRITE_FIXES[kind]
+        return StorageWriteError(
+            f"writing failed: {problem} ({type(exc).__name__}: {exc})",
+            asset=label,
+            partition=partition,
+            path=path,
+            fix=fix,
+        )
+    if kind == "transient":
+        return TransientStorageError(
+            f"writing failed {len(_RETRY_DELAYS_S) + 1} times with a transient error "
+            f"({type(exc).__name__}: {exc})",
+            asset=label,
+            partition=partition,
+            path=path,
+            fix="re-run the step (a retry policy retries it); check the storage's health",
+        )
+    return exc
 
 
 def _log(context: dg.OutputContext | dg.InputContext, level: str, msg: str) -> None:
