@@ -3,6 +3,7 @@
 import dagster as dg
 import polars as pl
 
+from mlx_assets.ingest.check_guard import describe_failed, failed_check_partitions
 from mlx_assets.partitions import DAILY_2013, SINGLE_RUN
 from mlx_assets.versioning import code_version
 
@@ -78,6 +79,39 @@ def build_features(
     )
 
 
+SOURCE_CHECKS = {
+    "raw_flights": ("schema_matches_source", "no_null_keys"),
+    "raw_weather": ("schema_matches_source", "no_null_keys"),
+}
+"""The blocking checks of the daily inputs: a day whose newest evaluation failed is not used."""
+
+
+def refuse_failed_inputs(context: dg.AssetExecutionContext) -> None:
+    """Raise ``dg.Failure`` (not retried) when an input day's newest blocking check failed,
+    naming the run, each input partition with its failed checks, and the fix."""
+    keys = context.partition_keys
+    failed = failed_check_partitions(context.instance, SOURCE_CHECKS, keys, DAILY_2013)
+    if not failed:
+        return
+    bad_days = sorted({day for partitions in failed.values() for day in partitions})
+    span = keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}"
+    assets = ",".join(sorted(failed))
+    example = (
+        f"dagster asset materialize -m mlx_assets.definitions --select {assets} "
+        f"--partition {bad_days[0]}"
+    )
+    raise dg.Failure(
+        description=(
+            f"run {context.run.run_id}: flight_features for {span} will not use input "
+            f"partitions whose latest blocking check failed: {describe_failed(failed)}. "
+            f"fix: repair the source data for those days and re-materialize them (e.g. "
+            f"{example}), then flight_features; or leave those days out of this run."
+        ),
+        metadata={"failed_inputs": dg.MetadataValue.json(failed)},
+        allow_retries=False,
+    )
+
+
 @dg.asset(
     partitions_def=DAILY_2013,
     backfill_policy=SINGLE_RUN,
@@ -94,6 +128,7 @@ def flight_features(
     raw_weather: pl.DataFrame,
     planes: pl.DataFrame,
 ) -> dg.Output[pl.DataFrame]:
+    refuse_failed_inputs(context)
     df = build_features(raw_flights, raw_weather, planes)
     rate = float(df.get_column(TARGET).mean() or 0.0) if df.height else 0.0
     context.log.info(f"{df.height} labelled flights, {rate:.1%} delayed")
