@@ -134,8 +134,9 @@ class MLXPlugin(dg.ConfigurableResource):  # type: ignore[type-arg]
             if isinstance(value, dg.EnvVar) or name not in cls.model_fields:
                 continue  # not resolved yet (definitions time), or refused by the composition
             if isinstance(value, str):
-                register_secret(value)
-                out[name] = parse_env_value(cls.model_fields[name].annotation, value)
+                info = cls.model_fields[name]
+                register_env_value(info.annotation, info.json_schema_extra, value)
+                out[name] = parse_env_value(info.annotation, value)
         return out
 
     @field_validator("*", mode="wrap")
@@ -148,7 +149,12 @@ class MLXPlugin(dg.ConfigurableResource):  # type: ignore[type-arg]
         if is_dagster_env_var(value):
             # A Dagster EnvVar: read and validated at run time, when its value is known (the
             # composition has validated the current value already).
-            register_secret(os.environ.get(value.env_var_name))
+            field = cls.model_fields.get(info.field_name or "")
+            register_env_value(
+                field.annotation if field else None,
+                field.json_schema_extra if field else None,
+                os.environ.get(value.env_var_name),
+            )
             return value
         field = cls.model_fields.get(info.field_name or "")
         if field is not None and value is not None:
@@ -207,9 +213,13 @@ class MLXPlugin(dg.ConfigurableResource):  # type: ignore[type-arg]
         for name, info in type(self).model_fields.items():
             value = self.__dict__.get(name)
             if name == ENV_FIELD:
-                data[name] = {k: _env_text(v) for k, v in (value or {}).items()}
+                fields = type(self).model_fields
+                data[name] = {
+                    k: _env_text(v, fields[k].annotation if k in fields else None)
+                    for k, v in (value or {}).items()
+                }
             elif _is_env_var(value):
-                data[name] = parse_env_value(info.annotation, _env_text(value))
+                data[name] = parse_env_value(info.annotation, _env_text(value, info.annotation))
             else:
                 data[name] = _read_env_vars(value)
         return type(self)(**data)
@@ -256,7 +266,7 @@ def _holds_env_var(value: Any) -> bool:
     return False
 
 
-def _env_text(value: Any) -> Any:
+def _env_text(value: Any, annotation: Any = None) -> Any:
     """The text of an ``EnvVar``/``IntEnvVar`` (registered as a secret); others unchanged."""
     if not _is_env_var(value):
         return value
@@ -267,7 +277,7 @@ def _env_text(value: Any) -> Any:
             f"environment variable {name} is not set; export {name}=... (the composition "
             "reads it with {env: " + name + "})"
         )
-    register_secret(text)
+    register_env_value(annotation, None, text)
     return text
 
 
@@ -279,6 +289,24 @@ def _read_env_vars(value: Any) -> Any:
     if isinstance(value, list):
         return [_read_env_vars(v) for v in value]
     return value
+
+
+def register_env_value(annotation: Any, extra: Any, text: str | None) -> None:
+    """Register a value read from the environment for a field as secret, unless the field is
+    a ``Literal`` choice and not declared secret (numbers and booleans are never masked)."""
+    if text is None:
+        return
+    if not is_secret_field(extra) and _is_literal(annotation):
+        return
+    register_secret(text)
+
+
+def _is_literal(annotation: Any) -> bool:
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return all(_is_literal(a) for a in typing.get_args(annotation) if a is not type(None))
+    return typing.get_origin(annotation) is typing.Literal
 
 
 def is_secret_field(extra: Any) -> bool:

@@ -43,7 +43,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlx_plugins.kernel import yaml12
-from mlx_plugins.kernel.base import ENV_FIELD, dagster_reads_env, is_secret_field, parse_env_value
+from mlx_plugins.kernel.base import (
+    ENV_FIELD,
+    dagster_reads_env,
+    is_secret_field,
+    parse_env_value,
+    register_env_value,
+)
 from mlx_plugins.kernel.errors import (
     CompositionError,
     PluginNotFoundError,
@@ -51,7 +57,7 @@ from mlx_plugins.kernel.errors import (
 )
 from mlx_plugins.kernel.kinds import KINDS
 from mlx_plugins.kernel.registry import PluginRegistry, PluginSpec, default_registry
-from mlx_plugins.kernel.secrets import redact, register_secret
+from mlx_plugins.kernel.secrets import redact
 
 DEFAULT_FILE = "mlx.yaml"
 ENV_FILE = "MLX_COMPOSITION"
@@ -442,7 +448,6 @@ def _env_refs(source: str, key: str, value: Any, environ: Mapping[str, str]) -> 
                     f"secret environment variable {var} is not set",
                     f"export {var}=... (or set it in the deployment's secrets)",
                 )
-            register_secret(environ[var])
             return [var]
         for k, v in value.items():
             found += _env_refs(source, f"{key}.{k}", v, environ)
@@ -508,6 +513,9 @@ def _instantiate(
     carried: dict[str, Any] = {}
     for field, value in entry.config.items():
         info = fields[field]
+        if environ is not None:
+            for var in _env_refs(source, f"{key}.config.{field}", value, environ):
+                register_env_value(info.annotation, info.json_schema_extra, environ[var])
         if not _is_env_ref(value):
             values[field] = _resolve(value, environ)
         elif dagster_reads_env(info.annotation):

@@ -16,20 +16,29 @@ Where it is redacted:
 - log records of every logger (a ``logging`` record factory rewrites ``msg`` and ``args``
   as records are made, so console, file and Dagster event-log handlers all get redacted text).
 
-Values shorter than :data:`MIN_SECRET_LENGTH` characters are not redacted: replacing every
-``7`` of a log because ``seed: {env: S}`` read ``7`` would destroy the log and protect nothing.
+Not redacted: values shorter than :data:`MIN_SECRET_LENGTH` characters, numbers and booleans
+(replacing every ``7`` or ``true`` of a log because ``seed: {env: S}`` read ``7`` would destroy
+the log and protect nothing), and values of ``Literal`` fields (one of a few public words).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import Iterable
 from typing import Any
 
 MASK = "***"
 MIN_SECRET_LENGTH = 4
+# Numbers, booleans and null (as YAML 1.2 reads them) are config values, not secrets: masking
+# every "true" or "1000" of every log would destroy the logs and protect nothing.
+_NOT_SECRET = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|0o[0-7]+|0x[0-9a-fA-F]+"
+    r"|true|false|null|~|[-+]?\.inf|\.nan)$",
+    re.IGNORECASE,
+)
 
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()  # longest first, so a secret containing another goes first
@@ -42,7 +51,7 @@ def register_secret(value: object) -> None:
     if value is None:
         return
     text = value if isinstance(value, str) else str(value)
-    if len(text) < MIN_SECRET_LENGTH or text in _secrets:
+    if len(text) < MIN_SECRET_LENGTH or text in _secrets or _NOT_SECRET.match(text):
         return
     with _lock:
         if text not in _secrets:
