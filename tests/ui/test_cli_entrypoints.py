@@ -49,3 +49,34 @@ def test_cli_materializes_planes(tmp_path, command):
     assert event is not None
     assert event.asset_materialization.metadata["dagster/row_count"].value == 3322
     assert (tmp_path / "data" / "planes.arrow").exists()
+
+
+def test_printed_fix_commands_work_as_printed(tmp_path):
+    """Issue 9 item 14: the command in a missing/corrupt file's fix runs as written in a shell."""
+    import re
+
+    from mlx_resources.io_managers.polars_io import _missing_fix
+
+    fix = _missing_fix("raw_weather", "2013-01-02", multi=False)
+    commands = re.findall(r"`([^`]+)`", fix)
+    assert commands[0] == "mlx lifecycle"
+    printed = commands[1]
+    assert printed.startswith("DAGSTER_HOME=$(mlx home) dagster asset materialize -m ")
+    env = {
+        **os.environ,
+        "MLX_HOME": str(tmp_path),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("DAGSTER_HOME", None)
+    done = subprocess.run(
+        ["bash", "-c", printed],
+        cwd=tmp_path,  # any folder: the command names its code location
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        assert instance.get_materialized_partitions(dg.AssetKey("raw_weather")) == {"2013-01-02"}
+    assert (tmp_path / "data" / "raw_weather" / "2013-01-02.arrow").exists()
