@@ -51,6 +51,7 @@ def atomic_open(
     *,
     fsync: bool = False,
     encoding: str = "utf-8",
+    perms: int | None = None,
 ) -> Iterator[IO[Any]]:
     """Open a temp file for writing; on a clean exit it atomically replaces ``target``.
 
@@ -59,6 +60,9 @@ def atomic_open(
         mode: ``"wb"`` (bytes) or ``"w"`` (text, ``encoding``).
         fsync: flush the file and its folder to disk (durability against power loss; the rename
             alone is atomic against crashes).
+        perms: permission bits of the result (e.g. ``0o600`` for files holding credentials; the
+            temp file is created ``0o600``, so it is never readable by others in between).
+            Default: the replaced file's bits, or ``0o666`` under the umask for a new file.
 
     Raises:
         ValueError: ``mode`` is not ``"w"`` or ``"wb"``.
@@ -74,7 +78,9 @@ def atomic_open(
             fh.flush()
             if fsync:
                 os.fsync(fh.fileno())
-        if target.exists():
+        if perms is not None:
+            os.chmod(temp, perms)
+        elif target.exists():
             with contextlib.suppress(OSError):
                 os.chmod(temp, target.stat().st_mode & 0o7777)
         else:
@@ -92,17 +98,24 @@ def atomic_open(
         raise
 
 
-def atomic_write_bytes(target: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> Path:
+def atomic_write_bytes(
+    target: str | os.PathLike[str], data: bytes, *, fsync: bool = False, perms: int | None = None
+) -> Path:
     """Write ``data`` to ``target`` atomically (unique temp + rename); returns the target path."""
-    with atomic_open(target, "wb", fsync=fsync) as fh:
+    with atomic_open(target, "wb", fsync=fsync, perms=perms) as fh:
         fh.write(data)
     return Path(target)
 
 
 def atomic_write_text(
-    target: str | os.PathLike[str], text: str, *, encoding: str = "utf-8", fsync: bool = False
+    target: str | os.PathLike[str],
+    text: str,
+    *,
+    encoding: str = "utf-8",
+    fsync: bool = False,
+    perms: int | None = None,
 ) -> Path:
     """Write ``text`` to ``target`` atomically (unique temp + rename); returns the target path."""
-    with atomic_open(target, "w", encoding=encoding, fsync=fsync) as fh:
+    with atomic_open(target, "w", encoding=encoding, fsync=fsync, perms=perms) as fh:
         fh.write(text)
     return Path(target)

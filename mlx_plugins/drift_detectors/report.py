@@ -200,10 +200,9 @@ def render_html(report: DriftReport, *, title: str = "Data drift report") -> str
 
 def write_html(report: DriftReport, path: str | Path, *, title: str = "Data drift report") -> Path:
     """Write :func:`render_html` to ``path`` (parents created) and return the path."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(report, title=title), encoding="utf-8")
-    return out
+    from mlx_resources.atomic import atomic_write_text  # unique temp + atomic rename
+
+    return atomic_write_text(Path(path), render_html(report, title=title))
 
 
 def dagster_metadata(report: DriftReport, *, max_rows: int = 50) -> dict[str, Any]:

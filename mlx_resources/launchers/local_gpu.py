@@ -376,10 +376,10 @@ class LocalGpuRunLauncher(RunLauncher, ConfigurableClass):
         spec_dir = self.lease_dir / "specs"
         spec_dir.mkdir(parents=True, exist_ok=True)
         spec_path = spec_dir / f"{run.run_id}.json"
-        # 0600: the instance ref may carry storage credentials.
-        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(spec.model_dump_json())
+        # 0600: the instance ref may carry storage credentials. Unique temp + atomic rename.
+        from mlx_resources.atomic import atomic_write_text
+
+        atomic_write_text(spec_path, spec.model_dump_json(), perms=0o600)
 
         process = subprocess.Popen(
             [job_origin.executable_path, gpu_worker.__file__, str(spec_path)],
