@@ -61,6 +61,20 @@ def assign_partition_keys(
     return _assign_one(df, partitions_def, list(keys), partition_expr)
 
 
+def missing_partition_values(
+    df: pl.DataFrame, partition_expr: str | Mapping[str, str]
+) -> dict[str, int]:
+    """``{column: rows}`` of the ``partition_expr`` column(s) holding nulls (left out when
+    none, or when a column is absent: :func:`assign_partition_keys` names that). Such rows
+    belong to no partition; that is an error in the data, not rows to filter away."""
+    columns = [partition_expr] if isinstance(partition_expr, str) else list(partition_expr.values())
+    present = [c for c in columns if c in df.columns]
+    if not present or df.height == 0:
+        return {}
+    counts = df.select(pl.col(c).null_count() for c in present).row(0)
+    return {c: int(n) for c, n in zip(present, counts, strict=True) if n}
+
+
 def _assign_one(
     df: pl.DataFrame, partitions_def: dg.PartitionsDefinition, keys: list[str], column: str
 ) -> pl.Series:

@@ -24,7 +24,11 @@ import polars as pl
 from pydantic import Field, PrivateAttr
 
 from mlx_resources.io_managers._formats import EXTENSIONS, Compression, Format
-from mlx_resources.io_managers._partition_split import SplitError, assign_partition_keys
+from mlx_resources.io_managers._partition_split import (
+    SplitError,
+    assign_partition_keys,
+    missing_partition_values,
+)
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -352,6 +356,17 @@ class PolarsIOManager(dg.ConfigurableIOManager):
                 path=where,
                 fix=f"return a frame with the column(s) named in metadata '{PARTITION_EXPR_KEY}'",
             ) from e
+        missing = missing_partition_values(df, expr)  # rows of no partition: a data error
+        if missing:
+            raise PartitionSplitError(
+                f"rows have no value in the '{PARTITION_EXPR_KEY}' column(s) (rows: {missing}), "
+                "so they belong to no partition",
+                asset=label,
+                partition=keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}",
+                path=where,
+                fix="give every row its partition value where the frame is built (a missing "
+                "value is an error in the data or its source, not rows to filter away)",
+            )
         outside = assigned.is_null()
         n_outside = int(outside.sum())
         if n_outside:

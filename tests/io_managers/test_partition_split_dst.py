@@ -11,6 +11,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from mlx_resources.io_managers import PartitionSplitError
 from mlx_resources.io_managers._partition_split import assign_partition_keys
 from tests.io_managers.helpers import range_tags, resources
 
@@ -132,3 +133,21 @@ def test_single_run_backfill_over_spring_forward_stores_each_day(
     assert result.success
     stored = {p.stem: pl.read_ipc(p)["v"].to_list() for p in (tmp_path / "events").glob("*.arrow")}
     assert stored == {"2024-03-09": [1], "2024-03-10": [2, 3], "2024-03-11": [4]}
+
+
+def test_rows_without_a_partition_value_are_named_not_filtered(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    @dg.asset(partitions_def=DAILY_NY, metadata={"partition_expr": "ts"})
+    def events() -> pl.DataFrame:
+        return pl.DataFrame({"ts": [dt.datetime(2024, 3, 9, 12), None, None], "v": [1, 2, 3]})
+
+    for tags in (range_tags("2024-03-09", "2024-03-11"), {"dagster/partition": "2024-03-09"}):
+        with pytest.raises(
+            PartitionSplitError, match=r"\{'ts': 2\}.*belong to no partition"
+        ) as info:
+            dg.materialize([events], instance=instance, resources=resources(tmp_path), tags=tags)
+        assert "filter the frame" not in str(info.value) and "Fix: give every row" in str(
+            info.value
+        )
+        assert not (tmp_path / "events").exists()
