@@ -32,7 +32,7 @@ from mlx_assets.monitoring.feature_drift import DRIFT_ASSET
 from mlx_assets.training.training_set import describe_window, window_problem
 from mlx_resources.platform import Platform, TrainingWindow
 
-BATCH = 200
+BATCH = 500
 SENSOR_NAME = "drift_retrain_sensor"
 TRIGGER_TAG = "mlx/trigger"
 DAY_TAG = "mlx/drift_partition"
@@ -94,12 +94,18 @@ def current_reference_end(instance: dg.DagsterInstance) -> str | None:
     return None
 
 
-def run_outcome(instance: dg.DagsterInstance, key: str) -> str:
-    """``"success"``, ``"failed"`` or ``"in_flight"`` for the run launched with run key ``key``.
+GATE = dg.AssetCheckKey(dg.AssetKey("model_evaluation"), "beats_baseline")
 
-    Follows Dagster's automatic re-executions (``dagster/auto_retry_run_id``): a failed run whose
-    retry is pending or running is still in flight; only the last run of the chain decides. A
-    key with no run yet (the daemon has not created it) is in flight.
+
+def run_outcome(instance: dg.DagsterInstance, key: str) -> str:
+    """What became of the run launched with run key ``key``.
+
+    Returns ``"success"``, ``"in_flight"``, ``"gate_failed"`` (it failed because the retrained
+    model did not pass the blocking ``beats_baseline`` check: retrying gives the same model) or
+    ``"failed"`` (any other failure or a cancellation). Follows Dagster's automatic
+    re-executions (``dagster/auto_retry_run_id``): a failed run whose retry is pending or running
+    is still in flight; the last run of the chain decides. A key with no run yet (the daemon has
+    not created it) is in flight.
     """
     runs = instance.get_runs(dg.RunsFilter(tags={RUN_KEY_TAG: key}), limit=5)
     roots = [r for r in runs if "dagster/parent_run_id" not in r.tags] or list(runs)
@@ -107,23 +113,37 @@ def run_outcome(instance: dg.DagsterInstance, key: str) -> str:
         return "in_flight"
     outcomes = set()
     for run in roots:
-        seen = {run.run_id}
-        while (child := run.tags.get(AUTO_RETRY_RUN_ID_TAG)) and child not in seen:
-            seen.add(child)
+        chain = [run.run_id]
+        while (child := run.tags.get(AUTO_RETRY_RUN_ID_TAG)) and child not in chain:
             nxt = instance.get_run_by_id(child)
             if nxt is None:
                 break
             run = nxt
+            chain.append(run.run_id)
         if run.status == dg.DagsterRunStatus.SUCCESS:
             outcomes.add("success")
         elif not run.is_finished or run.is_complete_and_waiting_to_retry:
             outcomes.add("in_flight")
+        elif _gate_failed(instance, chain):
+            outcomes.add("gate_failed")
         else:
             outcomes.add("failed")
-    for o in ("success", "in_flight"):
-        if o in outcomes:
-            return o
-    return "failed"
+    return next(o for o in ("success", "in_flight", "gate_failed", "failed") if o in outcomes)
+
+
+def _gate_failed(instance: dg.DagsterInstance, run_ids: list[str]) -> bool:
+    from dagster._core.storage.asset_check_execution_record import (
+        AssetCheckExecutionRecordStatus,
+    )
+
+    failed = instance.event_log_storage.get_asset_check_execution_history(
+        GATE, limit=50, status={AssetCheckExecutionRecordStatus.FAILED}
+    )
+    return any(r.run_id in run_ids for r in failed)
+
+
+def _some(items: list[str], n: int = 10) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def _event(day: str, share: float, columns: list[str], action: str) -> dg.AssetObservation:
@@ -155,6 +175,10 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform
     requests: list[dg.RunRequest] = []
     events: list[dg.AssetObservation] = []
     skips: list[str] = []
+    unreadable: list[str] = []
+    warned: list[str] = []
+    seen: list[str] = []
+    ends: set[str] = set()
     changed = False
     reference_end = current_reference_end(instance)
     history: set[str] | None = None
@@ -182,11 +206,15 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform
             del cursor.pending[day]
             context.log.info(f"retraining for drift on {day} succeeded ({pend.run_key})")
             continue
-        if reference_end is not None and day <= reference_end:
+        if outcome == "gate_failed":
             del cursor.pending[day]
-            context.log.info(
-                f"retraining for drift on {day} failed ({pend.run_key}), but the current model "
-                f"already covers it (window ends {reference_end}); not retrying"
+            context.log.warning(
+                f"the model retrained for drift on {day} did not pass the quality gate "
+                f"({pend.run_key}); not retrying: the same window trains the same model. The "
+                "registered model stays current; see the beats_baseline check for the numbers"
+            )
+            events.append(
+                _event(day, pend.share, pend.drifted_columns, "retrained model failed the gate")
             )
             continue
         if pend.attempt >= policy.max_attempts:
@@ -238,22 +266,17 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform
         try:
             obs = DriftObservation.from_metadata(mat.metadata, day=day)
         except ValidationError as exc:
-            context.log.warning(
-                f"feature_drift {day} (storage id {record.storage_id}) carries no readable "
-                f"DriftObservation metadata ({exc.error_count()} errors, first: "
-                f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}); skipped"
-            )
+            first = exc.errors()[0]
+            unreadable.append(f"{day} ({'.'.join(map(str, first['loc']))}: {first['msg']})")
             continue
         if obs.severity != "retrain":
             if obs.severity == "warn":
-                context.log.warning(f"drift warning on {day}: share {obs.drift_share:.0%}")
+                warned.append(f"{day} ({obs.drift_share:.0%})")
             continue
         known_end = max(e for e in (reference_end, obs.reference_end, "") if e is not None)
         if known_end and day <= known_end:
-            context.log.info(
-                f"drift on {day} is inside the current model's window (it ends {known_end}): "
-                "not news to that model; not retraining"
-            )
+            seen.append(day)
+            ends.add(known_end)
             continue
         if day in cursor.requested:
             context.log.info(f"drift on {day} already requested a retraining; not again")
@@ -287,6 +310,21 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform
         requests.append(retrain_request(day, 1, platform))
         events.append(_event(day, obs.drift_share, obs.drifted_columns, "retraining requested"))
 
+    if warned:
+        context.log.warning(
+            f"drift warning (share >= {policy.warn_share:.0%}, no dataset drift) on "
+            f"{len(warned)} days: {_some(warned)}"
+        )
+    if seen:
+        context.log.info(
+            f"dataset drift on {len(seen)} days inside or before the current model's window (it "
+            f"ends {max(ends)}): not news to that model, not retraining: {_some(seen)}"
+        )
+    if unreadable:
+        context.log.warning(
+            f"{len(unreadable)} feature_drift materializations carry no readable DriftObservation "
+            f"metadata and were skipped, e.g. {unreadable[0]}"
+        )
     if not changed:
         return dg.SkipReason(
             "no new feature_drift materializations"
@@ -294,7 +332,10 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform
         )
     skip_reason = None
     if not requests:
-        skip_reason = "; ".join(skips) if skips else "no day of new data calls for retraining"
+        why = list(skips)
+        if seen:
+            why.append(f"{len(seen)} drift days are inside the current model's window")
+        skip_reason = "; ".join(why) or "no day of new data calls for retraining"
     return dg.SensorResult(
         run_requests=requests,
         asset_events=events,

@@ -234,9 +234,11 @@ def test_a_failed_retraining_is_retried_then_given_up(instance, caplog):
     running = _run(instance, req.run_key, dg.DagsterRunStatus.STARTED)
     waiting = _evaluate(instance, first.cursor, platform)
     assert isinstance(waiting, dg.SkipReason) and "2013-07-02" in waiting.skip_message
-    # it failed: the event is eligible again, under a new run key
+    # it failed (after its training_set step moved the window): the event is eligible again,
+    # under a new run key
     instance.delete_run(running.run_id)
     _run(instance, req.run_key, dg.DagsterRunStatus.FAILURE)
+    _trained(instance, WINDOW.shifted("2013-07-02"))
     retry = _evaluate(instance, first.cursor, platform)
     assert [r.run_key for r in retry.run_requests] == ["drift:2013-07-02:attempt-2"]
     assert retry.run_requests[0].tags["mlx/drift_attempt"] == "2"
@@ -298,3 +300,39 @@ def test_metadata_without_a_drift_observation_is_skipped_not_fatal(instance):
     _drift(instance, "2013-07-02")
     result = _evaluate(instance, None)
     assert [r.run_key for r in result.run_requests] == ["drift:2013-07-02"]
+
+
+def _gate_result(instance, run_id: str, passed: bool) -> None:
+    """The beats_baseline check's evaluation, as the training run reports it."""
+    from dagster._core.events import AssetCheckEvaluationPlanned, DagsterEvent, DagsterEventType
+
+    from mlx_assets.monitoring.drift_sensor import GATE
+
+    for kind, data in (
+        (
+            DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
+            AssetCheckEvaluationPlanned(asset_key=GATE.asset_key, check_name=GATE.name),
+        ),
+        (
+            DagsterEventType.ASSET_CHECK_EVALUATION,
+            dg.AssetCheckEvaluation(asset_key=GATE.asset_key, check_name=GATE.name, passed=passed),
+        ),
+    ):
+        instance.report_dagster_event(
+            DagsterEvent(
+                event_type_value=kind.value, job_name="training", event_specific_data=data
+            ),
+            run_id=run_id,
+        )
+
+
+def test_a_retrained_model_that_fails_the_gate_is_not_retrained_again(instance):
+    platform = _platform(cooldown_minutes=0)
+    _drift(instance, "2013-07-02")
+    first = _evaluate(instance, None, platform)
+    failed = _run(instance, run_key("2013-07-02", 1), dg.DagsterRunStatus.FAILURE)
+    _gate_result(instance, failed.run_id, passed=False)
+    result = _evaluate(instance, first.cursor, platform)
+    assert result.run_requests == []
+    assert result.asset_events[0].metadata["action"].value == "retrained model failed the gate"
+    assert DriftCursor.model_validate_json(result.cursor).pending == {}
