@@ -8,8 +8,9 @@
 
 The daemons' iterations are called directly (``launch_scheduled_runs``,
 ``execute_sensor_iteration``, ``QueuedRunCoordinatorDaemon.run_iteration``) under a simulated
-clock that moves a minute per tick, as Dagster's own daemon tests do; the runs themselves are launched by the instance's run
-launcher into their own processes, exactly as under ``dagster dev``.
+clock that moves a minute per tick, as Dagster's own daemon tests do; the runs themselves are
+launched by the instance's run launcher into their own processes, exactly as under
+``dagster dev``.
 """
 
 from __future__ import annotations
