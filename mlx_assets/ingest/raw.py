@@ -1,5 +1,6 @@
 """Raw tables, read from the data source named ``flights``."""
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 import dagster as dg
@@ -153,7 +154,9 @@ def validate_source_frame(
     return results, None
 
 
-def _read_window(context: dg.AssetExecutionContext, flights: DataSource, table: str):
+def _read_window(
+    context: dg.AssetExecutionContext, flights: DataSource, table: str
+) -> Iterator[dg.Output[pl.DataFrame] | dg.AssetCheckResult]:
     asset = f"raw_{table}"
     window = context.partition_time_window
     start, end = window.start.date(), (window.end - timedelta(days=1)).date()

@@ -625,9 +625,10 @@ def _gpu_statements(
 
 def _quantity(value: Any) -> Decimal | None:
     try:
-        return parse_quantity(value if isinstance(value, int | float) else str(value))
+        amount: Decimal = parse_quantity(value if isinstance(value, int | float) else str(value))
     except (ValueError, TypeError):
         return None
+    return amount
 
 
 def _check_extended_resources(
