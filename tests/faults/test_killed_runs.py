@@ -26,24 +26,34 @@ from tests.faults.conftest import start, wait_for
 IN_PROGRESS = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]
 
 
-def _kill_running_tiny(tmp_path: Path, instance: dg.DagsterInstance, n: int = 1) -> list[str]:
+COMMANDS = {
+    "execute_job": ["-m", "tests.faults._tiny"],  # what `mlx lifecycle` does
+    "dagster asset materialize": [
+        "-m",
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "tests.faults._tiny",
+        "--select",
+        "slow",
+    ],
+}
+
+
+def _kill_running_tiny(
+    tmp_path: Path, instance: dg.DagsterInstance, n: int = 1, how: str = "execute_job"
+) -> list[str]:
     """Start ``n`` in-process runs of the tiny job, wait until each is executing, kill -9 them."""
     procs: list[tuple[subprocess.Popen[str], Path]] = []
     for i in range(n):
         ready = tmp_path / f"ready-{i}"
-        procs.append(
-            (
-                start(
-                    ["-m", "tests.faults._tiny"], MLX_FAULT_READY=str(ready), MLX_FAULT_BLOCK="1"
-                ),
-                ready,
-            )
-        )
+        procs.append((start(COMMANDS[how], MLX_FAULT_READY=str(ready), MLX_FAULT_BLOCK="1"), ready))
     for proc, ready in procs:
         wait_for(f"run in pid {proc.pid} to start its step", ready.exists)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name="tiny"))
+    runs = instance.get_runs()
     assert len(runs) == n
     return [r.run_id for r in runs]
 
@@ -68,8 +78,9 @@ def test_a_finished_process_is_dead():
     assert is_alive(who) is False
 
 
-def test_killed_in_process_run_is_failed_by_the_next_command(tmp_path, instance):
-    (run_id,) = _kill_running_tiny(tmp_path, instance)
+@pytest.mark.parametrize("how", list(COMMANDS))
+def test_killed_in_process_run_is_failed_by_the_next_command(tmp_path, instance, how):
+    (run_id,) = _kill_running_tiny(tmp_path, instance, how=how)
     run = instance.get_run_by_id(run_id)
     # What the issue saw: the run stays STARTED after its process died ...
     assert run.status == dg.DagsterRunStatus.STARTED
