@@ -10,8 +10,6 @@ Standard library only, so a training child or a torchrun worker can import it ch
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import signal
 import socket
@@ -144,6 +142,9 @@ def pid_running(pid: int) -> bool:
 def _set_pdeathsig(sig: int = signal.SIGKILL) -> bool:
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
