@@ -116,7 +116,7 @@ def refuse_failed_inputs(context: dg.AssetExecutionContext) -> None:
     partitions_def=DAILY_2013,
     backfill_policy=SINGLE_RUN,
     group_name="features",
-    kinds={"polars", "parquet"},
+    kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
     code_version=code_version(__file__),
     metadata={"partition_expr": "date"},
     description=f"Flights with weather, plane and calendar features; target: arrival delay "

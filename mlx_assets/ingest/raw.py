@@ -195,7 +195,7 @@ def _daily_raw_asset(
     @dg.asset(
         name=name,
         group_name="ingest",
-        kinds={"polars", "parquet"},
+        kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
         code_version=CODE_VERSION,
         description=description,
         metadata={"partition_expr": "date"},
@@ -216,7 +216,7 @@ raw_weather = _daily_raw_asset("weather", "Hourly weather at EWR, JFK and LGA, b
 
 @dg.asset(
     group_name="ingest",
-    kinds={"polars", "parquet"},
+    kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
     code_version=CODE_VERSION,
     retry_policy=SOURCE_RETRY,
     description="Aircraft by tail number (reference table).",

@@ -56,7 +56,7 @@ def _reference(instance: dg.DagsterInstance) -> tuple[str | None, str | None]:
     partitions_def=DAILY_2013,
     backfill_policy=SINGLE_RUN,
     group_name="monitoring",
-    kinds={"polars", "parquet"},
+    kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
     code_version=code_version(__file__),
     metadata={"partition_expr": "date"},
     description="Per-column drift of each day's features against the model's training rows. "

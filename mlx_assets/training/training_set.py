@@ -133,7 +133,7 @@ class TrainingSetConfig(dg.Config):
 
 @dg.asset(
     group_name="training",
-    kinds={"polars", "parquet"},
+    kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
     code_version=code_version(__file__),
     ins={"flight_features": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
     description="Feature rows of the training window with a 'split' column (train/valid/test), "
