@@ -56,15 +56,17 @@ class Console:
             print(f"{PREFIX}{message}", file=self.stream, flush=True)
 
     @contextmanager
-    def progress(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+    def progress(
+        self, label: str, total: int, short: str | None = None, unit: str = "partitions"
+    ) -> Iterator[Callable[[int], None]]:
         """A stage that materializes ``total`` asset partitions; yields ``advance(n)``.
 
-        On a terminal: a transient bar ``label ━━━━ done/total partitions 0:00:12``; otherwise
-        the label is printed once when the stage starts. ``advance`` may be called from any
-        thread.
+        ``label ...`` is printed once when the stage starts; on a terminal a transient bar
+        ``short ━━━━ done/total <unit> 0:00:12`` follows it while the stage runs (``short``
+        defaults to ``label``). ``advance`` may be called from any thread.
         """
+        self.line(f"{label} ...")
         if self._rich is None:
-            self.line(f"{label} ...")
             yield lambda n: None
             return
         from rich.progress import (
@@ -77,14 +79,14 @@ class Console:
 
         with Progress(
             TextColumn("[bold cyan]\\[mlx][/] {task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             MofNCompleteColumn(),
-            TextColumn("partitions"),
+            TextColumn(unit),
             TimeElapsedColumn(),
             console=self._rich,
             transient=True,
         ) as bar:
-            task = bar.add_task(label, total=max(total, 1))
+            task = bar.add_task(short or label, total=max(total, 1))
             yield lambda n: bar.advance(task, n)
 
 

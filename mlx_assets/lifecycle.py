@@ -364,7 +364,11 @@ def _run(
     tags: dict[str, str] | None = None,
     asset_keys: Sequence[str] | None = None,
 ) -> str:
-    """Execute ``job`` in this process; return the run id. Raises LifecycleRunFailed."""
+    """Execute ``job`` in this process; return the run id. Raises LifecycleRunFailed.
+
+    ``total`` is the number of asset partitions (or unpartitioned assets) it materializes.
+    """
+    unit = "assets" if job in ("reference", "training") else "partitions"
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     recon = ReconstructableRepository.for_module(
@@ -377,7 +381,7 @@ def _run(
     )
     start = time.perf_counter()
     with (
-        console.progress(label, total) as advance,
+        console.progress(label, total, short=job, unit=unit) as advance,
         _follow(instance, call, lambda _a, _p: advance(1)),
         dg.execute_job(
             recon,
@@ -391,9 +395,9 @@ def _run(
         run_id, success = result.run_id, result.success
     elapsed = time.perf_counter() - start
     if not success:
-        console.line(f"{label}: FAILED after {elapsed:.1f}s (run {run_id[:8]})")
+        console.line(f"{job}: FAILED after {elapsed:.1f}s (run {run_id[:8]})")
         raise LifecycleRunFailed(job, run_id, _failure_detail(instance, run_id))
-    console.line(f"{label}: done in {elapsed:.1f}s (run {run_id[:8]})")
+    console.line(f"{job}: done in {elapsed:.1f}s (run {run_id[:8]}, {total} {unit})")
     return run_id
 
 
