@@ -126,7 +126,7 @@ CHROMIUM_FLAGS = [
 def _chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.fail("Chromium is not installed: .ci/run installs it (apt-get install chromium)")
+        pytest.fail("Chromium is not installed: ./dev test installs it (apt-get install chromium)")
     return exe
 
 
