@@ -24,6 +24,7 @@ no-op plan costs the same for 30 days as for 300.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -300,6 +301,8 @@ def _failure_detail(instance: dg.DagsterInstance, run_id: str) -> str:
         where = f" at step {event.step_key}" if event.step_key else ""
         message = (error.message if error else record.event_log_entry.user_message) or ""
         first = message.strip().splitlines()[0] if message.strip() else ""
+        # "dagster._core.definitions.events.Failure: planes: ..." -> "planes: ..."
+        first = re.sub(r"^(?:[A-Za-z_]\w*\.)*\w*(?:Error|Failure|Exception): ", "", first)
         return f"{where}: {first}" if first else where
     return ""
 
