@@ -58,8 +58,9 @@ class Console:
     @contextmanager
     def progress(
         self, label: str, total: int, short: str | None = None, unit: str = "partitions"
-    ) -> Iterator[Callable[[int], None]]:
-        """A stage that materializes ``total`` asset partitions; yields ``advance(n)``.
+    ) -> Iterator[Callable[..., None]]:
+        """A stage that materializes ``total`` asset partitions; yields ``advance(n, step=None)``
+        (``step``: the step now running, shown next to the bar).
 
         ``label ...`` is printed once when the stage starts; on a terminal a transient bar
         ``short ━━━━ done/total <unit> 0:00:12`` follows it while the stage runs (``short``
@@ -67,7 +68,7 @@ class Console:
         """
         self.line(f"{label} ...")
         if self._rich is None:
-            yield lambda n: None
+            yield lambda n, step=None: None
             return
         from rich.progress import (
             BarColumn,
@@ -86,8 +87,15 @@ class Console:
             console=self._rich,
             transient=True,
         ) as bar:
-            task = bar.add_task(short or label, total=max(total, 1))
-            yield lambda n: bar.advance(task, n)
+            name = short or label
+            task = bar.add_task(name, total=max(total, 1))
+
+            def advance(n: int, step: str | None = None) -> None:
+                if step is not None:
+                    bar.update(task, description=f"{name}: {step}")
+                bar.advance(task, n)
+
+            yield advance
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

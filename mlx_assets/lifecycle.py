@@ -309,7 +309,10 @@ def _failure_detail(instance: dg.DagsterInstance, run_id: str) -> str:
 
 @contextmanager
 def _follow(
-    instance: dg.DagsterInstance, call: str, on_materialized: Callable[[str, str | None], None]
+    instance: dg.DagsterInstance,
+    call: str,
+    on_materialized: Callable[[str, str | None], None],
+    on_step: Callable[[str], None] = lambda step: None,
 ) -> Iterator[None]:
     """Call ``on_materialized(asset, partition)`` for each materialization of the run tagged
     ``CALL_TAG=call`` while the block runs (the run is found by polling run storage, then followed
@@ -332,8 +335,12 @@ def _follow(
 
     def listener(entry: Any) -> None:
         event = entry.dagster_event
-        if event is not None and event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+        if event is None:
+            return
+        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
             handle(event.asset_key, event.partition)
+        elif event.event_type == DagsterEventType.STEP_START and event.step_key:
+            on_step(event.step_key)
 
     def watch() -> None:
         while not stop.wait(0.1):
@@ -385,7 +392,7 @@ def _run(
     start = time.perf_counter()
     with (
         console.progress(label, total, short=job, unit=unit) as advance,
-        _follow(instance, call, lambda _a, _p: advance(1)),
+        _follow(instance, call, lambda _a, _p: advance(1), lambda step: advance(0, step=step)),
         dg.execute_job(
             recon,
             instance,

@@ -31,9 +31,11 @@ def test_terminal_gets_a_progress_bar_with_done_and_total():
     console = Console(stream=out)
     assert console.tty
     with console.progress("daily data: 3 days", 9) as advance:
+        advance(0, step="raw_weather")
         for _ in range(4):
             advance(1)
     drawn = out.getvalue()
+    assert "raw_weather" in drawn  # the running step next to the bar
     assert "daily data: 3 days" in drawn and "4/9" in drawn and "partitions" in drawn
     assert "\x1b[" in drawn  # drawn in place with terminal control codes, then erased
 
