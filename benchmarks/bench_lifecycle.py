@@ -6,6 +6,13 @@ compare each day's drift. MLX runs `mlx lifecycle` on a fresh instance and home.
 scale, in the same process run; the ratio is MLX / floor. Goal: under 1.5x at 10x scale.
 
     ./dev bench lifecycle [--scales 1 10] [--epochs 6]
+
+A second table (``--partition-versions``, or alone with ``--only-partition-versions``) prices
+per-partition data versions in a single-run backfill: a year of daily partitions of two chained
+assets (raw -> features, like ``daily``) in ONE run, with each partition's own data version (the
+contained hook in ``mlx_resources/io_managers/_dagster_partition_versions.py``) against the same
+run giving every partition the range's version (Dagster's own behaviour), and against chunked
+runs (one run per day, the public alternative), all on a SQLite instance in the same process.
 """
 
 from __future__ import annotations
@@ -109,12 +116,113 @@ print(time.perf_counter() - start)
     return time.perf_counter() - start
 
 
+def _partition_assets(days: int, rows_per_day: int):
+    import datetime as dt
+
+    import dagster as dg
+    import numpy as np
+    import polars as pl
+
+    daily = dg.DailyPartitionsDefinition(start_date="2013-01-01", end_date="2014-01-01")
+    single = dg.BackfillPolicy.single_run()
+
+    @dg.asset(partitions_def=daily, backfill_policy=single, metadata={"partition_expr": "date"})
+    def raw(context):  # no annotations: this module has postponed (string) annotations
+        keys = context.partition_keys
+        n = len(keys) * rows_per_day
+        rng = np.random.default_rng(0)
+        return pl.DataFrame(
+            {
+                "date": pl.Series([dt.date.fromisoformat(k) for k in keys]).gather(
+                    np.repeat(np.arange(len(keys)), rows_per_day)
+                ),
+                "x": rng.random(n),
+                "y": rng.integers(0, 100, n),
+            }
+        )
+
+    @dg.asset(partitions_def=daily, backfill_policy=single, metadata={"partition_expr": "date"})
+    def features(raw):
+        return raw.with_columns(z=pl.col("x") * pl.col("y"))
+
+    keys = daily.get_partition_keys()[:days]
+    return [raw, features], keys
+
+
+def bench_partition_versions(days: int, rows_per_day: int, repeats: int, chunk_days: int) -> None:
+    """One run over ``days`` partitions: own version per partition vs one shared version; and
+    chunked runs (one per day, measured on ``chunk_days`` days and scaled to ``days``)."""
+    import dagster as dg
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+
+    from mlx_resources.io_managers import PolarsIOManager, polars_io
+
+    assets, keys = _partition_assets(days, rows_per_day)
+    own = polars_io._set_partition_data_versions
+    tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+
+    def one_run(per_partition: bool) -> float:
+        polars_io._set_partition_data_versions = own if per_partition else (lambda c, v: None)
+        try:
+            with tempfile.TemporaryDirectory() as d, dg.DagsterInstance.local_temp(d) as inst:
+                res = {"io_manager": PolarsIOManager(base_path=f"{d}/data")}
+                start = time.perf_counter()
+                dg.materialize(assets, instance=inst, resources=res, tags=tags)
+                elapsed = time.perf_counter() - start
+                rec = inst.fetch_materializations(dg.AssetKey("features"), limit=days).records
+                versions = {r.asset_materialization.tags["dagster/data_version"] for r in rec}
+                assert (len(versions) == days) is per_partition, len(versions)
+                return elapsed
+        finally:
+            polars_io._set_partition_data_versions = own
+
+    def chunked() -> float:
+        with tempfile.TemporaryDirectory() as d, dg.DagsterInstance.local_temp(d) as inst:
+            res = {"io_manager": PolarsIOManager(base_path=f"{d}/data")}
+            start = time.perf_counter()
+            for key in keys[:chunk_days]:
+                dg.materialize(assets, instance=inst, resources=res, partition_key=key)
+            return (time.perf_counter() - start) * days / chunk_days
+
+    one_run(True)  # warm imports and caches
+    shared, per, chunks = [], [], []
+    for _ in range(repeats):  # interleaved
+        shared.append(one_run(False))
+        per.append(one_run(True))
+        chunks.append(chunked())
+    base = min(shared)
+    print(
+        f"\nper-partition data versions: {days} daily partitions x 2 assets, "
+        f"{rows_per_day} rows/day, one run (best of {repeats}, interleaved)"
+    )
+    print(f"{'variant':<44} {'s':>7} {'ratio':>7}")
+    for name, xs in (
+        ("one run, one version for all partitions", shared),
+        ("one run, each partition its own version", per),
+        (f"one run per partition (from {chunk_days} runs)", chunks),
+    ):
+        print(f"{name:<44} {min(xs):>7.2f} {min(xs) / base:>6.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0])
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved; the best of each counts")
+    ap.add_argument(
+        "--partition-versions", action="store_true", help="also price per-partition versions"
+    )
+    ap.add_argument("--only-partition-versions", action="store_true")
+    ap.add_argument("--days", type=int, default=365)
+    ap.add_argument("--rows-per-day", type=int, default=1000)
+    ap.add_argument("--chunk-days", type=int, default=10)
     args = ap.parse_args()
+    if args.only_partition_versions:
+        bench_partition_versions(args.days, args.rows_per_day, args.repeats, args.chunk_days)
+        return
     print(f"{'scale':>6} {'floor s':>9} {'mlx s':>9} {'ratio':>7}")
     for scale in args.scales:
         floors, ours = [], []
@@ -130,6 +238,8 @@ def main() -> None:
             flush=True,
         )
     print("\ngoal: under 1.5x at 10x scale (both include interpreter start and imports)")
+    if args.partition_versions:
+        bench_partition_versions(args.days, args.rows_per_day, args.repeats, args.chunk_days)
 
 
 if __name__ == "__main__":
