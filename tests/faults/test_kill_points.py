@@ -12,10 +12,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mlx_resources.leftovers import clean_leftovers, clean_registry, clean_scratch, temp_owner
+from mlx_resources.leftovers import clean_registry, clean_scratch, recover, temp_owner
 from mlx_resources.model_registry import ModelLineage, ModelRegistry
 from mlx_resources.process_identity import pid_running
-from mlx_resources.run_liveness import sweep_dead_runs
 from tests.faults._driver import SMALL_DAYS
 from tests.faults.conftest import start, wait_for
 
@@ -54,11 +53,17 @@ def test_kill_during_a_partition_write(home, tmp_path):
     for name in before:
         assert pl.read_ipc(folder / name).height > 0
 
+    from mlx_assets.build import build_definitions
+    from mlx_plugins.kernel.composition import load_composition
+
     with dg.DagsterInstance.get() as instance:
         (stuck,) = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
-        # The next command's recovery: the dead run is failed, the dead writer's temps go.
-        assert sweep_dead_runs(instance, lambda m: None) == [stuck.run_id]
-        report = clean_leftovers(instance, home, grace_s=0)
+        # What `mlx lifecycle` does first: the dead run is failed, the dead writer's temps go.
+        log: list[str] = []
+        report = recover(instance, build_definitions(load_composition()), log.append, grace_s=0)
+        assert instance.get_run_by_id(stuck.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert stuck.run_id[:8] in log[0] and "marked failed" in log[0]
+    assert f"removed {len(report.removed)} leftover(s)" in log[-1]
     assert set(temps) <= set(report.removed)
     assert not [p for p in folder.iterdir() if temp_owner(p.name)[0]]
 
