@@ -102,7 +102,7 @@ def test_daemon_run_monitoring_fails_dead_runs_and_frees_the_queue(tmp_path, ins
 
     assert isinstance(instance.run_launcher, LivenessRunLauncher)  # the repository's dagster.yaml
     assert instance.run_launcher.supports_check_run_worker_health
-    limit = instance.run_coordinator.get_run_queue_config().max_concurrent_runs
+    limit = instance.get_concurrency_config().run_queue_config.max_concurrent_runs
     run_ids = _kill_running_tiny(tmp_path, instance, n=limit)
     in_progress = instance.get_run_records(filters=dg.RunsFilter(statuses=IN_PROGRESS))
     assert len(in_progress) == limit  # the queue is blocked: no slot free
