@@ -18,6 +18,7 @@ import dagster as dg
 import pytest
 from dagster._serdes import serialize_value
 
+from mlx_plugins.data_sources.base import DataSource
 from mlx_plugins.kernel.base import MLXPlugin
 from mlx_plugins.kernel.secrets import MASK, redact_exception, register_secret
 
@@ -113,6 +114,34 @@ def test_cli_output_leaks_the_secret_nowhere(secret, tmp_path, argv):
     if argv != ["config", "validate"]:
         # health's failed probe and the failed lifecycle run name the path, redacted
         assert done.returncode != 0 and MASK in out, out
+
+
+@pytest.mark.slow
+def test_asset_code_errors_and_logs_leak_the_secret_nowhere(secret, tmp_path, capfd):
+    """Not only plugin methods: asset code that logs and raises with a plugin's secret config."""
+    from mlx_plugins.kernel.composition import load_composition
+
+    flights = load_composition().resources()["flights"]
+
+    @dg.asset
+    def leaky(context, flights: DataSource) -> None:
+        context.log.info(f"reading from {flights.data_dir}")
+        logging.getLogger("mlx.leaky").warning("folder %s", flights.data_dir)
+        raise RuntimeError(f"cannot list {flights.data_dir}")
+
+    (tmp_path / "instance").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+        result = dg.materialize(
+            [leaky], resources={"flights": flights}, instance=instance, raise_on_error=False
+        )
+        assert not result.success
+        blob = "\n".join(serialize_value(r) for r in instance.all_logs(result.run_id))
+        assert secret not in blob
+        assert "cannot list ***" in blob and "reading from ***" in blob
+        root = Path(instance.root_directory)
+    captured = capfd.readouterr()
+    assert secret not in captured.out + captured.err
+    assert _files_holding(root, secret) == []
 
 
 class _Leaky(MLXPlugin):
