@@ -97,6 +97,7 @@ def refuse_failed_inputs(context: dg.AssetExecutionContext) -> None:
     span = keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}"
     assets = ",".join(sorted(failed))
     example = (
+        "DAGSTER_HOME=$(mlx home) "
         f"dagster asset materialize -m mlx_assets.definitions --select {assets} "
         f"--partition {bad_days[0]}"
     )
