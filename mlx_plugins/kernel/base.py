@@ -317,6 +317,20 @@ def is_secret_field(extra: Any) -> bool:
 
 def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` whose exceptions have secrets redacted (message, arguments, cause chain)."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                clean = redact_exception(exc)
+                if clean is exc:
+                    raise
+                raise clean from clean.__cause__
+
+        async_wrapper._mlx_redacting = True  # type: ignore[attr-defined]
+        return async_wrapper
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)

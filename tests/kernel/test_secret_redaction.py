@@ -7,6 +7,7 @@ instance wrote (event log database, compute logs) and the CLI's output hold ``**
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -159,6 +160,9 @@ class _Leaky(MLXPlugin):
         yield 1
         raise RuntimeError(f"cannot open {value}")
 
+    async def fail_async(self, value: str) -> None:
+        raise ConnectionError(f"refused for {value}")
+
 
 def test_plugin_method_errors_keep_type_and_chain_but_not_the_secret():
     value = f"token-{uuid.uuid4().hex}"
@@ -171,6 +175,8 @@ def test_plugin_method_errors_keep_type_and_chain_but_not_the_secret():
     assert isinstance(err.__cause__, KeyError) and value not in str(err.__cause__)
     with pytest.raises(RuntimeError, match=r"cannot open \*\*\*"):
         list(_Leaky().fail_generator(value))
+    with pytest.raises(ConnectionError, match=r"refused for \*\*\*"):
+        asyncio.run(_Leaky().fail_async(value))
 
 
 def test_log_records_are_redacted(caplog):
