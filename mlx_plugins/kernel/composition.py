@@ -100,6 +100,8 @@ class Composition(BaseModel):
 
 
 def find_composition_file(path: str | os.PathLike[str] | None = None) -> Path:
+    """The composition file: ``path``, else ``$MLX_COMPOSITION``, else ``./mlx.yaml`` if it
+    exists, else the repository's ``mlx.yaml``. The file need not exist (the loader says so)."""
     if path is not None:
         return Path(path)
     if env := os.environ.get(ENV_FILE):
@@ -117,6 +119,13 @@ def load_composition(
     environ: Mapping[str, str] | None = None,
     registry: PluginRegistry | None = None,
 ) -> Composition:
+    """Read, merge and validate a composition file (see the module docstring for the format).
+
+    ``profile`` defaults to ``$MLX_PROFILE``; ``environ`` (default ``os.environ``) supplies
+    ``MLX__...`` overrides and ``{env:}`` values. Every plugin's config is validated, env values
+    included, without opening clients. Raises :class:`CompositionError` naming the file, the
+    key and the fix (secrets redacted) for any problem, YAML syntax included.
+    """
     environ = os.environ if environ is None else environ
     file = find_composition_file(path if path is not None else environ.get(ENV_FILE))
     try:
@@ -147,6 +156,8 @@ def parse_composition(
     environ: Mapping[str, str] | None = None,
     registry: PluginRegistry | None = None,
 ) -> Composition:
+    """Validate an already-parsed composition mapping (as :func:`load_composition` does after
+    reading the file); ``source`` is the name errors give as the file."""
     environ = os.environ if environ is None else environ
     registry = registry or default_registry()
     if not isinstance(raw, dict):
