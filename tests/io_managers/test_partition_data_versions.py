@@ -105,3 +105,40 @@ def test_one_partition_run_and_range_run_agree(
     alone = data_version(instance, "up", DAYS[1])
     dg.materialize([up], instance=instance, resources=res, tags=range_tags(DAYS[0], DAYS[-1]))
     assert data_version(instance, "up", DAYS[1]) == alone
+
+
+def test_a_changed_day_propagates_only_along_its_own_partitions(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    """raw -> features -> drift (+ an unpartitioned reference), each day-partitioned, each one run
+    over the range: re-running the range with one changed raw day moves only that day."""
+    values: dict[str, float] = {}
+    up, down, _ = _graph(values)
+
+    @dg.asset
+    def ref() -> pl.DataFrame:
+        return pl.DataFrame({"mean": [1.0]})
+
+    @dg.asset(partitions_def=DAILY, backfill_policy=SINGLE_RUN, metadata={"partition_expr": "date"})
+    def drift(down: pl.DataFrame, ref: pl.DataFrame) -> pl.DataFrame:
+        return down.group_by("date", maintain_order=True).agg(
+            (pl.col("w").mean() - ref["mean"][0]).alias("shift")
+        )
+
+    assets = [up, down, ref, drift]
+    res = resources(tmp_path)
+    tags = range_tags(DAYS[0], DAYS[-1])
+    assert dg.materialize(assets, instance=instance, resources=res, tags=tags).success
+    before = {d: data_version(instance, "drift", d) for d in DAYS}
+
+    values["2024-01-02"] = 50.0
+    assert dg.materialize([up, down], instance=instance, resources=res, tags=tags).success
+    for d in DAYS:
+        expected = StaleStatus.STALE if d == "2024-01-02" else StaleStatus.FRESH
+        assert stale_status(instance, assets, "drift", d) == expected, d
+    assert dg.materialize(
+        assets, selection=[drift], instance=instance, resources=res, tags=tags
+    ).success
+    after = {d: data_version(instance, "drift", d) for d in DAYS}
+    assert [d for d in DAYS if after[d] != before[d]] == ["2024-01-02"]
+    assert all(stale_status(instance, assets, "drift", d) == StaleStatus.FRESH for d in DAYS)
