@@ -107,13 +107,19 @@ def record_run_worker(instance: dg.DagsterInstance, run_id: str) -> None:
 
 # -- the executor that records the worker ------------------------------------------------------
 class _LivenessExecutor:
-    """Wraps an executor: records the executing process on the run, then delegates."""
+    """Wraps an executor: records the executing process on the run, fails runs left by dead
+    processes (so ``dagster asset materialize`` frees their slots too), then delegates."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
 
     def execute(self, plan_context: Any, execution_plan: Any) -> Iterator[Any]:
-        record_run_worker(plan_context.instance, plan_context.run_id)
+        instance = plan_context.instance
+        record_run_worker(instance, plan_context.run_id)
+        try:
+            sweep_dead_runs(instance, plan_context.log.info)
+        except Exception as exc:  # never fail this run because another one could not be judged
+            plan_context.log.warning(f"could not check other runs for dead processes: {exc!r}")
         yield from self._inner.execute(plan_context, execution_plan)
 
     def __getattr__(self, name: str) -> Any:

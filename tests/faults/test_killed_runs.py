@@ -139,3 +139,15 @@ def test_live_and_foreign_runs_are_left_alone(instance):
 @pytest.mark.parametrize("bad", ["x", ""])
 def test_malformed_tags_are_not_judged(bad):
     assert ProcessIdentity.from_tags({TAG_PID: bad, TAG_HOST: socket.gethostname()}) is None
+
+
+@pytest.mark.parametrize("how", list(COMMANDS))
+def test_the_next_run_of_any_command_fails_the_dead_run(tmp_path, instance, how):
+    """Not only `mlx lifecycle`: any run started with the platform's executor sweeps first."""
+    (dead,) = _kill_running_tiny(tmp_path, instance)
+    proc = start(COMMANDS[how])
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    statuses = {r.run_id: r.status for r in instance.get_runs()}
+    assert statuses.pop(dead) == dg.DagsterRunStatus.FAILURE
+    assert list(statuses.values()) == [dg.DagsterRunStatus.SUCCESS]
