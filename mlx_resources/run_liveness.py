@@ -44,6 +44,7 @@ __all__ = [
     "TAG_BOOT",
     "TAG_HOST",
     "TAG_PID",
+    "TAG_RUN",
     "TAG_START",
     "LivenessRunLauncher",
     "ProcessIdentity",
@@ -58,8 +59,16 @@ __all__ = [
 ]
 
 
+TAG_RUN = "mlx/worker_run"
+"""The run that recorded the worker tags. Dagster copies a run's tags to its retries and
+re-executions; those carry the parent's (dead) worker until their own executor records theirs,
+and must not be judged by it."""
+
+
 def worker_death(run: dg.DagsterRun) -> str | None:
     """Why the process recorded on ``run`` is known to be gone, or None (alive or unknown)."""
+    if run.tags.get(TAG_RUN) != run.run_id:
+        return None  # no worker recorded by this run itself
     who = ProcessIdentity.from_tags(run.tags)
     if who is None or is_alive(who) is not False:
         return None
@@ -102,7 +111,7 @@ def sweep_dead_runs(instance: dg.DagsterInstance, log: Callable[[str], None] = p
 
 def record_run_worker(instance: dg.DagsterInstance, run_id: str) -> None:
     """Tag ``run_id`` with this process's identity (see :class:`ProcessIdentity`)."""
-    instance.add_run_tags(run_id, identity().tags())
+    instance.add_run_tags(run_id, {**identity().tags(), TAG_RUN: run_id})
 
 
 # -- the executor that records the worker ------------------------------------------------------

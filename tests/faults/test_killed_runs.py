@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster._core.launcher import WorkerStatus
+from dagster._core.utils import make_new_run_id
 
 from mlx_resources.process_identity import (
     TAG_HOST,
@@ -20,7 +21,12 @@ from mlx_resources.process_identity import (
     identity,
     is_alive,
 )
-from mlx_resources.run_liveness import LivenessRunLauncher, sweep_dead_runs, worker_death
+from mlx_resources.run_liveness import (
+    TAG_RUN,
+    LivenessRunLauncher,
+    sweep_dead_runs,
+    worker_death,
+)
 from tests.faults.conftest import start, wait_for
 
 IN_PROGRESS = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]
@@ -49,13 +55,21 @@ def _kill_running_tiny(
     for i in range(n):
         ready = tmp_path / f"ready-{i}"
         procs.append((start(COMMANDS[how], MLX_FAULT_READY=str(ready), MLX_FAULT_BLOCK="1"), ready))
+    # All are executing before any is killed (a run starting later would fail the dead ones).
     for proc, ready in procs:
         wait_for(f"run in pid {proc.pid} to start its step", ready.exists)
+    for proc, _ in procs:
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
     runs = instance.get_runs()
     assert len(runs) == n
     return [r.run_id for r in runs]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def test_process_identity_tells_a_reused_pid_apart():
@@ -116,9 +130,15 @@ def test_daemon_run_monitoring_fails_dead_runs_and_frees_the_queue(tmp_path, ins
     assert instance.get_run_records(filters=dg.RunsFilter(statuses=IN_PROGRESS)) == []
 
 
-def _started_run(instance: dg.DagsterInstance, tags: dict[str, str]) -> dg.DagsterRun:
+def _started_run(
+    instance: dg.DagsterInstance, tags: dict[str, str], recorded_by: str | None = "self"
+) -> dg.DagsterRun:
+    """A STARTED run with worker ``tags`` recorded by itself (or by run ``recorded_by``)."""
+    run_id = make_new_run_id()
+    if tags:
+        tags = {**tags, TAG_RUN: run_id if recorded_by == "self" else str(recorded_by)}
     return instance.add_run(
-        dg.DagsterRun(job_name="g", status=dg.DagsterRunStatus.STARTED, tags=tags)
+        dg.DagsterRun(job_name="g", run_id=run_id, status=dg.DagsterRunStatus.STARTED, tags=tags)
     )
 
 
@@ -129,6 +149,10 @@ def test_live_and_foreign_runs_are_left_alone(instance):
         _started_run(instance, {**me.tags(), TAG_HOST: "other-host", TAG_PID: "999999"}),
         _started_run(instance, {}),  # no liveness tags: e.g. launched elsewhere
     ]
+    # A retry or re-execution: Dagster copied its parent's tags, a dead worker among them, and
+    # its own worker has not recorded itself yet.
+    dead = identity(_dead_pid())
+    runs.append(_started_run(instance, dead.tags(), recorded_by=make_new_run_id()))
     assert sweep_dead_runs(instance, lambda m: None) == []
     for run in runs:
         fresh = instance.get_run_by_id(run.run_id)
