@@ -49,6 +49,8 @@ _PIDLESS_TEMPS = (
     re.compile(r"^.+\.html\.tmp$"),
     re.compile(r"^\..+\.tmp$"),
 )
+HOME_FOLDERS = ("data", "objects", "reports", "artifacts", "registry", "dagster")
+"""The folders of an MLX home that :func:`clean_leftovers` searches for temp files."""
 _SCRATCH = re.compile(r"^mlx-(?:train|ddp)-(?P<pid>\d+)-")
 _RUN_FOLDER = re.compile(r"^(?P<run>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-")
 _DONE_BAD = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
@@ -234,7 +236,8 @@ def clean_leftovers(
 ) -> CleanReport:
     """All of the above for the MLX home ``home`` (data, reports, artifacts, registry)."""
     report = CleanReport()
-    clean_temp_files([home], grace_s=grace_s, report=report)
+    # Only the platform's own folders: MLX_HOME may be a folder that holds other things too.
+    clean_temp_files([home / d for d in HOME_FOLDERS], grace_s=grace_s, report=report)
     clean_run_artifacts(instance, home / "artifacts" / "models", grace_s=grace_s, report=report)
     clean_registry(home / "registry", grace_s=grace_s, report=report)
     clean_scratch(grace_s=grace_s, report=report)

@@ -14,6 +14,7 @@ import pytest
 from mlx_resources.atomic import temp_path_for
 from mlx_resources.leftovers import (
     LEGACY_GRACE_S,
+    clean_leftovers,
     clean_registry,
     clean_run_artifacts,
     clean_scratch,
@@ -167,3 +168,14 @@ def test_scratch_folders_of_dead_pids_go(tmp_path):
     report = clean_scratch(tmp_path, grace_s=60)
     assert report.removed == [gone]
     assert mine.exists() and other.exists()
+
+
+def test_clean_leftovers_stays_inside_the_platform_folders(tmp_path):
+    dead = _dead_pid()
+    ours = _touch(tmp_path / "data" / "t" / f".2013-01-01.arrow.tmp-{dead}-abcdef", 999)
+    user = _touch(tmp_path / "notes" / ".draft.tmp", LEGACY_GRACE_S + 10)
+    beside = _touch(tmp_path / f".x.arrow.tmp-{dead}-abcdef", 999)
+    with dg.instance_for_test() as instance:
+        report = clean_leftovers(instance, tmp_path, grace_s=60)
+    assert report.removed == [ours]
+    assert user.exists() and beside.exists()
