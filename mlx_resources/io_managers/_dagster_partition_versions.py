@@ -139,7 +139,7 @@ def _wrap(original: Any) -> Any:
         if not versions or getattr(output, "data_version", None) is not None:
             yield from events
             return
-        inputs = _InputVersions(step_context, asset_key)
+        inputs = _InputVersions(step_context, asset_key, [str(p) for p in versions])
         for event in events:
             partition = getattr(event, "partition", None)
             if (
@@ -175,58 +175,67 @@ def _retag(
 class _InputVersions:
     """Data versions of the partitioned dependencies, mapped to each output partition.
 
-    One event-log query per partitioned dependency (the latest data-version tag of each of its
-    partitions that this run read), made on first use.
+    On first use: each output partition's parent partitions (through the asset graph's partition
+    mapping), then one event-log query per partitioned dependency for the latest data-version
+    tags of exactly those parent partitions.
     """
 
-    def __init__(self, step_context: Any, asset_key: dg.AssetKey) -> None:
+    def __init__(self, step_context: Any, asset_key: dg.AssetKey, partitions: list[str]) -> None:
         self._step = step_context
         self._key = asset_key
-        self._by_dep: dict[dg.AssetKey, Mapping[str, str]] | None = None
+        self._partitions = partitions
+        self._tags: dict[str, dict[str, str]] | None = None
 
-    def _load(self) -> dict[dg.AssetKey, Mapping[str, str]]:
-        from dagster._core.definitions.data_version import DATA_VERSION_TAG
+    def _load(self) -> dict[str, dict[str, str]]:
+        from dagster._core.definitions.data_version import (
+            DATA_VERSION_TAG,
+            get_input_data_version_tag,
+        )
         from dagster._core.events import DagsterEventType
 
-        out: dict[dg.AssetKey, Mapping[str, str]] = {}
+        out: dict[str, dict[str, str]] = {p: {} for p in self._partitions}
         try:
             graph = self._step.job_def.asset_layer.asset_graph
             storage = self._step.instance.event_log_storage
             for dep in graph.get(self._key).parent_keys:
                 if not graph.get(dep).is_partitioned:
                     continue
-                tags = storage.get_latest_tags_by_partition(
-                    dep, DagsterEventType.ASSET_MATERIALIZATION, [DATA_VERSION_TAG]
-                )
-                out[dep] = {
-                    p: t[DATA_VERSION_TAG] for p, t in tags.items() if DATA_VERSION_TAG in t
+                parents = {
+                    p: sorted(
+                        graph.get_parent_partition_keys_for_child(
+                            p, dep, self._key
+                        ).partitions_subset.get_partition_keys()
+                    )
+                    for p in self._partitions
                 }
+                wanted = sorted({q for qs in parents.values() for q in qs})
+                if not wanted:
+                    continue
+                latest = storage.get_latest_tags_by_partition(
+                    dep,
+                    DagsterEventType.ASSET_MATERIALIZATION,
+                    [DATA_VERSION_TAG],
+                    asset_partitions=wanted,
+                )
+                versions = {
+                    q: t[DATA_VERSION_TAG] for q, t in latest.items() if DATA_VERSION_TAG in t
+                }
+                for p, qs in parents.items():
+                    found = [versions[q] for q in qs if q in versions]
+                    if not found or len(found) != len(qs):
+                        continue  # keep Dagster's value for this input
+                    # one parent: its version; several: the combination Dagster uses
+                    value = (
+                        found[0]
+                        if len(found) == 1
+                        else hashlib.sha256("".join(found).encode()).hexdigest()
+                    )
+                    out[p][get_input_data_version_tag(dep)] = value
         except Exception:  # keep Dagster's aggregate input versions rather than fail the step
-            return {}
+            return {p: {} for p in self._partitions}
         return out
 
     def tags_for(self, partition: str) -> dict[str, str]:
-        from dagster._core.definitions.data_version import get_input_data_version_tag
-
-        if self._by_dep is None:
-            self._by_dep = self._load()
-        graph = self._step.job_def.asset_layer.asset_graph
-        out: dict[str, str] = {}
-        for dep, versions in self._by_dep.items():
-            try:
-                parents = sorted(
-                    graph.get_parent_partition_keys_for_child(
-                        partition, dep, self._key
-                    ).partitions_subset.get_partition_keys()
-                )
-            except Exception:
-                continue
-            found = [versions[p] for p in parents if p in versions]
-            if not found or len(found) != len(parents):
-                continue
-            if len(found) == 1:
-                value = found[0]
-            else:  # the same combination Dagster uses for a multi-partition input
-                value = hashlib.sha256("".join(found).encode()).hexdigest()
-            out[get_input_data_version_tag(dep)] = value
-        return out
+        if self._tags is None:
+            self._tags = self._load()
+        return self._tags.get(partition, {})

@@ -142,3 +142,41 @@ def test_a_changed_day_propagates_only_along_its_own_partitions(
     after = {d: data_version(instance, "drift", d) for d in DAYS}
     assert [d for d in DAYS if after[d] != before[d]] == ["2024-01-02"]
     assert all(stale_status(instance, assets, "drift", d) == StaleStatus.FRESH for d in DAYS)
+
+
+def test_input_versions_follow_the_partition_mapping(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    """A day reading itself and the day before records the combination of those two versions."""
+    import hashlib
+
+    up = _graph({})[0]
+
+    @dg.asset(
+        partitions_def=DAILY,
+        backfill_policy=SINGLE_RUN,
+        metadata={"partition_expr": "date"},
+        ins={
+            "up": dg.AssetIn(
+                partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1),
+                metadata={"allow_missing_partitions": True},
+            )
+        },
+    )
+    def rolling(context: dg.AssetExecutionContext, up: pl.DataFrame) -> pl.DataFrame:
+        days = [dt.date.fromisoformat(d) for d in context.partition_keys]
+        return up.filter(pl.col("date").is_in(days))
+
+    res = resources(tmp_path)
+    tags = range_tags(DAYS[0], DAYS[-1])
+    assert dg.materialize([up], instance=instance, resources=res, tags=tags).success
+    assert dg.materialize(
+        [up, rolling], selection=[rolling], instance=instance, resources=res, tags=tags
+    ).success
+    v = {d: data_version(instance, "up", d) for d in DAYS}
+    tag = get_input_data_version_tag(dg.AssetKey("up"))
+    [first] = materializations(instance, "rolling", DAYS[0])
+    assert first.tags[tag] == v[DAYS[0]]  # no day before the first
+    [third] = materializations(instance, "rolling", DAYS[2])
+    both = hashlib.sha256((v[DAYS[1]] + v[DAYS[2]]).encode()).hexdigest()
+    assert third.tags[tag] == both
