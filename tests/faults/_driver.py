@@ -2,6 +2,7 @@
 
 ``python -m tests.faults._driver job NAME...`` jobs executed in this process (the CLI's way)
 ``python -m tests.faults._driver train DIR``   local_torch (isolation: process) on a tiny frame
+``python -m tests.faults._driver train-ddp DIR``   the same through torchrun (2 CPU workers)
 ``python -m tests.faults._driver register ROOT ARTIFACT``  one registration in ROOT
 
 ``MLX_FAULT_KILL_AT`` picks where this process SIGKILLs itself (a real ``kill -9``: no
@@ -9,8 +10,8 @@
 
 * ``partition-write``: at the first rename of a ``raw_weather`` temp file onto its final name
   (every partition of the run has been written to its temp name, none committed).
-* ``training``: when the first epoch of the forked training child arrives; the pids of all
-  descendant processes are written to ``$MLX_FAULT_PIDS`` first.
+* ``training``: when the first epoch of the forked training child (or of the DDP workers)
+  arrives; the pids of all descendant processes are written to ``$MLX_FAULT_PIDS`` first.
 * ``registration``: at the rename of the registry's staging folder onto its version folder.
 * ``registration-after-rename``: just after that rename, before the version is recorded.
 
@@ -72,19 +73,20 @@ def _arm(point: str) -> None:
     elif point == "training":
         import psutil
 
+        def first_epoch_anywhere(e):  # type: ignore[no-untyped-def]
+            pids = [p.pid for p in psutil.Process().children(recursive=True)]
+            Path(os.environ["MLX_FAULT_PIDS"]).write_text(" ".join(map(str, pids)))
+            _die()
+
         from mlx_plugins.ml_platforms import local_torch
 
         real_train = local_torch._train_in_child_process
 
         def train(plugin, train, valid, spec, on_epoch):  # type: ignore[no-untyped-def]
-            def first_epoch(e):  # type: ignore[no-untyped-def]
-                pids = [p.pid for p in psutil.Process().children(recursive=True)]
-                Path(os.environ["MLX_FAULT_PIDS"]).write_text(" ".join(map(str, pids)))
-                _die()
-
-            return real_train(plugin, train, valid, spec, first_epoch)
+            return real_train(plugin, train, valid, spec, first_epoch_anywhere)
 
         local_torch._train_in_child_process = train
+        _EPOCH_HOOK["hook"] = first_epoch_anywhere
     elif point:
         raise SystemExit(f"unknown MLX_FAULT_KILL_AT={point!r}")
 
@@ -116,6 +118,9 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[0] == "train":
         train_tiny(Path(argv[1]))
+        return 0
+    if argv[0] == "train-ddp":
+        train_ddp_tiny(Path(argv[1]))
         return 0
     if argv[0] == "register":
         register(Path(argv[1]), Path(argv[2]))
@@ -155,6 +160,41 @@ def train_tiny(artifact_dir: Path, epochs: int = 1_000_000) -> None:
     )
     with plugin.session():
         plugin.train(train, valid, spec, on_epoch=lambda e: None)
+
+
+def train_ddp_tiny(artifact_dir: Path, epochs: int = 1_000_000) -> None:
+    """DDP on CPU (torchrun, 2 workers, Dagster Pipes) in an asset, for (practically) ever."""
+    import dagster as dg
+
+    from mlx_plugins.ml_platforms.base import TrainingSpec
+    from mlx_plugins.ml_platforms.local_torch import LocalTorchPlatform
+
+    train, valid = tiny_frames()
+    spec = TrainingSpec(
+        numeric_features=["a", "b"],
+        categorical_features=["c"],
+        target="y",
+        artifact_dir=str(artifact_dir),
+    )
+    on_epoch = _EPOCH_HOOK.get("hook") or (lambda e: None)
+
+    @dg.asset
+    def ddp_model(context) -> None:  # type: ignore[no-untyped-def]
+        plugin = LocalTorchPlatform(
+            epochs=epochs,
+            batch_size=64,
+            hidden=[4],
+            device="cpu",
+            distributed="always",
+            nproc_per_node=2,
+        )
+        with plugin.session():
+            plugin.train(train, valid, spec, on_epoch=on_epoch, context=context)
+
+    dg.materialize([ddp_model], instance=dg.DagsterInstance.ephemeral())
+
+
+_EPOCH_HOOK: dict[str, object] = {}
 
 
 def register(root: Path, artifact: Path) -> None:

@@ -4,8 +4,8 @@ half-written, no stuck run, leftovers cleaned, and the next command works."""
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
+import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -72,10 +72,12 @@ def test_kill_during_a_partition_write(home, tmp_path):
     assert set(_digests(folder)) == set(before)
 
 
-def test_kill_during_training_takes_the_training_child_with_it(tmp_path):
+@pytest.mark.parametrize("how", ["train", "train-ddp"])
+def test_kill_during_training_takes_the_training_child_with_it(tmp_path, how):
+    """``train``: the forked child (and its forkserver); ``train-ddp``: torchrun and its workers."""
     pids_file, mark = tmp_path / "pids", tmp_path / "killed"
     proc = start(
-        ["-m", "tests.faults._driver", "train", str(tmp_path / "artifact")],
+        ["-m", "tests.faults._driver", how, str(tmp_path / "artifact")],
         MLX_FAULT_KILL_AT="training",
         MLX_FAULT_PIDS=str(pids_file),
         MLX_FAULT_MARK=str(mark),
@@ -90,7 +92,9 @@ def test_kill_during_training_takes_the_training_child_with_it(tmp_path):
         lambda: not any(pid_running(p) for p in children),
     )
     # Its scratch folder (the train/valid frames) is a dead pid's leftover.
-    scratch = [p for p in Path(os.environ.get("TMPDIR", "/tmp")).glob(f"mlx-train-{proc.pid}-*")]
+    prefix = "mlx-train" if how == "train" else "mlx-ddp"
+    scratch = list(Path(tempfile.gettempdir()).glob(f"{prefix}-{proc.pid}-*"))
+    assert scratch
     report = clean_scratch(grace_s=0)
     assert set(scratch) <= set(report.removed)
     assert not any(p.exists() for p in scratch)
