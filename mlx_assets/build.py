@@ -22,6 +22,7 @@ REQUIRED_DATA_SOURCE = "flights"
 
 def platform_resources(composition: Composition) -> dict[str, object]:
     """The non-plugin resources, all rooted in the platform's home folder."""
+    from mlx_resources.atomic_pickle_io import AtomicFilesystemIOManager
     from mlx_resources.io_managers.polars_io import PolarsIOManager
     from mlx_resources.model_registry import ModelRegistry
     from mlx_resources.platform import Platform
@@ -44,7 +45,8 @@ def platform_resources(composition: Composition) -> dict[str, object]:
         "platform": platform,
         "model_registry": ModelRegistry(root=str(home / "registry")),
         "io_manager": PolarsIOManager(base_path=str(home / "data")),
-        "object_io_manager": dg.FilesystemIOManager(base_dir=str(home / "objects")),
+        # Dagster's pickling IO manager, writing atomically (a kill leaves the old value).
+        "object_io_manager": AtomicFilesystemIOManager(base_dir=str(home / "objects")),
     }
 
 
