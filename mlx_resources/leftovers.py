@@ -86,7 +86,8 @@ def _age(path: Path, now: float) -> float:
         return -1.0
 
 
-def _remove(path: Path) -> bool:
+def _remove(path: Path, report: CleanReport) -> bool:
+    """Remove a file or folder; a failure is recorded in ``report.kept``, never raised."""
     try:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -94,6 +95,10 @@ def _remove(path: Path) -> bool:
             path.unlink()
     except FileNotFoundError:
         return False
+    except OSError as exc:  # cleaning must never stop the lifecycle
+        report.kept.append((path, f"could not remove: {exc.strerror or exc}"))
+        return False
+    report.removed.append(path)
     return True
 
 
@@ -126,8 +131,7 @@ def clean_temp_files(
                 elif age < legacy_grace_s:
                     report.kept.append((path, "no pid in the name; younger than the grace period"))
                     continue
-                if _remove(path):
-                    report.removed.append(path)
+                _remove(path, report)
     return report
 
 
@@ -149,8 +153,7 @@ def clean_scratch(
         pid = int(m.group("pid"))
         if pid == os.getpid() or pid_running(pid) or _age(path, now) < grace_s:
             continue
-        if _remove(path):
-            report.removed.append(path)
+        _remove(path, report)
     return report
 
 
@@ -192,8 +195,7 @@ def clean_run_artifacts(
         if _materialized_model(instance, run.run_id):
             report.kept.append((path, f"run {run.run_id[:8]} materialized model from it"))
             continue
-        if _remove(path):
-            report.removed.append(path)
+        _remove(path, report)
     return report
 
 
@@ -223,8 +225,7 @@ def clean_registry(
             if _age(path, now) < grace_s:
                 report.kept.append((path, "younger than the grace period"))
                 continue
-            if _remove(path):
-                report.removed.append(path)
+            _remove(path, report)
     return report
 
 

@@ -177,5 +177,20 @@ def test_clean_leftovers_stays_inside_the_platform_folders(tmp_path):
     beside = _touch(tmp_path / f".x.arrow.tmp-{dead}-abcdef", 999)
     with dg.instance_for_test() as instance:
         report = clean_leftovers(instance, tmp_path, grace_s=60)
-    assert report.removed == [ours]
+    # (it also cleans the system temp dir, where other killed runs may have left scratch folders)
+    assert [p for p in report.removed if tmp_path in p.parents] == [ours]
     assert user.exists() and beside.exists()
+
+
+def test_a_leftover_that_cannot_be_removed_is_reported_not_raised(tmp_path, monkeypatch):
+    dead = _dead_pid()
+    stuck = _touch(tmp_path / f"mlx-train-{dead}-abcd" / "train.arrow", 999).parent
+    os.utime(stuck, (time.time() - 999, time.time() - 999))
+
+    def refuse(path, *a, **k):  # type: ignore[no-untyped-def]
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("shutil.rmtree", refuse)
+    report = clean_scratch(tmp_path, grace_s=60)
+    assert report.removed == []
+    assert report.kept == [(stuck, "could not remove: Permission denied")]
