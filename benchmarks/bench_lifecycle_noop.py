@@ -15,6 +15,7 @@ not with partitions x assets. ``--resolver`` also times Dagster's per-partition
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -123,7 +124,8 @@ def measure(work: Path, repeats: int, resolver: bool) -> dict[str, float]:
             start = time.perf_counter()
             todo = plan(instance, defs)
             times.append(time.perf_counter() - start)
-            assert todo.empty, todo.findings[:5]
+            if not todo.empty:  # asset code was edited since the lifecycle ran (shared tree)
+                return {"not_empty": 1.0}
         event.remove(Engine, "before_cursor_execute", count)
         out["plan_s"], out["queries"] = statistics.median(times), queries[0]
         out["partitions"] = sum(
@@ -171,13 +173,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None, help="keep/reuse prepared homes here")
     parser.add_argument("--resolver", action="store_true", help="also time Dagster's resolver")
+    parser.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure is not None:  # child: measure on a fresh import of the code location
+        print(json.dumps(measure(args.measure, args.repeats, args.resolver)))
+        return
     base = args.work or Path(tempfile.mkdtemp(prefix="mlx-noop-"))
     rows = []
     for scale in args.scales:
         work = base / f"scale{scale:g}"
         prepared = prepare(scale, args.epochs, work)
-        m = measure(work, args.repeats, args.resolver)
+        for _ in range(3):
+            subprocess.run(  # bring it up to date with the code as it is now
+                [sys.executable, "-m", "mlx_assets.cli", "lifecycle"],
+                env={**os.environ, **_env(work)},
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            command = [sys.executable, __file__, "--measure", str(work)]
+            command += ["--repeats", str(args.repeats)] + (["--resolver"] if args.resolver else [])
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            m = json.loads(done.stdout.strip().splitlines()[-1])
+            if "not_empty" not in m:
+                break
+        else:
+            raise SystemExit("asset code kept changing; no no-op to measure")
         m["import_dagster_s"] = import_dagster_s(args.repeats)
         m["cli_s"] = noop_cli_s(work)
         m["prepare_s"] = prepared
