@@ -149,3 +149,42 @@ def test_first_plan_on_an_empty_instance_is_everything_missing(defs, days, tmp_p
     assert todo.daily_runs() == [(("raw_flights", "raw_weather", "flight_features"), days[:2])]
     assert todo.training == ["training_set", "model", "model_evaluation", "registered_model"]
     assert todo.monitoring == days[:2]
+
+
+def test_agrees_with_dagsters_resolver_per_partition(defs, days, tmp_path):
+    """Same staleness as Dagster's CachingStaleStatusResolver where that one applies (daily
+    inputs of daily assets): one day's new raw data makes that day's features stale, only."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._time import get_current_datetime
+
+    days = days[:12]
+    with _instance(tmp_path / "i") as instance:
+        files = write_history(instance, defs, days, tmp_path / "files")
+        rematerialize(
+            instance, defs, "raw_weather", days[5], "changed", files[("raw_weather", days[5])]
+        )
+        todo = plan(instance, defs, days)
+        graph = defs.resolve_asset_graph()
+        view = AssetGraphView(
+            temporal_context=TemporalContext(
+                effective_dt=get_current_datetime(), last_event_id=None
+            ),
+            instance=instance,
+            asset_graph=graph,
+        )
+        resolver = CachingStaleStatusResolver(
+            instance=instance, asset_graph=graph, loading_context=view
+        )
+        ours = {
+            (f.asset, f.partition)
+            for f in todo.findings
+            if f.asset in ("raw_flights", "raw_weather", "flight_features")
+        }
+        theirs = {
+            (name, day)
+            for name in ("raw_flights", "raw_weather", "flight_features")
+            for day in days
+            if resolver.get_status(dg.AssetKey(name), day) != StaleStatus.FRESH
+        }
+    assert ours == theirs == {("flight_features", days[5])}
