@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))
+    except KeyboardInterrupt:
+        print(f"mlx {args.command}: interrupted", file=sys.stderr)
+        return 130
     except _clear_errors() as exc:
         # These errors already say what is wrong and how to fix it: no traceback around them.
         print(f"mlx {args.command}: {exc}", file=sys.stderr)
