@@ -149,9 +149,9 @@ def ensure_dagster_home(
         _link_config(home)
         if create_storages:
             _create_storages(home)
-            tmp = home / f".{READY_MARKER}.{os.getpid()}.tmp"
-            tmp.write_text(f"{os.getpid()}\n")
-            os.replace(tmp, marker)
+            from mlx_resources.atomic import atomic_write_text  # unique temp + atomic rename
+
+            atomic_write_text(marker, f"{os.getpid()}\n")
     return home
 
 
