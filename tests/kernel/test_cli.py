@@ -107,3 +107,14 @@ def test_failed_run_is_one_line_naming_the_run_and_how_to_see_it(monkeypatch, ca
     (line,) = [x for x in err.splitlines() if x.strip()]
     assert "the daily run 01234567 failed at step raw_flights: source unreachable" in line
     assert "./dev ui" in line and "--verbose" in line
+
+
+def test_interrupt_is_one_line_and_exit_130(monkeypatch, capsys):
+    import mlx_assets.lifecycle as lifecycle
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lifecycle, "run_lifecycle", interrupted)
+    assert main(["lifecycle"]) == 130
+    assert capsys.readouterr().err.strip() == "mlx lifecycle: interrupted"
