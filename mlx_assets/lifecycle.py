@@ -407,7 +407,8 @@ def _run(
     if not success:
         console.line(f"{job}: FAILED after {elapsed:.1f}s (run {run_id[:8]})")
         raise LifecycleRunFailed(job, run_id, _failure_detail(instance, run_id))
-    console.line(f"{job}: done in {elapsed:.1f}s (run {run_id[:8]}, {total} {unit})")
+    count = f"{total} {unit if total != 1 else unit.removesuffix('s')}"
+    console.line(f"{job}: done in {elapsed:.1f}s (run {run_id[:8]}, {count})")
     return run_id
 
 

@@ -41,6 +41,7 @@ from mlx_plugins.drift_detectors.dtypes import (
     check_numeric_dtype,
     check_numeric_pair,
 )
+from mlx_plugins.drift_detectors.options import Binning, KSMethod
 from mlx_plugins.kernel.metadata import PluginMetadata
 
 if TYPE_CHECKING:
@@ -50,8 +51,6 @@ if TYPE_CHECKING:
 
 NumericTest = Literal["ks", "wasserstein", "psi", "jensenshannon"]
 CategoricalTest = Literal["chi2", "psi", "jensenshannon"]
-KSMethod = Literal["auto", "exact", "asymp"]
-Binning = Literal["quantile", "equal_width"]
 Kind = Literal["numeric", "categorical"]
 
 _T = TypeVar("_T")

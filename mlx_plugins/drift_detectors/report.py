@@ -9,9 +9,10 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlx_plugins.drift_detectors.base import ColumnDrift, DriftReport
+if TYPE_CHECKING:  # annotations only: base imports this module to render its reports
+    from mlx_plugins.drift_detectors.base import ColumnDrift, DriftReport
 
 _P_VALUE_TESTS = {"ks", "chi2", "chi2_gof"}
 _SCORE_CAP = 2.0
@@ -200,7 +201,7 @@ def render_html(report: DriftReport, *, title: str = "Data drift report") -> str
 
 def write_html(report: DriftReport, path: str | Path, *, title: str = "Data drift report") -> Path:
     """Write :func:`render_html` to ``path`` (parents created) and return the path."""
-    from mlx_resources.atomic import atomic_write_text  # unique temp + atomic rename
+    from mlx_plugins.kernel.atomic import atomic_write_text  # unique temp + atomic rename
 
     return atomic_write_text(Path(path), render_html(report, title=title))
 

@@ -36,8 +36,8 @@ import polars as pl
 
 from mlx_plugins.drift_detectors.dtypes import comparable_float64
 
-# The option types live with the detector's config, whose module imports no numpy.
-from mlx_plugins.drift_detectors.polars_drift import Binning, KSMethod
+# The option types live in their own module, so stats and the detector don't import each other.
+from mlx_plugins.drift_detectors.options import Binning, KSMethod
 
 KS_EXACT_MAX_N = 10_000
 """``method="auto"`` computes the exact KS p-value when both samples have at most this many

@@ -105,7 +105,7 @@ def train_rank(job: DDPJob, rank: int, local_rank: int, world: int, pipes: Any) 
 
 
 def main() -> None:
-    from mlx_resources.process_identity import die_with_parent
+    from mlx_plugins.kernel.process_identity import die_with_parent
 
     die_with_parent()  # dies with torchrun and with the run's process (MLX_PARENT_PROCESS)
     rank = int(os.environ["RANK"])

@@ -405,8 +405,8 @@ class LocalTorchPlatform(MLPlatform):
         """Fit once in this process, train in ``world`` torchrun workers, return their model."""
         import torch
 
+        from mlx_plugins.kernel.process_identity import with_parent_death
         from mlx_plugins.ml_platforms import torch_mlp as tm
-        from mlx_resources.process_identity import with_parent_death
 
         use_cuda = self.device != "cpu" and torch.cuda.is_available()
         device_type = "cuda" if use_cuda else "cpu"
@@ -571,9 +571,9 @@ def _train_in_child_process(
     main = ["__main__"] if main_file and os.path.exists(main_file) else []
     ctx.set_forkserver_preload([*main, *_PRELOAD])
     config = {**plugin.model_dump(), "isolation": "none"}
-    from mlx_resources.process_identity import parent_env
+    from mlx_plugins.kernel.process_identity import parent_env
 
-    # The child dies with this process (mlx_resources.process_identity.die_with_parent).
+    # The child dies with this process (mlx_plugins.kernel.process_identity.die_with_parent).
     env = {**{k: os.environ[k] for k in _CHILD_ENV if k in os.environ}, **parent_env()}
     with tempfile.TemporaryDirectory(prefix=f"mlx-train-{os.getpid()}-") as tmp:
         paths = (str(Path(tmp) / "train.arrow"), str(Path(tmp) / "valid.arrow"))
@@ -624,7 +624,7 @@ def _child_main(
     import polars as pl
 
     os.environ.update(env)
-    from mlx_resources.process_identity import die_with_parent
+    from mlx_plugins.kernel.process_identity import die_with_parent
 
     die_with_parent()  # a kill -9 of the run's process must not leave this child training
     try:
