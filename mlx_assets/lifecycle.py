@@ -65,6 +65,12 @@ class Finding:
 
 @dataclass
 class LifecyclePlan:
+    """What a lifecycle recomputes, by stage (asset names as user strings, days ``YYYY-MM-DD``).
+
+    ``reference`` and ``training`` list unpartitioned assets; ``partitions``/``daily_assets``
+    and ``monitoring`` list days; ``findings`` says why, one per asset partition.
+    """
+
     reference: list[str] = field(default_factory=list)
     partitions: list[str] = field(default_factory=list)
     """Days on which at least one daily asset is recomputed, in partition order."""
