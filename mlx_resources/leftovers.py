@@ -27,7 +27,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from mlx_resources.process_identity import pid_running
+from mlx_plugins.kernel.process_identity import pid_running
 
 GRACE_S = 120.0
 """A temp file younger than this is never removed, whoever wrote it."""

@@ -26,7 +26,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 
-from mlx_resources.process_identity import (
+from mlx_plugins.kernel.process_identity import (
     TAG_BOOT,
     TAG_HOST,
     TAG_PID,
