@@ -76,6 +76,31 @@ BUILTIN_PLUGINS: tuple[PluginSpec, ...] = (
         name="polars",
         target="mlx_plugins.drift_detectors.polars_drift:PolarsDriftDetector",
     ),
+    PluginSpec(
+        kind="data_source",
+        name="files",
+        target="mlx_plugins.data_sources.files:FilesSource",
+    ),
+    PluginSpec(
+        kind="model_registry",
+        name="local",
+        target="mlx_plugins.model_registries.local:LocalModelRegistry",
+    ),
+    PluginSpec(
+        kind="model_registry",
+        name="mlflow",
+        target="mlx_plugins.model_registries.mlflow_registry:MLflowModelRegistry",
+    ),
+    PluginSpec(
+        kind="llm_provider",
+        name="openai",
+        target="mlx_plugins.llm_providers.openai_provider:OpenAIProvider",
+    ),
+    PluginSpec(
+        kind="llm_provider",
+        name="anthropic",
+        target="mlx_plugins.llm_providers.anthropic_provider:AnthropicProvider",
+    ),
 )
 
 

@@ -1,23 +1,259 @@
-"""The ``llm_provider`` kind (any number per platform, called in parallel)."""
+"""The ``llm_provider`` kind (any number per platform, called in parallel).
+
+A provider answers one prompt at a time (:meth:`LLMProvider.acomplete`, async; ``complete`` is
+its blocking twin). Everything about running many prompts over several providers (bounded
+concurrency, circuit breakers, retries, failover, hedging, the result cache) lives in
+:mod:`mlx_plugins.llm_providers.group`, so a provider only speaks its wire format and says
+which of its errors are worth retrying (:class:`LLMError`).
+
+SDKs are imported inside methods: loading the code location never imports ``openai`` or
+``anthropic``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from abc import abstractmethod
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from mlx_plugins.kernel.base import MLXPlugin
+from mlx_plugins.kernel.secrets import redact
+
+T = TypeVar("T", bound=BaseModel)
 
 
 class Completion(BaseModel):
+    """One answer.
+
+    Attributes:
+        provider: the plugin's resource name (``openai``, ``anthropic``, ...).
+        model: the model that answered (as the server reports it).
+        text: the answer text.
+        input_tokens / output_tokens: usage reported by the server (tokens, >= 0).
+        cost_usd: estimated cost in US dollars from the provider's configured prices.
+        latency_s: wall time of the call in seconds.
+    """
+
     model_config = ConfigDict(frozen=True)
 
     provider: str
+    model: str = ""
     text: str
-    input_tokens: int = 0
-    output_tokens: int = 0
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    latency_s: float = Field(default=0.0, ge=0)
+
+
+class LLMError(Exception):
+    """A failed call, classified.
+
+    Attributes:
+        provider: the provider's name.
+        kind: ``rate_limited`` | ``server_error`` | ``timeout`` | ``connection`` |
+            ``malformed`` | ``bad_request`` | ``auth`` | ``structured_output`` | ``other``.
+        retriable: whether the same call may succeed later (429, 5xx, timeouts, connection
+            errors, malformed bodies); 4xx other than 408/409/429 are not.
+        retry_after: seconds the server asked to wait (``Retry-After``), when it said so.
+        status: the HTTP status, when there was a response.
+    """
+
+    RETRIABLE_KINDS = frozenset({"rate_limited", "server_error", "timeout", "connection", "malformed"})
+
+    def __init__(
+        self,
+        provider: str,
+        kind: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(redact(f"{provider}: {kind}: {message}"))
+        self.provider = provider
+        self.kind = kind
+        self.retriable = kind in self.RETRIABLE_KINDS
+        self.retry_after = retry_after
+        self.status = status
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` (or ``retry-after-ms``) header value: ``"2"`` -> 2.0,
+    an HTTP date -> seconds from now (>= 0); ``None`` when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+        from time import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def schema_instruction(schema: type[BaseModel]) -> str:
+    """The instruction appended to a prompt asking for JSON matching ``schema``."""
+    return (
+        "Answer with a single JSON object and nothing else, matching this JSON schema:\n"
+        + json.dumps(schema.model_json_schema(), sort_keys=True)
+    )
+
+
+def parse_structured(provider: str, text: str, schema: type[T]) -> T:
+    """``text`` (a JSON object, possibly in a ```json fence) validated as ``schema``.
+
+    Raises:
+        LLMError: kind ``structured_output`` (retriable: a model may answer better next time)
+            naming the schema and the first problem.
+    """
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.strip("`")
+        body = body.split("\n", 1)[1] if "\n" in body else body
+    start, end = body.find("{"), body.rfind("}")
+    try:
+        if start < 0 or end < start:
+            raise ValueError("the answer holds no JSON object")
+        return schema.model_validate_json(body[start : end + 1])
+    except (ValidationError, ValueError) as exc:
+        err = LLMError(
+            provider,
+            "structured_output",
+            f"answer does not match {schema.__name__}: {str(exc).splitlines()[0]}",
+        )
+        err.retriable = True
+        raise err from None
 
 
 class LLMProvider(MLXPlugin):
+    """Base of every LLM provider plugin: config common to all and the call contract.
+
+    Subclasses implement :meth:`_acall` (one request, raising :class:`LLMError` on failure).
+    API keys are read only from ``{env: NAME}`` in the composition and are secret.
+    """
+
+    model: str = Field(description="Model name sent to the server.")
+    base_url: str | None = Field(
+        default=None, description="Server URL; None is the vendor's public API."
+    )
+    api_key: str | None = Field(
+        default=None,
+        json_schema_extra={"secret": True},
+        description="API key; write {env: NAME} in the composition, never the key itself.",
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout, seconds.")
+    max_tokens: int = Field(default=512, gt=0, description="Answer length limit, tokens.")
+    temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature.")
+    stream: bool = Field(default=False, description="Read answers as server-sent events.")
+    input_price_per_mtok: float = Field(
+        default=0.0, ge=0, description="US dollars per million input tokens (cost metadata)."
+    )
+    output_price_per_mtok: float = Field(
+        default=0.0, ge=0, description="US dollars per million output tokens (cost metadata)."
+    )
+
+    _clients: dict[int, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def provider_name(self) -> str:
+        """The plugin's registry name (``openai``, ``anthropic``)."""
+        return type(self).metadata.name
+
+    def cache_params(self) -> dict[str, Any]:
+        """What, besides the prompt, decides an answer: the cache key's parameters."""
+        return {
+            "provider": self.provider_name,
+            "base_url": self.base_url or "",
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """Estimated cost in US dollars of a call with this usage."""
+        return (
+            input_tokens * self.input_price_per_mtok + output_tokens * self.output_price_per_mtok
+        ) / 1e6
+
+    def open(self) -> None:
+        """Nothing to open: clients are made per event loop on first use."""
+
+    def close(self) -> None:
+        """Forget the clients (their connections close with them)."""
+        self._clients.clear()
+
+    def _client_for_loop(self, make: Any) -> Any:
+        """One SDK client per running event loop (an async client is bound to its loop)."""
+        loop = asyncio.get_running_loop()
+        held = self._clients.get(id(loop))
+        if held is None or held[0] is not loop:
+            held = (loop, make())
+            self._clients[id(loop)] = held
+        return held[1]
+
+    async def aclose(self) -> None:
+        """Close the clients made on the running loop."""
+        held = self._clients.pop(id(asyncio.get_running_loop()), None)
+        if held is not None:
+            await held[1].close()
+
     @abstractmethod
-    def complete(self, prompt: str, *, max_tokens: int = 256) -> Completion: ...
+    async def _acall(self, prompt: str, *, system: str | None, max_tokens: int) -> Completion:
+        """One request. Raises :class:`LLMError` (classified) on any failure."""
+
+    async def acomplete(
+        self, prompt: str, *, system: str | None = None, max_tokens: int | None = None
+    ) -> Completion:
+        """Answer ``prompt`` (one request, no retries).
+
+        Raises:
+            LLMError: classified failure (``retriable`` says whether to try again).
+        """
+        return await self._acall(prompt, system=system, max_tokens=max_tokens or self.max_tokens)
+
+    def complete(
+        self, prompt: str, *, system: str | None = None, max_tokens: int | None = None
+    ) -> Completion:
+        """Blocking :meth:`acomplete` (runs its own event loop; not inside a running one)."""
+
+        async def go() -> Completion:
+            try:
+                return await self.acomplete(prompt, system=system, max_tokens=max_tokens)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(go())
+
+    async def acomplete_structured(
+        self, prompt: str, schema: type[T], *, system: str | None = None
+    ) -> tuple[T, Completion]:
+        """Answer ``prompt`` as an instance of the pydantic ``schema`` (JSON asked, validated).
+
+        Raises:
+            LLMError: the call failed, or the answer does not match (kind
+                ``structured_output``).
+        """
+        completion = await self.acomplete(
+            f"{prompt}\n\n{schema_instruction(schema)}", system=system
+        )
+        return parse_structured(self.provider_name, completion.text, schema), completion
+
+    def complete_structured(
+        self, prompt: str, schema: type[T], *, system: str | None = None
+    ) -> tuple[T, Completion]:
+        """Blocking :meth:`acomplete_structured`."""
+
+        async def go() -> tuple[T, Completion]:
+            try:
+                return await self.acomplete_structured(prompt, schema, system=system)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(go())

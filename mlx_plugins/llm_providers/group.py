@@ -1,0 +1,506 @@
+"""A provider group: a batch of prompts over every configured provider, in parallel.
+
+``ProviderGroup.run(prompts)`` returns one :class:`LLMResult` per prompt, in order: the
+answer, or the captured error; nothing a provider does ends the batch. Per prompt:
+
+1. the result cache is looked up for every provider the prompt may go to (a hit makes no call);
+2. providers are tried in order (``routing: priority`` keeps the composition's order,
+   ``round_robin`` starts each prompt on the next provider); each call goes through that
+   provider's circuit breaker (``purgatory``: closed -> open after ``breaker_threshold``
+   consecutive retriable failures -> half-open after ``breaker_reset_s`` -> closed on a
+   success) and its semaphore, under the overall one;
+3. a retriable failure (429, 5xx, timeout, connection, malformed body) is retried with
+   exponential backoff and jitter (``tenacity``), waiting what ``Retry-After`` asks when the
+   server says so (longer than ``max_retry_after_s``: fail over at once); after ``attempts``
+   tries, or when the breaker is open, the next provider is asked;
+4. with ``hedge_after_s`` set, a prompt not answered within that time is also sent to the next
+   provider; the first good answer wins and the other call is cancelled.
+
+Counters per provider (calls, failures by kind, retries, cache hits, tokens, estimated cost,
+breaker state and transitions) are in :meth:`ProviderGroup.stats`, in Dagster metadata
+(:meth:`ProviderGroup.to_metadata`) and in OpenTelemetry metrics (meter ``mlx.llm``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlx_plugins.kernel.secrets import redact
+from mlx_plugins.llm_providers.base import Completion, LLMError, LLMProvider
+from mlx_plugins.llm_providers.cache import ResultCache, cache_key
+
+BREAKER_STATE_VALUE = {"closed": 0, "half-opened": 1, "opened": 2}
+"""The number a breaker state is reported as (metric ``mlx.llm.breaker_state``)."""
+
+
+class GroupSettings(BaseModel):
+    """How a group runs (``settings.llm`` in the composition). Times in seconds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_concurrency: int = Field(default=16, gt=0, description="Prompts in flight, overall.")
+    per_provider_concurrency: int = Field(default=8, gt=0, description="Calls per provider.")
+    attempts: int = Field(default=2, ge=1, description="Tries per provider before failover.")
+    backoff_initial_s: float = Field(default=0.2, ge=0)
+    backoff_max_s: float = Field(default=5.0, ge=0)
+    jitter_s: float = Field(default=0.2, ge=0)
+    max_retry_after_s: float = Field(
+        default=30.0, ge=0, description="Longest Retry-After honoured; longer fails over."
+    )
+    breaker_threshold: int = Field(default=5, gt=0, description="Failures that open it.")
+    breaker_reset_s: float = Field(default=30.0, gt=0, description="Open -> half-open.")
+    hedge_after_s: float | None = Field(
+        default=None, gt=0, description="Ask the next provider too after this; None: never."
+    )
+    routing: Literal["priority", "round_robin"] = "priority"
+    cache: bool = True
+    cache_ttl_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)
+    cache_size_mb: float = Field(default=256.0, gt=0)
+
+
+class LLMRequest(BaseModel):
+    """One prompt of a batch; ``id`` is the caller's (defaults to the position)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: str
+    system: str | None = None
+    id: str | None = None
+
+
+class LLMResult(BaseModel):
+    """What became of one prompt: ``ok`` with ``text``, or ``error_kind``/``error``.
+
+    ``attempts`` lists every call made, as ``provider:outcome``; ``cached`` says the answer
+    came from the cache (no call); ``hedged`` that a second provider was asked.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    id: str
+    ok: bool
+    text: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    error_kind: str | None = None
+    error: str | None = None
+    attempts: list[str] = Field(default_factory=list)
+    cached: bool = False
+    hedged: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+
+
+@dataclass
+class ProviderStats:
+    calls: int = 0
+    ok: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    cache_hits: int = 0
+    skipped_open: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    breaker_state: str = "closed"
+    breaker_transitions: list[str] = field(default_factory=list)
+
+
+class BreakerOpen(Exception):
+    """The provider's circuit is open: the call was not made."""
+
+
+@dataclass
+class _Outcome:
+    completion: Completion | None = None
+    error: LLMError | None = None
+    attempts: list[str] = field(default_factory=list)
+    cached: bool = False
+
+
+class ProviderGroup:
+    """Providers (by resource name, in failover order) run as one.
+
+    Args:
+        providers: name -> provider plugin, in priority order (at least one).
+        settings: :class:`GroupSettings`.
+        cache_dir: the result cache's folder (``<home>/cache/llm``); None: no cache.
+
+    Raises:
+        ValueError: no provider.
+    """
+
+    def __init__(
+        self,
+        providers: Mapping[str, LLMProvider],
+        settings: GroupSettings | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        if not providers:
+            raise ValueError(
+                "a provider group needs at least one llm_provider; add one under "
+                "plugins.llm_provider in mlx.yaml"
+            )
+        from purgatory import AsyncCircuitBreakerFactory
+
+        self.providers = dict(providers)
+        self.settings = settings or GroupSettings()
+        self.cache = (
+            ResultCache(
+                cache_dir, ttl_s=self.settings.cache_ttl_s, size_mb=self.settings.cache_size_mb
+            )
+            if cache_dir is not None and self.settings.cache
+            else None
+        )
+        self.stats: dict[str, ProviderStats] = {n: ProviderStats() for n in self.providers}
+        self.hedges = 0
+        self.hedges_won = 0
+        self._breakers = AsyncCircuitBreakerFactory(
+            default_threshold=self.settings.breaker_threshold,
+            default_ttl=self.settings.breaker_reset_s,
+            exclude=[
+                asyncio.CancelledError,  # a cancelled hedge is not the provider's failure
+                (LLMError, lambda e: not e.retriable),  # a bad request is the caller's
+            ],
+        )
+        self._breakers.add_listener(self._on_breaker_event)
+        self._otel = _otel_instruments(self)
+
+    # -- public ---------------------------------------------------------------------------
+    def run(self, requests: Sequence[LLMRequest | str]) -> list[LLMResult]:
+        """Answer every request; one :class:`LLMResult` per request, in order.
+
+        Blocking; runs its own event loop (in a helper thread when called from a running
+        loop). Never raises for a provider failure: failures are results.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.arun(requests))
+        box: list[list[LLMResult]] = []
+        thread = threading.Thread(target=lambda: box.append(asyncio.run(self.arun(requests))))
+        thread.start()
+        thread.join()
+        return box[0]
+
+    async def arun(self, requests: Sequence[LLMRequest | str]) -> list[LLMResult]:
+        """Async :meth:`run`."""
+        reqs = [r if isinstance(r, LLMRequest) else LLMRequest(prompt=r) for r in requests]
+        overall = asyncio.Semaphore(self.settings.max_concurrency)
+        per = {n: asyncio.Semaphore(self.settings.per_provider_concurrency) for n in self.providers}
+        # identical prompts in one batch are asked once
+        first: dict[tuple[str, str | None], int] = {}
+        for i, r in enumerate(reqs):
+            first.setdefault((r.prompt, r.system), i)
+        unique = sorted(set(first.values()))
+        try:
+            outcomes = await asyncio.gather(
+                *(self._one(i, reqs[i], overall, per) for i in unique)
+            )
+        finally:
+            for provider in self.providers.values():
+                try:
+                    await provider.aclose()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+        by_index = dict(zip(unique, outcomes, strict=True))
+        return [
+            self._result(i, r, by_index[first[(r.prompt, r.system)]]) for i, r in enumerate(reqs)
+        ]
+
+    def breaker_states(self) -> dict[str, str]:
+        """Provider -> ``closed`` | ``half-opened`` | ``opened``."""
+        return {n: s.breaker_state for n, s in self.stats.items()}
+
+    def summary(self) -> dict[str, Any]:
+        """Per-provider counters as plain data (JSON-ready)."""
+        return {
+            "providers": {
+                n: {
+                    "calls": s.calls,
+                    "ok": s.ok,
+                    "failures": dict(s.failures),
+                    "retries": s.retries,
+                    "cache_hits": s.cache_hits,
+                    "skipped_open": s.skipped_open,
+                    "input_tokens": s.input_tokens,
+                    "output_tokens": s.output_tokens,
+                    "cost_usd": round(s.cost_usd, 6),
+                    "breaker_state": s.breaker_state,
+                    "breaker_transitions": list(s.breaker_transitions),
+                }
+                for n, s in self.stats.items()
+            },
+            "hedges": self.hedges,
+            "hedges_won": self.hedges_won,
+            "cost_usd": round(sum(s.cost_usd for s in self.stats.values()), 6),
+            "input_tokens": sum(s.input_tokens for s in self.stats.values()),
+            "output_tokens": sum(s.output_tokens for s in self.stats.values()),
+        }
+
+    def to_metadata(self) -> dict[str, Any]:
+        """Dagster metadata: totals, plus the per-provider table as JSON."""
+        import dagster as dg
+
+        s = self.summary()
+        return {
+            "llm_cost_usd": dg.MetadataValue.float(s["cost_usd"]),
+            "llm_input_tokens": dg.MetadataValue.int(s["input_tokens"]),
+            "llm_output_tokens": dg.MetadataValue.int(s["output_tokens"]),
+            "llm_providers": dg.MetadataValue.json(s["providers"]),
+        }
+
+    def close(self) -> None:
+        """Close the cache."""
+        if self.cache is not None:
+            self.cache.close()
+
+    # -- one prompt -----------------------------------------------------------------------
+    def _order(self, index: int) -> list[str]:
+        names = list(self.providers)
+        if self.settings.routing == "round_robin":
+            k = index % len(names)
+            names = names[k:] + names[:k]
+        return names
+
+    def _key(self, name: str, req: LLMRequest) -> str:
+        return cache_key(self.providers[name].cache_params(), req.prompt, req.system)
+
+    async def _one(
+        self,
+        index: int,
+        req: LLMRequest,
+        overall: asyncio.Semaphore,
+        per: dict[str, asyncio.Semaphore],
+    ) -> _Outcome:
+        order = self._order(index)
+        if self.cache is not None:
+            for name in order:
+                hit = self.cache.get(self._key(name, req))
+                if hit is not None:
+                    self.stats[name].cache_hits += 1
+                    self._count("mlx.llm.cache_hits", 1, name)
+                    return _Outcome(completion=hit, cached=True, attempts=[f"{name}:cached"])
+        async with overall:
+            hedge_after = self.settings.hedge_after_s
+            if hedge_after is None or len(order) < 2:
+                return await self._chain(order, req, per)
+            return await self._hedged(order, req, per, hedge_after)
+
+    async def _hedged(
+        self, order: list[str], req: LLMRequest, per: dict[str, asyncio.Semaphore], after: float
+    ) -> _Outcome:
+        primary = asyncio.create_task(self._chain(order, req, per))
+        done, _ = await asyncio.wait({primary}, timeout=after)
+        if done:
+            return primary.result()
+        self.hedges += 1
+        hedge = asyncio.create_task(self._chain(order[1:] + order[:1], req, per))
+        pending: set[asyncio.Task[_Outcome]] = {primary, hedge}
+        failed: list[_Outcome] = []
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                outcome = task.result()
+                if outcome.completion is not None:
+                    for loser in pending:
+                        loser.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    if task is hedge:
+                        self.hedges_won += 1
+                    outcome.attempts = [*(a for f in failed for a in f.attempts), *outcome.attempts]
+                    outcome.attempts.append("hedged")
+                    return outcome
+                failed.append(outcome)
+        merged = _Outcome(error=failed[-1].error, attempts=[a for f in failed for a in f.attempts])
+        merged.attempts.append("hedged")
+        return merged
+
+    async def _chain(
+        self, order: list[str], req: LLMRequest, per: dict[str, asyncio.Semaphore]
+    ) -> _Outcome:
+        """Providers in ``order`` until one answers; retriable failures fail over."""
+        outcome = _Outcome()
+        for name in order:
+            try:
+                completion = await self._with_retries(name, req, per[name], outcome.attempts)
+            except BreakerOpen:
+                self.stats[name].skipped_open += 1
+                outcome.attempts.append(f"{name}:circuit_open")
+                outcome.error = LLMError(name, "circuit_open", "circuit breaker is open")
+                continue
+            except LLMError as exc:
+                outcome.error = exc
+                if not exc.retriable:
+                    break
+                continue
+            outcome.completion = completion
+            outcome.error = None
+            if self.cache is not None:
+                self.cache.set(self._key(name, req), completion)
+            return outcome
+        return outcome
+
+    async def _with_retries(
+        self, name: str, req: LLMRequest, sem: asyncio.Semaphore, attempts: list[str]
+    ) -> Completion:
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+        s = self.settings
+
+        def retriable(exc: BaseException) -> bool:
+            return (
+                isinstance(exc, LLMError)
+                and exc.retriable
+                and (exc.retry_after is None or exc.retry_after <= s.max_retry_after_s)
+            )
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(s.attempts),
+            wait=self._wait,
+            retry=retry_if_exception(retriable),
+            reraise=True,
+        )
+        n = 0
+        async for attempt in retrying:
+            with attempt:
+                if n:
+                    self.stats[name].retries += 1
+                    self._count("mlx.llm.retries", 1, name)
+                n += 1
+                return await self._call(name, req, sem, attempts)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _wait(self, state: Any) -> float:
+        """Seconds before the next try: ``Retry-After`` when given, else exponential + jitter."""
+        from tenacity import wait_exponential_jitter
+
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, LLMError) and exc.retry_after is not None:
+            return float(exc.retry_after)
+        s = self.settings
+        return float(
+            wait_exponential_jitter(
+                initial=s.backoff_initial_s, max=s.backoff_max_s, jitter=s.jitter_s
+            )(state)
+        )
+
+    async def _call(
+        self, name: str, req: LLMRequest, sem: asyncio.Semaphore, attempts: list[str]
+    ) -> Completion:
+        from purgatory.domain.model import OpenedState
+
+        stats = self.stats[name]
+        try:
+            breaker = await self._breakers.get_breaker(name)
+            async with breaker:
+                async with sem:
+                    stats.calls += 1
+                    self._count("mlx.llm.calls", 1, name)
+                    completion = await self.providers[name].acomplete(
+                        req.prompt, system=req.system
+                    )
+        except OpenedState:
+            raise BreakerOpen(name) from None
+        except LLMError as exc:
+            stats.failures[exc.kind] = stats.failures.get(exc.kind, 0) + 1
+            self._count("mlx.llm.failures", 1, name, kind=exc.kind)
+            attempts.append(f"{name}:{exc.kind}")
+            raise
+        except Exception as exc:  # a provider bug is a captured error, not a dead batch
+            err = LLMError(name, "other", f"{type(exc).__name__}: {exc}")
+            stats.failures["other"] = stats.failures.get("other", 0) + 1
+            attempts.append(f"{name}:other")
+            raise err from None
+        stats.ok += 1
+        stats.input_tokens += completion.input_tokens
+        stats.output_tokens += completion.output_tokens
+        stats.cost_usd += completion.cost_usd
+        self._count("mlx.llm.tokens", completion.input_tokens, name, direction="input")
+        self._count("mlx.llm.tokens", completion.output_tokens, name, direction="output")
+        self._count("mlx.llm.cost_usd", completion.cost_usd, name)
+        attempts.append(f"{name}:ok")
+        return completion
+
+    # -- results and metrics --------------------------------------------------------------
+    def _result(self, index: int, req: LLMRequest, outcome: _Outcome) -> LLMResult:
+        rid = req.id if req.id is not None else str(index)
+        hedged = "hedged" in outcome.attempts
+        attempts = [a for a in outcome.attempts if a != "hedged"]
+        c = outcome.completion
+        if c is not None:
+            return LLMResult(
+                index=index,
+                id=rid,
+                ok=True,
+                text=c.text,
+                provider=c.provider,
+                model=c.model,
+                attempts=attempts,
+                cached=outcome.cached,
+                hedged=hedged,
+                input_tokens=0 if outcome.cached else c.input_tokens,
+                output_tokens=0 if outcome.cached else c.output_tokens,
+                cost_usd=0.0 if outcome.cached else c.cost_usd,
+                latency_s=c.latency_s,
+            )
+        err = outcome.error or LLMError("group", "other", "no provider answered")
+        return LLMResult(
+            index=index,
+            id=rid,
+            ok=False,
+            error_kind=err.kind,
+            error=redact(str(err)),
+            attempts=attempts,
+            hedged=hedged,
+        )
+
+    def _on_breaker_event(self, name: str, event_type: str, event: Any) -> None:
+        if event_type == "state_changed" and name in self.stats:
+            self.stats[name].breaker_state = event.state
+            self.stats[name].breaker_transitions.append(event.state)
+            self._count("mlx.llm.breaker_transitions", 1, name, state=event.state)
+
+    def _count(self, metric: str, value: float, provider: str, **attrs: str) -> None:
+        inst = self._otel.get(metric)
+        if inst is not None and value:
+            inst.add(value, {"provider": provider, **attrs})
+
+
+def _otel_instruments(group: ProviderGroup) -> dict[str, Any]:
+    """OpenTelemetry counters and the breaker-state gauge (no-ops without an SDK set up)."""
+    from opentelemetry import metrics
+
+    meter = metrics.get_meter("mlx.llm")
+
+    def states(_options: Any) -> Any:
+        for name, stats in group.stats.items():
+            yield metrics.Observation(
+                BREAKER_STATE_VALUE.get(stats.breaker_state, 0), {"provider": name}
+            )
+
+    meter.create_observable_gauge(
+        "mlx.llm.breaker_state",
+        callbacks=[states],
+        description="Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.",
+    )
+    return {
+        "mlx.llm.calls": meter.create_counter("mlx.llm.calls", description="Calls made."),
+        "mlx.llm.failures": meter.create_counter("mlx.llm.failures", description="Failed calls."),
+        "mlx.llm.retries": meter.create_counter("mlx.llm.retries", description="Retries."),
+        "mlx.llm.cache_hits": meter.create_counter("mlx.llm.cache_hits", description="Hits."),
+        "mlx.llm.tokens": meter.create_counter("mlx.llm.tokens", unit="{token}"),
+        "mlx.llm.cost_usd": meter.create_counter("mlx.llm.cost_usd", unit="USD"),
+        "mlx.llm.breaker_transitions": meter.create_counter("mlx.llm.breaker_transitions"),
+    }
