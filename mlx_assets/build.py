@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 from pydantic import ValidationError
 
@@ -24,7 +26,6 @@ def platform_resources(composition: Composition) -> dict[str, object]:
     """The non-plugin resources, all rooted in the platform's home folder."""
     from mlx_resources.atomic_pickle_io import AtomicFilesystemIOManager
     from mlx_resources.io_managers.polars_io import PolarsIOManager
-    from mlx_resources.model_registry import ModelRegistry
     from mlx_resources.platform import Platform
 
     try:
@@ -43,11 +44,24 @@ def platform_resources(composition: Composition) -> dict[str, object]:
     home = platform.home_path
     return {
         "platform": platform,
-        "model_registry": ModelRegistry(root=str(home / "registry")),
         "io_manager": PolarsIOManager(base_path=str(home / "data")),
         # Dagster's pickling IO manager, writing atomically (a kill leaves the old value).
         "object_io_manager": AtomicFilesystemIOManager(base_dir=str(home / "objects")),
     }
+
+
+def plugin_resources(
+    composition: Composition, platform: dict[str, object] | None = None
+) -> dict[str, Any]:
+    """The composition's plugin instances by resource key, those that keep data (the
+    ``model_registry``: ``with_home``) placed in the platform's home folder unless their config
+    says where. ``platform``: :func:`platform_resources` when already built."""
+    home = (platform or platform_resources(composition))["platform"].home_path  # type: ignore[attr-defined]
+    out = composition.resources()
+    for key, plugin in out.items():
+        if callable(place := getattr(plugin, "with_home", None)):
+            out[key] = place(home)
+    return out
 
 
 def build_definitions(composition: Composition) -> dg.Definitions:
@@ -58,7 +72,8 @@ def build_definitions(composition: Composition) -> dg.Definitions:
             f"the lifecycle reads the data source named {REQUIRED_DATA_SOURCE!r}; none is",
             f"add name: {REQUIRED_DATA_SOURCE} to one data_source entry",
         )
-    resources = {**composition.resources(), **platform_resources(composition)}
+    platform = platform_resources(composition)
+    resources: dict[str, Any] = {**plugin_resources(composition, platform), **platform}
     return dg.Definitions(
         assets=dg.load_assets_from_modules(STAGES),
         asset_checks=dg.load_asset_checks_from_modules(STAGES),

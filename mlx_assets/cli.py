@@ -54,9 +54,11 @@ def _config_validate(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
+    from mlx_assets.build import plugin_resources
+
     comp = _load(args)
     ok = True
-    for key, plugin in comp.resources().items():
+    for key, plugin in plugin_resources(comp).items():
         with plugin.session():
             status = plugin.check_health()
         ok &= status.healthy

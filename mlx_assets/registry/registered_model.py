@@ -5,7 +5,7 @@ import dagster as dg
 from mlx_assets.evaluation.evaluation import Evaluation
 from mlx_assets.versioning import code_version
 from mlx_plugins.ml_platforms.base import TrainedModel
-from mlx_resources.model_registry import ModelLineage, ModelRegistry, ModelVersion
+from mlx_plugins.model_registries.base import ModelLineage, ModelRegistry, ModelVersion
 from mlx_resources.platform import Platform
 
 LINEAGE_ASSETS = (

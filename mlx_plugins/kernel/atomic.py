@@ -73,7 +73,7 @@ def atomic_open(
     target = Path(target)
     fd, temp = temp_path_for(target)
     try:
-        with os.fdopen(fd, mode, **({"encoding": encoding} if mode == "w" else {})) as fh:
+        with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as fh:
             yield fh
             fh.flush()
             if fsync:

