@@ -20,4 +20,12 @@ from mlx_plugins.testing.contracts import (
     PluginContract,
 )
 
-__all__ = ["DataSourceContract", "DriftDetectorContract", "MLPlatformContract", "PluginContract"]
+from mlx_plugins.testing.registry_contract import ModelRegistryContract
+
+__all__ = [
+    "DataSourceContract",
+    "DriftDetectorContract",
+    "MLPlatformContract",
+    "ModelRegistryContract",
+    "PluginContract",
+]
