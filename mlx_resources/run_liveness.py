@@ -21,6 +21,7 @@ Dagster can check, so a ``kill -9`` left them STARTED forever, each holding a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -117,7 +118,8 @@ def record_run_worker(instance: dg.DagsterInstance, run_id: str) -> None:
 # -- the executor that records the worker ------------------------------------------------------
 class _LivenessExecutor:
     """Wraps an executor: records the executing process on the run, fails runs left by dead
-    processes (so ``dagster asset materialize`` frees their slots too), then delegates."""
+    processes (so ``dagster asset materialize`` frees their slots too) and, for the platform's
+    jobs, cleans their leftovers (``mlx_resources.leftovers``), then delegates."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -127,12 +129,31 @@ class _LivenessExecutor:
         record_run_worker(instance, plan_context.run_id)
         try:
             sweep_dead_runs(instance, plan_context.log.info)
-        except Exception as exc:  # never fail this run because another one could not be judged
-            plan_context.log.warning(f"could not check other runs for dead processes: {exc!r}")
+            home = _platform_home(plan_context.reconstructable_job.get_definition())
+            if home is not None:
+                from mlx_resources.leftovers import clean_leftovers
+
+                clean_leftovers(instance, home, log=plan_context.log.info)
+        except Exception as exc:  # never fail this run because of another run's leftovers
+            plan_context.log.warning(f"could not recover after dead processes: {exc!r}")
         yield from self._inner.execute(plan_context, execution_plan)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+def _platform_home(job_def: Any) -> Path | None:
+    """The MLX home of a job that uses the ``platform`` resource (None for other jobs)."""
+    from mlx_resources.platform import Platform
+
+    rdef = job_def.resource_defs.get("platform")
+    if rdef is None:
+        return None
+    home = ""
+    field = getattr(rdef, "config_field", None)
+    if field is not None and field.default_provided and isinstance(field.default_value, dict):
+        home = str(field.default_value.get("home") or "")
+    return Platform(home=home).home_path
 
 
 def _make_executor_class() -> type:

@@ -4,17 +4,21 @@ half-written, no stuck run, leftovers cleaned, and the next command works."""
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 
-from mlx_resources.leftovers import clean_registry, clean_scratch, recover, temp_owner
+from mlx_resources.leftovers import GRACE_S, clean_registry, clean_scratch, recover, temp_owner
 from mlx_resources.model_registry import ModelLineage, ModelRegistry
-from mlx_resources.process_identity import pid_running
+from mlx_resources.process_identity import identity, pid_running
+from mlx_resources.run_liveness import TAG_RUN
 from tests.faults._driver import SMALL_DAYS
 from tests.faults.conftest import start, wait_for
 
@@ -53,23 +57,46 @@ def test_kill_during_a_partition_write(home, tmp_path):
     for name in before:
         assert pl.read_ipc(folder / name).height > 0
 
-    from mlx_assets.build import build_definitions
-    from mlx_plugins.kernel.composition import load_composition
-
     with dg.DagsterInstance.get() as instance:
         (stuck,) = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
-        # What `mlx lifecycle` does first: the dead run is failed, the dead writer's temps go.
-        log: list[str] = []
-        report = recover(instance, build_definitions(load_composition()), log.append, grace_s=0)
-        assert instance.get_run_by_id(stuck.run_id).status == dg.DagsterRunStatus.FAILURE
-    assert stuck.run_id[:8] in log[0] and "marked failed" in log[0]
-    assert f"removed {len(report.removed)} leftover(s)" in log[-1]
-    assert set(temps) <= set(report.removed)
-    assert not [p for p in folder.iterdir() if temp_owner(p.name)[0]]
-
+    # The next run of any command (here the daily job again; `mlx lifecycle` does the same
+    # first) fails the dead run and removes the dead writer's temps once past the grace period.
+    for p in temps:
+        os.utime(p, (time.time() - GRACE_S - 60, time.time() - GRACE_S - 60))
     rc, out = _run_driver("job", "daily")
     assert rc == 0, out[-3000:]
+    assert f"run {stuck.run_id[:8]} (daily) was left STARTED by a dead process" in out
+    assert "leftover(s) of killed runs" in out
+    assert not [p for p in folder.iterdir() if temp_owner(p.name)[0]]
     assert set(_digests(folder)) == set(before)
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_run_by_id(stuck.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_recover_fails_dead_runs_and_cleans_what_they_left(home):
+    """What `mlx lifecycle` calls before planning (mlx_resources.leftovers.recover)."""
+    from mlx_assets.build import build_definitions
+    from mlx_plugins.kernel.composition import load_composition
+    from mlx_resources.instance_home import ensure_dagster_home
+
+    ensure_dagster_home()
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    dead = identity(proc.pid)
+    temp = home / "data" / "raw_weather" / f".2013-01-01.arrow.tmp-{dead.pid}-0123456789ab"
+    temp.parent.mkdir(parents=True)
+    temp.write_bytes(b"half")
+    with dg.DagsterInstance.get() as instance:
+        run = instance.add_run(
+            dg.DagsterRun(job_name="daily", status=dg.DagsterRunStatus.STARTED, run_id="0" * 36)
+        )
+        instance.add_run_tags(run.run_id, {**dead.tags(), TAG_RUN: run.run_id})
+        log: list[str] = []
+        report = recover(instance, build_definitions(load_composition()), log.append, grace_s=0)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert log[0].startswith("run 00000000 (daily) was left STARTED by a dead process")
+    assert temp in report.removed and not temp.exists()
+    assert f"removed {len(report.removed)} leftover(s) of killed runs" in log[-1]
 
 
 @pytest.mark.parametrize("how", ["train", "train-ddp"])
