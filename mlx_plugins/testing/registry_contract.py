@@ -34,9 +34,15 @@ def _artifact(folder: Path, content: bytes) -> tuple[Path, str]:
 
 
 class ModelRegistryContract(PluginContract):
-    """Provide a ``plugin`` fixture returning a registry with empty, test-private storage."""
+    """Provide a ``plugin`` fixture returning a registry. Each test registers a model of its
+    own name (``contract_<test>``), so the storage may be shared between tests (a tracking
+    server that is slow to start), as long as it starts empty of those names."""
 
     model_name = "contract_model"
+
+    @pytest.fixture(autouse=True)
+    def _own_model_name(self, request: Any) -> None:
+        self.model_name = f"contract_{request.node.name}".replace("[", "_").replace("]", "")
 
     def _register(self, plugin: Any, tmp: Path, content: bytes, lineage: Any, **kw: Any) -> Any:
         path, sha = _artifact(tmp / "src", content)
