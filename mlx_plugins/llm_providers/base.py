@@ -61,7 +61,9 @@ class LLMError(Exception):
         status: the HTTP status, when there was a response.
     """
 
-    RETRIABLE_KINDS = frozenset({"rate_limited", "server_error", "timeout", "connection", "malformed"})
+    RETRIABLE_KINDS = frozenset(
+        {"rate_limited", "server_error", "timeout", "connection", "malformed"}
+    )
 
     def __init__(
         self,

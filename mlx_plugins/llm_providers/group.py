@@ -24,8 +24,8 @@ breaker state and transitions) are in :meth:`ProviderGroup.stats`, in Dagster me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +136,8 @@ class ProviderGroup:
         providers: name -> provider plugin, in priority order (at least one).
         settings: :class:`GroupSettings`.
         cache_dir: the result cache's folder (``<home>/cache/llm``); None: no cache.
+        meter_provider: an OpenTelemetry ``MeterProvider``; None: the global one.
+        sleep: the coroutine function retries wait with (``asyncio.sleep``; tests record).
 
     Raises:
         ValueError: no provider.
@@ -146,6 +148,9 @@ class ProviderGroup:
         providers: Mapping[str, LLMProvider],
         settings: GroupSettings | None = None,
         cache_dir: str | Path | None = None,
+        *,
+        meter_provider: Any = None,
+        sleep: Any = None,
     ) -> None:
         if not providers:
             raise ValueError(
@@ -175,7 +180,8 @@ class ProviderGroup:
             ],
         )
         self._breakers.add_listener(self._on_breaker_event)
-        self._otel = _otel_instruments(self)
+        self._sleep = sleep or asyncio.sleep
+        self._otel = _otel_instruments(self, meter_provider)
 
     # -- public ---------------------------------------------------------------------------
     def run(self, requests: Sequence[LLMRequest | str]) -> list[LLMResult]:
@@ -205,15 +211,11 @@ class ProviderGroup:
             first.setdefault((r.prompt, r.system), i)
         unique = sorted(set(first.values()))
         try:
-            outcomes = await asyncio.gather(
-                *(self._one(i, reqs[i], overall, per) for i in unique)
-            )
+            outcomes = await asyncio.gather(*(self._one(i, reqs[i], overall, per) for i in unique))
         finally:
             for provider in self.providers.values():
-                try:
+                with contextlib.suppress(Exception):  # closing is best effort
                     await provider.aclose()
-                except Exception:  # noqa: BLE001 - closing is best effort
-                    pass
         by_index = dict(zip(unique, outcomes, strict=True))
         return [
             self._result(i, r, by_index[first[(r.prompt, r.system)]]) for i, r in enumerate(reqs)
@@ -371,6 +373,7 @@ class ProviderGroup:
             wait=self._wait,
             retry=retry_if_exception(retriable),
             reraise=True,
+            sleep=self._sleep,
         )
         n = 0
         async for attempt in retrying:
@@ -392,7 +395,7 @@ class ProviderGroup:
         s = self.settings
         return float(
             wait_exponential_jitter(
-                initial=s.backoff_initial_s, max=s.backoff_max_s, jitter=s.jitter_s
+                multiplier=s.backoff_initial_s, max=s.backoff_max_s, jitter=s.jitter_s
             )(state)
         )
 
@@ -404,13 +407,10 @@ class ProviderGroup:
         stats = self.stats[name]
         try:
             breaker = await self._breakers.get_breaker(name)
-            async with breaker:
-                async with sem:
-                    stats.calls += 1
-                    self._count("mlx.llm.calls", 1, name)
-                    completion = await self.providers[name].acomplete(
-                        req.prompt, system=req.system
-                    )
+            async with breaker, sem:
+                stats.calls += 1
+                self._count("mlx.llm.calls", 1, name)
+                completion = await self.providers[name].acomplete(req.prompt, system=req.system)
         except OpenedState:
             raise BreakerOpen(name) from None
         except LLMError as exc:
@@ -478,11 +478,11 @@ class ProviderGroup:
             inst.add(value, {"provider": provider, **attrs})
 
 
-def _otel_instruments(group: ProviderGroup) -> dict[str, Any]:
+def _otel_instruments(group: ProviderGroup, meter_provider: Any = None) -> dict[str, Any]:
     """OpenTelemetry counters and the breaker-state gauge (no-ops without an SDK set up)."""
     from opentelemetry import metrics
 
-    meter = metrics.get_meter("mlx.llm")
+    meter = metrics.get_meter("mlx.llm", meter_provider=meter_provider)
 
     def states(_options: Any) -> Any:
         for name, stats in group.stats.items():

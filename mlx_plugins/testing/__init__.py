@@ -16,15 +16,16 @@ through the ``pytest11`` entry point) that adds the ``--mlx-contract-kind`` opti
 from mlx_plugins.testing.contracts import (
     DataSourceContract,
     DriftDetectorContract,
+    LLMProviderContract,
     MLPlatformContract,
     PluginContract,
 )
-
 from mlx_plugins.testing.registry_contract import ModelRegistryContract
 
 __all__ = [
     "DataSourceContract",
     "DriftDetectorContract",
+    "LLMProviderContract",
     "MLPlatformContract",
     "ModelRegistryContract",
     "PluginContract",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, Field
 
 from mlx_plugins.kernel.base import HealthStatus, MLXPlugin
 from mlx_plugins.kernel.kinds import KINDS
@@ -144,3 +145,78 @@ class DriftDetectorContract(PluginContract):
         assert moved.dataset_drift
         assert {"a", "b"} <= set(moved.drifted_columns)
         assert "c" not in moved.drifted_columns
+
+
+class LLMProviderContract(PluginContract):
+    """Completes with usage, answers in a pydantic schema, classifies errors, hides its key.
+
+    Besides ``plugin`` (answering normally; for structured output it must answer the prompt
+    that asks for JSON with a :class:`ContractVerdict`, e.g. a server using
+    :func:`contract_answer`), provide ``plugin_with_fault``: a callable taking one of
+    ``server_error``, ``rate_limited`` (with ``Retry-After: 2``), ``timeout``, ``malformed``,
+    ``bad_request`` and returning a plugin whose next call meets that fault (the loopback
+    servers in ``mlx_plugins.llm_providers.loopback`` do this for OpenAI- and
+    Anthropic-compatible plugins).
+    """
+
+    @pytest.fixture
+    def plugin_with_fault(self) -> Any:  # pragma: no cover - the subclass provides it
+        raise NotImplementedError("provide `plugin_with_fault(fault) -> plugin`")
+
+    def test_completes_and_reports_usage(self, plugin: Any) -> None:
+        from mlx_plugins.llm_providers.base import Completion
+
+        with plugin.session() as live:
+            c = live.complete("Say hello to the platform.")
+        assert isinstance(c, Completion)
+        assert c.text.strip()
+        assert c.provider == type(plugin).metadata.name
+        assert c.input_tokens > 0 and c.output_tokens > 0
+        assert c.cost_usd == pytest.approx(live.cost(c.input_tokens, c.output_tokens))
+
+    def test_structured_output_through_a_schema(self, plugin: Any) -> None:
+        with plugin.session() as live:
+            verdict, c = live.complete_structured("Judge: is the sky blue?", ContractVerdict)
+        assert isinstance(verdict, ContractVerdict)
+        assert 0 <= verdict.score <= 1
+        assert c.output_tokens > 0
+
+    @pytest.mark.parametrize(
+        ("fault", "retriable"),
+        [
+            ("server_error", True),
+            ("rate_limited", True),
+            ("timeout", True),
+            ("malformed", True),
+            ("bad_request", False),
+        ],
+    )
+    def test_errors_are_classified(
+        self, plugin_with_fault: Any, fault: str, retriable: bool
+    ) -> None:
+        from mlx_plugins.llm_providers.base import LLMError
+
+        p = plugin_with_fault(fault)
+        with p.session() as live, pytest.raises(LLMError) as info:
+            live.complete("hello")
+        err = info.value
+        assert err.retriable is retriable, (fault, err.kind, str(err))
+        if fault == "rate_limited":
+            assert err.kind == "rate_limited" and err.retry_after == pytest.approx(2.0)
+        if p.api_key:
+            assert p.api_key not in str(err)
+
+
+def contract_answer(prompt: str) -> str:
+    """A server-side answer that satisfies the contract: a ``ContractVerdict`` as JSON when the
+    prompt asks for JSON, else a short echo."""
+    if "JSON schema" in prompt:
+        return '```json\n{"label": "yes", "score": 0.9}\n```'
+    return "hello from the contract server: " + " ".join(prompt.split()[:8])
+
+
+class ContractVerdict(BaseModel):
+    """The structured answer the ``llm_provider`` contract asks for."""
+
+    label: str
+    score: float = Field(ge=0, le=1)
