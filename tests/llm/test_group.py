@@ -4,7 +4,6 @@ breaker transitions as metrics, hedging, errors captured as results, the persist
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 
@@ -95,20 +94,33 @@ def test_retry_after_longer_than_allowed_fails_over_at_once(servers):
     assert sleeps.waits == [] and a.calls == 1
 
 
-def test_breaker_opens_skips_then_half_opens_and_closes_visible_as_metrics(servers):
+class Clock:
+    """A library's clock (its module's ``time``: ``time.time()``), moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_skips_then_half_opens_and_closes_visible_as_metrics(servers, monkeypatch):
+    import purgatory.domain.model as breaker_model
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
     healthy = {"on": False}
     a = servers("openai", script=lambda i, p: Fault() if healthy["on"] else Fault("server_error"))
     b = servers("anthropic")
+    clock = Clock()
+    monkeypatch.setattr(breaker_model, "time", clock)
     reader = InMemoryMetricReader()
     g = group(
         a,
         b,
         attempts=1,
         breaker_threshold=2,
-        breaker_reset_s=0.05,
+        breaker_reset_s=30,
         max_concurrency=1,
         meter_provider=MeterProvider(metric_readers=[reader]),
     )
@@ -130,7 +142,7 @@ def test_breaker_opens_skips_then_half_opens_and_closes_visible_as_metrics(serve
     assert g.breaker_states()["openai"] == "opened"
     assert gauge() == {"openai": 2, "anthropic": 0}
 
-    time.sleep(0.1)  # past breaker_reset_s: the next call is the half-open probe
+    clock.now += 31  # past breaker_reset_s: the next call is the half-open probe
     healthy["on"] = True
     [r] = g.run(["p4"])
     assert r.ok and r.provider == "openai"
@@ -141,7 +153,7 @@ def test_breaker_opens_skips_then_half_opens_and_closes_visible_as_metrics(serve
 
 
 def test_hedge_answers_from_the_second_provider_and_cancels_the_slow_one(servers):
-    a = servers("openai", script=lambda i, p: Fault("slow", delay_s=0.8))
+    a = servers("openai", script=lambda i, p: Fault("slow", delay_s=3.0))
     b = servers("anthropic")
     g = group(a, b, hedge_after_s=0.05)
     [r] = g.run(["q"])
@@ -185,12 +197,17 @@ def test_round_robin_spreads_first_calls_over_providers(servers):
     assert (a.calls, b.calls) == (3, 3)
 
 
-def test_cache_expires_after_its_ttl_and_stays_under_its_size(tmp_path):
+def test_cache_expires_after_its_ttl_and_stays_under_its_size(tmp_path, monkeypatch):
+    import diskcache.core
+
+    clock = Clock()
+    monkeypatch.setattr(diskcache.core, "time", clock)
     c = Completion(provider="openai", model="m", text="x" * 10_000)
-    ttl = ResultCache(tmp_path / "ttl", ttl_s=0.05, size_mb=1)
+    ttl = ResultCache(tmp_path / "ttl", ttl_s=60, size_mb=1)
     ttl.set("k", c)
+    clock.now += 59
     assert ttl.get("k") == c
-    time.sleep(0.1)
+    clock.now += 2
     assert ttl.get("k") is None
 
     small = ResultCache(tmp_path / "small", ttl_s=None, size_mb=0.25)
