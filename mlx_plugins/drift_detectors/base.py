@@ -98,6 +98,13 @@ class ReferenceFrame(PreparedReference):
 
 
 class DriftDetector(MLXPlugin):
+    """Compares the distribution of a current frame with a reference frame, column by column.
+
+    Contract (``mlx_plugins.testing.DriftDetectorContract``): two samples of one distribution
+    give no dataset drift; shifting two numeric columns gives dataset drift naming exactly
+    those columns.
+    """
+
     @abstractmethod
     def compare(
         self,
@@ -105,7 +112,35 @@ class DriftDetector(MLXPlugin):
         current: pl.DataFrame,
         numeric: list[str] | None = None,
         categorical: list[str] | None = None,
-    ) -> DriftReport: ...
+    ) -> DriftReport:
+        """Test each column of ``current`` against the same column of ``reference``.
+
+        Parameters
+        ----------
+        reference, current
+            Frames of any number of rows (nulls, NaN and inf count as missing). Numeric
+            columns are integer, float, Decimal, Boolean, Date, Datetime or Duration
+            (temporal values compared as instants / durations in ns); categorical columns are
+            String, Categorical or Enum.
+        numeric, categorical
+            Columns to compare as such; None picks by dtype among the columns of both frames.
+
+        Returns
+        -------
+        DriftReport
+            One :class:`ColumnDrift` per compared column (statistic, p-value for tests that
+            have one, threshold, drifted); ``drift_share`` is the share of drifted columns in
+            ``[0, 1]`` and ``dataset_drift`` whether it reaches ``share_threshold``; columns
+            not compared are in ``skipped_columns``.
+
+        Raises
+        ------
+        ValueError
+            A named column missing from a frame, or named both numeric and categorical.
+        TypeError
+            A column whose dtypes in the two frames share no scale (e.g. Date vs Duration);
+            names the column, both dtypes and the fix.
+        """
 
     def prepare_reference(
         self,
