@@ -27,7 +27,13 @@ JOB_ASSETS: dict[str, tuple[str, ...]] = {
     "reference": ("planes",),
     "daily": ("raw_flights", "raw_weather", "flight_features"),
     "training": ("training_set", "model", "model_evaluation", "registered_model"),
-    "monitoring": ("raw_flights", "raw_weather", "flight_features", "feature_drift"),
+    "monitoring": (
+        "raw_flights",
+        "raw_weather",
+        "flight_features",
+        "feature_drift",
+        "drift_incident_summary",
+    ),
 }
 
 reference_job = dg.define_asset_job(

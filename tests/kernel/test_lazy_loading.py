@@ -20,6 +20,8 @@ HEAVY = (
     "sklearn",
     "pandas",
     "evidently",
+    "openai",
+    "anthropic",
 )
 UNUSED_PLUGIN_MODULES = ("mlx_plugins.ml_platforms.torch_mlp",)
 
