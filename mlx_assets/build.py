@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -18,6 +19,7 @@ from mlx_assets.registry import registered_model
 from mlx_assets.training import model, training_set
 from mlx_plugins.kernel.composition import Composition
 from mlx_plugins.kernel.errors import CompositionError, from_validation_error
+from mlx_plugins.kernel.kinds import SLOTS
 
 STAGES = [raw, flight_features, training_set, model, evaluation, registered_model, feature_drift]
 REQUIRED_DATA_SOURCE = "flights"
@@ -45,10 +47,57 @@ def platform_resources(composition: Composition) -> dict[str, object]:
     home = platform.home_path
     return {
         "platform": platform,
-        "io_manager": PolarsIOManager(base_path=str(home / "data")),
+        "io_manager": io_manager_from_slot(composition, home, PolarsIOManager),
         # Dagster's pickling IO manager, writing atomically (a kill leaves the old value).
         "object_io_manager": AtomicFilesystemIOManager(base_dir=str(home / "objects")),
     }
+
+
+IO_MANAGERS = {"polars_files": "PolarsIOManager"}
+"""Choices of the ``plugins.io_manager`` slot (``kinds.SLOTS``): name -> class of
+``mlx_resources.io_managers.polars_io``."""
+
+
+def io_manager_from_slot(composition: Composition, home: Path, default: type) -> object:
+    """The ``plugins.io_manager`` slot as an IO manager: ``{plugin: polars_files, config:
+    {base_path: ..., format: ...}}`` or just ``polars_files``; absent: ``polars_files`` at
+    ``<home>/data``. A ``base_path`` URL (``s3://...``, ``file://...``) is used exactly as
+    written (never resolved as a local path); a relative local path is relative to the home.
+
+    Raises:
+        CompositionError: an unknown plugin name, key or config value, naming the key.
+    """
+    key = "plugins.io_manager"
+    slot = composition.slots.get("io_manager", SLOTS["io_manager"])
+    if isinstance(slot, str):
+        slot = {"plugin": slot}
+    if not isinstance(slot, dict) or set(slot) - {"plugin", "config"}:
+        raise CompositionError(
+            composition.source,
+            key,
+            f"must be a plugin name or {{plugin: ..., config: {{...}}}}, not {slot!r}",
+            "write io_manager: {plugin: polars_files, config: {base_path: s3://bucket/mlx}}",
+        )
+    name = slot.get("plugin", SLOTS["io_manager"])
+    if name not in IO_MANAGERS:
+        raise CompositionError(
+            composition.source,
+            f"{key}.plugin",
+            f"unknown io_manager {name!r}",
+            f"use one of: {', '.join(IO_MANAGERS)}",
+        )
+    cls: Any = default
+    config = dict(slot.get("config") or {})
+    base = str(config.get("base_path", "data"))
+    if "://" not in base and not Path(base).expanduser().is_absolute():
+        base = str(home / base)  # a local folder of the home (the default: <home>/data)
+    config["base_path"] = base if "://" in base else str(Path(base).expanduser())
+    try:
+        return cls(**config)
+    except ValidationError as exc:
+        raise from_validation_error(
+            composition.source, f"{key}.config", exc, cls.model_fields
+        ) from None
 
 
 def plugin_resources(

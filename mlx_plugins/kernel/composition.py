@@ -55,7 +55,7 @@ from mlx_plugins.kernel.errors import (
     PluginNotFoundError,
     from_validation_error,
 )
-from mlx_plugins.kernel.kinds import KINDS
+from mlx_plugins.kernel.kinds import KINDS, SLOTS
 from mlx_plugins.kernel.registry import PluginRegistry, PluginSpec, default_registry
 from mlx_plugins.kernel.secrets import redact
 
@@ -87,6 +87,9 @@ class Composition(BaseModel):
     profile: str | None
     entries: tuple[PluginEntry, ...]
     settings: dict[str, Any] = Field(default_factory=dict)
+    slots: dict[str, Any] = Field(default_factory=dict)
+    """Platform slots (``kinds.SLOTS``, e.g. ``io_manager``) as written, after profiles and
+    overrides; absent when the file names none."""
 
     def of_kind(self, kind: str) -> tuple[PluginEntry, ...]:
         return tuple(e for e in self.entries if e.kind == kind)
@@ -183,7 +186,11 @@ def parse_composition(
             f"use kinds as keys: {', '.join(KINDS)}",
         )
     entries: list[PluginEntry] = []
+    slots: dict[str, Any] = {}
     for kind_name, value in plugins.items():
+        if kind_name in SLOTS:  # validated by the platform that fills it (mlx_assets.build)
+            slots[kind_name] = value
+            continue
         if kind_name not in KINDS:
             hint = ""
             if isinstance(kind_name, str) and (kinds := registry.kinds_of(kind_name)):
@@ -230,7 +237,9 @@ def parse_composition(
     settings = merged.get("settings") or {}
     if not isinstance(settings, dict):
         raise CompositionError(source, "settings", "must be a mapping", "use key: value pairs")
-    return Composition(source=source, profile=profile, entries=tuple(entries), settings=settings)
+    return Composition(
+        source=source, profile=profile, entries=tuple(entries), settings=settings, slots=slots
+    )
 
 
 # -- internals ---------------------------------------------------------------------------------

@@ -96,6 +96,12 @@ KINDS: dict[str, PluginKind] = {
 }
 
 
+SLOTS: dict[str, str] = {"io_manager": "polars_files"}
+"""Platform slots: chosen under ``plugins:`` like a kind (``io_manager: {plugin: polars_files,
+config: {base_path: s3://bucket/mlx}}``), but filled by the platform's own machinery in
+``mlx_resources`` rather than by plugins. Slot name -> the choice when the file names none."""
+
+
 def get_kind(name: str) -> PluginKind:
     try:
         return KINDS[name]
