@@ -83,6 +83,11 @@ class FileSchemaError(ValueError):
     table, the file, the column, the expected and the found type, and the fix."""
 
 
+class FileReadError(ValueError):
+    """A file that can't be read as its format (truncated, not parquet...); the message names
+    the table, the file and the format."""
+
+
 class FileTable(dg.Config):
     """One table of the ``files`` source."""
 
@@ -174,6 +179,7 @@ class FilesSource(DataSource):
             KeyError: no such table.
             FileNotFoundError: no file matches the table's path.
             FileSchemaError: a file opened has other columns or dtypes than the schema.
+            FileReadError: a file opened can't be read as its format.
         """
         return self.scan(table, start, end).collect()
 
@@ -273,7 +279,22 @@ class FilesSource(DataSource):
         return out
 
     def _file_schema(self, table: str, path: str) -> dict[str, pl.DataType]:
+        """The file's own schema (read from its metadata or header only).
+
+        Raises:
+            FileReadError: the file can't be read as its format; names table, file, format.
+        """
         fmt = self._format(table, path)
+        try:
+            return self._read_schema(table, path, fmt)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FileReadError(
+                f"files table {table!r}: file {path} can't be read as {fmt}: {first}. Fix or "
+                "remove the file"
+            ) from exc
+
+    def _read_schema(self, table: str, path: str, fmt: Format) -> dict[str, pl.DataType]:
         opts = self.storage_options or None
         if fmt == "parquet":
             return dict(pl.scan_parquet(path, storage_options=opts).collect_schema())

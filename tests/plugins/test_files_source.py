@@ -8,7 +8,7 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from mlx_plugins.data_sources.files import FileSchemaError, FilesSource, FileTable
+from mlx_plugins.data_sources.files import FileReadError, FileSchemaError, FilesSource, FileTable
 from mlx_plugins.testing import DataSourceContract
 
 DAYS = [dt.date(2024, 1, d) for d in range(1, 6)]
@@ -80,7 +80,9 @@ def test_hive_opens_only_the_days_asked_for(tmp_path):
     assert df.schema == pl.Schema(
         {"customer_id": pl.Int64, "spend": pl.Float64, "segment": pl.String, "day": pl.Date}
     )
-    with pytest.raises(Exception, match="part-0.parquet|parquet"):
+    with pytest.raises(
+        FileReadError, match=r"day=2024-01-05/part-0\.parquet can't be read as parquet"
+    ):
         src.read("t", DAYS[4], DAYS[4])
 
 

@@ -16,7 +16,7 @@ class TestLocalRegistry(ModelRegistryContract):
 
 def test_empty_root_is_placed_in_the_home(tmp_path):
     reg = LocalModelRegistry()
-    with pytest.raises(ValueError, match="plugins.model_registry.config.root"):
+    with pytest.raises(ValueError, match=r"plugins\.model_registry\.config\.root"):
         reg.versions("m")
     placed = reg.with_home(tmp_path)
     assert placed.root == str(tmp_path / "registry")

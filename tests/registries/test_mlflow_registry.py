@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
 
-from mlx_plugins.model_registries.base import ModelLineage  # noqa: E402
-from mlx_plugins.model_registries.mlflow_registry import MLflowModelRegistry  # noqa: E402
-from mlx_plugins.testing import ModelRegistryContract  # noqa: E402
+from mlx_plugins.model_registries.base import ModelLineage
+from mlx_plugins.model_registries.mlflow_registry import MLflowModelRegistry
+from mlx_plugins.testing import ModelRegistryContract
 
 
 @pytest.fixture(scope="module")
@@ -60,5 +60,5 @@ def test_run_has_metrics_params_lineage_tags_and_the_artifact(mlflow_store, tmp_
 
 
 def test_without_a_tracking_uri_says_which_key_to_set():
-    with pytest.raises(ValueError, match="plugins.model_registry.config.tracking_uri"):
+    with pytest.raises(ValueError, match=r"plugins\.model_registry\.config\.tracking_uri"):
         MLflowModelRegistry().versions("m")
