@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -46,6 +47,11 @@ from mlx_plugins.model_registries.base import (
 _RECORD = "mlx/version.json"
 _MAX_PARAM = 6000  # MLflow's limit on a param value (characters)
 _MAX_TAG = 5000  # MLflow's limit on a model version tag value
+
+
+def _without_userinfo(uri: str) -> str:
+    """``uri`` with any ``user:password@`` removed (health lines and errors never show it)."""
+    return re.sub(r"(?<=://)[^/@]*@", "***@", uri)
 
 
 def _flatten(config: Any, prefix: str = "") -> dict[str, str]:
@@ -145,7 +151,7 @@ class MLflowModelRegistry(ModelRegistry):
 
     def _probe(self) -> str:
         self.client.search_registered_models(max_results=1)
-        return f"MLflow registry at {self.registry_uri or self.tracking_uri}"
+        return f"MLflow registry at {_without_userinfo(self.registry_uri or self.tracking_uri)}"
 
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)

@@ -62,3 +62,11 @@ def test_run_has_metrics_params_lineage_tags_and_the_artifact(mlflow_store, tmp_
 def test_without_a_tracking_uri_says_which_key_to_set():
     with pytest.raises(ValueError, match=r"plugins\.model_registry\.config\.tracking_uri"):
         MLflowModelRegistry().versions("m")
+
+
+def test_health_line_hides_credentials_in_the_uri():
+    from mlx_plugins.model_registries.mlflow_registry import _without_userinfo
+
+    uri = "https://alice:s3cret@mlflow.example.com/"
+    assert _without_userinfo(uri) == "https://***@mlflow.example.com/"
+    assert _without_userinfo("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
