@@ -264,7 +264,8 @@ def plan(
     monitor_days = lifecycle_monitoring_days(defs.resources["platform"], all_days)
     reference, daily, training = _job_keys("reference"), _job_keys("daily"), _job_keys("training")
     drift = dg.AssetKey("feature_drift")
-    ordered = [*reference, *daily, *training, drift]
+    incident = dg.AssetKey("drift_incident_summary")  # runs with drift, in the monitoring job
+    ordered = [*reference, *daily, *training, drift, incident]
     parents = {d for k in ordered for d in graph.get(k).parent_keys}
     state = AssetState(instance, graph, [*ordered, *sorted(parents - set(ordered))])
     judge = _Assessor(graph, state)
@@ -277,7 +278,9 @@ def plan(
                 out.daily_assets[day] = (*out.daily_assets.get(day, ()), key.to_user_string())
     out.partitions = [d for d in all_days if d in out.daily_assets]
     out.training = [k.to_user_string() for k in training if judge.assess(k, None)]
-    out.monitoring = [d for d in monitor_days if judge.assess(drift, d)]
+    out.monitoring = [
+        d for d in monitor_days if judge.assess(drift, d) or judge.assess(incident, d)
+    ]
     out.findings = list(judge.found.values())
     return out
 
@@ -500,6 +503,6 @@ def run_lifecycle(
             f"drift monitoring: {_days(days)}",
             len(days),
             tags=_range_tags(days),
-            asset_keys=["feature_drift"],
+            asset_keys=["feature_drift", "drift_incident_summary"],
         )
     return first

@@ -168,6 +168,8 @@ def build_incident_summary(provider_keys: tuple[str, ...] = ()) -> dg.AssetsDefi
                     "author": dg.MetadataValue.text(author),
                     "summary": dg.MetadataValue.md(text),
                     "path": dg.MetadataValue.path(str(path)),
+                    # the lifecycle re-writes a summary whose file is gone or changed
+                    "byte_size": dg.MetadataValue.int(path.stat().st_size),
                 },
                 partition_key=day,
             )

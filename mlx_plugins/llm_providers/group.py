@@ -5,7 +5,9 @@ answer, or the captured error; nothing a provider does ends the batch. Per promp
 
 1. the result cache is looked up for every provider the prompt may go to (a hit makes no call);
 2. providers are tried in order (``routing: priority`` keeps the composition's order,
-   ``round_robin`` starts each prompt on the next provider); each call goes through that
+   ``round_robin`` starts each prompt on the next provider, ``adaptive`` puts providers with
+   fewer recent failures first: an exponentially weighted failure rate, open breakers last);
+   each call goes through that
    provider's circuit breaker (``purgatory``: closed -> open after ``breaker_threshold``
    consecutive retriable failures -> half-open after ``breaker_reset_s`` -> closed on a
    success) and its semaphore, under the overall one;
@@ -60,7 +62,11 @@ class GroupSettings(BaseModel):
     hedge_after_s: float | None = Field(
         default=None, gt=0, description="Ask the next provider too after this; None: never."
     )
-    routing: Literal["priority", "round_robin"] = "priority"
+    routing: Literal["priority", "round_robin", "adaptive"] = Field(
+        default="priority",
+        description="priority: the composition's order; round_robin: each prompt starts on the "
+        "next provider; adaptive: providers with fewer recent failures first (open breakers last).",
+    )
     cache: bool = True
     cache_ttl_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)
     cache_size_mb: float = Field(default=256.0, gt=0)
@@ -115,6 +121,8 @@ class ProviderStats:
     cost_usd: float = 0.0
     breaker_state: str = "closed"
     breaker_transitions: list[str] = field(default_factory=list)
+    recent_failure_rate: float = 0.0
+    """Exponentially weighted (alpha 0.2) share of failed calls: ``adaptive`` routing."""
 
 
 class BreakerOpen(Exception):
@@ -241,6 +249,7 @@ class ProviderGroup:
                     "cost_usd": round(s.cost_usd, 6),
                     "breaker_state": s.breaker_state,
                     "breaker_transitions": list(s.breaker_transitions),
+                    "recent_failure_rate": round(s.recent_failure_rate, 3),
                 }
                 for n, s in self.stats.items()
             },
@@ -274,6 +283,15 @@ class ProviderGroup:
         if self.settings.routing == "round_robin":
             k = index % len(names)
             names = names[k:] + names[:k]
+        elif self.settings.routing == "adaptive":
+            rank = {n: i for i, n in enumerate(names)}
+            names.sort(
+                key=lambda n: (
+                    self.stats[n].breaker_state == "opened",
+                    round(self.stats[n].recent_failure_rate, 2),
+                    rank[n],
+                )
+            )
         return names
 
     def _key(self, name: str, req: LLMRequest) -> str:
@@ -286,15 +304,15 @@ class ProviderGroup:
         overall: asyncio.Semaphore,
         per: dict[str, asyncio.Semaphore],
     ) -> _Outcome:
-        order = self._order(index)
         if self.cache is not None:
-            for name in order:
+            for name in self._order(index):
                 hit = self.cache.get(self._key(name, req))
                 if hit is not None:
                     self.stats[name].cache_hits += 1
                     self._count("mlx.llm.cache_hits", 1, name)
                     return _Outcome(completion=hit, cached=True, attempts=[f"{name}:cached"])
         async with overall:
+            order = self._order(index)  # decided when the prompt starts (adaptive routing)
             hedge_after = self.settings.hedge_after_s
             if hedge_after is None or len(order) < 2:
                 return await self._chain(order, req, per)
@@ -414,6 +432,8 @@ class ProviderGroup:
         except OpenedState:
             raise BreakerOpen(name) from None
         except LLMError as exc:
+            if exc.retriable:
+                stats.recent_failure_rate = 0.8 * stats.recent_failure_rate + 0.2
             stats.failures[exc.kind] = stats.failures.get(exc.kind, 0) + 1
             self._count("mlx.llm.failures", 1, name, kind=exc.kind)
             attempts.append(f"{name}:{exc.kind}")
@@ -424,6 +444,7 @@ class ProviderGroup:
             attempts.append(f"{name}:other")
             raise err from None
         stats.ok += 1
+        stats.recent_failure_rate *= 0.8
         stats.input_tokens += completion.input_tokens
         stats.output_tokens += completion.output_tokens
         stats.cost_usd += completion.cost_usd

@@ -95,6 +95,10 @@ def test_first_run_materializes_everything(lifecycle):
         assert len(instance.get_materialized_partitions(dg.AssetKey(key))) == 365
     # drift up to the model's test end; later days arrive through the `arrival` schedule
     assert len(instance.get_materialized_partitions(dg.AssetKey("feature_drift"))) == 304
+    # each monitored day gets its incident summary (a labelled template: no LLM provider)
+    incidents = instance.get_materialized_partitions(dg.AssetKey("drift_incident_summary"))
+    assert len(incidents) == 304
+    assert any((lifecycle.home / "reports" / "incidents").glob("2013-*.md"))
 
 
 def test_registered_version_records_lineage(lifecycle):

@@ -233,3 +233,14 @@ def test_bad_settings_name_the_field():
         GroupSettings(max_concurrency=0)
     with pytest.raises(ValueError, match="needs at least one llm_provider"):
         ProviderGroup({})
+
+
+def test_adaptive_routing_sends_new_prompts_to_the_provider_that_fails_less(servers):
+    a = servers("openai", script=lambda i, p: Fault("server_error"))
+    b = servers("anthropic")
+    g = group(a, b, routing="adaptive", attempts=1, max_concurrency=1, breaker_threshold=50)
+    results = g.run([f"p{i}" for i in range(6)])
+    assert all(r.ok and r.provider == "anthropic" for r in results)
+    assert results[0].attempts == ["openai:server_error", "anthropic:ok"]
+    assert all(r.attempts == ["anthropic:ok"] for r in results[1:])
+    assert a.calls == 1
