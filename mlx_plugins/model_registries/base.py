@@ -112,23 +112,34 @@ class ModelRegistry(MLXPlugin):
     ) -> tuple[ModelVersion, bool]:
         """Register ``artifact`` as the next version of ``model``, unless it is already there.
 
-        Parameters:
-            model: the model's name (``[A-Za-z0-9_.-]+``), e.g. ``"flight_delay"``.
-            artifact: path of the artifact file (a local file, copied into the registry).
-            artifact_sha256: hex sha256 of the artifact's bytes, recorded with the version.
-            metrics: metric name -> value (floats; e.g. ``roc_auc``, ``log_loss`` in nats).
-            config: the JSON-serialisable config the model was trained with.
-            lineage: data, code versions and run that produced it.
+        Parameters
+        ----------
+        model
+            The model's name (``[A-Za-z0-9_.-]+``), e.g. ``"flight_delay"``.
+        artifact
+            Path of the artifact file (a local file, copied into the registry).
+        artifact_sha256
+            Hex sha256 (64 characters) of the artifact's bytes, recorded with the version.
+        metrics
+            Metric name -> float (e.g. ``roc_auc`` in [0, 1], ``log_loss`` in nats).
+        config
+            The JSON-serialisable config the model was trained with.
+        lineage
+            Data, code versions and run that produced it.
 
-        Returns:
+        Returns
+        -------
+        tuple[ModelVersion, bool]
             ``(version, created)``. ``created`` is False when a version with the same
             :func:`identity` (training-set data version, code versions, config) already
             existed: nothing was written and that version is returned. Without a training-set
             data version nothing is identical, so a new version is always written.
             Concurrent identical registrations give one version.
 
-        Raises:
-            OSError: the artifact can't be read or stored (nothing is registered then).
+        Raises
+        ------
+        OSError
+            The artifact can't be read or stored (nothing is registered then).
         """
 
     def register(
@@ -151,8 +162,10 @@ class ModelRegistry(MLXPlugin):
     def get(self, model: str, version: int) -> ModelVersion:
         """Version number ``version`` (1-based) of ``model``.
 
-        Raises:
-            KeyError: no such version; the message names the model and its versions.
+        Raises
+        ------
+        KeyError
+            No such version; the message names the model and the versions it has.
         """
         found = {v.version: v for v in self.versions(model)}
         if version not in found:
@@ -172,9 +185,12 @@ class ModelRegistry(MLXPlugin):
         """Point ``alias`` (e.g. ``"champion"``) of ``model`` at ``version``; an alias names one
         version at a time, so this moves it when it named another.
 
-        Raises:
-            KeyError: ``model`` has no such version.
-            ValueError: ``alias`` is not a valid alias name (:func:`check_alias`).
+        Raises
+        ------
+        KeyError
+            ``model`` has no such version.
+        ValueError
+            ``alias`` is not a valid alias name (:func:`check_alias`).
         """
 
     @abstractmethod
@@ -184,8 +200,10 @@ class ModelRegistry(MLXPlugin):
     def get_by_alias(self, model: str, alias: str) -> ModelVersion:
         """The version that ``alias`` of ``model`` names.
 
-        Raises:
-            KeyError: the alias is not set; the message names the aliases that are.
+        Raises
+        ------
+        KeyError
+            The alias is not set; the message names the aliases that are.
         """
         aliases = self.aliases(model)
         if alias not in aliases:
@@ -199,8 +217,10 @@ class ModelRegistry(MLXPlugin):
         """Copy ``version``'s artifact into the folder ``dest`` (created) and return its path;
         the bytes are those registered (sha256 ``version.artifact_sha256``).
 
-        Raises:
-            FileNotFoundError: the stored artifact is gone.
+        Raises
+        ------
+        FileNotFoundError
+            The stored artifact is gone.
         """
         src = Path(version.artifact_path)
         out = Path(dest)
