@@ -96,7 +96,7 @@ def _lifecycle(args: argparse.Namespace) -> int:
     from mlx_assets.console import summary_lines
     from mlx_assets.definitions import defs
     from mlx_assets.lifecycle import run_lifecycle
-    from mlx_resources.leftovers import recover
+    from mlx_resources.run_liveness import recover
 
     with lifecycle_lock(home, log), dg.DagsterInstance.get() as instance:
         recover(instance, defs, log)  # fail runs of killed processes, clean their leftovers

@@ -247,24 +247,3 @@ def clean_leftovers(
         more = f" and {len(report.removed) - 5} more" if len(report.removed) > 5 else ""
         log(f"removed {len(report.removed)} leftover(s) of killed runs: {shown}{more}")
     return report
-
-
-def recover(
-    instance: dg.DagsterInstance,
-    defs: dg.Definitions,
-    log: Callable[[str], None] = print,
-    grace_s: float = GRACE_S,
-) -> CleanReport:
-    """Before a lifecycle: fail runs whose process died, then clean what they left.
-
-    The MLX home is the ``platform`` resource's (``MLX_HOME`` or ``settings.home``). Leftovers
-    younger than ``grace_s`` seconds stay (the next lifecycle removes them): the pid check is
-    per host, and the grace keeps a writer on another host sharing the folder safe.
-    """
-    from mlx_resources.platform import Platform
-    from mlx_resources.run_liveness import sweep_dead_runs
-
-    sweep_dead_runs(instance, log)
-    platform = (defs.resources or {}).get("platform")
-    home = platform.home_path if isinstance(platform, Platform) else Platform().home_path
-    return clean_leftovers(instance, home, grace_s=grace_s, log=log)

@@ -39,6 +39,7 @@ from mlx_plugins.kernel.process_identity import (
     is_alive,
     pid_running,
 )
+from mlx_resources.leftovers import GRACE_S, CleanReport, clean_leftovers
 
 __all__ = [
     "TAGS",
@@ -131,8 +132,6 @@ class _LivenessExecutor:
             sweep_dead_runs(instance, plan_context.log.info)
             home = _platform_home(plan_context.reconstructable_job.get_definition())
             if home is not None:
-                from mlx_resources.leftovers import clean_leftovers
-
                 clean_leftovers(instance, home, log=plan_context.log.info)
         except Exception as exc:  # never fail this run because of another run's leftovers
             plan_context.log.warning(f"could not recover after dead processes: {exc!r}")
@@ -203,3 +202,23 @@ class LivenessRunLauncher(DefaultRunLauncher):
         if reason is not None:
             return CheckRunHealthResult(WorkerStatus.FAILED, reason)
         return CheckRunHealthResult(WorkerStatus.RUNNING)
+
+
+def recover(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    log: Callable[[str], None] = print,
+    grace_s: float = GRACE_S,
+) -> CleanReport:
+    """Before a lifecycle: fail runs whose process died, then clean what they left.
+
+    The MLX home is the ``platform`` resource's (``MLX_HOME`` or ``settings.home``). Leftovers
+    younger than ``grace_s`` seconds stay (the next lifecycle removes them): the pid check is
+    per host, and the grace keeps a writer on another host sharing the folder safe.
+    """
+    from mlx_resources.platform import Platform
+
+    sweep_dead_runs(instance, log)
+    platform = (defs.resources or {}).get("platform")
+    home = platform.home_path if isinstance(platform, Platform) else Platform().home_path
+    return clean_leftovers(instance, home, grace_s=grace_s, log=log)

@@ -15,10 +15,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mlx_resources.leftovers import GRACE_S, clean_registry, clean_scratch, recover, temp_owner
+from mlx_resources.leftovers import GRACE_S, clean_registry, clean_scratch, temp_owner
 from mlx_resources.model_registry import ModelLineage, ModelRegistry
 from mlx_resources.process_identity import identity, pid_running
-from mlx_resources.run_liveness import TAG_RUN
+from mlx_resources.run_liveness import TAG_RUN, recover
 from tests.faults._driver import SMALL_DAYS
 from tests.faults.conftest import start, wait_for
 
@@ -74,7 +74,7 @@ def test_kill_during_a_partition_write(home, tmp_path):
 
 
 def test_recover_fails_dead_runs_and_cleans_what_they_left(home):
-    """What `mlx lifecycle` calls before planning (mlx_resources.leftovers.recover)."""
+    """What `mlx lifecycle` calls before planning (mlx_resources.run_liveness.recover)."""
     from mlx_assets.build import build_definitions
     from mlx_plugins.kernel.composition import load_composition
     from mlx_resources.instance_home import ensure_dagster_home
