@@ -16,7 +16,8 @@ answer, or the captured error; nothing a provider does ends the batch. Per promp
    server says so (longer than ``max_retry_after_s``: fail over at once); after ``attempts``
    tries, or when the breaker is open, the next provider is asked;
 4. with ``hedge_after_s`` set, a prompt not answered within that time is also sent to the next
-   provider; the first good answer wins and the other call is cancelled.
+   provider (sooner, after ``hedge_idle_after_s``, when no prompt waits for a slot); the first
+   good answer wins and the other call is cancelled.
 
 Counters per provider (calls, failures by kind, retries, cache hits, tokens, estimated cost,
 breaker state and transitions) are in :meth:`ProviderGroup.stats`, in Dagster metadata
@@ -61,6 +62,12 @@ class GroupSettings(BaseModel):
     breaker_reset_s: float = Field(default=30.0, gt=0, description="Open -> half-open.")
     hedge_after_s: float | None = Field(
         default=None, gt=0, description="Ask the next provider too after this; None: never."
+    )
+    hedge_idle_after_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Hedge sooner, after this, when no prompt is waiting for a slot (spare "
+        "capacity, e.g. a batch's tail); None: always hedge_after_s.",
     )
     routing: Literal["priority", "round_robin", "adaptive"] = Field(
         default="priority",
@@ -189,6 +196,7 @@ class ProviderGroup:
         )
         self._breakers.add_listener(self._on_breaker_event)
         self._sleep = sleep or asyncio.sleep
+        self._queued = 0  # prompts waiting for an overall slot
         self._otel = _otel_instruments(self, meter_provider)
 
     # -- public ---------------------------------------------------------------------------
@@ -311,7 +319,9 @@ class ProviderGroup:
                     self.stats[name].cache_hits += 1
                     self._count("mlx.llm.cache_hits", 1, name)
                     return _Outcome(completion=hit, cached=True, attempts=[f"{name}:cached"])
+        self._queued += 1
         async with overall:
+            self._queued -= 1
             order = self._order(index)  # decided when the prompt starts (adaptive routing)
             hedge_after = self.settings.hedge_after_s
             if hedge_after is None or len(order) < 2:
@@ -322,7 +332,14 @@ class ProviderGroup:
         self, order: list[str], req: LLMRequest, per: dict[str, asyncio.Semaphore], after: float
     ) -> _Outcome:
         primary = asyncio.create_task(self._chain(order, req, per))
-        done, _ = await asyncio.wait({primary}, timeout=after)
+        idle_after = self.settings.hedge_idle_after_s
+        if idle_after is not None and idle_after < after:
+            # spare capacity (nothing queued): a hedge costs no prompt its slot, so ask sooner
+            done, _ = await asyncio.wait({primary}, timeout=idle_after)
+            if not done and self._queued:
+                done, _ = await asyncio.wait({primary}, timeout=after - idle_after)
+        else:
+            done, _ = await asyncio.wait({primary}, timeout=after)
         if done:
             return primary.result()
         self.hedges += 1
