@@ -136,13 +136,14 @@ def main() -> None:
         f"1 call in {args.slow_every}; hedge after {settings.hedge_after_s}s "
         f"({settings.hedge_idle_after_s}s with spare slots); routing {settings.routing}"
     )
-    widths = (6, 10, 10, 8, 6, 12, 14, 16, 14)
+    widths = (6, 10, 10, 8, 10, 6, 8, 14, 12, 12)
     print(
         row(
             "run",
             "ideal s",
             "wall s",
             "ratio",
+            "client CPU s",
             "lost",
             "calls",
             "hedges (won)",
@@ -172,9 +173,10 @@ def main() -> None:
             ProviderGroup(providers, settings).run(["warm-up a", "warm-up b"])
             group = ProviderGroup(providers, settings, cache_dir=cache_dir)
             before = a.calls() + b.calls()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             results = group.run(prompts)
             wall = time.perf_counter() - start
+            cpu = time.process_time() - cpu_start
             calls = a.calls() + b.calls() - before
             group.close()
             # a later run (a new group on the same cache): every call it makes would be paid
@@ -196,6 +198,7 @@ def main() -> None:
                 f"{ideal:.2f}",
                 f"{wall:.2f}",
                 f"{wall / ideal:.2f}x",
+                f"{cpu:.2f}",
                 lost,
                 calls,
                 f"{summary['hedges']} ({summary['hedges_won']})",
