@@ -14,7 +14,7 @@ from mlx_assets.features import flight_features
 from mlx_assets.ingest import raw
 from mlx_assets.monitoring import drift_sensor, feature_drift
 from mlx_assets.monitoring.arrival_schedule import build_arrival_schedule
-from mlx_assets.monitoring.incident_summary import build_incident_summary
+from mlx_assets.monitoring.incident_summary import build_incident_summary, llm_provider_keys
 from mlx_assets.registry import registered_model
 from mlx_assets.training import model, training_set
 from mlx_plugins.kernel.composition import Composition
@@ -127,7 +127,7 @@ def build_definitions(composition: Composition) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             *dg.load_assets_from_modules(STAGES),
-            build_incident_summary(tuple(e.name for e in composition.of_kind("llm_provider"))),
+            build_incident_summary(llm_provider_keys(composition)),
         ],
         asset_checks=dg.load_asset_checks_from_modules(STAGES),
         jobs=jobs.JOBS,

@@ -119,6 +119,30 @@ def template_summary(facts_text: str) -> str:
     )
 
 
+def llm_provider_keys(composition: Any) -> tuple[str, ...]:
+    """Resource names of the composition's ``llm_provider`` entries, in failover order.
+
+    Raises:
+        CompositionError: an entry writes its ``api_key`` in the file instead of
+            ``{env: NAME}`` (keys come only from the environment), naming the entry.
+    """
+    from mlx_plugins.kernel.errors import CompositionError
+
+    entries = composition.of_kind("llm_provider")
+    for i, entry in enumerate(entries):
+        key = entry.config.get("api_key")
+        if key is not None and not (isinstance(key, dict) and set(key) == {"env"}):
+            raise CompositionError(
+                composition.source,
+                f"plugins.llm_provider[{i}].config.api_key",
+                f"the {entry.plugin} API key is written in the file; keys are read only from "
+                "the environment",
+                f"write api_key: {{env: {entry.plugin.upper()}_API_KEY}} and export "
+                f"{entry.plugin.upper()}_API_KEY",
+            )
+    return tuple(e.name for e in entries)
+
+
 def build_incident_summary(provider_keys: tuple[str, ...] = ()) -> dg.AssetsDefinition:
     """The ``drift_incident_summary`` asset, requiring the ``llm_provider`` resources named
     ``provider_keys`` (in failover order; empty: template summaries only)."""

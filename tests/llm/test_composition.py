@@ -75,3 +75,23 @@ def test_loading_a_composition_with_providers_imports_no_sdk(tmp_path):
     for name in ("openai", "anthropic", "purgatory", "tenacity", "diskcache", "httpx"):
         assert name not in loaded, f"{name} imported while loading the code location"
     assert KEY not in out.stdout + out.stderr
+
+
+def test_an_api_key_written_in_the_file_is_refused_naming_the_entry(tmp_path, monkeypatch):
+    import pytest
+
+    from mlx_assets.build import build_definitions
+    from mlx_plugins.kernel.errors import CompositionError
+
+    monkeypatch.setenv("MLX_TEST_OPENAI_KEY", KEY)
+    monkeypatch.setenv("MLX_TEST_ANTHROPIC_KEY", KEY)
+    path = compose(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["plugins"]["llm_provider"][1]["config"]["api_key"] = "sk-literal-in-file-123"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CompositionError) as info:
+        build_definitions(load_composition(path))
+    message = str(info.value)
+    assert "plugins.llm_provider[1].config.api_key" in message
+    assert "{env: ANTHROPIC_API_KEY}" in message
+    assert "sk-literal-in-file-123" not in message
