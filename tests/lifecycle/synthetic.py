@@ -23,6 +23,7 @@ ORDER = (
     "model_evaluation",
     "registered_model",
     "feature_drift",
+    "drift_incident_summary",
 )
 
 
