@@ -97,7 +97,7 @@ def facts(obs: DriftObservation, cols: list[dict[str, Any]], metrics: dict[str, 
         "Top columns: "
         + (
             "; ".join(
-                f"{c['column']} ({c['test']} {c['statistic']:.3g}"
+                f"{c['column']} ({c['test']} {_num(c['statistic'])}"
                 f"{', drifted' if c['drifted'] else ''})"
                 for c in cols
             )
@@ -110,6 +110,10 @@ def facts(obs: DriftObservation, cols: list[dict[str, Any]], metrics: dict[str, 
     if obs.report:
         lines.append(f"Report: {obs.report}")
     return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def template_summary(facts_text: str) -> str:

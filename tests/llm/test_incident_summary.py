@@ -30,7 +30,7 @@ def drift_rows(day: str) -> pl.DataFrame:
             "date": [day] * 3,
             "column": ["dep_delay", "temp", "carrier"],
             "test": ["ks", "wasserstein", "chi2"],
-            "statistic": [0.31, 0.12, 0.02],
+            "statistic": [0.31, 0.12, None],  # a column without a statistic (empty day)
             "p_value": [0.0, None, 0.7],
             "drifted": [True, True, False],
         }
@@ -107,6 +107,7 @@ def test_without_providers_writes_a_labelled_template_per_drift_event(
     text = Path(retrain["path"]).read_text()
     assert TEMPLATE_LABEL in text
     assert "dep_delay (ks 0.31, drifted)" in text  # top column first
+    assert "carrier (chi2 n/a)" in text
     assert "roc_auc 0.7100" in text
     assert "retraining requested" in text
     assert "watch" in Path(meta[DAYS[2]]["path"]).read_text()
