@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -521,9 +522,13 @@ def _otel_instruments(group: ProviderGroup, meter_provider: Any = None) -> dict[
     from opentelemetry import metrics
 
     meter = metrics.get_meter("mlx.llm", meter_provider=meter_provider)
+    ref = weakref.ref(group)  # the callback must not keep a finished group alive
 
     def states(_options: Any) -> Any:
-        for name, stats in group.stats.items():
+        live = ref()
+        if live is None:
+            return
+        for name, stats in live.stats.items():
             yield metrics.Observation(
                 BREAKER_STATE_VALUE.get(stats.breaker_state, 0), {"provider": name}
             )

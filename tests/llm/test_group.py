@@ -244,3 +244,19 @@ def test_adaptive_routing_sends_new_prompts_to_the_provider_that_fails_less(serv
     assert results[0].attempts == ["openai:server_error", "anthropic:ok"]
     assert all(r.attempts == ["anthropic:ok"] for r in results[1:])
     assert a.calls == 1
+
+
+def test_the_breaker_gauge_does_not_keep_a_finished_group_alive(servers):
+    import gc
+    import weakref
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    g = group(servers("openai"), meter_provider=MeterProvider(metric_readers=[reader]))
+    ref = weakref.ref(g)
+    del g
+    gc.collect()
+    assert ref() is None
+    reader.get_metrics_data()  # the callback of a collected group reports nothing, no error
