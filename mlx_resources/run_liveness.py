@@ -128,6 +128,7 @@ class _LivenessExecutor:
     def execute(self, plan_context: Any, execution_plan: Any) -> Iterator[Any]:
         instance = plan_context.instance
         record_run_worker(instance, plan_context.run_id)
+        home = None
         try:
             sweep_dead_runs(instance, plan_context.log.info)
             home = _platform_home(plan_context.reconstructable_job.get_definition())
@@ -135,7 +136,13 @@ class _LivenessExecutor:
                 clean_leftovers(instance, home, log=plan_context.log.info)
         except Exception as exc:  # never fail this run because of another run's leftovers
             plan_context.log.warning(f"could not recover after dead processes: {exc!r}")
-        yield from self._inner.execute(plan_context, execution_plan)
+        # run > step spans, trace id tag, audit log, metrics file (mlx_resources.telemetry)
+        from mlx_resources.telemetry import traced_execution
+        from mlx_resources.telemetry.audit import install_for_run
+
+        install_for_run(home, plan_context.log.warning)
+        events = self._inner.execute(plan_context, execution_plan)
+        yield from traced_execution(plan_context, events, home)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

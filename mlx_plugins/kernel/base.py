@@ -315,19 +315,61 @@ def is_secret_field(extra: Any) -> bool:
     return isinstance(extra, dict) and bool(extra.get("secret") or extra.get("dagster__is_secret"))
 
 
+_telemetry: Any = None
+_NOT_CALLS = frozenset({"init_private_attributes", "model_post_init"})
+"""Methods pydantic adds to a class (wrapped for redaction, but not plugin calls)."""
+
+
+def _call_scope(args: tuple[Any, ...], method: str, current: bool = True) -> Any:
+    """The telemetry scope of this plugin call (``mlx_plugins.kernel.telemetry``, imported on the
+    first call so that loading plugins never pays for OpenTelemetry), or ``None``."""
+    global _telemetry
+    if method in _NOT_CALLS or not args or not isinstance(args[0], MLXPlugin):
+        return None
+    if _telemetry is None:
+        from mlx_plugins.kernel import telemetry
+
+        _telemetry = telemetry
+    return _telemetry.plugin_call(args[0], method, current=current)
+
+
+def _clean(exc: Exception) -> Exception:
+    clean = redact_exception(exc)
+    return exc if clean is exc else typing.cast(Exception, clean)
+
+
 def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` whose exceptions have secrets redacted (message, arguments, cause chain)."""
+    """``fn`` whose exceptions have secrets redacted (message, arguments, cause chain), and whose
+    call is instrumented once: a span ``<kind>.<plugin>.<method>``, Prometheus metrics and the
+    audit log (:func:`mlx_plugins.kernel.telemetry.plugin_call`)."""
+    method = fn.__name__
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            scope = _call_scope(args, method)
+            if scope is None:
+                try:
+                    return await fn(*args, **kwargs)
+                except Exception as exc:
+                    clean = _clean(exc)
+                    if clean is exc:
+                        raise
+                    raise clean from clean.__cause__
+            scope.__enter__()
             try:
-                return await fn(*args, **kwargs)
+                result = await fn(*args, **kwargs)
             except Exception as exc:
-                clean = redact_exception(exc)
+                clean = _clean(exc)
+                scope.finish(None, clean)
                 if clean is exc:
                     raise
                 raise clean from clean.__cause__
+            except BaseException as exc:
+                scope.finish(None, exc)
+                raise
+            scope.finish(result, None)
+            return result
 
         async_wrapper._mlx_redacting = True  # type: ignore[attr-defined]
         return async_wrapper
@@ -335,26 +377,55 @@ def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         @functools.wraps(fn)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            # a generator runs between its consumer's steps: its span is not made current
+            scope = _call_scope(args, method, current=False)
             try:
-                return (yield from fn(*args, **kwargs))
+                if scope is not None:
+                    scope.__enter__()
+                result = yield from fn(*args, **kwargs)
             except Exception as exc:
-                clean = redact_exception(exc)
+                clean = _clean(exc)
+                if scope is not None:
+                    scope.finish(None, clean)
                 if clean is exc:
                     raise
                 raise clean from clean.__cause__
+            except BaseException as exc:  # GeneratorExit (closed early) included
+                if scope is not None:
+                    scope.finish(None, exc)
+                raise
+            if scope is not None:
+                scope.finish(result, None)
+            return result
 
         gen_wrapper._mlx_redacting = True  # type: ignore[attr-defined]
         return gen_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        scope = _call_scope(args, method)
+        if scope is None:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                clean = _clean(exc)
+                if clean is exc:
+                    raise
+                raise clean from clean.__cause__
+        scope.__enter__()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except Exception as exc:
-            clean = redact_exception(exc)
+            clean = _clean(exc)
+            scope.finish(None, clean)
             if clean is exc:
                 raise
             raise clean from clean.__cause__
+        except BaseException as exc:
+            scope.finish(None, exc)
+            raise
+        scope.finish(result, None)
+        return result
 
     wrapper._mlx_redacting = True  # type: ignore[attr-defined]
     return wrapper

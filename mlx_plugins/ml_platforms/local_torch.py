@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -375,12 +376,19 @@ class LocalTorchPlatform(MLPlatform):
             for df in (train, valid)
         ]
 
+        from mlx_plugins.kernel import telemetry
+
         def forward(r: tm.EpochResult) -> None:
+            telemetry.epoch_span(self.metadata.name, r.epoch, r.seconds, r.samples_per_second)
             if on_epoch is not None:
                 on_epoch(EpochStats(**r.__dict__))
 
         cfg = self.loop_config(device.type)
+        started = time.perf_counter()
         history = tm.train_loop(model, tensors[0], tensors[1], cfg, device, forward)
+        telemetry.observe_training(
+            self.metadata.name, time.perf_counter() - started, train.height * len(history)
+        )
         path = self._save(model.cpu(), pre, spec)
         return TrainedModel(
             platform=self.metadata.name,
@@ -571,10 +579,17 @@ def _train_in_child_process(
     main = ["__main__"] if main_file and os.path.exists(main_file) else []
     ctx.set_forkserver_preload([*main, *_PRELOAD])
     config = {**plugin.model_dump(), "isolation": "none"}
+    from mlx_plugins.kernel import telemetry
     from mlx_plugins.kernel.process_identity import parent_env
 
-    # The child dies with this process (mlx_plugins.kernel.process_identity.die_with_parent).
-    env = {**{k: os.environ[k] for k in _CHILD_ENV if k in os.environ}, **parent_env()}
+    # The child dies with this process (mlx_plugins.kernel.process_identity.die_with_parent);
+    # its spans join this trace (W3C TRACEPARENT, mlx_plugins.kernel.telemetry).
+    env = {
+        **{k: os.environ[k] for k in _CHILD_ENV if k in os.environ},
+        **parent_env(),
+        **telemetry.traceparent_env(),
+    }
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"mlx-train-{os.getpid()}-") as tmp:
         paths = (str(Path(tmp) / "train.arrow"), str(Path(tmp) / "valid.arrow"))
         train.write_ipc(paths[0], compression="uncompressed")
@@ -600,8 +615,18 @@ def _train_in_child_process(
                 if kind == "epoch":
                     if on_epoch is not None:
                         on_epoch(EpochStats.model_validate_json(body))
+                elif kind == "trace":  # the child's trace id: the same trace as this call
+                    telemetry.trace_api().get_current_span().set_attribute(
+                        "mlx.child_trace_id", body
+                    )
                 elif kind == "result":
-                    return TrainedModel.model_validate_json(body)
+                    model = TrainedModel.model_validate_json(body)
+                    telemetry.observe_training(
+                        plugin.metadata.name,
+                        time.perf_counter() - started,
+                        train.height * len(model.history),
+                    )
+                    return model
                 elif kind in _TYPED_ERRORS:  # the same error as in-process, by its message
                     raise _TYPED_ERRORS[kind](body)
                 else:
@@ -619,14 +644,34 @@ def _child_main(
     spec_json: str,
     messages: Any,
 ) -> None:
+    os.environ.update(env)
+    from mlx_plugins.kernel import telemetry
+    from mlx_plugins.kernel.process_identity import die_with_parent
+
+    die_with_parent()  # a kill -9 of the run's process must not leave this child training
+    try:  # the forkserver's providers are not this child's to export through
+        telemetry.configure(force=True)
+    except RuntimeError as exc:  # e.g. OTLP asked for but not installed: say so, whole
+        messages.put(("error", str(exc)))
+        return
+    token = telemetry.attach_parent_from_env(env)
+    try:
+        with telemetry.tracer().start_as_current_span("local_torch.train.child"):
+            messages.put(("trace", telemetry.current_trace_id() or ""))
+            _child_train(config, paths, spec_json, messages)
+    finally:
+        if token is not None:
+            telemetry.detach(token)
+        telemetry.shutdown()  # flush the child's spans before it exits
+
+
+def _child_train(
+    config: dict[str, Any], paths: tuple[str, str], spec_json: str, messages: Any
+) -> None:
     import traceback
 
     import polars as pl
 
-    os.environ.update(env)
-    from mlx_plugins.kernel.process_identity import die_with_parent
-
-    die_with_parent()  # a kill -9 of the run's process must not leave this child training
     try:
         plugin = LocalTorchPlatform(**config)
         with plugin.session():

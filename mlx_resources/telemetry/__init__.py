@@ -1,0 +1,119 @@
+"""Run and step telemetry: the span tree ``run > step (asset) > plugin call > sub-operation``.
+
+:func:`traced_execution` wraps an executor's event stream (the jobs' executor,
+:mod:`mlx_resources.run_liveness`): one ``run`` span for the run, one ``step`` span per step
+(opened at ``STEP_START``, closed at the step's last event), the run's trace id as the run tag
+``mlx/trace_id``, the run/asset/partition/who context for the plugin calls' spans and audit rows
+(:mod:`mlx_resources.telemetry.audit`), and the run's Prometheus metrics written to
+``<home>/metrics/<run_id>.prom`` at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlx_plugins.kernel import telemetry as kt
+
+_log = logging.getLogger("mlx.telemetry")
+
+_STEP_END = frozenset({"STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED", "STEP_UP_FOR_RETRY"})
+
+
+def who(tags: Mapping[str, str]) -> str:
+    """Who started a run, from its tags: ``sensor:<name>``, ``schedule:<name>``,
+    ``user:<name>`` (``dagster/user``, else ``$USER``), ``backfill:<id>``."""
+    if tags.get("dagster/sensor_name"):
+        return f"sensor:{tags['dagster/sensor_name']}"
+    if tags.get("dagster/schedule_name"):
+        return f"schedule:{tags['dagster/schedule_name']}"
+    if tags.get("dagster/backfill"):
+        return f"backfill:{tags['dagster/backfill']}"
+    user = tags.get("dagster/user") or os.environ.get("USER") or "unknown"
+    return f"user:{user}"
+
+
+def partition_of(tags: Mapping[str, str]) -> str | None:
+    """The run's partition (``2013-01-05``) or range (``2013-01-01...2013-01-31``), if any."""
+    if tags.get("dagster/partition"):
+        return tags["dagster/partition"]
+    start, end = (
+        tags.get("dagster/asset_partition_range_start"),
+        tags.get("dagster/asset_partition_range_end"),
+    )
+    return f"{start}...{end}" if start and end else None
+
+
+def traced_execution(
+    plan_context: Any, events: Iterator[Any], home: Path | None = None
+) -> Iterator[Any]:
+    """``events`` (an executor's stream) inside the run span, with a step span per step.
+
+    Adds the run tag ``mlx/trace_id``. With ``home``, writes the metrics file at the end
+    (a failure to write it is logged, never fails the run).
+    """
+    run = plan_context.dagster_run
+    tags = dict(run.tags)
+    run_id = plan_context.run_id
+    tracer = kt.tracer()
+    context = {
+        "run_id": run_id,
+        "job": run.job_name,
+        "partition": partition_of(tags),
+        "who": who(tags),
+        "model": tags.get("mlx/model"),
+    }
+    with (
+        tracer.start_as_current_span(
+            f"run {run.job_name}",
+            attributes={f"mlx.{k}": v for k, v in context.items() if v},
+        ) as run_span,
+        kt.bound_run_context(**context),
+    ):
+        trace_id = kt.current_trace_id()
+        if trace_id:
+            with contextlib.suppress(Exception):
+                plan_context.instance.add_run_tags(run_id, {kt.TRACE_TAG: trace_id})
+        steps: dict[str, contextlib.ExitStack] = {}
+        try:
+            for event in events:
+                kind = getattr(event, "event_type_value", None)
+                key = getattr(event, "step_key", None)
+                if kind == "STEP_START" and key and key not in steps:
+                    stack = contextlib.ExitStack()
+                    asset = _asset_of(plan_context, key)
+                    stack.enter_context(
+                        tracer.start_as_current_span(
+                            f"step {key}",
+                            attributes={"mlx.step": key, "mlx.asset": asset, "mlx.run_id": run_id},
+                        )
+                    )
+                    stack.enter_context(kt.bound_run_context(asset=asset, step=key))
+                    steps[key] = stack
+                yield event
+                if kind in _STEP_END and key in steps:
+                    if kind == "STEP_FAILURE":
+                        run_span.set_attribute("mlx.outcome", "error")
+                    steps.pop(key).close()
+        finally:
+            for stack in reversed(list(steps.values())):  # a stream stopped mid-step
+                stack.close()
+            run_span.set_attribute("mlx.trace_id", trace_id or "")
+            if home is not None:
+                try:
+                    kt.write_run_metrics(home, run_id)
+                except Exception as exc:
+                    _log.warning("could not write the run's metrics under %s: %s", home, exc)
+
+
+def _asset_of(plan_context: Any, step_key: str) -> str:
+    """The asset a step materializes: Dagster names an asset's step after its key
+    (``flight_features``; ``a__b`` for ``a/b``)."""
+    return step_key.replace("__", "/")
+
+
+__all__ = ["partition_of", "traced_execution", "who"]

@@ -1,0 +1,200 @@
+"""The audit log: every plugin call, append-only, in a SQL database (SQLAlchemy).
+
+Where: ``MLX_AUDIT_URL`` (any SQLAlchemy URL, e.g. ``postgresql+psycopg://.../mlx``) or, by
+default, SQLite at ``<MLX home>/audit/audit.sqlite``. One row per plugin call (see
+:class:`mlx_plugins.kernel.telemetry.PluginCall`): who (user, sensor or schedule), run id, job,
+plugin, kind, version, method, asset, partition, when (UTC), outcome, duration, rows/bytes of a
+frame result, trace id, and the redacted error text. Never arguments, results or config values.
+
+Append-only: :class:`AuditLog` has no update or delete; on SQLite, triggers ``RAISE(ABORT)`` on
+any ``UPDATE`` or ``DELETE`` of ``mlx_audit`` (on Postgres, grant the writer ``INSERT, SELECT``
+only, see ``docs/observability.md``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from mlx_plugins.kernel import telemetry as kt
+from mlx_plugins.kernel.secrets import redact
+
+METADATA = sa.MetaData()
+AUDIT = sa.Table(
+    "mlx_audit",
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("run_id", sa.String(64), index=True),
+    sa.Column("job", sa.String(200)),
+    sa.Column("plugin", sa.String(100), nullable=False, index=True),
+    sa.Column("kind", sa.String(50), nullable=False),
+    sa.Column("version", sa.String(50), nullable=False),
+    sa.Column("method", sa.String(100), nullable=False),
+    sa.Column("asset", sa.String(200)),
+    sa.Column("partition", sa.String(100)),
+    sa.Column("outcome", sa.String(10), nullable=False),
+    sa.Column("duration_s", sa.Float, nullable=False),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("trace_id", sa.String(32)),
+    sa.Column("error", sa.Text),
+)
+
+_SQLITE_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS mlx_audit_no_update BEFORE UPDATE ON mlx_audit "
+    "BEGIN SELECT RAISE(ABORT, 'mlx_audit is append-only: rows cannot be updated'); END",
+    "CREATE TRIGGER IF NOT EXISTS mlx_audit_no_delete BEFORE DELETE ON mlx_audit "
+    "BEGIN SELECT RAISE(ABORT, 'mlx_audit is append-only: rows cannot be deleted'); END",
+)
+
+COLUMNS = tuple(c.name for c in AUDIT.columns)
+
+
+def default_url(home: str | os.PathLike[str] | None = None) -> str:
+    """``MLX_AUDIT_URL`` if set, else SQLite at ``<home>/audit/audit.sqlite`` (``home``
+    defaults to the MLX home)."""
+    if os.environ.get("MLX_AUDIT_URL"):
+        return os.environ["MLX_AUDIT_URL"]
+    if home is None:
+        from mlx_resources.platform import Platform
+
+        home = Platform(home="").home_path
+    path = Path(home) / "audit" / "audit.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+class AuditLog:
+    """Append-only access to the audit table at ``url`` (created on first use).
+
+    Methods: :meth:`record` (one :class:`~mlx_plugins.kernel.telemetry.PluginCall`),
+    :meth:`query` (filters), :meth:`listener` (install as a kernel call listener). There is
+    deliberately no update or delete.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine = sa.create_engine(url, future=True)
+        if self._engine.dialect.name == "sqlite":
+
+            @sa.event.listens_for(self._engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA busy_timeout=10000")
+                cur.close()
+
+        METADATA.create_all(self._engine)
+        if self._engine.dialect.name == "sqlite":
+            with self._engine.begin() as conn:
+                for ddl in _SQLITE_TRIGGERS:
+                    conn.exec_driver_sql(ddl)
+
+    def record(self, call: kt.PluginCall) -> None:
+        """Append one row for ``call`` (string fields redacted)."""
+        ctx = call.context
+        row = {
+            "at": dt.datetime.fromtimestamp(call.started_at, tz=dt.UTC),
+            "who": redact(ctx.get("who") or f"user:{os.environ.get('USER', 'unknown')}"),
+            "run_id": ctx.get("run_id"),
+            "job": ctx.get("job"),
+            "plugin": call.plugin,
+            "kind": call.kind,
+            "version": call.version,
+            "method": call.method,
+            "asset": ctx.get("asset"),
+            "partition": ctx.get("partition"),
+            "outcome": call.outcome,
+            "duration_s": call.duration_s,
+            "rows": call.rows,
+            "bytes": call.bytes,
+            "trace_id": call.trace_id,
+            "error": redact(call.error) if call.error else None,
+        }
+        with self._engine.begin() as conn:
+            conn.execute(AUDIT.insert().values(**row))
+
+    def query(
+        self,
+        *,
+        plugin: str | None = None,
+        run_id: str | None = None,
+        since: dt.datetime | None = None,
+        outcome: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows (dicts keyed by :data:`COLUMNS`, oldest first) matching every given filter;
+        ``since`` is inclusive and timezone-aware (naive means UTC)."""
+        q = sa.select(AUDIT).order_by(AUDIT.c.id)
+        if plugin:
+            q = q.where(AUDIT.c.plugin == plugin)
+        if run_id:
+            q = q.where(AUDIT.c.run_id == run_id)
+        if outcome:
+            q = q.where(AUDIT.c.outcome == outcome)
+        if since is not None:
+            if since.tzinfo is None:
+                since = since.replace(tzinfo=dt.UTC)
+            q = q.where(AUDIT.c.at >= since)
+        if limit:
+            q = q.limit(limit)
+        with self._engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.query())
+
+    def dispose(self) -> None:
+        """Close the engine's connections."""
+        self._engine.dispose()
+
+
+_INSTALLED: dict[str, AuditLog] = {}
+_LOCK = threading.Lock()
+
+
+def install(url: str | None = None) -> AuditLog:
+    """Record every plugin call of this process in the audit log at ``url`` (default
+    :func:`default_url`); idempotent per URL. Returns the log."""
+    url = url or default_url()
+    with _LOCK:
+        log = _INSTALLED.get(url)
+        if log is None:
+            for old in _INSTALLED.values():  # one sink at a time: the latest home wins
+                kt.remove_call_listener(old.record)
+            log = _INSTALLED[url] = AuditLog(url)
+        kt.add_call_listener(log.record)
+        return log
+
+
+def install_for_run(home: Path | None, warn: Any = None) -> AuditLog | None:
+    """:func:`install` for a run of the platform whose MLX home is ``home`` (``None``: the
+    default home). A database that cannot be opened is reported through ``warn`` and the run
+    goes on without an audit log (``None``)."""
+    try:
+        return install(default_url(home))
+    except Exception as exc:
+        if warn is not None:
+            warn(f"audit log unavailable: {redact(str(exc))}")
+        return None
+
+
+def uninstall() -> None:
+    """Stop recording (tests)."""
+    with _LOCK:
+        for log in _INSTALLED.values():
+            kt.remove_call_listener(log.record)
+            log.dispose()
+        _INSTALLED.clear()
+
+
+__all__ = ["AUDIT", "COLUMNS", "AuditLog", "default_url", "install", "install_for_run", "uninstall"]
