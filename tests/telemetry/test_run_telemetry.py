@@ -149,7 +149,7 @@ def test_audit_rows_cannot_be_changed(spans, tmp_path, monkeypatch):
 def test_a_secret_is_absent_from_spans_metrics_and_audit(spans, tmp_path, monkeypatch):
     secret = f"/nonexistent/mlx-secret-{uuid.uuid4().hex}"
     monkeypatch.setenv(SECRET_VAR, secret)
-    run_id, tags, ok = _run(tmp_path, monkeypatch, LEAKY)
+    run_id, _, ok = _run(tmp_path, monkeypatch, LEAKY)
     assert not ok  # the source fails with the secret path in its error
     errors = [s for s in spans.get_finished_spans() if s.attributes.get("mlx.outcome") == "error"]
     assert errors, "the failing plugin call has an error span"

@@ -1,0 +1,82 @@
+"""``@traced`` / ``traced_span`` for users' code, and the off-by-default export."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlx_plugins.kernel import telemetry
+
+
+def _count(name: str, outcome: str) -> float:
+    value = telemetry.REGISTRY.get_sample_value(
+        "mlx_traced_duration_seconds_count", {"name": name, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+def test_traced_decorator_adds_a_span_and_a_duration(spans):
+    @telemetry.traced("feature_engineering")
+    def fe(x: int) -> int:
+        return x + 1
+
+    before = _count("feature_engineering", "ok")
+    with telemetry.tracer().start_as_current_span("outer") as outer:
+        assert fe(1) == 2
+    span = next(s for s in spans.get_finished_spans() if s.name == "feature_engineering")
+    assert span.parent.span_id == outer.get_span_context().span_id
+    assert _count("feature_engineering", "ok") == before + 1
+
+
+def test_traced_span_records_errors_and_redacts_attributes(spans):
+    from mlx_plugins.kernel.secrets import register_secret
+
+    register_secret("s3cr3t-value-for-traced-span")
+    before = _count("join", "error")
+    with (
+        pytest.raises(ValueError),
+        telemetry.traced_span("join", source="s3cr3t-value-for-traced-span"),
+    ):
+        raise ValueError("boom")
+    span = next(s for s in spans.get_finished_spans() if s.name == "join")
+    assert span.attributes["source"] == "***"
+    assert not span.status.is_ok
+    assert _count("join", "error") == before + 1
+
+
+def test_nothing_configured_exports_nothing(monkeypatch):
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    telemetry.shutdown()
+    try:
+        telemetry.configure()
+        processors = telemetry._STATE.provider._active_span_processor._span_processors
+        assert processors == ()
+    finally:
+        telemetry.shutdown()
+
+
+def test_otlp_requested_without_the_exporter_names_the_extra(monkeypatch):
+    pytest.importorskip("opentelemetry.sdk")
+    try:
+        import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("the otlp extra is installed")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    telemetry.shutdown()
+    try:
+        with pytest.raises(RuntimeError, match=r"mlx-platform\[otlp\]"):
+            telemetry.configure()
+    finally:
+        telemetry.shutdown()
+
+
+def test_write_run_metrics_refuses_a_path_as_run_id(tmp_path):
+    with pytest.raises(ValueError, match="run_id"):
+        telemetry.write_run_metrics(tmp_path, "../x")
+    path = telemetry.write_run_metrics(tmp_path, "abc")
+    assert path == tmp_path / "metrics" / "abc.prom"
+    assert b"# TYPE mlx_plugin_calls_total counter" in path.read_bytes()
+    assert [p.name for p in path.parent.iterdir()] == ["abc.prom"]  # no temp file left
