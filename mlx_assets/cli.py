@@ -6,6 +6,8 @@ mlx health [FILE]                 open each used plugin and run its health check
 mlx lifecycle [FILE] [-v]         materialize what is missing, stale or bad, in order
                                   (-v/--verbose: also Dagster's event lines)
 mlx home                          print (and create) the local DAGSTER_HOME
+mlx audit [--plugin P] [--run R] [--since 2h|ISO] [--outcome ok|error] [--json]
+                                  plugin calls recorded in the audit log
 """
 
 from __future__ import annotations
@@ -107,6 +109,19 @@ def _lifecycle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from mlx_resources.telemetry.audit import audit_command
+
+    return audit_command(
+        plugin=args.plugin,
+        run=args.run,
+        since=args.since,
+        outcome=args.outcome,
+        as_json=args.json,
+        limit=args.limit,
+    )
+
+
 def _drift_demo(_: argparse.Namespace) -> int:
     from mlx_assets.monitoring.seasonal_demo import main as demo
 
@@ -138,6 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("drift-demo", help="monthly drift against a winter-trained model").set_defaults(
         fn=_drift_demo
     )
+    audit = sub.add_parser("audit", help="plugin calls recorded in the audit log")
+    audit.add_argument("--plugin", help="plugin name, e.g. nycflights13")
+    audit.add_argument("--run", help="Dagster run id")
+    audit.add_argument("--since", help="ISO date/time (UTC) or age: 30m, 2h, 7d")
+    audit.add_argument("--outcome", choices=["ok", "error"])
+    audit.add_argument("--limit", type=int, default=None, help="at most this many rows")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.set_defaults(fn=_audit)
     sub.choices["lifecycle"].add_argument(
         "-v", "--verbose", action="store_true", help="also print Dagster's event lines"
     )

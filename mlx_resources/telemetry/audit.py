@@ -188,6 +188,70 @@ def install_for_run(home: Path | None, warn: Any = None) -> AuditLog | None:
         return None
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """``--since``: an ISO date or time (``2026-11-30``, ``2026-11-30T05:00``, naive = UTC) or
+    an age (``90s``, ``30m``, ``2h``, ``7d``). Raises ``ValueError`` naming the value and the
+    accepted forms."""
+    now = now or dt.datetime.now(dt.UTC)
+    t = text.strip()
+    if len(t) > 1 and t[-1] in _UNITS and t[:-1].isdigit():
+        return now - dt.timedelta(seconds=int(t[:-1]) * _UNITS[t[-1]])
+    try:
+        when = dt.datetime.fromisoformat(t)
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r} is neither an ISO date/time nor an age; use e.g. "
+            "2026-11-30, 2026-11-30T05:00 or 30m, 2h, 7d"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def audit_command(
+    *,
+    plugin: str | None,
+    run: str | None,
+    since: str | None,
+    outcome: str | None,
+    as_json: bool,
+    limit: int | None = None,
+    out: Any = None,
+) -> int:
+    """``mlx audit``: print matching rows (a table, or JSON lines with ``--json``); exit code 0,
+    or 2 with a message for a bad ``--since``."""
+    import json
+    import sys
+
+    out = out or sys.stdout
+    try:
+        when = parse_since(since) if since else None
+    except ValueError as exc:
+        print(f"mlx audit: {exc}", file=sys.stderr)
+        return 2
+    rows = AuditLog(default_url()).query(
+        plugin=plugin, run_id=run, since=when, outcome=outcome, limit=limit
+    )
+    if as_json:
+        for r in rows:
+            out.write(json.dumps({**r, "at": r["at"].isoformat()}) + "\n")
+        return 0
+    for r in rows:
+        target = r["asset"] or "-"
+        if r["partition"]:
+            target += f"[{r['partition']}]"
+        size = f" rows={r['rows']}" if r["rows"] is not None else ""
+        out.write(
+            f"{r['at']:%Y-%m-%d %H:%M:%S} {r['outcome']:<5} {r['kind']}.{r['plugin']}."
+            f"{r['method']} {target} {r['duration_s'] * 1000:.1f}ms{size} "
+            f"{r['who']} run={r['run_id'] or '-'} trace={r['trace_id'] or '-'}\n"
+        )
+    if not rows:
+        out.write("no audit rows match\n")
+    return 0
+
+
 def uninstall() -> None:
     """Stop recording (tests)."""
     with _LOCK:
@@ -197,4 +261,14 @@ def uninstall() -> None:
         _INSTALLED.clear()
 
 
-__all__ = ["AUDIT", "COLUMNS", "AuditLog", "default_url", "install", "install_for_run", "uninstall"]
+__all__ = [
+    "AUDIT",
+    "COLUMNS",
+    "AuditLog",
+    "audit_command",
+    "default_url",
+    "install",
+    "install_for_run",
+    "parse_since",
+    "uninstall",
+]

@@ -169,3 +169,25 @@ def test_a_secret_is_absent_from_spans_metrics_and_audit(spans, tmp_path, monkey
     db = Path(os.environ["MLX_HOME"]) / "audit" / "audit.sqlite"
     for p in db.parent.iterdir():
         assert secret.encode() not in p.read_bytes()
+
+
+def test_mlx_audit_cli_filters_and_json(spans, tmp_path, monkeypatch, capsys):
+    import json
+
+    from mlx_assets.cli import main
+
+    run_id, tags, ok = _run(tmp_path, monkeypatch, GOOD)
+    assert ok
+    capsys.readouterr()
+    assert main(["audit", "--run", run_id, "--plugin", "nycflights13", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows and {r["run_id"] for r in rows} == {run_id}
+    assert {r["plugin"] for r in rows} == {"nycflights13"}
+    assert any(r["method"] == "read" and r["trace_id"] == tags[telemetry.TRACE_TAG] for r in rows)
+    assert main(["audit", "--run", run_id, "--outcome", "error"]) == 0
+    assert "no audit rows match" in capsys.readouterr().out
+    assert main(["audit", "--since", "1h", "--plugin", "nycflights13"]) == 0
+    assert "data_source.nycflights13.read planes" in capsys.readouterr().out
+    assert main(["audit", "--since", "yesterday"]) == 2
+    err = capsys.readouterr().err
+    assert "--since 'yesterday'" in err and "2h" in err
