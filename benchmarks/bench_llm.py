@@ -37,6 +37,14 @@ from mlx_plugins.llm_providers.loopback import Fault, LoopbackLLMServer
 from mlx_plugins.llm_providers.openai_provider import OpenAIProvider
 
 
+def load() -> str:
+    """The 1, 5 and 15 minute load averages (runnable processes; a shared machine's noise)."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -114,27 +122,35 @@ def main() -> None:
     ap.add_argument("--slow", type=float, default=3.0, help="seconds of a slow answer")
     ap.add_argument("--fail-every", type=int, default=2, help="openai fails 1 call in N (0: never)")
     ap.add_argument("--slow-every", type=int, default=10, help="anthropic slow 1 in N (0: never)")
-    ap.add_argument("--hedge-after", type=float, default=None, help="default: 1.2 x latency")
-    ap.add_argument("--hedge-idle-after", type=float, default=None, help="default: 0.6 x latency")
+    ap.add_argument(
+        "--hedge",
+        choices=["adaptive", "fixed", "off"],
+        default=None,
+        help="hedge mode (default: the group's default, adaptive)",
+    )
+    ap.add_argument("--hedge-after", type=float, default=None, help="fixed delay, seconds")
+    ap.add_argument("--hedge-idle-after", type=float, default=None, help="fixed, spare slots")
     ap.add_argument("--repeats", type=int, default=3, help="runs; the median ratio is reported")
     args = ap.parse_args()
 
-    settings = GroupSettings(
-        max_concurrency=args.concurrency,
-        per_provider_concurrency=2 * args.concurrency,  # hedges are calls on top of prompts
-        attempts=1,  # a failed call fails over at once; the other provider is the retry
-        routing="adaptive",
-        hedge_after_s=args.hedge_after or 1.2 * args.latency,
-        hedge_idle_after_s=args.hedge_idle_after or 0.6 * args.latency,
-        breaker_threshold=5,
-    )
+    # The group's default policy (what settings.llm gives when left out), but for the
+    # concurrency and any hedge option given on the command line.
+    overrides: dict[str, object] = {"max_concurrency": args.concurrency}
+    for key, value in (
+        ("hedge", args.hedge),
+        ("hedge_after_s", args.hedge_after),
+        ("hedge_idle_after_s", args.hedge_idle_after),
+    ):
+        if value is not None:
+            overrides[key] = value
+    settings = GroupSettings(**overrides)
     prompts = [f"summarize drift incident number {i}" for i in range(args.prompts)]
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; load average before: {load()}")
     print(
         f"prompts {len(prompts)}, concurrency {args.concurrency}, latency {args.latency}s; "
         f"openai fails 1 call in {args.fail_every}; anthropic (streamed) takes {args.slow}s on "
-        f"1 call in {args.slow_every}; hedge after {settings.hedge_after_s}s "
-        f"({settings.hedge_idle_after_s}s with spare slots); routing {settings.routing}"
+        f"1 call in {args.slow_every}; group settings (defaults but concurrency): "
+        f"{settings.model_dump()}"
     )
     widths = (6, 10, 10, 8, 10, 6, 8, 14, 12, 12)
     print(
@@ -190,6 +206,7 @@ def main() -> None:
         median_latency = statistics.median(r.latency_s for r in answered)
         ideal = len(prompts) / args.concurrency * median_latency
         summary = group.summary()
+        delays = {n: round(group.hedge_delay(n), 3) for n in providers}
         ratios.append(wall / ideal)
         failed |= lost > 0 or rerun_calls > 0 or not all(r.cached and r.ok for r in rerun)
         print(
@@ -206,8 +223,10 @@ def main() -> None:
                 f"{summary['cost_usd']:.6f}",
                 widths=widths,
             )
+            + f"  hedge delay at the end {delays}"
         )
     ratio = statistics.median(ratios)
+    print(f"machine: {machine()}; load average after: {load()}")
     ok = ratio <= 1.25 and not failed
     print(
         f"ratio wall/ideal (median of {args.repeats}): {ratio:.2f}x (goal <= 1.25x); lost prompts "

@@ -13,6 +13,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from mlx_plugins.llm_providers.settings import LLMGroupSettings
+
 HOME_ENV = "MLX_HOME"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,6 +118,10 @@ class Platform(dg.ConfigurableResource):
     window: TrainingWindow = TrainingWindow()
     quality_gate: QualityGate = QualityGate()
     drift: DriftPolicy = DriftPolicy()
+    llm: LLMGroupSettings = Field(
+        default=LLMGroupSettings(),
+        description="How the llm_provider plugins run as a group (docs/llm.md).",
+    )
     arrival_cron: str = Field(
         default="* * * * *",
         description="How often the arrival schedule materializes the next unmonitored day.",

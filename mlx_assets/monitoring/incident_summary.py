@@ -222,6 +222,7 @@ def _summaries(
 
     group = ProviderGroup(
         {key: getattr(context.resources, key) for key in provider_keys},
+        platform.llm,
         cache_dir=platform.path("cache", "llm"),
     )
     try:

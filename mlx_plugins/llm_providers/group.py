@@ -29,55 +29,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 import weakref
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlx_plugins.kernel.secrets import redact
 from mlx_plugins.llm_providers.base import Completion, LLMError, LLMProvider
 from mlx_plugins.llm_providers.cache import ResultCache, cache_key
+from mlx_plugins.llm_providers.settings import LLMGroupSettings
 
 BREAKER_STATE_VALUE = {"closed": 0, "half-opened": 1, "opened": 2}
 """The number a breaker state is reported as (metric ``mlx.llm.breaker_state``)."""
 
 
-class GroupSettings(BaseModel):
-    """How a group runs (``settings.llm`` in the composition). Times in seconds."""
+GroupSettings = LLMGroupSettings
+"""How a group runs: :class:`~mlx_plugins.llm_providers.settings.LLMGroupSettings`
+(``settings.llm`` in the composition)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_concurrency: int = Field(default=16, gt=0, description="Prompts in flight, overall.")
-    per_provider_concurrency: int = Field(default=8, gt=0, description="Calls per provider.")
-    attempts: int = Field(default=2, ge=1, description="Tries per provider before failover.")
-    backoff_initial_s: float = Field(default=0.2, ge=0)
-    backoff_max_s: float = Field(default=5.0, ge=0)
-    jitter_s: float = Field(default=0.2, ge=0)
-    max_retry_after_s: float = Field(
-        default=30.0, ge=0, description="Longest Retry-After honoured; longer fails over."
-    )
-    breaker_threshold: int = Field(default=5, gt=0, description="Failures that open it.")
-    breaker_reset_s: float = Field(default=30.0, gt=0, description="Open -> half-open.")
-    hedge_after_s: float | None = Field(
-        default=None, gt=0, description="Ask the next provider too after this; None: never."
-    )
-    hedge_idle_after_s: float | None = Field(
-        default=None,
-        gt=0,
-        description="Hedge sooner, after this, when no prompt is waiting for a slot (spare "
-        "capacity, e.g. a batch's tail); None: always hedge_after_s.",
-    )
-    routing: Literal["priority", "round_robin", "adaptive"] = Field(
-        default="priority",
-        description="priority: the composition's order; round_robin: each prompt starts on the "
-        "next provider; adaptive: providers with fewer recent failures first (open breakers last).",
-    )
-    cache: bool = True
-    cache_ttl_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)
-    cache_size_mb: float = Field(default=256.0, gt=0)
+LATENCY_SAMPLES = 256
+"""Answered-call latencies kept per provider for the adaptive hedge delay."""
 
 
 class LLMRequest(BaseModel):
@@ -186,6 +162,9 @@ class ProviderGroup:
         )
         self.stats: dict[str, ProviderStats] = {n: ProviderStats() for n in self.providers}
         self.hedges = 0
+        self._latencies: dict[str, deque[float]] = {
+            n: deque(maxlen=LATENCY_SAMPLES) for n in self.providers
+        }
         self.hedges_won = 0
         self._breakers = AsyncCircuitBreakerFactory(
             default_threshold=self.settings.breaker_threshold,
@@ -221,7 +200,7 @@ class ProviderGroup:
         """Async :meth:`run`."""
         reqs = [r if isinstance(r, LLMRequest) else LLMRequest(prompt=r) for r in requests]
         overall = asyncio.Semaphore(self.settings.max_concurrency)
-        per = {n: asyncio.Semaphore(self.settings.per_provider_concurrency) for n in self.providers}
+        per = {n: asyncio.Semaphore(self.settings.provider_concurrency) for n in self.providers}
         # identical prompts in one batch are asked once
         first: dict[tuple[str, str | None], int] = {}
         for i, r in enumerate(reqs):
@@ -324,17 +303,33 @@ class ProviderGroup:
         async with overall:
             self._queued -= 1
             order = self._order(index)  # decided when the prompt starts (adaptive routing)
-            hedge_after = self.settings.hedge_after_s
-            if hedge_after is None or len(order) < 2:
+            if self.settings.hedge == "off" or len(order) < 2:
                 return await self._chain(order, req, per)
-            return await self._hedged(order, req, per, hedge_after)
+            return await self._hedged(order, req, per, self.hedge_delay(order[0]))
+
+    def hedge_delay(self, name: str) -> float:
+        """Seconds after which a prompt whose call to ``name`` is unanswered is also sent to
+        the next provider.
+
+        ``fixed``: ``hedge_after_s``. ``adaptive``: ``hedge_factor`` x the ``hedge_quantile``
+        of ``name``'s last latencies (answered calls, and cancelled ones at the time they were
+        cancelled, so a provider whose slow calls are always hedged away does not look fast),
+        at least ``hedge_min_s``; ``hedge_after_s`` until ``hedge_min_samples`` are known.
+        """
+        s = self.settings
+        seen = self._latencies[name]
+        if s.hedge == "fixed" or len(seen) < s.hedge_min_samples:
+            return s.hedge_after_s
+        ordered = sorted(seen)
+        q = ordered[min(len(ordered) - 1, int(s.hedge_quantile * len(ordered)))]
+        return max(s.hedge_min_s, s.hedge_factor * q)
 
     async def _hedged(
         self, order: list[str], req: LLMRequest, per: dict[str, asyncio.Semaphore], after: float
     ) -> _Outcome:
         primary = asyncio.create_task(self._chain(order, req, per))
         idle_after = self.settings.hedge_idle_after_s
-        if idle_after is not None and idle_after < after:
+        if self.settings.hedge == "fixed" and idle_after is not None and idle_after < after:
             # spare capacity (nothing queued): a hedge costs no prompt its slot, so ask sooner
             done, _ = await asyncio.wait({primary}, timeout=idle_after)
             if not done and self._queued:
@@ -370,9 +365,12 @@ class ProviderGroup:
     ) -> _Outcome:
         """Providers in ``order`` until one answers; retriable failures fail over."""
         outcome = _Outcome()
-        for name in order:
+        for k, name in enumerate(order):
+            # retries only where no other provider could answer at once (its breaker closed)
+            others = any(self.stats[n].breaker_state != "opened" for n in order[k + 1 :])
+            tries = 1 if others and not self.settings.retry_before_failover else None
             try:
-                completion = await self._with_retries(name, req, per[name], outcome.attempts)
+                completion = await self._with_retries(name, req, per[name], outcome.attempts, tries)
             except BreakerOpen:
                 self.stats[name].skipped_open += 1
                 outcome.attempts.append(f"{name}:circuit_open")
@@ -391,7 +389,12 @@ class ProviderGroup:
         return outcome
 
     async def _with_retries(
-        self, name: str, req: LLMRequest, sem: asyncio.Semaphore, attempts: list[str]
+        self,
+        name: str,
+        req: LLMRequest,
+        sem: asyncio.Semaphore,
+        attempts: list[str],
+        tries: int | None = None,
     ) -> Completion:
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
@@ -405,7 +408,7 @@ class ProviderGroup:
             )
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(s.attempts),
+            stop=stop_after_attempt(tries or s.attempts),
             wait=self._wait,
             retry=retry_if_exception(retriable),
             reraise=True,
@@ -446,7 +449,12 @@ class ProviderGroup:
             async with breaker, sem:
                 stats.calls += 1
                 self._count("mlx.llm.calls", 1, name)
-                completion = await self.providers[name].acomplete(req.prompt, system=req.system)
+                started = time.perf_counter()
+                try:
+                    completion = await self.providers[name].acomplete(req.prompt, system=req.system)
+                except asyncio.CancelledError:  # a hedged-away call took at least this long
+                    self._latencies[name].append(time.perf_counter() - started)
+                    raise
         except OpenedState:
             raise BreakerOpen(name) from None
         except LLMError as exc:
@@ -463,6 +471,7 @@ class ProviderGroup:
             raise err from None
         stats.ok += 1
         stats.recent_failure_rate *= 0.8
+        self._latencies[name].append(completion.latency_s)
         stats.input_tokens += completion.input_tokens
         stats.output_tokens += completion.output_tokens
         stats.cost_usd += completion.cost_usd

@@ -340,7 +340,15 @@ class LoopbackLLMServer:
 
 
 class _QuietServer(ThreadingHTTPServer):
-    """Clients that hang up (timeouts, cancelled hedges, closed keep-alives) are normal here."""
+    """Clients that hang up (timeouts, cancelled hedges, closed keep-alives) are normal here.
+
+    The listen backlog is 128, not ``socketserver``'s 5: a batch opening a few dozen
+    connections at once would otherwise overflow it, and the kernel drops the extra SYNs,
+    which the client resends only after 1 s, then 3 s (a delay that is the test server's, not
+    the group's).
+    """
+
+    request_queue_size = 128
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys

@@ -40,10 +40,35 @@ def group(*servers, cache_dir=None, sleep=None, meter_provider=None, **settings)
 def test_retriable_failure_fails_over_after_its_attempts(servers):
     a = servers("openai", script=lambda i, p: Fault("server_error"))
     b = servers("anthropic")
-    [r] = group(a, b, attempts=2).run(["q"])
+    [r] = group(a, b, attempts=2, retry_before_failover=True).run(["q"])
     assert r.ok and r.provider == "anthropic"
     assert r.attempts == ["openai:server_error", "openai:server_error", "anthropic:ok"]
     assert a.calls == 2 and b.calls == 1
+
+
+def test_no_retry_while_another_provider_can_answer_retries_on_the_last(servers):
+    """By default a failed call goes to the next healthy provider at once (no backoff wait);
+    retries are spent on the last provider that could answer."""
+    a = servers("openai", script=lambda i, p: Fault("server_error"))
+    b = servers("anthropic", script=lambda i, p: Fault("server_error") if i == 0 else Fault())
+    sleeps = Sleeps()
+    [r] = group(a, b, attempts=3, sleep=sleeps, routing="priority").run(["q"])
+    assert r.ok and r.provider == "anthropic"
+    assert r.attempts == ["openai:server_error", "anthropic:server_error", "anthropic:ok"]
+    assert len(sleeps.waits) == 1  # the one retry, on anthropic
+
+
+def test_no_retry_skips_only_for_a_provider_whose_breaker_is_closed(servers):
+    """With the other provider's breaker open there is nobody to fail over to: retry."""
+    a = servers("openai", script=lambda i, p: Fault("server_error") if i == 4 else Fault())
+    b = servers("anthropic", script=lambda i, p: Fault("server_error"))
+    g = group(a, b, attempts=3, breaker_threshold=2, max_concurrency=1, routing="round_robin")
+    first = g.run(["p1", "p2", "p3", "p4"])  # p2, p4 start on anthropic: it fails twice, opens
+    assert first[3].attempts == ["anthropic:server_error", "openai:ok"]
+    assert g.breaker_states() == {"openai": "closed", "anthropic": "opened"}
+    [r] = g.run(["p3"])
+    assert r.ok and r.provider == "openai"
+    assert r.attempts == ["openai:server_error", "openai:ok"]  # retried: anthropic is open
 
 
 def test_non_retriable_error_is_a_result_without_failover(servers):
@@ -122,6 +147,7 @@ def test_breaker_opens_skips_then_half_opens_and_closes_visible_as_metrics(serve
         breaker_threshold=2,
         breaker_reset_s=30,
         max_concurrency=1,
+        routing="priority",
         meter_provider=MeterProvider(metric_readers=[reader]),
     )
 

@@ -74,8 +74,9 @@ def instance(tmp_path):
         yield inst
 
 
-def materialize(instance, home: Path, providers: dict | None = None):
+def materialize(instance, home: Path, providers: dict | None = None, llm=None):
     providers = providers or {}
+    platform = Platform(home=str(home)) if llm is None else Platform(home=str(home), llm=llm)
     asset = build_incident_summary(tuple(providers))
     upstream = dg.AssetSpec("feature_drift", partitions_def=DAILY_2013)
     result = dg.materialize(
@@ -86,7 +87,7 @@ def materialize(instance, home: Path, providers: dict | None = None):
             "dagster/asset_partition_range_start": DAYS[0],
             "dagster/asset_partition_range_end": DAYS[-1],
         },
-        resources={"platform": Platform(home=str(home)), "io_manager": FrameIO(), **providers},
+        resources={"platform": platform, "io_manager": FrameIO(), **providers},
     )
     assert result.success
     by_day = {}
@@ -145,3 +146,26 @@ def test_when_no_provider_answers_the_template_is_written(instance, tmp_path, se
     down = servers("openai", script=lambda i, p: Fault("bad_request"))
     meta = materialize(instance, tmp_path / "home", {"openai": provider_for(down)})
     assert meta[DAYS[1]]["author"] == TEMPLATE_LABEL
+
+
+def test_the_group_runs_with_settings_llm(instance, tmp_path, servers, monkeypatch):
+    """settings.llm reaches the asset's group: here three tries per provider before failover."""
+    from mlx_plugins.llm_providers.settings import LLMGroupSettings
+
+    monkeypatch.delenv("MLX_HOME", raising=False)
+    down = servers("openai", script=lambda i, p: Fault("server_error"))
+    up = servers("anthropic")
+    providers = {"openai": provider_for(down), "anthropic": provider_for(up)}
+    llm = LLMGroupSettings(
+        attempts=3,
+        retry_before_failover=True,
+        backoff_initial_s=0.0,
+        backoff_max_s=0.0,
+        jitter_s=0.0,
+        breaker_threshold=10,
+        max_concurrency=1,
+        routing="priority",
+    )
+    meta = materialize(instance, tmp_path / "home", providers, llm=llm)
+    assert meta[DAYS[1]]["author"] == "llm: anthropic"
+    assert (down.calls, up.calls) == (6, 2)  # two incidents, three tries each on openai
