@@ -332,6 +332,7 @@ class _CallScope:
         self.key = id(plugin)
         self.current = current
         self.token: contextvars.Token[frozenset[int]] | None = None
+        self.span_cm: contextlib.AbstractContextManager[Any] | None = None
 
     def __enter__(self) -> _CallScope:
         if self.current:

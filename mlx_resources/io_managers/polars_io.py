@@ -290,6 +290,10 @@ class PolarsIOManager(dg.ConfigurableIOManager):
                         "path": dg.MetadataValue.path(str(s.target)),
                     },
                 )
+        from mlx_plugins.kernel.telemetry import TRACE_TAG, current_trace_id
+
+        if trace_id := current_trace_id():  # the run's trace (mlx_resources.telemetry)
+            metadata[TRACE_TAG] = dg.MetadataValue.text(trace_id)
         context.add_output_metadata(metadata)
         if self.data_version_from_content and context.has_asset_key:
             _set_data_version(context, total_hash)

@@ -58,7 +58,13 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> tuple[st
         result = dg.execute_job(dg.reconstructable(job), instance=instance, raise_on_error=False)
         run = instance.get_run_by_id(result.run_id)
         assert run is not None
-        return result.run_id, dict(run.tags), result.success
+        tags = dict(run.tags)
+        if result.success:  # the materialization carries the run's trace id
+            event = instance.get_latest_materialization_event(dg.AssetKey("planes"))
+            assert event is not None and event.asset_materialization is not None
+            meta = event.asset_materialization.metadata
+            assert meta[telemetry.TRACE_TAG].value == tags[telemetry.TRACE_TAG]
+        return result.run_id, tags, result.success
 
 
 def _by_name(spans) -> dict[str, list]:
