@@ -54,7 +54,11 @@ def test_without_settings_llm_the_defaults_apply(tmp_path):
 @pytest.mark.parametrize(
     ("settings", "key", "words"),
     [
-        ("    max_concurency: 4\n", "settings.llm.max_concurency", "did you mean 'max_concurrency'"),
+        (
+            "    max_concurency: 4\n",
+            "settings.llm.max_concurency",
+            "did you mean 'max_concurrency'?",
+        ),
         ("    max_concurrency: 0\n", "settings.llm.max_concurrency", "greater than 0"),
         ("    breaker_threshold: true\n", "settings.llm.breaker_threshold", "(got True)"),
         ("    attempts: '3'\n", "settings.llm.attempts", "(got '3')"),
