@@ -108,6 +108,7 @@ class _State:
         self.tracer: trace.Tracer | None = None
         self.provider: Any = None
         self.meter_provider: Any = None
+        self.exporting = False  # whether spans go anywhere (else plugin calls make none)
 
 
 _STATE = _State()
@@ -128,6 +129,7 @@ def configure(span_exporter: Any = None, *, force: bool = False) -> trace.Tracer
             return _STATE.tracer
         if _STATE.provider is not None:
             _STATE.provider.shutdown()
+        _STATE.exporting = False
         if _truthy("OTEL_SDK_DISABLED"):
             _STATE.provider = None
             _STATE.tracer = trace.NoOpTracer()
@@ -140,9 +142,11 @@ def configure(span_exporter: Any = None, *, force: bool = False) -> trace.Tracer
         provider = TracerProvider(resource=resource)
         if span_exporter is not None:
             provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+            _STATE.exporting = True
         elif _otlp_requested():
             provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter()))
             _STATE.meter_provider = _otlp_meter_provider(resource)
+            _STATE.exporting = True
         _STATE.provider = provider
         _STATE.tracer = provider.get_tracer("mlx")
         return _STATE.tracer
@@ -183,6 +187,7 @@ def shutdown() -> None:
         if _STATE.meter_provider is not None:
             _STATE.meter_provider.shutdown()
         _STATE.provider = _STATE.tracer = _STATE.meter_provider = None
+        _STATE.exporting = False
 
 
 # -- the run / step context -----------------------------------------------------------------------
@@ -321,6 +326,18 @@ def _summary(result: Any) -> tuple[int | None, int | None]:
     return None, None
 
 
+_METRIC_CHILDREN: dict[tuple[str, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, cached (the client's lookup is a large share of a call)."""
+    key = (metric._name, *labels)
+    child = _METRIC_CHILDREN.get(key)
+    if child is None:
+        child = _METRIC_CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
 class _CallScope:
     """The span, metrics and listeners of one plugin call (``None``: a nested call)."""
 
@@ -333,64 +350,48 @@ class _CallScope:
         self.current = current
         self.token: contextvars.Token[frozenset[int]] | None = None
         self.span_cm: contextlib.AbstractContextManager[Any] | None = None
+        self.span: Any = None
 
     def __enter__(self) -> _CallScope:
         if self.current:
             self.token = _IN_CALL.set(_IN_CALL.get() | {self.key})
-        meta = self.meta
-        attrs: dict[str, Any] = {
-            "mlx.plugin.name": meta.name,
-            "mlx.plugin.kind": meta.kind,
-            "mlx.plugin.version": meta.version,
-            "mlx.plugin.method": self.method,
-        }
-        for k, v in run_context().items():
-            attrs[f"mlx.{k}"] = redact(v)
-        name = f"{meta.kind}.{meta.name}.{self.method}"
-        if self.current:
-            self.span_cm = tracer().start_as_current_span(
-                name, attributes=attrs, record_exception=False, set_status_on_exception=False
-            )
-            self.span = self.span_cm.__enter__()
-        else:
-            self.span_cm = None
-            self.span = tracer().start_span(
-                name, attributes=attrs, record_exception=False, set_status_on_exception=False
-            )
+        if _STATE.tracer is None:
+            configure()
+        if _STATE.exporting:  # else nothing would see the span: metrics and listeners only
+            meta = self.meta
+            attrs: dict[str, Any] = {
+                "mlx.plugin.name": meta.name,
+                "mlx.plugin.kind": meta.kind,
+                "mlx.plugin.version": meta.version,
+                "mlx.plugin.method": self.method,
+            }
+            for k, v in run_context().items():
+                attrs[f"mlx.{k}"] = redact(v)
+            name = f"{meta.kind}.{meta.name}.{self.method}"
+            tr = tracer()
+            if self.current:
+                self.span_cm = tr.start_as_current_span(
+                    name, attributes=attrs, record_exception=False, set_status_on_exception=False
+                )
+                self.span = self.span_cm.__enter__()
+            else:
+                self.span = tr.start_span(
+                    name, attributes=attrs, record_exception=False, set_status_on_exception=False
+                )
         self.wall = time.time()
         self.start = time.perf_counter()
         return self
 
     def finish(self, result: Any, exc: BaseException | None) -> None:
+        """End the call: ``result`` (``None`` on error) or the (redacted) exception ``exc``."""
         duration = time.perf_counter() - self.start
         meta = self.meta
         outcome = "ok" if exc is None else "error"
         rows, size = _summary(result) if exc is None else (None, None)
-        span = self.span
-        error = None
+        error = redact(f"{type(exc).__name__}: {exc}") if exc is not None else None
         try:
-            span.set_attribute("mlx.outcome", outcome)
-            if rows is not None:
-                span.set_attribute("mlx.rows", rows)
-            if size is not None:
-                span.set_attribute("mlx.bytes", size)
-            if exc is not None:
-                error = redact(f"{type(exc).__name__}: {exc}")
-                span.set_status(trace.Status(trace.StatusCode.ERROR, error))
-                span.add_event(
-                    "exception",
-                    {"exception.type": type(exc).__name__, "exception.message": error},
-                )
-            trace_id = (
-                format(span.get_span_context().trace_id, "032x")
-                if span.get_span_context().is_valid
-                else None
-            )
+            trace_id = self._end_span(outcome, rows, size, error)
         finally:
-            if self.span_cm is not None:
-                self.span_cm.__exit__(None, None, None)
-            else:
-                span.end()
             if self.token is not None:
                 _IN_CALL.reset(self.token)
         if meta.kind == "drift_detector" and exc is None:
@@ -402,8 +403,8 @@ class _CallScope:
                     ctx.get("partition") or "",
                     share,
                 )
-        PLUGIN_CALLS.labels(meta.name, meta.kind, self.method, outcome).inc()
-        PLUGIN_CALL_DURATION.labels(meta.name, meta.kind, self.method).observe(duration)
+        _child(PLUGIN_CALLS, meta.name, meta.kind, self.method, outcome).inc()
+        _child(PLUGIN_CALL_DURATION, meta.name, meta.kind, self.method).observe(duration)
         if _LISTENERS:
             call = PluginCall(
                 plugin=meta.name,
@@ -422,8 +423,31 @@ class _CallScope:
             for listener in list(_LISTENERS):
                 try:
                     listener(call)
-                except Exception as exc:  # a sink's failure never fails the plugin call
-                    _log.warning("mlx telemetry: call listener %r failed: %s", listener, exc)
+                except Exception as exc2:  # a sink's failure never fails the plugin call
+                    _log.warning("mlx telemetry: call listener %r failed: %s", listener, exc2)
+
+    def _end_span(
+        self, outcome: str, rows: int | None, size: int | None, error: str | None
+    ) -> str | None:
+        span = self.span
+        if span is None:
+            return current_trace_id()
+        try:
+            span.set_attribute("mlx.outcome", outcome)
+            if rows is not None:
+                span.set_attribute("mlx.rows", rows)
+            if size is not None:
+                span.set_attribute("mlx.bytes", size)
+            if error is not None:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, error))
+                span.add_event("exception", {"exception.message": error})
+            ctx = span.get_span_context()
+            return format(ctx.trace_id, "032x") if ctx.is_valid else None
+        finally:
+            if self.span_cm is not None:
+                self.span_cm.__exit__(None, None, None)
+            else:
+                span.end()
 
 
 def plugin_call(plugin: Any, method: str, current: bool = True) -> _CallScope | None:

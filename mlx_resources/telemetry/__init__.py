@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_plugins.kernel import telemetry as kt
+from mlx_resources.telemetry.audit import flush_all
 
 _log = logging.getLogger("mlx.telemetry")
 
@@ -99,10 +100,12 @@ def traced_execution(
                     if kind == "STEP_FAILURE":
                         run_span.set_attribute("mlx.outcome", "error")
                     steps.pop(key).close()
+                    flush_all()
         finally:
             for stack in reversed(list(steps.values())):  # a stream stopped mid-step
                 stack.close()
             run_span.set_attribute("mlx.trace_id", trace_id or "")
+            flush_all()
             if home is not None:
                 try:
                     kt.write_run_metrics(home, run_id)

@@ -13,6 +13,7 @@ only, see ``docs/observability.md``).
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import os
 import threading
@@ -82,6 +83,8 @@ class AuditLog:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._lock = threading.Lock()
+        self._pending: list[dict[str, Any]] = []
         self._engine = sa.create_engine(url, future=True)
         if self._engine.dialect.name == "sqlite":
 
@@ -99,8 +102,13 @@ class AuditLog:
                 for ddl in _SQLITE_TRIGGERS:
                     conn.exec_driver_sql(ddl)
 
+    BATCH = 256
+    """Rows buffered before a write; :meth:`flush` (each step's end, the run's end, process
+    exit) writes the rest. One transaction per batch keeps a call's cost in microseconds."""
+
     def record(self, call: kt.PluginCall) -> None:
-        """Append one row for ``call`` (string fields redacted)."""
+        """Append one row for ``call`` (string fields redacted); written by :meth:`flush`,
+        at the latest when :attr:`BATCH` rows are pending."""
         ctx = call.context
         row = {
             "at": dt.datetime.fromtimestamp(call.started_at, tz=dt.UTC),
@@ -120,8 +128,19 @@ class AuditLog:
             "trace_id": call.trace_id,
             "error": redact(call.error) if call.error else None,
         }
-        with self._engine.begin() as conn:
-            conn.execute(AUDIT.insert().values(**row))
+        with self._lock:
+            self._pending.append(row)
+            full = len(self._pending) >= self.BATCH
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending rows in one transaction."""
+        with self._lock:
+            rows, self._pending = self._pending, []
+            if rows:
+                with self._engine.begin() as conn:
+                    conn.execute(AUDIT.insert(), rows)
 
     def query(
         self,
@@ -134,6 +153,7 @@ class AuditLog:
     ) -> list[dict[str, Any]]:
         """Rows (dicts keyed by :data:`COLUMNS`, oldest first) matching every given filter;
         ``since`` is inclusive and timezone-aware (naive means UTC)."""
+        self.flush()
         q = sa.select(AUDIT).order_by(AUDIT.c.id)
         if plugin:
             q = q.where(AUDIT.c.plugin == plugin)
@@ -154,7 +174,8 @@ class AuditLog:
         return iter(self.query())
 
     def dispose(self) -> None:
-        """Close the engine's connections."""
+        """Write pending rows, then close the engine's connections."""
+        self.flush()
         self._engine.dispose()
 
 
@@ -252,6 +273,22 @@ def audit_command(
     return 0
 
 
+def flush_all() -> None:
+    """Write every installed log's pending rows (a step's or run's end, process exit)."""
+    for log in list(_INSTALLED.values()):
+        try:
+            log.flush()
+        except Exception as exc:  # reported, never fails the run
+            import logging
+
+            logging.getLogger("mlx.telemetry").warning(
+                "could not write audit rows to %s: %s", redact(log.url), redact(str(exc))
+            )
+
+
+atexit.register(flush_all)
+
+
 def uninstall() -> None:
     """Stop recording (tests)."""
     with _LOCK:
@@ -267,6 +304,7 @@ __all__ = [
     "AuditLog",
     "audit_command",
     "default_url",
+    "flush_all",
     "install",
     "install_for_run",
     "parse_since",
