@@ -293,12 +293,15 @@ class ProviderGroup:
         per: dict[str, asyncio.Semaphore],
     ) -> _Outcome:
         if self.cache is not None:
-            for name in self._order(index):
-                hit = self.cache.get(self._key(name, req))
-                if hit is not None:
-                    self.stats[name].cache_hits += 1
-                    self._count("mlx.llm.cache_hits", 1, name)
-                    return _Outcome(completion=hit, cached=True, attempts=[f"{name}:cached"])
+            # SQLite reads off the event loop: 200 prompts' look-ups would otherwise hold up
+            # the answers of the first ones in flight
+            keys = [(name, self._key(name, req)) for name in self._order(index)]
+            found = await asyncio.to_thread(_first_hit, self.cache, keys)
+            if found is not None:
+                name, hit = found
+                self.stats[name].cache_hits += 1
+                self._count("mlx.llm.cache_hits", 1, name)
+                return _Outcome(completion=hit, cached=True, attempts=[f"{name}:cached"])
         self._queued += 1
         async with overall:
             self._queued -= 1
@@ -314,10 +317,13 @@ class ProviderGroup:
         ``fixed``: ``hedge_after_s``. ``adaptive``: ``hedge_factor`` x the ``hedge_quantile``
         of ``name``'s last latencies (answered calls, and cancelled ones at the time they were
         cancelled, so a provider whose slow calls are always hedged away does not look fast),
-        at least ``hedge_min_s``; ``hedge_after_s`` until ``hedge_min_samples`` are known.
+        at least ``hedge_min_s``; with fewer than ``hedge_min_samples`` of ``name``'s, every
+        provider's latencies; ``hedge_after_s`` until that many are known at all.
         """
         s = self.settings
-        seen = self._latencies[name]
+        seen: Sequence[float] = self._latencies[name]
+        if len(seen) < s.hedge_min_samples:  # a provider new to this group: all providers'
+            seen = [x for samples in self._latencies.values() for x in samples]
         if s.hedge == "fixed" or len(seen) < s.hedge_min_samples:
             return s.hedge_after_s
         ordered = sorted(seen)
@@ -328,8 +334,11 @@ class ProviderGroup:
         self, order: list[str], req: LLMRequest, per: dict[str, asyncio.Semaphore], after: float
     ) -> _Outcome:
         primary = asyncio.create_task(self._chain(order, req, per))
-        idle_after = self.settings.hedge_idle_after_s
-        if self.settings.hedge == "fixed" and idle_after is not None and idle_after < after:
+        s = self.settings
+        idle_after = s.hedge_idle_after_s
+        if s.hedge == "adaptive" and idle_after is None:
+            idle_after = s.hedge_idle_share * after
+        if idle_after is not None and idle_after < after:
             # spare capacity (nothing queued): a hedge costs no prompt its slot, so ask sooner
             done, _ = await asyncio.wait({primary}, timeout=idle_after)
             if not done and self._queued:
@@ -338,19 +347,35 @@ class ProviderGroup:
             done, _ = await asyncio.wait({primary}, timeout=after)
         if done:
             return primary.result()
-        self.hedges += 1
-        hedge = asyncio.create_task(self._chain(order[1:] + order[:1], req, per))
-        pending: set[asyncio.Task[_Outcome]] = {primary, hedge}
+        hedges: set[asyncio.Task[_Outcome]] = set()
+        pending: set[asyncio.Task[_Outcome]] = {primary}
         failed: list[_Outcome] = []
+
+        def hedge() -> None:
+            self.hedges += 1
+            k = (len(hedges) + 1) % len(order)  # the next provider first, then the others
+            task = asyncio.create_task(self._chain(order[k:] + order[:k], req, per))
+            hedges.add(task)
+            pending.add(task)
+
+        hedge()
         while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            # another hedge after another delay while nothing has answered (hedge_max)
+            more = len(hedges) < self.settings.hedge_max
+            done, still = await asyncio.wait(
+                pending, timeout=after if more else None, return_when=asyncio.FIRST_COMPLETED
+            )
+            pending.intersection_update(still)
+            if not done:
+                hedge()
+                continue
             for task in done:
                 outcome = task.result()
                 if outcome.completion is not None:
                     for loser in pending:
                         loser.cancel()
                     await asyncio.gather(*pending, return_exceptions=True)
-                    if task is hedge:
+                    if task in hedges:
                         self.hedges_won += 1
                     outcome.attempts = [*(a for f in failed for a in f.attempts), *outcome.attempts]
                     outcome.attempts.append("hedged")
@@ -383,8 +408,8 @@ class ProviderGroup:
                 continue
             outcome.completion = completion
             outcome.error = None
-            if self.cache is not None:
-                self.cache.set(self._key(name, req), completion)
+            if self.cache is not None:  # written before the prompt is answered: never paid twice
+                await asyncio.to_thread(self.cache.set, self._key(name, req), completion)
             return outcome
         return outcome
 
@@ -524,6 +549,15 @@ class ProviderGroup:
         inst = self._otel.get(metric)
         if inst is not None and value:
             inst.add(value, {"provider": provider, **attrs})
+
+
+def _first_hit(cache: ResultCache, keys: list[tuple[str, str]]) -> tuple[str, Completion] | None:
+    """The first ``(provider, completion)`` of ``keys`` (provider, cache key) in ``cache``."""
+    for name, key in keys:
+        hit = cache.get(key)
+        if hit is not None:
+            return name, hit
+    return None
 
 
 def _otel_instruments(group: ProviderGroup, meter_provider: Any = None) -> dict[str, Any]:

@@ -85,13 +85,27 @@ class LLMGroupSettings(dg.Config):
     )
     hedge_min_s: float = Field(default=0.05, ge=0, description="adaptive: never sooner.")
     hedge_min_samples: int = Field(
-        default=10, ge=1, description="adaptive: answered calls needed before adapting."
+        default=5, ge=1, description="adaptive: answered calls needed before adapting."
+    )
+    hedge_max: int = Field(
+        default=2,
+        ge=1,
+        description="Hedges per prompt at most (each a paid call): while nothing has answered, "
+        "another one after each further hedge delay.",
     )
     hedge_idle_after_s: float | None = Field(
         default=None,
         gt=0,
-        description="fixed: hedge sooner, after this, when no prompt is waiting for a slot; "
-        "None: always hedge_after_s.",
+        description="Hedge sooner, after this, when no prompt is waiting for a slot (spare "
+        "capacity: a batch's tail); None: fixed: always hedge_after_s, adaptive: "
+        "hedge_idle_share x the adaptive delay.",
+    )
+    hedge_idle_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="adaptive, hedge_idle_after_s unset: the share of the hedge delay after "
+        "which a prompt is hedged when no prompt is waiting for a slot (1: no sooner).",
     )
     routing: Literal["priority", "round_robin", "adaptive"] = Field(
         default="adaptive",
