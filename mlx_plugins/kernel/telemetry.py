@@ -3,9 +3,9 @@
 * :func:`configure` builds the tracer and meter providers. Spans are exported only when asked:
   an exporter passed in (tests, benchmarks) or the standard ``OTEL_*`` variables
   (``OTEL_EXPORTER_OTLP_ENDPOINT``/``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or
-  ``OTEL_TRACES_EXPORTER=otlp``; needs the ``otlp`` extra). ``OTEL_SDK_DISABLED=true`` turns
-  tracing off entirely. With nothing configured spans get ids (the run's trace id) but nothing is
-  exported.
+  ``OTEL_TRACES_EXPORTER=otlp``; needs ``opentelemetry-exporter-otlp-proto-http``).
+  ``OTEL_SDK_DISABLED=true`` turns tracing off entirely. With nothing configured the run and
+  step spans get ids (the run's trace id), plugin calls make no spans, and nothing is exported.
 * :func:`plugin_call` is what the plugin base (:mod:`mlx_plugins.kernel.base`) runs around every
   public plugin method: a span ``<kind>.<plugin>.<method>``, the Prometheus counter and
   histogram, and the call listeners (the audit log, :mod:`mlx_resources.telemetry.audit`).
@@ -121,7 +121,7 @@ def configure(span_exporter: Any = None, *, force: bool = False) -> trace.Tracer
     ``InMemorySpanExporter`` in tests); replaces the current providers. Without it, spans go to
     OTLP only when the ``OTEL_*`` variables ask for it (batched, in the background).
 
-    Raises ``RuntimeError`` naming the ``otlp`` extra when OTLP is requested but the exporter
+    Raises ``RuntimeError`` naming the package to install when OTLP is requested but the exporter
     package is not installed.
     """
     with _STATE.lock:
@@ -158,8 +158,8 @@ def _otlp_span_exporter() -> Any:
     except ImportError as exc:
         raise RuntimeError(
             "OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_TRACES_EXPORTER=otlp) asks for OTLP export, "
-            "but the exporter is not installed; fix: pip install 'mlx-platform[otlp]' or unset "
-            "the variable"
+            "but the exporter is not installed; fix: pip install "
+            "'opentelemetry-exporter-otlp-proto-http>=1.30,<2' or unset the variable"
         ) from exc
     return OTLPSpanExporter()  # reads the OTEL_EXPORTER_OTLP_* variables itself
 
