@@ -73,6 +73,14 @@ def default_url(home: str | os.PathLike[str] | None = None) -> str:
     return f"sqlite:///{path}"
 
 
+def safe_url(url: str) -> str:
+    """``url`` with its password hidden (``postgresql://mlx:***@db/mlx``), for messages."""
+    try:
+        return redact(sa.make_url(url).render_as_string(hide_password=True))
+    except Exception:
+        return "<audit database URL>"
+
+
 class AuditLog:
     """Append-only access to the audit table at ``url`` (created on first use).
 
@@ -282,7 +290,7 @@ def flush_all() -> None:
             import logging
 
             logging.getLogger("mlx.telemetry").warning(
-                "could not write audit rows to %s: %s", redact(log.url), redact(str(exc))
+                "could not write audit rows to %s: %s", safe_url(log.url), redact(str(exc))
             )
 
 
@@ -308,5 +316,6 @@ __all__ = [
     "install",
     "install_for_run",
     "parse_since",
+    "safe_url",
     "uninstall",
 ]

@@ -82,3 +82,32 @@ def test_write_run_metrics_refuses_a_path_as_run_id(tmp_path):
     assert path == tmp_path / "metrics" / "abc.prom"
     assert b"# TYPE mlx_plugin_calls_total counter" in path.read_bytes()
     assert [p.name for p in path.parent.iterdir()] == ["abc.prom"]  # no temp file left
+
+
+def test_drift_share_gauge_per_model_and_day():
+    import numpy as np
+    import polars as pl
+
+    from mlx_plugins.drift_detectors.polars_drift import PolarsDriftDetector
+
+    rng = np.random.default_rng(0)
+    reference = pl.DataFrame({"a": rng.normal(0, 1, 2000), "b": rng.normal(0, 1, 2000)})
+    current = pl.DataFrame({"a": rng.normal(5, 1, 2000), "b": rng.normal(0, 1, 2000)})
+    detector = PolarsDriftDetector()
+    with (
+        detector.session() as live,
+        telemetry.bound_run_context(model="delay_model", partition="2013-07-01"),
+    ):
+        report = live.compare(reference, current, numeric=["a", "b"])
+    value = telemetry.REGISTRY.get_sample_value(
+        "mlx_drift_share_ratio", {"model": "delay_model", "day": "2013-07-01"}
+    )
+    assert value == report.drift_share
+    assert 0 < value < 1  # one of two columns drifted
+
+
+def test_audit_url_password_is_hidden_in_messages():
+    from mlx_resources.telemetry.audit import safe_url
+
+    shown = safe_url("postgresql+psycopg://mlx:hunter2-pw@db:5432/mlx")
+    assert "hunter2-pw" not in shown and "db:5432/mlx" in shown
