@@ -13,7 +13,7 @@ from mlx_plugins.llm_providers.group import GroupSettings, LLMRequest, ProviderG
 from mlx_plugins.llm_providers.loopback import Fault
 from tests.llm.conftest import SECRET, provider_for
 
-FAST = {"backoff_initial_s": 0.0, "backoff_max_s": 0.0, "jitter_s": 0.0}
+FAST = {"backoff_initial_s": 0.0, "backoff_max_s": 0.0, "jitter_s": 0.0, "hedge": "off"}
 
 
 class Sleeps:
@@ -181,11 +181,48 @@ def test_breaker_opens_skips_then_half_opens_and_closes_visible_as_metrics(serve
 def test_hedge_answers_from_the_second_provider_and_cancels_the_slow_one(servers):
     a = servers("openai", script=lambda i, p: Fault("slow", delay_s=3.0))
     b = servers("anthropic")
-    g = group(a, b, hedge_after_s=0.05)
+    g = group(a, b, hedge="fixed", hedge_after_s=0.05, hedge_max=1)
     [r] = g.run(["q"])
     assert r.ok and r.provider == "anthropic" and r.hedged
     assert a.served == 0  # the slow call was cancelled before it was answered
     assert g.hedges == 1 and g.hedges_won == 1
+
+
+def test_adaptive_hedge_delay_follows_the_observed_latency(servers):
+    """hedge_after_s (30 s) only until latencies are known; then a call far slower than the
+    provider's usual answers is hedged."""
+    a = servers(
+        "openai", script=lambda i, p: Fault("slow", delay_s=3.0) if p == "slow" else Fault()
+    )
+    b = servers("anthropic")
+    g = group(a, b, hedge="adaptive", hedge_after_s=30.0, hedge_min_samples=5, routing="priority")
+    assert g.hedge_delay("openai") == 30.0  # nothing observed yet
+    first = g.run([f"p{i}" for i in range(6)])
+    assert all(r.provider == "openai" and not r.hedged for r in first)
+    assert g.hedge_delay("openai") < 1.0  # a few loopback answers: well under a second
+    [r] = g.run(["slow"])
+    assert r.ok and r.hedged and r.provider == "anthropic"
+    assert g.hedges == 1 and a.served == 6
+
+
+def test_a_hedge_that_is_slow_too_is_hedged_again_up_to_hedge_max(servers):
+    asked: list[str] = []
+
+    def first_q_slow(i: int, prompt: str) -> Fault:
+        asked.append(prompt)
+        slow = prompt == "q" and asked.count("q") == 1
+        return Fault("slow", delay_s=10.0) if slow else Fault()
+
+    a = servers("openai", script=first_q_slow)
+    b = servers(
+        "anthropic", script=lambda i, p: Fault("slow", delay_s=10.0) if p == "q" else Fault()
+    )
+    g = group(a, b, hedge="fixed", hedge_after_s=0.2, hedge_max=2, routing="round_robin")
+    g.run(["warm a", "warm b"])  # both SDKs imported: no cold start inside the timings below
+    [r] = g.run(["q"])
+    assert r.ok and r.hedged and r.provider == "openai"  # the second hedge, a fresh call
+    assert g.hedges == 2 and g.hedges_won == 1
+    assert b.served == 1 and a.served == 2  # "warm" each, and the winner; slow ones cancelled
 
 
 def test_cache_hit_makes_no_call_even_in_a_new_group_and_is_not_billed(servers, tmp_path):
