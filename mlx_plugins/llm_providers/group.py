@@ -11,13 +11,22 @@ answer, or the captured error; nothing a provider does ends the batch. Per promp
    provider's circuit breaker (``purgatory``: closed -> open after ``breaker_threshold``
    consecutive retriable failures -> half-open after ``breaker_reset_s`` -> closed on a
    success) and its semaphore, under the overall one;
-3. a retriable failure (429, 5xx, timeout, connection, malformed body) is retried with
-   exponential backoff and jitter (``tenacity``), waiting what ``Retry-After`` asks when the
-   server says so (longer than ``max_retry_after_s``: fail over at once); after ``attempts``
-   tries, or when the breaker is open, the next provider is asked;
-4. with ``hedge_after_s`` set, a prompt not answered within that time is also sent to the next
-   provider (sooner, after ``hedge_idle_after_s``, when no prompt waits for a slot); the first
-   good answer wins and the other call is cancelled.
+3. a retriable failure (429, 5xx, timeout, connection, malformed body) fails over at once to
+   the next provider whose breaker is closed; on the last provider that could answer (or with
+   ``retry_before_failover``) it is retried with exponential backoff and jitter
+   (``tenacity``), waiting what ``Retry-After`` asks when the server says so (longer than
+   ``max_retry_after_s``: fail over at once), up to ``attempts`` tries; a provider whose
+   breaker is open is skipped without a call;
+4. hedging (``hedge``: ``adaptive`` by default): a prompt not answered within the hedge delay
+   is also sent to the next provider, and again after each further delay up to ``hedge_max``
+   hedges; the first good answer wins and the other calls are cancelled. ``adaptive``: the
+   delay is ``hedge_factor`` x the ``hedge_quantile`` of the provider's recent latencies
+   (:meth:`ProviderGroup.hedge_delay`), ``hedge_idle_share`` of it when no prompt waits for
+   a slot (a batch's tail); ``fixed``: ``hedge_after_s`` (``hedge_idle_after_s`` with spare
+   slots). Every hedge is a paid call: counted in ``hedges``.
+
+Settings: :class:`~mlx_plugins.llm_providers.settings.LLMGroupSettings` (``settings.llm`` in
+the composition). Cache reads and writes run off the event loop (a worker thread).
 
 Counters per provider (calls, failures by kind, retries, cache hits, tokens, estimated cost,
 breaker state and transitions) are in :meth:`ProviderGroup.stats`, in Dagster metadata
