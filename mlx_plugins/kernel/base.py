@@ -390,7 +390,11 @@ def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
                 if clean is exc:
                     raise
                 raise clean from clean.__cause__
-            except BaseException as exc:  # GeneratorExit (closed early) included
+            except GeneratorExit:  # the consumer stopped early: not a failure of the plugin
+                if scope is not None:
+                    scope.finish(None, None)
+                raise
+            except BaseException as exc:
                 if scope is not None:
                     scope.finish(None, exc)
                 raise

@@ -111,3 +111,39 @@ def test_audit_url_password_is_hidden_in_messages():
 
     shown = safe_url("postgresql+psycopg://mlx:hunter2-pw@db:5432/mlx")
     assert "hunter2-pw" not in shown and "db:5432/mlx" in shown
+
+
+def test_generator_method_calls_are_counted_once_and_early_close_is_ok():
+    from typing import ClassVar
+
+    from mlx_plugins.data_sources.base import DataSource
+    from mlx_plugins.kernel.metadata import PluginMetadata
+
+    class GenSource(DataSource):
+        metadata: ClassVar[PluginMetadata] = PluginMetadata(
+            name="gen_probe", kind="data_source", version="0.0.1", capabilities=("tables",)
+        )
+
+        def tables(self):  # type: ignore[no-untyped-def]
+            return {}
+
+        def schema(self, table):  # type: ignore[no-untyped-def]
+            return {}
+
+        def read(self, table, start=None, end=None):  # type: ignore[no-untyped-def]
+            raise NotImplementedError
+
+        def chunks(self, n: int):  # type: ignore[no-untyped-def]
+            yield from range(n)
+
+    labels = {"plugin": "gen_probe", "kind": "data_source", "method": "chunks"}
+    plugin = GenSource()
+    assert list(plugin.chunks(3)) == [0, 1, 2]
+    gen = plugin.chunks(10)
+    next(gen)
+    gen.close()
+    ok = telemetry.REGISTRY.get_sample_value("mlx_plugin_calls_total", {**labels, "outcome": "ok"})
+    err = telemetry.REGISTRY.get_sample_value(
+        "mlx_plugin_calls_total", {**labels, "outcome": "error"}
+    )
+    assert ok == 2 and not err
