@@ -42,6 +42,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,9 +216,14 @@ class ProviderGroup:
         for i, r in enumerate(reqs):
             first.setdefault((r.prompt, r.system), i)
         unique = sorted(set(first.values()))
+        # read once per run: a resource's attribute reads are slow enough to show in a batch
+        self._params = {n: p.cache_params() for n, p in self.providers.items()}
+        # one worker thread for the cache (one SQLite connection), in arrival order
+        self._cache_io = ThreadPoolExecutor(1, thread_name_prefix="mlx-llm-cache")
         try:
             outcomes = await asyncio.gather(*(self._one(i, reqs[i], overall, per) for i in unique))
         finally:
+            self._cache_io.shutdown(wait=True)
             for provider in self.providers.values():
                 with contextlib.suppress(Exception):  # closing is best effort
                     await provider.aclose()
@@ -292,7 +298,7 @@ class ProviderGroup:
         return names
 
     def _key(self, name: str, req: LLMRequest) -> str:
-        return cache_key(self.providers[name].cache_params(), req.prompt, req.system)
+        return cache_key(self._params[name], req.prompt, req.system)
 
     async def _one(
         self,
@@ -305,7 +311,8 @@ class ProviderGroup:
             # SQLite reads off the event loop: 200 prompts' look-ups would otherwise hold up
             # the answers of the first ones in flight
             keys = [(name, self._key(name, req)) for name in self._order(index)]
-            found = await asyncio.to_thread(_first_hit, self.cache, keys)
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self._cache_io, _first_hit, self.cache, keys)
             if found is not None:
                 name, hit = found
                 self.stats[name].cache_hits += 1
@@ -317,7 +324,7 @@ class ProviderGroup:
             order = self._order(index)  # decided when the prompt starts (adaptive routing)
             if self.settings.hedge == "off" or len(order) < 2:
                 return await self._chain(order, req, per)
-            return await self._hedged(order, req, per, self.hedge_delay(order[0]))
+            return await self._hedged(order, req, per)
 
     def hedge_delay(self, name: str) -> float:
         """Seconds after which a prompt whose call to ``name`` is unanswered is also sent to
@@ -340,22 +347,12 @@ class ProviderGroup:
         return max(s.hedge_min_s, s.hedge_factor * q)
 
     async def _hedged(
-        self, order: list[str], req: LLMRequest, per: dict[str, asyncio.Semaphore], after: float
+        self, order: list[str], req: LLMRequest, per: dict[str, asyncio.Semaphore]
     ) -> _Outcome:
         primary = asyncio.create_task(self._chain(order, req, per))
-        s = self.settings
-        idle_after = s.hedge_idle_after_s
-        if s.hedge == "adaptive" and idle_after is None:
-            idle_after = s.hedge_idle_share * after
-        if idle_after is not None and idle_after < after:
-            # spare capacity (nothing queued): a hedge costs no prompt its slot, so ask sooner
-            done, _ = await asyncio.wait({primary}, timeout=idle_after)
-            if not done and self._queued:
-                done, _ = await asyncio.wait({primary}, timeout=after - idle_after)
-        else:
-            done, _ = await asyncio.wait({primary}, timeout=after)
-        if done:
+        if await self._answered_before_hedge(primary, order[0]):
             return primary.result()
+        after = self.hedge_delay(order[0])
         hedges: set[asyncio.Task[_Outcome]] = set()
         pending: set[asyncio.Task[_Outcome]] = {primary}
         failed: list[_Outcome] = []
@@ -394,6 +391,26 @@ class ProviderGroup:
         merged.attempts.append("hedged")
         return merged
 
+    async def _answered_before_hedge(self, primary: asyncio.Task[_Outcome], name: str) -> bool:
+        """Wait for ``primary`` until the hedge delay (``name``'s) has passed: True when it
+        finished first. The delay and whether a prompt is waiting for a slot are re-read
+        every 0.1 s at most, so latencies learnt meanwhile and a batch's tail count."""
+        s = self.settings
+        start = time.perf_counter()
+        while True:
+            after = self.hedge_delay(name)
+            idle = s.hedge_idle_after_s
+            if s.hedge == "adaptive" and idle is None:
+                idle = s.hedge_idle_share * after
+            # spare capacity (nothing queued): a hedge costs no prompt its slot, so ask sooner
+            target = min(after, idle) if idle is not None and not self._queued else after
+            remaining = target - (time.perf_counter() - start)
+            if remaining <= 0:
+                return False
+            done, _ = await asyncio.wait({primary}, timeout=min(remaining, 0.1))
+            if done:
+                return True
+
     async def _chain(
         self, order: list[str], req: LLMRequest, per: dict[str, asyncio.Semaphore]
     ) -> _Outcome:
@@ -418,7 +435,9 @@ class ProviderGroup:
             outcome.completion = completion
             outcome.error = None
             if self.cache is not None:  # written before the prompt is answered: never paid twice
-                await asyncio.to_thread(self.cache.set, self._key(name, req), completion)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._cache_io, self.cache.set, self._key(name, req), completion
+                )
             return outcome
         return outcome
 

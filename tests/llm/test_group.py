@@ -205,6 +205,21 @@ def test_adaptive_hedge_delay_follows_the_observed_latency(servers):
     assert g.hedges == 1 and a.served == 6
 
 
+def test_a_prompt_started_before_latencies_were_known_is_hedged_once_they_are(servers):
+    """The delay is re-read while a prompt waits: the slow prompt started with nothing
+    observed (hedge_after_s 30 s) and is hedged as soon as its batch-mates' answers show
+    what usual is."""
+    a = servers(
+        "openai", script=lambda i, p: Fault("slow", delay_s=10.0) if p == "slow" else Fault()
+    )
+    b = servers("anthropic")
+    g = group(a, b, hedge="adaptive", hedge_after_s=30.0, hedge_min_samples=3, routing="priority")
+    results = g.run(["slow", "p1", "p2", "p3"])  # all four start at once
+    assert results[0].ok and results[0].hedged and results[0].provider == "anthropic"
+    assert not any(r.hedged for r in results[1:])
+    assert a.served == 3
+
+
 def test_a_hedge_that_is_slow_too_is_hedged_again_up_to_hedge_max(servers):
     asked: list[str] = []
 
