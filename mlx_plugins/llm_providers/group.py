@@ -326,6 +326,13 @@ class ProviderGroup:
                 return await self._chain(order, req, per)
             return await self._hedged(order, req, per)
 
+    def _samples(self, name: str) -> Sequence[float]:
+        """``name``'s recent latencies, or every provider's while it has too few of its own."""
+        seen: Sequence[float] = self._latencies[name]
+        if len(seen) < self.settings.hedge_min_samples:
+            seen = [x for samples in self._latencies.values() for x in samples]
+        return seen
+
     def hedge_delay(self, name: str) -> float:
         """Seconds after which a prompt whose call to ``name`` is unanswered is also sent to
         the next provider.
@@ -337,9 +344,7 @@ class ProviderGroup:
         provider's latencies; ``hedge_after_s`` until that many are known at all.
         """
         s = self.settings
-        seen: Sequence[float] = self._latencies[name]
-        if len(seen) < s.hedge_min_samples:  # a provider new to this group: all providers'
-            seen = [x for samples in self._latencies.values() for x in samples]
+        seen = self._samples(name)
         if s.hedge == "fixed" or len(seen) < s.hedge_min_samples:
             return s.hedge_after_s
         ordered = sorted(seen)
@@ -393,23 +398,35 @@ class ProviderGroup:
 
     async def _answered_before_hedge(self, primary: asyncio.Task[_Outcome], name: str) -> bool:
         """Wait for ``primary`` until the hedge delay (``name``'s) has passed: True when it
-        finished first. The delay and whether a prompt is waiting for a slot are re-read
-        every 0.1 s at most, so latencies learnt meanwhile and a batch's tail count."""
+        finished first. While too few latencies are known (``adaptive``, a batch's start) the
+        delay is re-read every 0.1 s, so a prompt started then uses what its batch-mates'
+        answers show as soon as they do."""
         s = self.settings
         start = time.perf_counter()
-        while True:
-            after = self.hedge_delay(name)
-            idle = s.hedge_idle_after_s
-            if s.hedge == "adaptive" and idle is None:
-                idle = s.hedge_idle_share * after
-            # spare capacity (nothing queued): a hedge costs no prompt its slot, so ask sooner
-            target = min(after, idle) if idle is not None and not self._queued else after
-            remaining = target - (time.perf_counter() - start)
+
+        async def until(deadline: float) -> bool:
+            remaining = deadline - (time.perf_counter() - start)
             if remaining <= 0:
                 return False
-            done, _ = await asyncio.wait({primary}, timeout=min(remaining, 0.1))
-            if done:
+            done, _ = await asyncio.wait({primary}, timeout=remaining)
+            return bool(done)
+
+        while s.hedge == "adaptive" and len(self._samples(name)) < s.hedge_min_samples:
+            if time.perf_counter() - start >= s.hedge_after_s:
+                return False
+            if await until(min(time.perf_counter() - start + 0.1, s.hedge_after_s)):
                 return True
+        after = self.hedge_delay(name)
+        idle = s.hedge_idle_after_s
+        if s.hedge == "adaptive" and idle is None:
+            idle = s.hedge_idle_share * after
+        if idle is not None and idle < after:
+            # spare capacity (nothing queued): a hedge costs no prompt its slot, so ask sooner
+            if await until(idle):
+                return True
+            if not self._queued:
+                return False
+        return await until(after)
 
     async def _chain(
         self, order: list[str], req: LLMRequest, per: dict[str, asyncio.Semaphore]

@@ -195,7 +195,15 @@ def test_adaptive_hedge_delay_follows_the_observed_latency(servers):
         "openai", script=lambda i, p: Fault("slow", delay_s=3.0) if p == "slow" else Fault()
     )
     b = servers("anthropic")
-    g = group(a, b, hedge="adaptive", hedge_after_s=30.0, hedge_min_samples=5, routing="priority")
+    g = group(
+        a,
+        b,
+        hedge="adaptive",
+        hedge_after_s=30.0,
+        hedge_min_samples=5,
+        hedge_max=1,
+        routing="priority",
+    )
     assert g.hedge_delay("openai") == 30.0  # nothing observed yet
     first = g.run([f"p{i}" for i in range(6)])
     assert all(r.provider == "openai" and not r.hedged for r in first)
