@@ -17,6 +17,7 @@ from mlx_assets.monitoring.arrival_schedule import build_arrival_schedule
 from mlx_assets.monitoring.incident_summary import build_incident_summary, llm_provider_keys
 from mlx_assets.registry import registered_model
 from mlx_assets.training import model, training_set
+from mlx_assets.versioning import config_fingerprint
 from mlx_plugins.kernel.composition import Composition
 from mlx_plugins.kernel.errors import CompositionError, from_validation_error
 from mlx_plugins.kernel.kinds import SLOTS
@@ -114,6 +115,55 @@ def plugin_resources(
     return out
 
 
+def config_fingerprints(composition: Composition, platform: Any) -> dict[str, str]:
+    """Per asset, a fingerprint of the composition values its output depends on.
+
+    It becomes part of the asset's code version (``<source hash>-<fingerprint>``), so changing
+    ``mlx.yaml`` makes exactly the affected assets stale, as a code change would: the data
+    source's config -> the raw tables; ``settings.window`` -> ``training_set``; the
+    ``ml_platform`` plugin and config -> ``model``; ``settings.quality_gate`` ->
+    ``model_evaluation``; the registry and ``settings.model_name`` -> ``registered_model``; the
+    drift detector and the severity rule (``warn_share``, ``retrain_on_dataset_drift``) ->
+    ``feature_drift``. Settings that only steer the sensor or schedule (cooldown, cron) are
+    left out. A drift-triggered retraining moves the window through run config, not here, so it
+    does not make the configured window look stale.
+    """
+
+    def plugins(kind: str, name: str | None = None) -> list[list[Any]]:
+        return [
+            [e.plugin, e.config]
+            for e in composition.of_kind(kind)
+            if name is None or e.name == name
+        ]
+
+    source = plugins("data_source", REQUIRED_DATA_SOURCE)
+    drift_rule = platform.drift.model_dump(include={"warn_share", "retrain_on_dataset_drift"})
+    return {
+        "raw_flights": config_fingerprint(source),
+        "raw_weather": config_fingerprint(source),
+        "planes": config_fingerprint(source),
+        "training_set": config_fingerprint(platform.window.model_dump()),
+        "model": config_fingerprint(plugins("ml_platform")),
+        "model_evaluation": config_fingerprint(platform.quality_gate.model_dump()),
+        "registered_model": config_fingerprint([plugins("model_registry"), platform.model_name]),
+        "feature_drift": config_fingerprint([plugins("drift_detector"), drift_rule]),
+    }
+
+
+def with_config_versions(
+    asset: dg.AssetsDefinition, fingerprints: dict[str, str]
+) -> dg.AssetsDefinition:
+    """``asset`` with ``-<fingerprint>`` appended to the code version of each key listed."""
+
+    def mapped(spec: dg.AssetSpec) -> dg.AssetSpec:
+        extra = fingerprints.get(spec.key.to_user_string())
+        if extra is None or spec.code_version is None:
+            return spec
+        return spec.replace_attributes(code_version=f"{spec.code_version}-{extra}")
+
+    return asset.map_asset_specs(mapped)
+
+
 def build_definitions(composition: Composition) -> dg.Definitions:
     if not any(e.name == REQUIRED_DATA_SOURCE for e in composition.of_kind("data_source")):
         raise CompositionError(
@@ -124,11 +174,13 @@ def build_definitions(composition: Composition) -> dg.Definitions:
         )
     platform = platform_resources(composition)
     resources: dict[str, Any] = {**plugin_resources(composition, platform), **platform}
+    fingerprints = config_fingerprints(composition, resources["platform"])
+    assets = [
+        *dg.load_assets_from_modules(STAGES),
+        build_incident_summary(llm_provider_keys(composition)),
+    ]
     return dg.Definitions(
-        assets=[
-            *dg.load_assets_from_modules(STAGES),
-            build_incident_summary(llm_provider_keys(composition)),
-        ],
+        assets=[with_config_versions(a, fingerprints) for a in assets],
         asset_checks=dg.load_asset_checks_from_modules(STAGES),
         jobs=jobs.JOBS,
         schedules=[build_arrival_schedule(resources["platform"].arrival_cron)],

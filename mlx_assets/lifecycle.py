@@ -154,7 +154,9 @@ class _Assessor:
             return self._finding(key, p, BAD, problem)
         node = self.graph.get(key)
         if node.code_version and latest.has_provenance and latest.code_version != node.code_version:
-            return self._finding(key, p, STALE, "has a new code version")
+            return self._finding(
+                key, p, STALE, _version_change(latest.code_version, node.code_version)
+            )
         for dep in sorted(node.parent_keys):
             why = self._dep_cause(key, p, latest, dep)
             if why is not None:
@@ -506,3 +508,13 @@ def run_lifecycle(
             asset_keys=["feature_drift", "drift_incident_summary"],
         )
     return first
+
+
+def _version_change(recorded: str | None, current: str) -> str:
+    """Why a code version differs: its source (the part before ``-``) or the composition values
+    it depends on (the fingerprint after it; see ``mlx_assets.build.config_fingerprints``)."""
+    old_code, _, old_config = (recorded or "").partition("-")
+    new_code, _, new_config = current.partition("-")
+    if old_code == new_code and old_config != new_config:
+        return "its settings in the composition changed"
+    return "has a new code version"

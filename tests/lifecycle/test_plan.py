@@ -188,3 +188,54 @@ def test_agrees_with_dagsters_resolver_per_partition(defs, days, tmp_path):
             if resolver.get_status(dg.AssetKey(name), day) != StaleStatus.FRESH
         }
     assert ours == theirs == {("flight_features", days[5])}
+
+
+def _defs_with(environ: dict[str, str]):
+    from mlx_assets.build import build_definitions
+    from mlx_plugins.kernel.composition import load_composition
+
+    return build_definitions(load_composition(environ=environ))
+
+
+@pytest.mark.parametrize(
+    ("override", "first_stale"),
+    [
+        ({"MLX__PLUGINS__ML_PLATFORM__CONFIG__EPOCHS": "2"}, "model"),
+        ({"MLX__SETTINGS__WINDOW__TRAIN_END": "2013-07-31"}, "training_set"),
+        ({"MLX__SETTINGS__QUALITY_GATE__MIN_ROC_AUC": "0.55"}, "model_evaluation"),
+        ({"MLX__SETTINGS__MODEL_NAME": "delays"}, "registered_model"),
+    ],
+)
+def test_a_composition_change_makes_what_it_configures_stale(
+    defs, days, tmp_path, override, first_stale
+):
+    """Changing mlx.yaml retrains as a code change would (seen: epochs, window, scale changes
+    all said 'everything is up to date')."""
+    days = days[:20]
+    with _instance(tmp_path / "i") as instance:
+        write_history(instance, defs, days, tmp_path / "files", window=days[:10])
+        assert plan(instance, defs, days).empty
+        changed = plan(instance, _defs_with(override), days)
+    order = ["training_set", "model", "model_evaluation", "registered_model"]
+    assert changed.training == order[order.index(first_stale) :]
+    assert changed.partitions == [] and changed.reference == []
+    (finding,) = [f for f in changed.findings if f.asset == first_stale]
+    assert finding.status == "stale"
+    assert finding.reason == "its settings in the composition changed"
+
+
+def test_sensor_only_settings_change_nothing_and_source_config_changes_the_raw_tables():
+    from mlx_assets.build import config_fingerprints
+    from mlx_plugins.kernel.composition import load_composition
+    from mlx_resources.platform import Platform
+
+    base = load_composition(environ={})
+    cooldown = load_composition(environ={"MLX__SETTINGS__DRIFT__COOLDOWN_MINUTES": "5"})
+
+    def prints(comp):
+        return config_fingerprints(comp, Platform(**comp.settings))
+
+    assert prints(base) == prints(cooldown)
+    scale = load_composition(environ={"MLX__PLUGINS__DATA_SOURCE__0__CONFIG__SCALE": "2.0"})
+    changed = {k for k, v in prints(scale).items() if prints(base)[k] != v}
+    assert changed == {"raw_flights", "raw_weather", "planes"}
