@@ -16,6 +16,8 @@ class AnthropicProvider(LLMProvider):
     The SDK's own retries are off (``max_retries=0``): the provider group retries.
     """
 
+    sdk_module: ClassVar[str] = "anthropic"
+    sdk_client: ClassVar[str] = "AsyncAnthropic"
     metadata: ClassVar[PluginMetadata] = PluginMetadata(
         name="anthropic",
         kind="llm_provider",
@@ -23,21 +25,6 @@ class AnthropicProvider(LLMProvider):
         capabilities=("chat", "structured_output", "streaming", "usage"),
         description="Anthropic Messages via the anthropic SDK.",
     )
-
-    def _make_client(self) -> Any:
-        import anthropic
-
-        return anthropic.AsyncAnthropic(
-            api_key=self.api_key or "unset",
-            base_url=self.base_url,
-            timeout=self.timeout_s,
-            max_retries=0,
-        )
-
-    def _probe(self) -> str:
-        import anthropic
-
-        return f"anthropic SDK {anthropic.__version__}, model {self.model}"
 
     async def _acall(self, prompt: str, *, system: str | None, max_tokens: int) -> Completion:
         import anthropic
@@ -64,15 +51,7 @@ class AnthropicProvider(LLMProvider):
                 raise ValueError("no usage in the answer")
         except (anthropic.AnthropicError, *MALFORMED) as exc:
             raise classify(anthropic, self.provider_name, exc) from None
-        return Completion(
-            provider=self.provider_name,
-            model=model or self.model,
-            text=text,
-            input_tokens=usage[0],
-            output_tokens=usage[1],
-            cost_usd=self.cost(*usage),
-            latency_s=time.perf_counter() - start,
-        )
+        return self._completion(model, text, usage, start)
 
     async def _streamed(
         self, client: Any, kwargs: dict[str, Any]

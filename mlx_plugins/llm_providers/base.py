@@ -13,9 +13,11 @@ SDKs are imported inside methods: loading the code location never imports ``open
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
+import time
 from abc import abstractmethod
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -161,6 +163,11 @@ class LLMProvider(MLXPlugin):
         default=0.0, ge=0, description="US dollars per million output tokens (cost metadata)."
     )
 
+    #: For providers backed by a vendor SDK: its module (``openai``) and async client class
+    #: (``AsyncOpenAI``); :meth:`_make_client` and :meth:`_probe` use them.
+    sdk_module: ClassVar[str] = ""
+    sdk_client: ClassVar[str] = ""
+
     _clients: dict[int, Any] = PrivateAttr(default_factory=dict)
 
     @property
@@ -190,6 +197,36 @@ class LLMProvider(MLXPlugin):
     def close(self) -> None:
         """Forget the clients (their connections close with them)."""
         self._clients.clear()
+
+    def _make_client(self) -> Any:
+        """A new async SDK client; the SDK's own retries are off (the provider group retries)."""
+        sdk = importlib.import_module(self.sdk_module)
+        return getattr(sdk, self.sdk_client)(
+            api_key=self.api_key or "unset",
+            base_url=self.base_url,
+            timeout=self.timeout_s,
+            max_retries=0,
+        )
+
+    def _probe(self) -> str:
+        if not self.sdk_module:
+            return super()._probe()
+        sdk = importlib.import_module(self.sdk_module)
+        return f"{self.sdk_module} SDK {sdk.__version__}, model {self.model}"
+
+    def _completion(
+        self, model: str | None, text: str, usage: tuple[int, int], start: float
+    ) -> Completion:
+        """The :class:`Completion` of a call begun at ``start`` (``time.perf_counter()``)."""
+        return Completion(
+            provider=self.provider_name,
+            model=model or self.model,
+            text=text,
+            input_tokens=usage[0],
+            output_tokens=usage[1],
+            cost_usd=self.cost(*usage),
+            latency_s=time.perf_counter() - start,
+        )
 
     def _client_for_loop(self, make: Any) -> Any:
         """One SDK client per running event loop (an async client is bound to its loop)."""

@@ -18,6 +18,8 @@ class OpenAIProvider(LLMProvider):
     backoff, jitter and ``Retry-After``, and fails over between providers.
     """
 
+    sdk_module: ClassVar[str] = "openai"
+    sdk_client: ClassVar[str] = "AsyncOpenAI"
     metadata: ClassVar[PluginMetadata] = PluginMetadata(
         name="openai",
         kind="llm_provider",
@@ -25,21 +27,6 @@ class OpenAIProvider(LLMProvider):
         capabilities=("chat", "structured_output", "streaming", "usage"),
         description="OpenAI Chat Completions (or any compatible server) via the openai SDK.",
     )
-
-    def _make_client(self) -> Any:
-        import openai
-
-        return openai.AsyncOpenAI(
-            api_key=self.api_key or "unset",
-            base_url=self.base_url,
-            timeout=self.timeout_s,
-            max_retries=0,
-        )
-
-    def _probe(self) -> str:
-        import openai
-
-        return f"openai SDK {openai.__version__}, model {self.model}"
 
     async def _acall(self, prompt: str, *, system: str | None, max_tokens: int) -> Completion:
         import openai
@@ -69,15 +56,7 @@ class OpenAIProvider(LLMProvider):
             raise classify(openai, self.provider_name, exc) from None
         if usage is None:
             raise LLMError(self.provider_name, "malformed", "the answer reports no usage")
-        return Completion(
-            provider=self.provider_name,
-            model=model or self.model,
-            text=text,
-            input_tokens=usage[0],
-            output_tokens=usage[1],
-            cost_usd=self.cost(*usage),
-            latency_s=time.perf_counter() - start,
-        )
+        return self._completion(model, text, usage, start)
 
     async def _streamed(
         self, client: Any, messages: list[dict[str, str]], max_tokens: int
