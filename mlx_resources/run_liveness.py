@@ -14,8 +14,9 @@ Dagster can check, so a ``kill -9`` left them STARTED forever, each holding a
 * :class:`LivenessRunLauncher` is Dagster's ``DefaultRunLauncher`` whose
   ``check_run_worker_health`` answers from the same tags, so the daemon's run monitoring
   (``run_monitoring: enabled`` in dagster.yaml) fails dead runs on its own.
-* :func:`die_with_parent` makes a child process (the forked training child, torchrun and its
-  workers) die with the process that started it.
+* :func:`~mlx_resources.process_identity.die_with_parent` makes a child process (the forked
+  training child, torchrun and its workers) die with the process that started it. Process
+  identities and their tags are exported by :mod:`mlx_resources.process_identity` only.
 """
 
 from __future__ import annotations
@@ -27,34 +28,13 @@ from typing import Any
 import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 
-from mlx_plugins.kernel.process_identity import (
-    TAG_BOOT,
-    TAG_HOST,
-    TAG_PID,
-    TAG_START,
-    TAGS,
-    ProcessIdentity,
-    die_with_parent,
-    identity,
-    is_alive,
-    pid_running,
-)
+from mlx_plugins.kernel.process_identity import ProcessIdentity, identity, is_alive
 from mlx_resources.leftovers import GRACE_S, CleanReport, clean_leftovers
 
 __all__ = [
-    "TAGS",
-    "TAG_BOOT",
-    "TAG_HOST",
-    "TAG_PID",
     "TAG_RUN",
-    "TAG_START",
     "LivenessRunLauncher",
-    "ProcessIdentity",
-    "die_with_parent",
-    "identity",
-    "is_alive",
     "liveness_in_process_executor",
-    "pid_running",
     "record_run_worker",
     "sweep_dead_runs",
     "worker_death",
