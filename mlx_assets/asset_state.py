@@ -62,11 +62,16 @@ class Latest:
         """Build from an ``EventLogRecord`` of an ``ASSET_MATERIALIZATION``."""
         mat = record.asset_materialization
         tags = mat.tags or {}
-        provenance = dg.DataProvenance.from_tags(tags)
         meta = {k: getattr(v, "value", v) for k, v in (mat.metadata or {}).items()}
+        return cls._from_tags(record.storage_id, tags, meta)
+
+    @classmethod
+    def _from_tags(cls, storage_id: int, tags: Mapping[str, str], meta: dict[str, Any]) -> Latest:
+        """Build from a materialization's tags and its metadata values."""
+        provenance = dg.DataProvenance.from_tags(tags)
         size = meta.get("byte_size")
         return cls(
-            storage_id=record.storage_id,
+            storage_id=storage_id,
             data_version=tags.get("dagster/data_version"),
             code_version=provenance.code_version if provenance else None,
             input_versions=(
@@ -102,22 +107,7 @@ class Latest:
                 if field_name in data:
                     meta[item["label"]] = data[field_name]
                     break
-        provenance = dg.DataProvenance.from_tags(tags)
-        size = meta.get("byte_size")
-        return mat.get("partition"), cls(
-            storage_id=storage_id,
-            data_version=tags.get("dagster/data_version"),
-            code_version=provenance.code_version if provenance else None,
-            input_versions=(
-                {k: v.value for k, v in provenance.input_data_versions.items()}
-                if provenance
-                else {}
-            ),
-            input_pointers=dict(provenance.input_storage_ids) if provenance else {},
-            path=str(meta["path"]) if meta.get("path") else None,
-            byte_size=int(size) if isinstance(size, int) else None,
-            metadata=meta,
-        )
+        return mat.get("partition"), cls._from_tags(storage_id, tags, meta)
 
     @property
     def has_provenance(self) -> bool:
