@@ -14,6 +14,9 @@ import os
 import re
 import shutil
 from abc import abstractmethod
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -50,6 +53,19 @@ def identity(config: dict[str, Any], lineage: ModelLineage) -> str | None:
     }
     blob = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The arguments of one :meth:`ModelRegistry.register_once` call and their :func:`identity`."""
+
+    model: str
+    artifact: Path
+    artifact_sha256: str
+    metrics: dict[str, float]
+    config: dict[str, Any]
+    lineage: ModelLineage
+    key: str | None
 
 
 class ModelVersion(BaseModel):
@@ -100,7 +116,6 @@ class ModelRegistry(MLXPlugin):
         the definitions are built."""
         return self
 
-    @abstractmethod
     def register_once(
         self,
         model: str,
@@ -141,6 +156,34 @@ class ModelRegistry(MLXPlugin):
         OSError
             The artifact can't be read or stored (nothing is registered then).
         """
+        reg = Registration(
+            model,
+            Path(artifact),
+            artifact_sha256,
+            metrics,
+            config,
+            lineage,
+            identity(config, lineage),
+        )
+        with self._registering(reg) as handle:
+            if reg.key is not None:
+                for existing in self._stored_versions(handle, model):
+                    if identity(existing.config, existing.lineage) == reg.key:
+                        return existing, False
+            return self._add_version(handle, reg), True
+
+    @abstractmethod
+    def _registering(self, reg: Registration) -> AbstractContextManager[Any]:
+        """Hold registrations of ``reg.model`` (one at a time) while :meth:`register_once` looks
+        for an identical version and adds one; yields the handle passed to the two below."""
+
+    @abstractmethod
+    def _stored_versions(self, handle: Any, model: str) -> Iterable[ModelVersion]:
+        """The versions of ``model``, read under :meth:`_registering`."""
+
+    @abstractmethod
+    def _add_version(self, handle: Any, reg: Registration) -> ModelVersion:
+        """Store ``reg`` as the next version of its model, under :meth:`_registering`."""
 
     def register(
         self,

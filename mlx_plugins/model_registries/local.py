@@ -16,21 +16,21 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 from pydantic import Field
 
 from mlx_plugins.kernel.atomic import atomic_write_text
 from mlx_plugins.kernel.metadata import PluginMetadata
 from mlx_plugins.model_registries.base import (
-    ModelLineage,
     ModelRegistry,
     ModelVersion,
+    Registration,
     check_alias,
-    identity,
 )
 
 
@@ -89,76 +89,57 @@ class LocalModelRegistry(ModelRegistry):
         )
         return conn
 
-    def register_once(
-        self,
-        model: str,
-        artifact: str | os.PathLike[str],
-        artifact_sha256: str,
-        metrics: dict[str, float],
-        config: dict[str, Any],
-        lineage: ModelLineage,
-    ) -> tuple[ModelVersion, bool]:
-        """See :meth:`ModelRegistry.register_once`. Registrations of one registry are
-        serialized (an exclusive SQLite transaction).
+    @contextlib.contextmanager
+    def _registering(self, reg: Registration) -> Iterator[sqlite3.Connection]:
+        """Registrations of one registry are serialized (an exclusive SQLite transaction).
 
         Raises:
             OSError: the artifact can't be copied (nothing is registered then).
             sqlite3.OperationalError: the registry stayed locked for 30 s by another writer.
         """
-        key = identity(config, lineage)
-        folder = self._root / model
-        folder.mkdir(parents=True, exist_ok=True)
+        (self._root / reg.model).mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as conn:
             conn.isolation_level = None  # explicit transactions below
             conn.execute("BEGIN IMMEDIATE")  # one registration at a time per registry
             try:
-                if key is not None:
-                    for row in conn.execute(
-                        "SELECT body FROM versions WHERE model = ? ORDER BY version", (model,)
-                    ):
-                        existing = ModelVersion.model_validate(json.loads(row[0]))
-                        if identity(existing.config, existing.lineage) == key:
-                            conn.execute("COMMIT")
-                            return existing, False
-                mv = self._write_version(
-                    folder, model, artifact, artifact_sha256, metrics, config, lineage
-                )
-                conn.execute(
-                    "INSERT INTO versions VALUES (?, ?, ?, ?)",
-                    (model, mv.version, mv.created_at, mv.model_dump_json()),
-                )
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
-        return mv, True
 
-    def _write_version(
-        self,
-        folder: Path,
-        model: str,
-        artifact: str | os.PathLike[str],
-        artifact_sha256: str,
-        metrics: dict[str, float],
-        config: dict[str, Any],
-        lineage: ModelLineage,
-    ) -> ModelVersion:
+    def _stored_versions(self, handle: sqlite3.Connection, model: str) -> Iterator[ModelVersion]:
+        for row in handle.execute(
+            "SELECT body FROM versions WHERE model = ? ORDER BY version", (model,)
+        ):
+            yield ModelVersion.model_validate(json.loads(row[0]))
+
+    def _add_version(self, handle: sqlite3.Connection, reg: Registration) -> ModelVersion:
+        mv = self._write_version(reg)
+        handle.execute(
+            "INSERT INTO versions VALUES (?, ?, ?, ?)",
+            (reg.model, mv.version, mv.created_at, mv.model_dump_json()),
+        )
+        return mv
+
+    def _write_version(self, reg: Registration) -> ModelVersion:
+        folder = self._root / reg.model
         version = self._claim(folder)
         final = folder / f"v{version:04d}"
         staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".v{version:04d}-"))
         try:
-            src = Path(artifact)
+            src = reg.artifact
             shutil.copy2(src, staging / src.name)
             mv = ModelVersion(
-                model=model,
+                model=reg.model,
                 version=version,
                 created_at=datetime.now(UTC).isoformat(),
                 artifact_path=str(final / src.name),
-                artifact_sha256=artifact_sha256,
-                metrics=metrics,
-                config=config,
-                lineage=lineage,
+                artifact_sha256=reg.artifact_sha256,
+                metrics=reg.metrics,
+                config=reg.config,
+                lineage=reg.lineage,
             )
             atomic_write_text(staging / "version.json", mv.model_dump_json(indent=2))
             # Renaming onto our empty claim folder replaces it atomically (POSIX), so the

@@ -37,11 +37,10 @@ from pydantic import Field, PrivateAttr
 
 from mlx_plugins.kernel.metadata import PluginMetadata
 from mlx_plugins.model_registries.base import (
-    ModelLineage,
     ModelRegistry,
     ModelVersion,
+    Registration,
     check_alias,
-    identity,
 )
 
 _RECORD = "mlx/version.json"
@@ -183,16 +182,9 @@ class MLflowModelRegistry(ModelRegistry):
 
     # -- the kind's methods ----------------------------------------------------------------
 
-    def register_once(
-        self,
-        model: str,
-        artifact: str | os.PathLike[str],
-        artifact_sha256: str,
-        metrics: dict[str, float],
-        config: dict[str, Any],
-        lineage: ModelLineage,
-    ) -> tuple[ModelVersion, bool]:
-        """See :meth:`ModelRegistry.register_once`.
+    @contextlib.contextmanager
+    def _registering(self, reg: Registration) -> Iterator[None]:
+        """Registrations of one model are serialized (a file lock under ``lock_dir``).
 
         Raises:
             OSError: the artifact can't be read.
@@ -200,27 +192,19 @@ class MLflowModelRegistry(ModelRegistry):
                 names the call); a run created before the failure is marked FAILED and no model
                 version is created.
         """
-        src = Path(artifact)
-        if not src.is_file():
-            raise FileNotFoundError(f"artifact {src} to register as {model!r} is not a file")
-        key = identity(config, lineage)
-        with self._lock(model):
-            if key is not None:
-                for v in self.versions(model):
-                    if identity(v.config, v.lineage) == key:
-                        return v, False
-            return self._create(model, src, artifact_sha256, metrics, config, lineage, key), True
+        if not reg.artifact.is_file():
+            raise FileNotFoundError(
+                f"artifact {reg.artifact} to register as {reg.model!r} is not a file"
+            )
+        with self._lock(reg.model):
+            yield
 
-    def _create(
-        self,
-        model: str,
-        src: Path,
-        artifact_sha256: str,
-        metrics: dict[str, float],
-        config: dict[str, Any],
-        lineage: ModelLineage,
-        key: str | None,
-    ) -> ModelVersion:
+    def _stored_versions(self, handle: None, model: str) -> list[ModelVersion]:
+        return self.versions(model)
+
+    def _add_version(self, handle: None, reg: Registration) -> ModelVersion:
+        model, src, artifact_sha256 = reg.model, reg.artifact, reg.artifact_sha256
+        metrics, config, lineage, key = reg.metrics, reg.config, reg.lineage, reg.key
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.exceptions import MlflowException
 
