@@ -84,6 +84,8 @@ def from_validation_error(
                 else "correct the value as said",
             )
     problem = f"{msg} (got {given}){more}"
+    if err["type"] in _RANGE:
+        return CompositionError(file, where, problem, _range_fix(err, annotation))
     hint = None if secret or _unwrap(annotation) is str else yaml11_hint(value)
     if value is None and err["type"] not in ("missing",) and not secret:
         hint = "an empty value is null in YAML: write a value, or remove the key to use the default"
@@ -126,6 +128,34 @@ _EXAMPLES: dict[Any, str] = {
     bool: "true or false (bool)",
     str: "text (str), e.g. 'abc' (quote it if it looks like a number, bool or null)",
 }
+
+
+_RANGE: dict[str, tuple[str, str]] = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
+"""pydantic's range error types -> (operator, the ``ctx`` key holding the bound)."""
+
+
+def _range_fix(err: Any, annotation: Any) -> str:
+    """The fix for a value out of its field's range: the bound, e.g. ``write a whole number
+    (int) >= 1, e.g. 1`` for ``gt=0`` on an int (the type was right; the value was not)."""
+    op, ctx_key = _RANGE[err["type"]]
+    bound = (err.get("ctx") or {}).get(ctx_key)
+    base = _unwrap(annotation)
+    kind = f"a {_short_type(annotation)}" if annotation is not None else "a value"
+    if base is int and isinstance(bound, int) and not isinstance(bound, bool):
+        kind = "a whole number (int)"
+        if op == ">":
+            op, bound = ">=", bound + 1  # gt=0 on an int: the smallest allowed is 1
+        elif op == "<":
+            op, bound = "<=", bound - 1
+        return f"write {kind} {op} {bound}, e.g. {bound}"
+    if base is float:
+        kind = "a number (float)"
+    return f"write {kind} {op} {bound}"
 
 
 def _fix(annotation: Any) -> str:

@@ -10,13 +10,31 @@ from mlx_plugins.llm_providers.base import LLMError, parse_retry_after
 MALFORMED = (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError)
 
 
-def classify(sdk: ModuleType, provider: str, exc: BaseException) -> LLMError:
+def classify(
+    sdk: ModuleType, provider: str, exc: BaseException, server: str | None = None
+) -> LLMError:
     """The :class:`LLMError` for ``exc`` raised by ``sdk`` (the ``openai`` or ``anthropic``
     module): 429 -> ``rate_limited`` with ``Retry-After``; 408/409/5xx -> ``server_error``;
     401/403 -> ``auth``; other 4xx -> ``bad_request``; timeouts, connection errors and bodies
-    that do not parse -> ``timeout``, ``connection``, ``malformed``. Never includes the key."""
+    that do not parse -> ``timeout``, ``connection``, ``malformed``. ``server`` (the
+    ``base_url``) is named in the message when given. Never includes the key."""
     if isinstance(exc, LLMError):
         return exc
+    err = _classify(sdk, provider, exc)
+    if server is None:
+        return err
+    named = LLMError(
+        provider,
+        err.kind,
+        f"{err.detail} [server {server}]",
+        retry_after=err.retry_after,
+        status=err.status,
+    )
+    named.retriable = err.retriable
+    return named
+
+
+def _classify(sdk: ModuleType, provider: str, exc: BaseException) -> LLMError:
     if isinstance(exc, sdk.APITimeoutError):
         return LLMError(provider, "timeout", "the request timed out")
     if isinstance(exc, sdk.APIConnectionError):

@@ -50,7 +50,7 @@ class AnthropicProvider(LLMProvider):
             if not isinstance(usage[0], int) or not isinstance(usage[1], int):
                 raise ValueError("no usage in the answer")
         except (anthropic.AnthropicError, *MALFORMED) as exc:
-            raise classify(anthropic, self.provider_name, exc) from None
+            raise classify(anthropic, self.provider_name, exc, self.server) from None
         return self._completion(model, text, usage, start)
 
     async def _streamed(

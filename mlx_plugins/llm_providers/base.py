@@ -79,6 +79,8 @@ class LLMError(Exception):
         super().__init__(redact(f"{provider}: {kind}: {message}"))
         self.provider = provider
         self.kind = kind
+        self.detail = redact(message)
+        """The message without the ``provider: kind:`` prefix."""
         self.retriable = kind in self.RETRIABLE_KINDS
         self.retry_after = retry_after
         self.status = status
@@ -169,16 +171,30 @@ class LLMProvider(MLXPlugin):
     sdk_client: ClassVar[str] = ""
 
     _clients: dict[int, Any] = PrivateAttr(default_factory=dict)
+    _resource_name: str | None = PrivateAttr(default=None)
+
+    #: How long the health check's one call may take at most, seconds.
+    HEALTH_TIMEOUT_S: ClassVar[float] = 5.0
 
     @property
     def provider_name(self) -> str:
-        """The plugin's registry name (``openai``, ``anthropic``)."""
-        return type(self).metadata.name
+        """The resource name this provider runs as (set by the provider group from its keys:
+        the composition's ``name:``), else the plugin's registry name (``openai``)."""
+        return self._resource_name or type(self).metadata.name
+
+    @property
+    def server(self) -> str:
+        """Where calls go, for messages: ``base_url``, or the vendor's public API."""
+        return self.base_url or f"the {type(self).metadata.name} public API"
+
+    def error(self, kind: str, message: str, **kwargs: Any) -> LLMError:
+        """An :class:`LLMError` naming this provider's resource and server (never the key)."""
+        return LLMError(self.provider_name, kind, f"{message} [server {self.server}]", **kwargs)
 
     def cache_params(self) -> dict[str, Any]:
         """What, besides the prompt, decides an answer: the cache key's parameters."""
         return {
-            "provider": self.provider_name,
+            "provider": type(self).metadata.name,  # the plugin: a key stable across names
             "base_url": self.base_url or "",
             "model": self.model,
             "max_tokens": self.max_tokens,
@@ -209,10 +225,44 @@ class LLMProvider(MLXPlugin):
         )
 
     def _probe(self) -> str:
+        """One cheap real call: the models list (``GET {base_url}/models`` for OpenAI-compatible
+        servers, ``GET /v1/models`` for Anthropic), with a short timeout and no retries.
+
+        Raises:
+            RuntimeError: the server is unreachable, refuses the key or answers an error,
+                naming the resource and ``base_url`` (never the key).
+        """
         if not self.sdk_module:
             return super()._probe()
         sdk = importlib.import_module(self.sdk_module)
-        return f"{self.sdk_module} SDK {sdk.__version__}, model {self.model}"
+        sync_client = self.sdk_client.removeprefix("Async")
+        client = getattr(sdk, sync_client)(
+            api_key=self.api_key or "unset",
+            base_url=self.base_url,
+            timeout=min(self.timeout_s, self.HEALTH_TIMEOUT_S),
+            max_retries=0,
+        )
+        from mlx_plugins.llm_providers._errors import classify
+
+        try:
+            page = client.models.list()
+            count = len(page.data)
+        except Exception as exc:
+            err = classify(sdk, self.provider_name, exc)
+            what = {
+                "auth": "unauthorized (the server refused the API key)",
+                "connection": "unreachable",
+                "timeout": "unreachable (no answer in time)",
+            }.get(err.kind, f"unhealthy ({err.kind})")
+            raise RuntimeError(
+                f"llm_provider {self.provider_name!r} at {self.server}: {what}: {err.detail}"
+            ) from None
+        finally:
+            client.close()
+        return (
+            f"{self.provider_name} at {self.server}: models list answered ({count} models); "
+            f"{self.sdk_module} SDK {sdk.__version__}, model {self.model}"
+        )
 
     def _completion(
         self, model: str | None, text: str, usage: tuple[int, int], start: float

@@ -135,19 +135,23 @@ class ProviderGroup:
     """Providers (by resource name, in failover order) run as one.
 
     Args:
-        providers: name -> provider plugin, in priority order (at least one).
+        providers: name -> provider plugin, in priority order (at least one): a dict's
+            insertion order is the failover order. A list of providers is accepted too: each
+            is named after its plugin (``openai``, ``anthropic``); two of one plugin are
+            refused (pass a dict to name them).
         settings: :class:`GroupSettings`.
         cache_dir: the result cache's folder (``<home>/cache/llm``); None: no cache.
         meter_provider: an OpenTelemetry ``MeterProvider``; None: the global one.
         sleep: the coroutine function retries wait with (``asyncio.sleep``; tests record).
 
     Raises:
-        ValueError: no provider.
+        ValueError: no provider, or a list whose providers' names collide.
+        TypeError: something other than providers.
     """
 
     def __init__(
         self,
-        providers: Mapping[str, LLMProvider],
+        providers: Mapping[str, LLMProvider] | Sequence[LLMProvider],
         settings: GroupSettings | None = None,
         cache_dir: str | Path | None = None,
         *,
@@ -161,7 +165,11 @@ class ProviderGroup:
             )
         from purgatory import AsyncCircuitBreakerFactory
 
-        self.providers = dict(providers)
+        self.providers = _named(providers)
+        for name, provider in self.providers.items():
+            provider._resource_name = name  # errors name the resource, not just the plugin
+        # the last real failure per provider: what a skipped call (open breaker) reports
+        self._last_error: dict[str, LLMError] = {}
         self.settings = settings or GroupSettings()
         self.cache = (
             ResultCache(
@@ -442,7 +450,9 @@ class ProviderGroup:
             except BreakerOpen:
                 self.stats[name].skipped_open += 1
                 outcome.attempts.append(f"{name}:circuit_open")
-                outcome.error = LLMError(name, "circuit_open", "circuit breaker is open")
+                if outcome.error is None or outcome.error.kind == "circuit_open":
+                    # a real failure of this chain stays the result's error
+                    outcome.error = self._breaker_error(name)
                 continue
             except LLMError as exc:
                 outcome.error = exc
@@ -457,6 +467,22 @@ class ProviderGroup:
                 )
             return outcome
         return outcome
+
+    def _breaker_error(self, name: str) -> LLMError:
+        """The error of a call skipped because ``name``'s breaker is open: the failure that
+        opened it (its kind and message), saying the breaker is now open."""
+        last = self._last_error.get(name)
+        if last is None:
+            return LLMError(name, "circuit_open", "circuit breaker is open")
+        err = LLMError(
+            last.provider,
+            last.kind,
+            f"{last.detail}; the circuit breaker is now open (call skipped)",
+            retry_after=last.retry_after,
+            status=last.status,
+        )
+        err.retriable = last.retriable
+        return err
 
     async def _with_retries(
         self,
@@ -530,12 +556,14 @@ class ProviderGroup:
         except LLMError as exc:
             if exc.retriable:
                 stats.recent_failure_rate = 0.8 * stats.recent_failure_rate + 0.2
+            self._last_error[name] = exc
             stats.failures[exc.kind] = stats.failures.get(exc.kind, 0) + 1
             self._count("mlx.llm.failures", 1, name, kind=exc.kind)
             attempts.append(f"{name}:{exc.kind}")
             raise
         except Exception as exc:  # a provider bug is a captured error, not a dead batch
             err = LLMError(name, "other", f"{type(exc).__name__}: {exc}")
+            self._last_error[name] = err
             stats.failures["other"] = stats.failures.get("other", 0) + 1
             attempts.append(f"{name}:other")
             raise err from None
@@ -594,6 +622,35 @@ class ProviderGroup:
         inst = self._otel.get(metric)
         if inst is not None and value:
             inst.add(value, {"provider": provider, **attrs})
+
+
+def _named(providers: Any) -> dict[str, LLMProvider]:
+    """``providers`` (a ``{name: provider}`` mapping or a sequence of providers) as a dict in
+    priority order; a sequence's names are each provider's plugin name (``openai``)."""
+    usage = (
+        "ProviderGroup takes {name: provider} (a dict, in failover order) or a list of "
+        "llm_provider plugins (OpenAIProvider, AnthropicProvider, ...)"
+    )
+    if isinstance(providers, Mapping):
+        items = list(providers.items())
+    elif isinstance(providers, Sequence) and not isinstance(providers, (str, bytes)):
+        items = [
+            (type(p).metadata.name if isinstance(p, LLMProvider) else None, p) for p in providers
+        ]
+    else:
+        raise TypeError(f"{usage}; got {type(providers).__name__}")
+    bad = [f"{type(p).__name__}" for _, p in items if not isinstance(p, LLMProvider)]
+    if bad:
+        raise TypeError(f"{usage}; got {', '.join(bad)} among them")
+    named: dict[str, LLMProvider] = {}
+    for name, provider in items:
+        if name in named:
+            raise ValueError(
+                f"two providers are named {name!r} (the plugin's name); pass a dict to name "
+                f"them, e.g. ProviderGroup({{'{name}_a': first, '{name}_b': second}})"
+            )
+        named[str(name)] = provider
+    return named
 
 
 def _first_hit(cache: ResultCache, keys: list[tuple[str, str]]) -> tuple[str, Completion] | None:

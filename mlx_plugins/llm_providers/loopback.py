@@ -10,7 +10,9 @@ The official SDKs talk to them unchanged (``base_url=server.base_url``)::
 A fault is picked per request, first from ``faults`` (consumed in order), then from ``script``
 (``(request index, prompt) -> Fault``), else an immediate good answer. Streaming
 (``"stream": true`` in the request body) answers with server-sent events in each vendor's
-format. Nothing here is imported by the platform at run time.
+format. ``GET /v1/models`` answers each vendor's models list (what the providers' health check
+asks); with ``api_key`` set, a request without that key is answered 401. Nothing here is
+imported by the platform at run time.
 """
 
 from __future__ import annotations
@@ -72,8 +74,13 @@ class LoopbackLLMServer:
         script: Callable[[int, str], Fault] | None = None,
         answer: Callable[[str], str] = default_answer,
         latency_s: float = 0.0,
+        api_key: str | None = None,
+        models: tuple[str, ...] = ("loopback-model",),
     ) -> None:
         self.wire = wire
+        self.api_key = api_key
+        self.models = models
+        self.models_requests = 0
         self.faults = list(faults or [])
         self.script = script
         self.answer = answer
@@ -97,6 +104,9 @@ class LoopbackLLMServer:
 
             def do_POST(self) -> None:
                 server._handle(self)
+
+            def do_GET(self) -> None:
+                server._handle_get(self)
 
         self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
@@ -140,6 +150,35 @@ class LoopbackLLMServer:
                 return self.faults.pop(0)
         return self.script(index, prompt) if self.script else Fault()
 
+    def _authorized(self, h: BaseHTTPRequestHandler) -> bool:
+        if self.api_key is None:
+            return True
+        given = h.headers.get("x-api-key") or (h.headers.get("authorization") or "")
+        return given.removeprefix("Bearer ") == self.api_key
+
+    def _handle_get(self, h: BaseHTTPRequestHandler) -> None:
+        """``GET /v1/models``: the models list, in the wire's format."""
+        path = h.path.split("?", 1)[0].rstrip("/")
+        if path != "/v1/models":
+            return self._send_json(h, 404, self._error_body(f"no route {path}"))
+        with self._lock:
+            self.models_requests += 1
+        if not self._authorized(h):
+            return self._send_json(h, 401, self._error_body("invalid API key"))
+        if self.wire == "openai":
+            data = [
+                {"id": m, "object": "model", "created": 0, "owned_by": "loopback"}
+                for m in self.models
+            ]
+            return self._send_json(h, 200, {"object": "list", "data": data})
+        data = [
+            {"id": m, "type": "model", "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+            for m in self.models
+        ]
+        first, last = (self.models[0], self.models[-1]) if self.models else (None, None)
+        body = {"data": data, "has_more": False, "first_id": first, "last_id": last}
+        return self._send_json(h, 200, body)
+
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("content-length") or 0)
         try:
@@ -153,6 +192,8 @@ class LoopbackLLMServer:
             self.auth_headers.append(
                 h.headers.get("authorization") or h.headers.get("x-api-key") or ""
             )
+        if not self._authorized(h):
+            return self._send_json(h, 401, self._error_body("invalid API key"))
         fault = self._next_fault(index, prompt)
         delay = fault.delay_s + self.latency_s
         if delay:

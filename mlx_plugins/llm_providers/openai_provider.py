@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from mlx_plugins.kernel.metadata import PluginMetadata
 from mlx_plugins.llm_providers._errors import MALFORMED, classify
-from mlx_plugins.llm_providers.base import Completion, LLMError, LLMProvider
+from mlx_plugins.llm_providers.base import Completion, LLMProvider
 
 
 class OpenAIProvider(LLMProvider):
@@ -53,9 +53,9 @@ class OpenAIProvider(LLMProvider):
             if not isinstance(text, str):
                 raise ValueError("no text in the answer")
         except (openai.OpenAIError, *MALFORMED) as exc:
-            raise classify(openai, self.provider_name, exc) from None
+            raise classify(openai, self.provider_name, exc, self.server) from None
         if usage is None:
-            raise LLMError(self.provider_name, "malformed", "the answer reports no usage")
+            raise self.error("malformed", "the answer reports no usage")
         return self._completion(model, text, usage, start)
 
     async def _streamed(

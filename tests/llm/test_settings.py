@@ -86,3 +86,20 @@ def test_inconsistent_values_name_both_keys_and_the_fix(tmp_path):
     assert err.key == "settings.llm"
     assert "backoff_max_s (1.0) is below backoff_initial_s (3.0)" in err.problem
     assert err.fix == "set backoff_max_s >= backoff_initial_s"
+
+
+@pytest.mark.parametrize(
+    ("settings", "fix"),
+    [
+        ("    max_concurrency: 0\n", "write a whole number (int) >= 1, e.g. 1"),
+        ("    cache_ttl_s: -1\n", "write a number (float) > 0"),
+        ("    hedge_quantile: 1.5\n", "write a number (float) < 1"),
+    ],
+)
+def test_a_range_violation_says_the_bound(tmp_path, settings, fix):
+    """``max_concurrency: 0`` is a whole number already: the fix says the bound, not the type."""
+    _, comp = _load(tmp_path, settings)
+    with pytest.raises(CompositionError) as info:
+        build_definitions(comp)
+    assert info.value.fix.startswith(fix), info.value.fix
+    assert "without quotes" not in str(info.value)
