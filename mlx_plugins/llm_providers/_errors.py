@@ -5,7 +5,62 @@ from __future__ import annotations
 import json
 from types import ModuleType
 
-from mlx_plugins.llm_providers.base import LLMError, parse_retry_after
+from mlx_plugins.kernel.secrets import redact
+
+
+class LLMError(Exception):
+    """A failed call, classified.
+
+    Attributes:
+        provider: the provider's name.
+        kind: ``rate_limited`` | ``server_error`` | ``timeout`` | ``connection`` |
+            ``malformed`` | ``bad_request`` | ``auth`` | ``structured_output`` | ``other``.
+        retriable: whether the same call may succeed later (429, 5xx, timeouts, connection
+            errors, malformed bodies); 4xx other than 408/409/429 are not.
+        retry_after: seconds the server asked to wait (``Retry-After``), when it said so.
+        status: the HTTP status, when there was a response.
+    """
+
+    RETRIABLE_KINDS = frozenset(
+        {"rate_limited", "server_error", "timeout", "connection", "malformed"}
+    )
+
+    def __init__(
+        self,
+        provider: str,
+        kind: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(redact(f"{provider}: {kind}: {message}"))
+        self.provider = provider
+        self.kind = kind
+        self.detail = redact(message)
+        """The message without the ``provider: kind:`` prefix."""
+        self.retriable = kind in self.RETRIABLE_KINDS
+        self.retry_after = retry_after
+        self.status = status
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` (or ``retry-after-ms``) header value: ``"2"`` -> 2.0,
+    an HTTP date -> seconds from now (>= 0); ``None`` when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+        from time import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+    except (TypeError, ValueError, IndexError):
+        return None
+
 
 MALFORMED = (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError)
 

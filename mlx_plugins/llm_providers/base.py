@@ -22,7 +22,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from mlx_plugins.kernel.base import MLXPlugin
-from mlx_plugins.kernel.secrets import redact
+from mlx_plugins.llm_providers._errors import LLMError, classify
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -48,60 +48,6 @@ class Completion(BaseModel):
     output_tokens: int = Field(default=0, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
     latency_s: float = Field(default=0.0, ge=0)
-
-
-class LLMError(Exception):
-    """A failed call, classified.
-
-    Attributes:
-        provider: the provider's name.
-        kind: ``rate_limited`` | ``server_error`` | ``timeout`` | ``connection`` |
-            ``malformed`` | ``bad_request`` | ``auth`` | ``structured_output`` | ``other``.
-        retriable: whether the same call may succeed later (429, 5xx, timeouts, connection
-            errors, malformed bodies); 4xx other than 408/409/429 are not.
-        retry_after: seconds the server asked to wait (``Retry-After``), when it said so.
-        status: the HTTP status, when there was a response.
-    """
-
-    RETRIABLE_KINDS = frozenset(
-        {"rate_limited", "server_error", "timeout", "connection", "malformed"}
-    )
-
-    def __init__(
-        self,
-        provider: str,
-        kind: str,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        status: int | None = None,
-    ) -> None:
-        super().__init__(redact(f"{provider}: {kind}: {message}"))
-        self.provider = provider
-        self.kind = kind
-        self.detail = redact(message)
-        """The message without the ``provider: kind:`` prefix."""
-        self.retriable = kind in self.RETRIABLE_KINDS
-        self.retry_after = retry_after
-        self.status = status
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` (or ``retry-after-ms``) header value: ``"2"`` -> 2.0,
-    an HTTP date -> seconds from now (>= 0); ``None`` when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        from email.utils import parsedate_to_datetime
-        from time import time
-
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 def schema_instruction(schema: type[BaseModel]) -> str:
@@ -242,8 +188,6 @@ class LLMProvider(MLXPlugin):
             timeout=min(self.timeout_s, self.HEALTH_TIMEOUT_S),
             max_retries=0,
         )
-        from mlx_plugins.llm_providers._errors import classify
-
         try:
             page = client.models.list()
             count = len(page.data)

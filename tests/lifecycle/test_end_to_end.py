@@ -283,9 +283,11 @@ def test_failed_run_exits_1_with_one_line_naming_the_run(lifecycle, tmp_path):
     assert "Traceback" not in done.stdout + done.stderr
     (line,) = [x for x in done.stderr.splitlines() if x.strip()]
     failed = next(r for r in _runs(lifecycle.instance) if r.status == dg.DagsterRunStatus.FAILURE)
-    assert failed.job_name == "daily"
+    # A new data_dir is a new source config: the reference table (planes) is stale first, so the
+    # reference run is the one that fails, reading from the missing folder.
+    assert failed.job_name == "reference"
     assert line.startswith(
-        f"mlx lifecycle: the daily run {failed.run_id[:8]} failed at step raw_flights: "
+        f"mlx lifecycle: the reference run {failed.run_id[:8]} failed at step planes: "
     )
     assert "/nonexistent/mlx" in line and "dagster._core" not in line
     assert f"./dev ui` (Runs -> {failed.run_id[:8]})" in line
