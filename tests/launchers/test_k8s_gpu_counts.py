@@ -108,37 +108,40 @@ def test_gpus_for_another_container_are_refused(kubeconfig_file, batch_api, inst
         "resources": {"limits": {"nvidia.com/gpu": "1"}},
     }
     run = create_run(instance, "gpu_job", tags=_tag({"pod_spec_config": {key: [other]}}))
-    _refused(
+    message = _refused(
         make_launcher(kubeconfig_file, batch_api),
         instance,
         run,
         batch_api,
         r"pod_spec_config\.(containers|init_containers)\[0\].*container other than the run's",
     )
+    assert "nvidia.com/gpu" in message
 
 
 def test_a_second_gpu_resource_is_refused(kubeconfig_file, batch_api, instance):
     tags = _tag({"container_config": {"resources": {"limits": {"amd.com/gpu": "1"}}}})
     run = create_run(instance, "gpu_job", tags=tags)
-    _refused(
+    message = _refused(
         make_launcher(kubeconfig_file, batch_api),
         instance,
         run,
         batch_api,
         r"second GPU resource; this run's GPUs are nvidia.com/gpu",
     )
+    assert "amd.com/gpu" in message
 
 
 def test_a_cpu_run_given_gpus_by_the_users_tag_is_refused(kubeconfig_file, batch_api, instance):
     tags = _tag({"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}})
     run = create_run(instance, "cpu_job", tags=tags)
-    _refused(
+    message = _refused(
         make_launcher(kubeconfig_file, batch_api),
         instance,
         run,
         batch_api,
         r"no step of this run asks for a GPU.*Fix: state the GPU count once, as mlx/gpu",
     )
+    assert "nvidia.com/gpu" in message
 
 
 @pytest.mark.parametrize(
