@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,32 +27,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import row
+from _common import load, machine, row
 
 from mlx_plugins.llm_providers.anthropic_provider import AnthropicProvider
 from mlx_plugins.llm_providers.group import GroupSettings, ProviderGroup
 from mlx_plugins.llm_providers.loopback import Fault, LoopbackLLMServer
 from mlx_plugins.llm_providers.openai_provider import OpenAIProvider
-
-
-def load() -> str:
-    """The 1, 5 and 15 minute load averages (runnable processes; a shared machine's noise)."""
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {sys.platform}"
 
 
 class Scripts:
