@@ -338,6 +338,19 @@ def _clean(exc: Exception) -> Exception:
     return exc if clean is exc else typing.cast(Exception, clean)
 
 
+class _NoScope:
+    """The scope of a call that is not instrumented (not a plugin method, or a helper)."""
+
+    def __enter__(self) -> _NoScope:
+        return self
+
+    def finish(self, result: Any, exc: BaseException | None) -> None:
+        pass
+
+
+_NO_SCOPE = _NoScope()
+
+
 def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` whose exceptions have secrets redacted (message, arguments, cause chain), and whose
     call is instrumented once: a span ``<kind>.<plugin>.<method>``, Prometheus metrics and the
@@ -347,15 +360,7 @@ def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            scope = _call_scope(args, method)
-            if scope is None:
-                try:
-                    return await fn(*args, **kwargs)
-                except Exception as exc:
-                    clean = _clean(exc)
-                    if clean is exc:
-                        raise
-                    raise clean from clean.__cause__
+            scope = _call_scope(args, method) or _NO_SCOPE
             scope.__enter__()
             try:
                 result = await fn(*args, **kwargs)
@@ -378,28 +383,23 @@ def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             # a generator runs between its consumer's steps: its span is not made current
-            scope = _call_scope(args, method, current=False)
+            scope = _call_scope(args, method, current=False) or _NO_SCOPE
             try:
-                if scope is not None:
-                    scope.__enter__()
+                scope.__enter__()
                 result = yield from fn(*args, **kwargs)
             except Exception as exc:
                 clean = _clean(exc)
-                if scope is not None:
-                    scope.finish(None, clean)
+                scope.finish(None, clean)
                 if clean is exc:
                     raise
                 raise clean from clean.__cause__
             except GeneratorExit:  # the consumer stopped early: not a failure of the plugin
-                if scope is not None:
-                    scope.finish(None, None)
+                scope.finish(None, None)
                 raise
             except BaseException as exc:
-                if scope is not None:
-                    scope.finish(None, exc)
+                scope.finish(None, exc)
                 raise
-            if scope is not None:
-                scope.finish(result, None)
+            scope.finish(result, None)
             return result
 
         gen_wrapper._mlx_redacting = True  # type: ignore[attr-defined]
@@ -407,15 +407,7 @@ def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        scope = _call_scope(args, method)
-        if scope is None:
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                clean = _clean(exc)
-                if clean is exc:
-                    raise
-                raise clean from clean.__cause__
+        scope = _call_scope(args, method) or _NO_SCOPE
         scope.__enter__()
         try:
             result = fn(*args, **kwargs)
