@@ -316,8 +316,10 @@ def is_secret_field(extra: Any) -> bool:
 
 
 _telemetry: Any = None
-_NOT_CALLS = frozenset({"init_private_attributes", "model_post_init"})
-"""Methods pydantic adds to a class (wrapped for redaction, but not plugin calls)."""
+_NOT_CALLS = frozenset({"init_private_attributes", "model_post_init", "with_home"})
+"""Methods wrapped for redaction that are not plugin calls: what pydantic adds to a class, and
+``with_home`` (placing a plugin's data in the MLX home while the definitions are built: counting
+it would import OpenTelemetry and Prometheus at code-location load)."""
 
 
 def _call_scope(args: tuple[Any, ...], method: str, current: bool = True) -> Any:

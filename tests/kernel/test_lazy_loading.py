@@ -22,6 +22,10 @@ HEAVY = (
     "evidently",
     "openai",
     "anthropic",
+    # telemetry starts with the first plugin call of a run, not at load
+    "mlx_plugins.kernel.telemetry",
+    "prometheus_client",
+    "opentelemetry.trace",
 )
 UNUSED_PLUGIN_MODULES = ("mlx_plugins.ml_platforms.torch_mlp",)
 
