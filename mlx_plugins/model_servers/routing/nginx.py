@@ -95,6 +95,12 @@ class NginxSettings(BaseModel):
     upstream_keepalive: int = Field(default=0, ge=0)
     """Idle connections kept open to each version's replicas (0: a connection per request; on
     loopback that costs ~0.1 ms and rules out races with a replica closing an idle one)."""
+    client_keepalive_s: float = Field(default=0.0, ge=0)
+    """How long a client's idle connection stays open. 0 (default): one request per connection
+    (``Connection: close``). With keep-alive, a reload makes the old workers close their idle
+    client connections, and a client that sends on one at that very moment gets "server
+    disconnected" (HTTP/1.1's close race) - not a lost request to a client that retries, but a
+    failure to one that does not; on loopback a new connection costs ~0.1 ms."""
     reload_timeout_s: float = Field(default=10.0, gt=0)
     """How long a reload may take until the new workers serve."""
     drain_timeout_s: float = Field(default=30.0, gt=0)
@@ -211,6 +217,7 @@ def render_nginx_conf(
         f"    uwsgi_temp_path {run / 'temp' / 'uwsgi'};",
         f"    scgi_temp_path {run / 'temp' / 'scgi'};",
         "    server_tokens off;",
+        f"    keepalive_timeout {s.client_keepalive_s:g}s;",
         *(f"    {d.strip()}" for d in s.extra_http_directives),
     ]
     for r in table.routes:

@@ -1,0 +1,199 @@
+"""Helpers of the rollout, router and autoscaling tests: real ``bentoml serve`` processes of a
+minimal service (``_rollout_service.py``) and a bounded loopback load driver (httpx in threads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from mlx_plugins.kernel.process_identity import identity
+from mlx_plugins.model_servers.base import ServerHandle, ServingError, http_get
+from mlx_plugins.model_servers.routing import VERSION_HEADER, free_port
+
+HERE = Path(__file__).parent
+READY_TIMEOUT_S = 90.0
+
+
+@dataclass(frozen=True)
+class FixtureServer:
+    """What to start: a version of the test service and how it behaves."""
+
+    version: str
+    fail_rate: float = 0.0
+    delay_ms: float = 0.0
+    workers: int = 1
+
+
+def start_servers(specs: list[FixtureServer], home: Path) -> list[ServerHandle]:
+    """Start one ``bentoml serve`` per spec (in parallel) and wait until each answers /readyz.
+
+    Raises ServingError (after stopping every one of them) when one is not ready in time.
+    """
+    procs: list[tuple[FixtureServer, int, subprocess.Popen[bytes]]] = []
+    bentoml_cli = str(Path(sys.executable).parent / "bentoml")
+    home.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        port = free_port()
+        env = {
+            **os.environ,
+            # one home per server: bentoml serve empties its home's prometheus_multiproc_dir
+            # at start, and servers sharing one would report each other's requests
+            "BENTOML_HOME": str(home / f"bentoml-{spec.version}-{port}"),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "MLX_TEST_VERSION": spec.version,
+            "MLX_TEST_FAIL_RATE": str(spec.fail_rate),
+            "MLX_TEST_DELAY_MS": str(spec.delay_ms),
+            "MLX_TEST_WORKERS": str(spec.workers),
+        }
+        log = open(home / f"{spec.version}-{port}.log", "wb")  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                [
+                    bentoml_cli,
+                    "serve",
+                    "_rollout_service:RolloutEcho",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                cwd=HERE,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        procs.append((spec, port, proc))
+    handles = [
+        ServerHandle(
+            model="rollout_echo",
+            version=int(spec.version.lstrip("v") or 1),
+            package_tag=f"rollout_echo:{spec.version}",
+            host="127.0.0.1",
+            port=port,
+            pid=proc.pid,
+            process=identity(proc.pid).encode(),
+            workers=spec.workers,
+            started_at=time.time(),
+        )
+        for spec, port, proc in procs
+    ]
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    pending = list(zip(handles, procs, strict=True))
+    while pending:
+        for item in list(pending):
+            handle, (spec, port, proc) = item
+            if proc.poll() is not None:
+                stop_all(handles)
+                log = (home / f"{spec.version}-{port}.log").read_text(errors="replace")[-2000:]
+                raise ServingError(f"bentoml serve {spec.version} exited: {log}")
+            if http_get(handle.url + "/readyz", 1.0)[0] == 200:
+                pending.remove(item)
+        if pending and time.monotonic() > deadline:
+            stop_all(handles)
+            raise ServingError(f"{[h.url for h, _ in pending]} not ready in {READY_TIMEOUT_S} s")
+        time.sleep(0.2)
+    return handles
+
+
+def stop_all(handles: list[ServerHandle]) -> None:
+    for h in handles:
+        with contextlib.suppress(Exception):
+            h.stop(5.0)
+
+
+@contextlib.contextmanager
+def running(specs: list[FixtureServer], home: Path) -> Iterator[list[ServerHandle]]:
+    handles = start_servers(specs, home)
+    try:
+        yield handles
+    finally:
+        stop_all(handles)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request: when it was sent and answered (Unix s), HTTP status (0: no answer), the
+    version header, and the client error when there was no answer."""
+
+    sent: float
+    done: float
+    status: int
+    version: str
+    error: str = ""
+
+
+@dataclass
+class LoadDriver:
+    """``threads`` loopback clients POSTing one-row predictions to ``url`` until stopped, or
+    ``max_requests`` in all, or ``max_seconds``; ``pause_s`` between two requests of a thread.
+    Each thread keeps its connection alive (httpx), as real clients do."""
+
+    url: str
+    threads: int = 4
+    max_requests: int = 20_000
+    max_seconds: float = 120.0
+    pause_s: float = 0.002
+    timeout_s: float = 15.0
+    outcomes: list[Outcome] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> LoadDriver:
+        self._deadline = time.monotonic() + self.max_seconds
+        for i in range(self.threads):
+            t = threading.Thread(target=self._loop, name=f"load-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[Outcome]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.timeout_s + 5)
+        return self.outcomes
+
+    @property
+    def count(self) -> int:
+        return len(self.outcomes)
+
+    def wait_for(self, n: int, timeout_s: float = 60.0) -> None:
+        """Block until ``n`` requests were answered (or the timeout passed)."""
+        deadline = time.monotonic() + timeout_s
+        while self.count < n and time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.05)
+
+    def _loop(self) -> None:
+        body = {"rows": [{"x": 1.0}]}
+        with httpx.Client(timeout=self.timeout_s) as client:
+            while not self._stop.is_set() and time.monotonic() < self._deadline:
+                with self._lock:
+                    if len(self.outcomes) >= self.max_requests:
+                        return
+                sent = time.time()
+                try:
+                    r = client.post(self.url + "/predict", json=body)
+                    o = Outcome(sent, time.time(), r.status_code, r.headers.get(VERSION_HEADER, ""))
+                except httpx.HTTPError as exc:
+                    o = Outcome(sent, time.time(), 0, "", f"{type(exc).__name__}: {exc}")
+                with self._lock:
+                    self.outcomes.append(o)
+                if self.pause_s:
+                    time.sleep(self.pause_s)
