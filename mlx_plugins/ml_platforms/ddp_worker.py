@@ -57,15 +57,20 @@ def train_rank(job: DDPJob, rank: int, local_rank: int, world: int, pipes: Any) 
         pre = tm.Preprocessor.from_dict(job.preprocessing)
         pin = job.pin_memory and device.type == "cuda"
 
+        scale = (pre.target_mean, pre.target_std) if job.task == "regression" else None
+
         def load(path: str) -> tuple[Any, Any, Any]:
             df = pl.read_ipc(path)
-            return (
-                *pre.transform(df, pin_memory=pin),
-                tm.target_tensor(df, job.target, pin_memory=pin),
+            target = tm.target_tensor(
+                df, job.target, pin_memory=pin, task=job.task, classes=job.classes, scale=scale
             )
+            return (*pre.transform(df, pin_memory=pin), target)
 
         cfg = tm.LoopConfig(**{**job.loop, "hidden": tuple(job.loop["hidden"])})
-        model = tm.TabularMLP(len(pre.numeric), pre.cardinalities, cfg.hidden, job.embedding_dim)
+        n_outputs = len(job.classes) if job.task == "multiclass" else 1
+        model = tm.TabularMLP(
+            len(pre.numeric), pre.cardinalities, cfg.hidden, job.embedding_dim, n_outputs=n_outputs
+        )
 
         def report(r: tm.EpochResult) -> None:
             stats = EpochStats(**r.__dict__)
@@ -84,11 +89,12 @@ def train_rank(job: DDPJob, rank: int, local_rank: int, world: int, pipes: Any) 
             device,
             report if rank == 0 else None,
             distributed_sampler=(rank, world),
+            task=job.task,
         )
         divergence = tm.replica_divergence(model)  # a collective: every rank takes part
         if rank == 0:
             path = save_artifact(
-                model.cpu(), pre, list(cfg.hidden), job.embedding_dim, job.artifact_dir
+                model.cpu(), pre, list(cfg.hidden), job.embedding_dim, job.artifact_dir, job.task
             )
             pipes.log.info(f"[ddp] rank 0 saved the model to {path}")
             result = DDPResultMessage(

@@ -25,13 +25,18 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from mlx_plugins.kernel.metadata import PluginMetadata
 from mlx_plugins.ml_platforms.base import (
+    TASKS,
     EpochCallback,
     EpochStats,
     MLPlatform,
+    Task,
     TrainedModel,
     TrainingDataError,
     TrainingDivergedError,
     TrainingSpec,
+    UnsupportedTaskError,
+    check_spec,
+    require_binary,
 )
 
 if TYPE_CHECKING:
@@ -54,24 +59,39 @@ def sha256_file(path: Path) -> str:
 
 
 def save_artifact(
-    model: Any, pre: Any, hidden: list[int], embedding_dim: int, artifact_dir: str
+    model: Any,
+    pre: Any,
+    hidden: list[int],
+    embedding_dim: int,
+    artifact_dir: str,
+    task: Task = "binary",
 ) -> Path:
-    """Write ``model.pt`` (weights, architecture, preprocessing) atomically into the folder."""
+    """Write ``model.pt`` (weights, architecture, preprocessing) atomically into the folder.
+
+    A binary model's file holds exactly what it held before tasks existed; other tasks add
+    ``task`` to the payload and ``n_outputs`` to the architecture (a file without them is a
+    binary model with one output)."""
     import torch
 
     folder = Path(artifact_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / MODEL_FILE
-    payload = {
+    architecture: dict[str, Any] = {
+        "n_numeric": len(pre.numeric),
+        "cardinalities": pre.cardinalities,
+        "hidden": list(hidden),
+        "embedding_dim": embedding_dim,
+    }
+    n_outputs = getattr(model, "n_outputs", 1)
+    if n_outputs != 1:
+        architecture["n_outputs"] = n_outputs
+    payload: dict[str, Any] = {
         "state_dict": model.state_dict(),
-        "architecture": {
-            "n_numeric": len(pre.numeric),
-            "cardinalities": pre.cardinalities,
-            "hidden": list(hidden),
-            "embedding_dim": embedding_dim,
-        },
+        "architecture": architecture,
         "preprocessing": json.dumps(pre.to_dict()),
     }
+    if task != "binary":
+        payload["task"] = task
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model-", suffix=".tmp")
     os.close(fd)
     try:
@@ -93,6 +113,8 @@ class DDPJob(BaseModel):
     valid_path: str
     target: str
     artifact_dir: str
+    task: Task = "binary"
+    classes: list[str] = Field(default_factory=list)
     preprocessing: dict[str, Any]
     loop: dict[str, Any]
     """``torch_mlp.LoopConfig`` fields (hidden, epochs, batch size, optimizer, precision)."""
@@ -162,15 +184,25 @@ class _ForwardingHandler:
 
 
 class LocalTorchPlatform(MLPlatform):
-    """Seeded, reproducible on CPU; picks a GPU automatically when one exists."""
+    """Seeded, reproducible on CPU; picks a GPU automatically when one exists.
+
+    Trains every task (``supported_tasks``): binary (BCE with logits, one output), multiclass
+    (cross-entropy, ``k`` outputs) and regression (MSE on the target standardised with the
+    training frame's mean and std, mapped back to target units by :meth:`predict`).
+    """
+
+    supported_tasks: ClassVar[tuple[Task, ...]] = TASKS
 
     metadata: ClassVar[PluginMetadata] = PluginMetadata(
         name="local_torch",
         kind="ml_platform",
-        version="0.2.0",
+        version="0.3.0",
         capabilities=(
             "train:tabular_mlp",
             "predict",
+            "task:binary",
+            "task:multiclass",
+            "task:regression",
             "device:auto",
             "bf16",
             "compile",
@@ -339,9 +371,12 @@ class LocalTorchPlatform(MLPlatform):
     ) -> TrainedModel:
         """Fit the MLP; with a Dagster ``context`` and several GPUs, through DDP workers.
 
-        Input is checked first, in this process, whatever the isolation: every label of
-        ``spec.target`` in both frames must be 0 or 1, and numeric features must be numbers or
-        booleans (else :class:`TrainingDataError` naming frame, column, count and fix).
+        Input is checked first, in this process, whatever the isolation: ``spec.task`` and
+        ``spec.classes`` must fit (:func:`~mlx_plugins.ml_platforms.base.check_spec`), every
+        label of ``spec.target`` in both frames must fit the task (binary 0 or 1; multiclass an
+        integer index below ``len(classes)``; regression a finite number), and numeric
+        features must be numbers or booleans (else :class:`TrainingDataError` naming frame,
+        column, count and fix).
         NaN and +/-inf feature values are missing values, like nulls (counted per column in
         ``params["non_finite_features"]`` and logged as a warning). A loss that becomes NaN or
         infinite raises :class:`TrainingDivergedError` naming the epoch and the loss, and no
@@ -352,8 +387,9 @@ class LocalTorchPlatform(MLPlatform):
 
         if train.height == 0:
             raise ValueError("the training frame is empty; widen the training window")
+        check_spec(spec, self.supported_tasks)
         for name, df in (("training", train), ("validation", valid)):
-            tm.check_target(df, spec.target, name)
+            tm.check_target(df, spec.target, name, task=spec.task, classes=spec.classes)
             tm.check_numeric_features(df, spec.numeric_features)
         non_finite = tm.non_finite_counts(train, spec.numeric_features)
         if non_finite and context is not None:
@@ -369,10 +405,16 @@ class LocalTorchPlatform(MLPlatform):
         device = tm.pick_device(self.device)
         tm.apply_memory_fraction(device)
         pin = self.pin_memory and device.type == "cuda"
-        pre = tm.Preprocessor.fit(train, spec.numeric_features, spec.categorical_features)
-        model = tm.TabularMLP(len(pre.numeric), pre.cardinalities, self.hidden, self.embedding_dim)
+        pre = _fit_preprocessor(train, spec)
+        model = tm.TabularMLP(
+            len(pre.numeric),
+            pre.cardinalities,
+            self.hidden,
+            self.embedding_dim,
+            n_outputs=tm.n_outputs(spec),
+        )
         tensors = [
-            (*pre.transform(df, pin_memory=pin), tm.target_tensor(df, spec.target, pin_memory=pin))
+            (*pre.transform(df, pin_memory=pin), _target(df, spec, pre, pin))
             for df in (train, valid)
         ]
 
@@ -385,7 +427,7 @@ class LocalTorchPlatform(MLPlatform):
 
         cfg = self.loop_config(device.type)
         started = time.perf_counter()
-        history = tm.train_loop(model, tensors[0], tensors[1], cfg, device, forward)
+        history = tm.train_loop(model, tensors[0], tensors[1], cfg, device, forward, task=spec.task)
         telemetry.observe_training(
             self.metadata.name, time.perf_counter() - started, train.height * len(history)
         )
@@ -420,7 +462,7 @@ class LocalTorchPlatform(MLPlatform):
         device_type = "cuda" if use_cuda else "cpu"
         if use_cuda:
             tm.memory_fraction_from_env()  # a bad value fails here, not in every worker
-        pre = tm.Preprocessor.fit(train, spec.numeric_features, spec.categorical_features)
+        pre = _fit_preprocessor(train, spec)
         cfg = self.loop_config(device_type)
         columns = [*pre.columns, spec.target]
         with tempfile.TemporaryDirectory(prefix=f"mlx-ddp-{os.getpid()}-") as tmp:
@@ -432,6 +474,8 @@ class LocalTorchPlatform(MLPlatform):
                 valid_path=paths["valid"],
                 target=spec.target,
                 artifact_dir=spec.artifact_dir,
+                task=spec.task,
+                classes=list(spec.classes),
                 preprocessing=pre.to_dict(),
                 loop={**cfg.__dict__, "hidden": list(cfg.hidden)},
                 embedding_dim=self.embedding_dim,
@@ -492,7 +536,9 @@ class LocalTorchPlatform(MLPlatform):
         return env
 
     def _save(self, model: Any, pre: Any, spec: TrainingSpec) -> Path:
-        return save_artifact(model, pre, self.hidden, self.embedding_dim, spec.artifact_dir)
+        return save_artifact(
+            model, pre, self.hidden, self.embedding_dim, spec.artifact_dir, spec.task
+        )
 
     # -- scoring -----------------------------------------------------------------------------
     def load(self, model: TrainedModel) -> tuple[Any, Any]:
@@ -511,6 +557,12 @@ class LocalTorchPlatform(MLPlatform):
         if self.verify_artifacts and sha256_file(path) != key:
             raise ValueError(f"model artifact {path} does not match its recorded sha256 {key}")
         payload = torch.load(path, map_location="cpu", weights_only=True)
+        stored = payload.get("task", "binary")  # files from before tasks are binary
+        if stored != model.spec.task:
+            raise ValueError(
+                f"model artifact {path} holds a {stored} model but its record says task "
+                f"{model.spec.task!r}; re-materialize the model"
+            )
         net = tm.TabularMLP(**payload["architecture"])
         net.load_state_dict(payload["state_dict"])
         pre = tm.Preprocessor.from_dict(json.loads(payload["preprocessing"]))
@@ -520,13 +572,43 @@ class LocalTorchPlatform(MLPlatform):
         return net, pre
 
     def predict_proba(self, model: TrainedModel, frame: pl.DataFrame) -> np.ndarray:
-        import numpy as np
+        """P(class 1) per row, shape ``(n,)`` float64, of a binary model (see
+        :meth:`MLPlatform.predict_proba`); :class:`UnsupportedTaskError` for other tasks."""
+        require_binary(model, "predict_proba")
+        return self._predict(model, frame)
 
+    def predict(self, model: TrainedModel, frame: pl.DataFrame) -> np.ndarray:
+        """Predictions by task, float64 (see :meth:`MLPlatform.predict`): binary ``(n,)``
+        P(class 1); multiclass ``(n, k)`` softmax probabilities; regression ``(n,)`` values in
+        target units (``output * target_std + target_mean``)."""
+        return self._predict(model, frame)
+
+    def _predict(self, model: TrainedModel, frame: pl.DataFrame) -> np.ndarray:
         from mlx_plugins.ml_platforms import torch_mlp as tm
 
+        if model.spec.task not in self.supported_tasks:  # pragma: no cover - all three are
+            raise UnsupportedTaskError(f"local_torch does not predict {model.spec.task!r}")
         net, pre = self.load(model)
-        logits = tm.predict_logits(net, *pre.transform(frame))
-        return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        outputs = tm.predict_logits(net, *pre.transform(frame))
+        return tm.outputs_to_predictions(outputs, model.spec.task, pre)
+
+
+def _fit_preprocessor(train: pl.DataFrame, spec: TrainingSpec) -> Any:
+    """Feature statistics of ``train``; for regression also the target's mean and std."""
+    from mlx_plugins.ml_platforms import torch_mlp as tm
+
+    pre = tm.Preprocessor.fit(train, spec.numeric_features, spec.categorical_features)
+    return pre.fit_target(train, spec.target) if spec.task == "regression" else pre
+
+
+def _target(df: pl.DataFrame, spec: TrainingSpec, pre: Any, pin: bool) -> Any:
+    """The target tensor of ``df`` for ``spec.task`` (regression: standardised with ``pre``)."""
+    from mlx_plugins.ml_platforms import torch_mlp as tm
+
+    scale = (pre.target_mean, pre.target_std) if spec.task == "regression" else None
+    return tm.target_tensor(
+        df, spec.target, pin_memory=pin, task=spec.task, classes=spec.classes, scale=scale
+    )
 
 
 def torchrun_command(nproc: int) -> list[str]:

@@ -19,14 +19,28 @@ import polars as pl
 import torch
 from torch import nn
 
-from mlx_plugins.ml_platforms.base import TrainingDataError, TrainingDivergedError
+from mlx_plugins.ml_platforms.base import (
+    Task,
+    TrainingDataError,
+    TrainingDivergedError,
+    TrainingSpec,
+    check_labels,
+)
 
 MEMORY_FRACTION_ENV = "MLX_GPU_MEMORY_FRACTION"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
+def n_outputs(spec: TrainingSpec) -> int:
+    """Width of the output layer for ``spec.task``: ``k`` logits for multiclass, else one
+    (a binary logit, or the standardised regression value)."""
+    return len(spec.classes) if spec.task == "multiclass" else 1
+
+
 class TabularMLP(nn.Module):
-    """Numeric inputs plus one embedding per categorical column, then an MLP to one logit."""
+    """Numeric inputs plus one embedding per categorical column, then an MLP to ``n_outputs``
+    values: shape ``(rows,)`` for one output (a binary logit or a standardised regression
+    value), ``(rows, n_outputs)`` for more (multiclass logits)."""
 
     def __init__(
         self,
@@ -35,8 +49,12 @@ class TabularMLP(nn.Module):
         hidden: Sequence[int],
         embedding_dim: int = 8,
         dropout: float = 0.0,
+        n_outputs: int = 1,
     ) -> None:
         super().__init__()
+        if n_outputs < 1:
+            raise ValueError(f"n_outputs must be at least 1, not {n_outputs}")
+        self.n_outputs = n_outputs
         self.embeddings = nn.ModuleList(
             nn.Embedding(card + 1, min(embedding_dim, card + 1)) for card in cardinalities
         )
@@ -47,13 +65,14 @@ class TabularMLP(nn.Module):
             if dropout:
                 layers.append(nn.Dropout(dropout))
             width = h
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, n_outputs))
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         parts = [numeric]
         parts += [emb(categorical[:, i]) for i, emb in enumerate(self.embeddings)]
-        return self.mlp(torch.cat(parts, dim=1)).squeeze(1)
+        out = self.mlp(torch.cat(parts, dim=1))
+        return out.squeeze(1) if self.n_outputs == 1 else out
 
 
 def dense_parameter_count(model: nn.Module) -> int:
@@ -87,13 +106,21 @@ def _column_block(frame: pl.DataFrame, dtype: torch.dtype, pin_memory: bool) -> 
 
 @dataclass
 class Preprocessor:
-    """Standardisation and category vocabularies, fitted on the training frame only."""
+    """Standardisation and category vocabularies, fitted on the training frame only.
+
+    For regression also the target's mean and standard deviation (target units, from the
+    training frame): the network learns ``(y - target_mean) / target_std`` and predictions are
+    mapped back. None for classification (and then left out of :meth:`to_dict`, so a binary
+    model's record is what it was before tasks existed).
+    """
 
     numeric: list[str]
     categorical: list[str]
     means: list[float] = field(default_factory=list)
     stds: list[float] = field(default_factory=list)
     vocab: dict[str, list[str]] = field(default_factory=dict)
+    target_mean: float | None = None
+    target_std: float | None = None
 
     @classmethod
     def fit(
@@ -137,14 +164,27 @@ class Preprocessor:
         }
         return cls(list(numeric), list(categorical), means, stds, vocab)
 
+    def fit_target(self, df: pl.DataFrame, target: str) -> Preprocessor:
+        """Record the mean and standard deviation of the regression target ``target`` of
+        ``df`` (the training frame; a constant or single-row target gets std 1.0)."""
+        col = df.get_column(target).cast(pl.Float64)
+        mean, std = col.mean(), col.std()
+        self.target_mean = float(mean) if isinstance(mean, float) else 0.0
+        self.target_std = float(std) if isinstance(std, float) and std > 0 else 1.0
+        return self
+
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "numeric": self.numeric,
             "categorical": self.categorical,
             "means": self.means,
             "stds": self.stds,
             "vocab": self.vocab,
         }
+        if self.target_mean is not None:
+            out["target_mean"] = self.target_mean
+            out["target_std"] = self.target_std
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> Preprocessor:
@@ -243,41 +283,20 @@ def non_finite_counts(df: pl.DataFrame, numeric: Sequence[str]) -> dict[str, int
     return {c: int(n) for c, n in zip(floats, row, strict=True) if n}
 
 
-def check_target(df: pl.DataFrame, target: str, frame: str = "training") -> None:
-    """Raise :class:`TrainingDataError` unless every label of ``target`` in ``df`` is 0 or 1
-    (numbers or booleans): names the frame, the column, the count of nulls, NaN, +/-inf or
-    out-of-range labels, examples, and the fix."""
-    if target not in df.columns:
-        raise TrainingDataError(
-            f"the {frame} frame has no target column {target!r} (columns: {df.columns})"
-        )
-    col = df.get_column(target)
-    if not _numeric_dtype(col.dtype):
-        raise TrainingDataError(
-            f"target column {target!r} has dtype {col.dtype} in the {frame} frame; a binary "
-            "target must be 0/1 or boolean. fix: map it to 0/1 in the feature asset"
-        )
-    problems = []
-    if col.null_count():
-        problems.append(f"{col.null_count()} null(s)")
-    values = col.drop_nulls().cast(pl.Float64)
-    nan = int(values.is_nan().sum())
-    if nan:
-        problems.append(f"{nan} NaN")
-    inf = int(values.is_infinite().sum())
-    if inf:
-        problems.append(f"{inf} infinite")
-    finite = values.filter(values.is_finite())
-    outside = finite.filter(~finite.is_in([0.0, 1.0]))
-    if outside.len():
-        examples = sorted(set(outside.head(1000).to_list()))[:5]
-        problems.append(f"{outside.len()} outside {{0, 1}} (e.g. {examples})")
-    if problems:
-        raise TrainingDataError(
-            f"target column {target!r} has {', '.join(problems)} in the {frame} frame "
-            f"({col.len()} rows); every row needs a binary label, 0 or 1. fix: drop or repair "
-            "those rows in the feature asset before training"
-        )
+def check_target(
+    df: pl.DataFrame,
+    target: str,
+    frame: str = "training",
+    *,
+    task: Task = "binary",
+    classes: Sequence[str] = (),
+) -> None:
+    """Raise :class:`TrainingDataError` unless every label of ``target`` in ``df`` fits
+    ``task`` (binary: 0 or 1, numbers or booleans; multiclass: an integer class index in
+    ``0..len(classes)-1``; regression: a finite number): names the frame, the column, the
+    count of nulls, NaN, +/-inf or out-of-range labels, examples, and the fix
+    (:func:`mlx_plugins.ml_platforms.base.check_labels`)."""
+    check_labels(df, target, frame, task=task, classes=classes)
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -518,6 +537,19 @@ def _warm_up(step: Step, perm: torch.Tensor, batch: int, device: torch.device) -
     return WARMUP_STEPS
 
 
+def loss_function(task: Task = "binary", reduction: str = "mean") -> nn.Module:
+    """The training loss of ``task``: BCE with logits (binary, in nats), cross-entropy over the
+    classes (multiclass, in nats; targets are int64 class indices) or the mean squared error
+    (regression, on the standardised target)."""
+    if task == "binary":
+        return nn.BCEWithLogitsLoss(reduction=reduction)
+    if task == "multiclass":
+        return nn.CrossEntropyLoss(reduction=reduction)
+    if task == "regression":
+        return nn.MSELoss(reduction=reduction)
+    raise ValueError(f"unknown task {task!r}; one of 'binary', 'multiclass', 'regression'")
+
+
 def train_loop(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -527,8 +559,11 @@ def train_loop(
     on_epoch: Callable[[EpochResult], None] | None = None,
     *,
     distributed_sampler: tuple[int, int] | None = None,
+    task: Task = "binary",
 ) -> list[EpochResult]:
-    """Train with AdamW and BCE. Data sits on the device once; each epoch is a seeded permutation.
+    """Train with AdamW and the loss of ``task`` (:func:`loss_function`: BCE, cross-entropy or
+    MSE on the standardised target). Data sits on the device once; each epoch is a seeded
+    permutation.
 
     The steps never wait for the host: the loss is summed on the device and read once an epoch.
     ``distributed_sampler=(rank, world)`` gives this process a disjoint, equal-sized shard of
@@ -554,7 +589,7 @@ def train_loop(
     step_model: nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
     use_graphs = cfg.cuda_graphs and not cfg.compile and _graphs_available(device)
     opt = make_optimizer(model, cfg, device, capturable=use_graphs)
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = loss_function(task)
     use_bf16 = cfg.bf16 and bf16_supported(device)
     total = torch.zeros((), device=device)
 
@@ -597,7 +632,10 @@ def train_loop(
         if epoch < cfg.epochs:  # queued behind this epoch's steps, before the host waits
             perm = epoch_permutation(n, gen, device, distributed_sampler)
         sums = torch.stack(
-            [total, _valid_loss_sum(model, v_num, v_cat, v_y, cfg.batch_size * 4, use_bf16)]
+            [
+                total,
+                _valid_loss_sum(model, v_num, v_cat, v_y, cfg.batch_size * 4, use_bf16, task),
+            ]
         )
         if ddp:
             torch.distributed.all_reduce(sums)
@@ -637,13 +675,14 @@ def _valid_loss_sum(
     y: torch.Tensor,
     batch_size: int,
     use_bf16: bool = False,
+    task: Task = "binary",
 ) -> torch.Tensor:
-    """Summed BCE over the rows, left on the device (no host sync)."""
+    """Summed loss of ``task`` over the rows, left on the device (no host sync)."""
     total = torch.zeros((), device=y.device)
     if y.shape[0] == 0:
         return total
     model.eval()
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    loss_fn = loss_function(task, reduction="sum")
     for i in range(0, y.shape[0], batch_size):
         with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x_num[i : i + batch_size], x_cat[i : i + batch_size])
@@ -658,17 +697,20 @@ def evaluate_loss(
     y: torch.Tensor,
     batch_size: int,
     use_bf16: bool = False,
+    task: Task = "binary",
 ) -> float:
-    """Mean BCE of ``model`` on the given rows; NaN when there are none."""
+    """Mean loss of ``task`` (BCE by default) of ``model`` on the given rows; NaN when there
+    are none."""
     if y.shape[0] == 0:
         return math.nan
-    return float(_valid_loss_sum(model, x_num, x_cat, y, batch_size, use_bf16)) / y.shape[0]
+    return float(_valid_loss_sum(model, x_num, x_cat, y, batch_size, use_bf16, task)) / y.shape[0]
 
 
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, x_num: torch.Tensor, x_cat: torch.Tensor, batch_size: int = 65536
 ) -> np.ndarray:
+    """The raw outputs, float32: shape ``(rows,)`` for one output, ``(rows, k)`` for ``k``."""
     model.eval()
     device = next(model.parameters()).device
     out = [
@@ -677,17 +719,60 @@ def predict_logits(
         .cpu()
         for i in range(0, x_num.shape[0], batch_size)
     ]
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+    if out:
+        return torch.cat(out).numpy()
+    k = getattr(model, "n_outputs", 1)
+    return np.zeros((0,) if k == 1 else (0, k), np.float32)
 
 
-def target_tensor(df: pl.DataFrame, target: str, *, pin_memory: bool = False) -> torch.Tensor:
-    """The target column as float32, after :func:`check_target` (a bad label raises
-    :class:`TrainingDataError`: every training row needs a label of 0 or 1)."""
-    check_target(df, target)
+def target_tensor(
+    df: pl.DataFrame,
+    target: str,
+    *,
+    pin_memory: bool = False,
+    task: Task = "binary",
+    classes: Sequence[str] = (),
+    scale: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """The target column as the loss of ``task`` wants it, after :func:`check_target` (a bad
+    label raises :class:`TrainingDataError`).
+
+    binary: float32 0/1, shape ``(rows,)``. multiclass: int64 class indices. regression:
+    float32 ``(y - mean) / std`` with ``scale=(mean, std)`` (the training target's, see
+    :meth:`Preprocessor.fit_target`), the raw values without it.
+    """
+    check_target(df, target, task=task, classes=classes)
     col = df.get_column(target)
-    values = col.cast(pl.Float32).to_numpy()
+    if task == "multiclass":
+        values = col.cast(pl.Int64).to_numpy()
+    elif task == "regression" and scale is not None:
+        mean, std = scale
+        values = ((col.cast(pl.Float64) - mean) / std).cast(pl.Float32).to_numpy()
+    else:
+        values = col.cast(pl.Float32).to_numpy()
+    dtype = torch.int64 if task == "multiclass" else torch.float32
     if pin_memory and torch.cuda.is_available():
-        out = torch.empty(values.shape[0], dtype=torch.float32, pin_memory=True)
+        out = torch.empty(values.shape[0], dtype=dtype, pin_memory=True)
         out.numpy()[:] = values
         return out
     return torch.from_numpy(values.copy())  # polars hands out a read-only view
+
+
+def outputs_to_predictions(
+    outputs: np.ndarray, task: Task = "binary", pre: Preprocessor | None = None
+) -> np.ndarray:
+    """The network's raw outputs as predictions, float64: binary P(class 1) (sigmoid), shape
+    ``(rows,)``; multiclass class probabilities (softmax), shape ``(rows, k)``, rows summing to
+    1; regression values in target units (``outputs * target_std + target_mean`` of ``pre``)."""
+    x = outputs.astype(np.float64)
+    if task == "binary":
+        return np.asarray(1.0 / (1.0 + np.exp(-x)))
+    if task == "multiclass":
+        z = np.exp(x - x.max(axis=1, keepdims=True)) if x.size else x
+        return np.asarray(z / z.sum(axis=1, keepdims=True)) if x.size else x
+    if pre is None or pre.target_mean is None or pre.target_std is None:
+        raise ValueError(
+            "a regression model needs the training target's mean and std (target_mean, "
+            "target_std in its preprocessing); this artifact has none: retrain it"
+        )
+    return np.asarray(x * pre.target_std + pre.target_mean)

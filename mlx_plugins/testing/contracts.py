@@ -94,8 +94,30 @@ def _learnable_frame(n: int, seed: int) -> Any:
     return pl.DataFrame({"x": x, "noise": rng.normal(size=n), "cat": cat, "y": y})
 
 
+def _task_frame(n: int, seed: int) -> Any:
+    """Learnable multiclass (``cls``: index 0..2 of ``TASK_CLASSES``, Int32) and regression
+    (``amount``: about 1000 +/- 400, in its own units) targets from ``x``, ``z`` and ``cat``."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    x, z = rng.normal(size=n), rng.normal(size=n)
+    cat = rng.choice(["a", "b", "c"], size=n)
+    scores = np.stack([2 * x, -2 * x + np.where(cat == "a", 1.5, 0.0), 2 * z], axis=1)
+    u = rng.random(n)[:, None]
+    cls = (np.cumsum(np.exp(scores) / np.exp(scores).sum(1, keepdims=True), 1) < u).sum(1)
+    amount = 1000 + 300 * x - 150 * z + np.where(cat == "b", 200.0, 0.0)
+    return pl.DataFrame(
+        {"x": x, "z": z, "noise": rng.normal(size=n), "cat": cat, "cls": cls.clip(0, 2)}
+    ).with_columns(pl.col("cls").cast(pl.Int32), amount=amount + rng.normal(scale=50.0, size=n))
+
+
+TASK_CLASSES = ("up", "down", "side")
+
+
 class MLPlatformContract(PluginContract):
-    """Trains on a learnable problem, beats chance, and predicts probabilities."""
+    """Trains on a learnable problem, beats chance, and predicts probabilities; for each of
+    the platform's ``supported_tasks`` beyond binary, predicts in that task's shape too."""
 
     def test_trains_and_predicts(self, plugin: Any, tmp_path: Any) -> None:
         import numpy as np
@@ -120,6 +142,40 @@ class MLPlatformContract(PluginContract):
         from sklearn.metrics import roc_auc_score
 
         assert roc_auc_score(test["y"].to_numpy(), p) > 0.75
+
+    @pytest.mark.parametrize("task", ["multiclass", "regression"])
+    def test_trains_and_predicts_task(self, plugin: Any, tmp_path: Any, task: str) -> None:
+        import numpy as np
+        from sklearn.metrics import accuracy_score, r2_score
+
+        from mlx_plugins.ml_platforms.base import TrainingSpec, UnsupportedTaskError
+
+        if task not in type(plugin).supported_tasks:
+            pytest.skip(f"{type(plugin).metadata.name} does not train {task}")
+        train, valid, test = (_task_frame(n, s) for n, s in ((4000, 1), (1000, 2), (2000, 3)))
+        spec = TrainingSpec(
+            numeric_features=("x", "z", "noise"),
+            categorical_features=("cat",),
+            target="cls" if task == "multiclass" else "amount",
+            artifact_dir=str(tmp_path / task),
+            task=task,  # type: ignore[arg-type]
+            classes=TASK_CLASSES if task == "multiclass" else (),
+        )
+        with plugin.session():
+            model = plugin.train(train, valid, spec)
+            assert model.spec.task == task and len(model.history) >= 1
+            p = plugin.predict(model, test)
+            with pytest.raises(UnsupportedTaskError, match="predict"):
+                plugin.predict_proba(model, test)
+        assert p.dtype == np.float64 and np.isfinite(p).all()
+        if task == "multiclass":
+            assert p.shape == (test.height, len(TASK_CLASSES))
+            assert np.all((p >= 0) & (p <= 1))
+            np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+            assert accuracy_score(test["cls"].to_numpy(), p.argmax(axis=1)) > 0.55  # chance 1/3
+        else:
+            assert p.shape == (test.height,)
+            assert r2_score(test["amount"].to_numpy(), p) > 0.5  # in the target's units
 
 
 class DriftDetectorContract(PluginContract):
