@@ -37,51 +37,40 @@ import time
 import urllib.error
 import urllib.request
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlx_plugins.kernel.base import HealthStatus, MLXPlugin
+from mlx_plugins.model_servers.schema import (
+    RequestSchema,
+    Task,
+    UnknownCategory,
+    example_row,
+)
 
 if TYPE_CHECKING:
     from mlx_plugins.model_registries.base import ModelRegistry, ModelVersion
 
-Task = Literal["binary", "multiclass", "regression"]
-UnknownCategory = Literal["missing", "reject"]
+__all__ = [
+    "ModelServer",
+    "RequestSchema",
+    "ServedPackage",
+    "ServerHandle",
+    "ServingError",
+    "Task",
+    "UnknownCategory",
+    "curl_example",
+    "example_row",
+    "http_get",
+    "serve_version",
+    "stop_process_group",
+]
 
 
 class ServingError(RuntimeError):
     """A server could not be started, did not become ready in time, or a package could not be
     built; the message names the version, the port or file, and what to do."""
-
-
-class RequestSchema(BaseModel):
-    """What a served model accepts: built from the version's feature spec and preprocessing.
-
-    A request row is a JSON object with one key per feature. Numeric features take a JSON
-    number, ``true``/``false`` or ``null`` (``null`` is a missing value, imputed as training
-    did: the training mean); categorical features take a string or ``null``. Unknown keys are
-    refused (a typo in a feature name is a 422, not a silently imputed feature).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    numeric: tuple[str, ...]
-    """Numeric feature names, in the model's column order."""
-    categorical: dict[str, tuple[str, ...]] = Field(default_factory=dict)
-    """Categorical feature -> the categories seen in training (sorted)."""
-    unknown_category: UnknownCategory = "missing"
-    """``missing``: a category not seen in training is treated like a null, as the training
-    preprocessing does (index 0); ``reject``: it is a 422 naming the field and the value."""
-    max_batch_rows: int = Field(default=1024, ge=1)
-    """Most rows in one request; more is answered 413."""
-    task: Task = "binary"
-    classes: tuple[str, ...] = ()
-    """Class labels of a ``multiclass`` model, in output order (empty otherwise)."""
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        return (*self.numeric, *self.categorical)
 
 
 class ServedPackage(BaseModel):
@@ -373,14 +362,6 @@ def serve_version(
     """
     package = server.package(version, registry)
     return package, server.start(package, port=port, workers=workers)
-
-
-def example_row(schema: RequestSchema) -> dict[str, Any]:
-    """One valid request row for ``schema``: 0.0 per numeric feature, the first known category
-    (or null) per categorical one."""
-    row: dict[str, Any] = {name: 0.0 for name in schema.numeric}
-    row.update({name: (cats[0] if cats else None) for name, cats in schema.categorical.items()})
-    return row
 
 
 def curl_example(handle: ServerHandle, schema: RequestSchema) -> str:

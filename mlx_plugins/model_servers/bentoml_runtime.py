@@ -1,0 +1,663 @@
+"""What runs inside a served model's worker: the request schema, the preprocessing, adaptive
+batching, the ``/predict`` ASGI app and its Prometheus metrics.
+
+The ``bentoml`` plugin's service (:mod:`mlx_plugins.model_servers.bentoml_service`) loads the
+package through ``BentoModel`` and mounts :func:`build_app`'s app on the BentoML server, which
+keeps BentoML's process management, ``/healthz``, ``/readyz`` and ``/metrics``. The request
+path is this module's, not BentoML's ``@bentoml.api`` machinery: profiled, BentoML's per-request
+handling costs about three times the model itself on a small MLP (``docs/serving.md``).
+
+Preprocessing here is the training preprocessing (``torch_mlp.Preprocessor.transform``) done in
+numpy on the request's rows, with the same float32 arithmetic, so a served prediction equals
+the platform's own ``predict`` on the same row.
+
+Heavy imports (torch, starlette, prometheus_client) happen inside functions: the plugin module
+imports this one for :func:`request_schema` without loading a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlx_plugins.model_servers.schema import RequestSchema, Task, UnknownCategory
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter, ValidationError
+
+log = logging.getLogger("mlx.serving")
+
+MODEL_FILE = "model.pt"
+"""The registered artifact inside the package folder (``local_torch``'s ``model.pt``)."""
+PACKAGE_FILE = "mlx_package.json"
+"""The package's description inside its folder: request schema, preprocessing, task, lineage."""
+
+LATENCY_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+"""Histogram buckets of ``mlx_serving_request_duration_seconds`` (seconds): fine below 100 ms
+for a p99 goal of 50 ms, and a bucket at the rollout rule's 1 s."""
+
+
+# -- the request schema ------------------------------------------------------------------------
+def request_schema(
+    preprocessing: dict[str, Any],
+    *,
+    task: Task = "binary",
+    classes: tuple[str, ...] = (),
+    unknown_category: UnknownCategory = "missing",
+    max_batch_rows: int = 1024,
+) -> RequestSchema:
+    """The :class:`RequestSchema` of a model trained with ``preprocessing`` (a
+    ``torch_mlp.Preprocessor.to_dict()``: ``numeric``, ``categorical``, ``vocab``).
+
+    Raises
+    ------
+    ValueError
+        ``preprocessing`` lacks ``numeric`` or a categorical feature's vocabulary.
+    """
+    try:
+        numeric = tuple(str(c) for c in preprocessing["numeric"])
+        vocab = preprocessing.get("vocab", {})
+        categorical = {
+            str(c): tuple(str(v) for v in vocab[c]) for c in preprocessing["categorical"]
+        }
+    except (KeyError, TypeError) as exc:
+        raise ValueError(
+            f"the model's preprocessing has no {exc} entry; it is not a local_torch model "
+            "artifact (numeric, categorical and vocab are needed to build the request schema)"
+        ) from None
+    return RequestSchema(
+        numeric=numeric,
+        categorical=categorical,
+        unknown_category=unknown_category,
+        max_batch_rows=max_batch_rows,
+        task=task,
+        classes=classes,
+    )
+
+
+def request_validator(schema: RequestSchema) -> TypeAdapter[Any]:
+    """A pydantic validator of ``{"rows": [row, ...]}`` for ``schema``: every feature present
+    (``null`` for a missing value), numeric features JSON numbers, categorical ones strings,
+    nothing else; 1 row or more (the row limit is checked apart: it is a 413, not a 422)."""
+    from typing import Annotated
+
+    from pydantic import ConfigDict, Field, Strict, TypeAdapter
+    from typing_extensions import TypedDict
+
+    number = Annotated[float, Strict()] | None  # strict: "1.5" and true are refused
+    text = Annotated[str, Strict()] | None
+    fields: dict[str, Any] = {name: number for name in schema.numeric}
+    fields.update({name: text for name in schema.categorical})
+    row = TypedDict("Row", fields)  # type: ignore[misc]
+    row.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+
+    class Request(TypedDict):
+        rows: Annotated[list[row], Field(min_length=1)]  # type: ignore[valid-type]
+
+    Request.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    return TypeAdapter(Request)
+
+
+def describe_errors(exc: ValidationError, schema: RequestSchema) -> list[dict[str, Any]]:
+    """A pydantic error as the 422 body's ``detail``: one entry per problem with ``row`` (index,
+    or None for the body), ``field`` and ``problem`` (what is wrong and what is expected)."""
+    out = []
+    for err in exc.errors(include_url=False)[:20]:
+        loc = list(err.get("loc", ()))
+        row = loc[1] if len(loc) > 1 and loc[0] == "rows" and isinstance(loc[1], int) else None
+        fld = str(loc[2]) if row is not None and len(loc) > 2 else str(loc[0]) if loc else "body"
+        kind = err.get("type", "")
+        problem = str(err.get("msg", "invalid"))
+        if kind == "extra_forbidden":
+            problem = (
+                "unknown feature; the model's features are: " + ", ".join(schema.features)
+                if row is not None
+                else 'unknown key; the body is {"rows": [{feature: value, ...}, ...]}'
+            )
+        elif kind == "missing":
+            problem = (
+                "missing feature (send null for a missing value)"
+                if row is not None
+                else 'missing; the body is {"rows": [{feature: value, ...}, ...]}'
+            )
+        elif fld in schema.numeric and kind in ("float_type", "float_parsing"):
+            problem = f"expected a number or null, got {_short(err.get('input'))}"
+        elif fld in schema.categorical and kind in ("string_type",):
+            problem = f"expected a category (a string) or null, got {_short(err.get('input'))}"
+        out.append({"row": row, "field": fld, "problem": problem})
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- the model ---------------------------------------------------------------------------------
+class RowError(ValueError):
+    """A row that passed the schema but cannot be scored (an unknown category when the package
+    refuses them); ``detail`` is the 422 body's list."""
+
+    def __init__(self, detail: list[dict[str, Any]]) -> None:
+        super().__init__(detail[0]["problem"] if detail else "bad row")
+        self.detail = detail
+
+
+@dataclass
+class LoadedModel:
+    """A package's network and preprocessing, ready to score request rows on the CPU."""
+
+    net: Any
+    schema: RequestSchema
+    means: Any
+    stds: Any
+    codes: dict[str, dict[str, int]]
+    target_mean: float | None = None
+    target_std: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> LoadedModel:
+        """Load the package in ``folder`` (``model.pt`` and ``mlx_package.json``).
+
+        Raises
+        ------
+        FileNotFoundError
+            A file of the package is missing.
+        ValueError
+            The artifact's sha256 is not the one the package records.
+        """
+        import hashlib
+
+        import numpy as np
+        import torch
+
+        from mlx_plugins.ml_platforms.torch_mlp import TabularMLP
+
+        folder = Path(folder)
+        meta = json.loads((folder / PACKAGE_FILE).read_text())
+        blob = (folder / MODEL_FILE).read_bytes()
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != meta["artifact_sha256"]:
+            raise ValueError(
+                f"{folder / MODEL_FILE} has sha256 {digest}, not the registered "
+                f"{meta['artifact_sha256']}: the package is damaged; package the version again"
+            )
+        payload = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+        net = TabularMLP(**payload["architecture"])
+        net.load_state_dict(payload["state_dict"])
+        net.eval()
+        pre = json.loads(payload["preprocessing"])
+        schema = RequestSchema.model_validate(meta["request_schema"])
+        vocab = pre.get("vocab", {})
+        return cls(
+            net=net,
+            schema=schema,
+            means=np.asarray(pre["means"], dtype=np.float32),
+            stds=np.asarray(pre["stds"], dtype=np.float32),
+            codes={c: {v: i + 1 for i, v in enumerate(vocab[c])} for c in pre["categorical"]},
+            target_mean=pre.get("target_mean"),
+            target_std=pre.get("target_std"),
+            meta=meta,
+        )
+
+    def featurize(self, rows: list[dict[str, Any]]) -> tuple[Any, Any]:
+        """Rows -> ``(numeric float32 (n, f), categorical int64 (n, c))`` tensors, exactly as
+        ``Preprocessor.transform`` does: ``(float32(x) - mean) / std`` in float32, non-finite
+        results (null, NaN, +/-inf, beyond float32) 0; category index + 1, 0 for null and
+        unseen (or :class:`RowError` when the schema refuses unseen categories)."""
+        import numpy as np
+        import torch
+
+        schema = self.schema
+        n = len(rows)
+        if schema.numeric:
+            raw = np.array([[r[c] for c in schema.numeric] for r in rows], dtype=np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):
+                x = (raw.astype(np.float32) - self.means) / self.stds
+            x[~np.isfinite(x)] = 0.0
+        else:
+            x = np.zeros((n, 0), dtype=np.float32)
+        cats = list(self.codes)
+        codes = np.zeros((n, len(cats)), dtype=np.int64)
+        bad: list[dict[str, Any]] = []
+        for j, c in enumerate(cats):
+            table = self.codes[c]
+            for i, r in enumerate(rows):
+                v = r[c]
+                if v is None:
+                    continue
+                k = table.get(v, 0)
+                if k == 0 and schema.unknown_category == "reject":
+                    known = schema.categorical.get(c, ())
+                    bad.append(
+                        {
+                            "row": i,
+                            "field": c,
+                            "problem": f"unknown category {_short(v)} ({len(known)} known, "
+                            f"e.g. {', '.join(known[:5])}); send null if it is missing",
+                        }
+                    )
+                codes[i, j] = k
+        if bad:
+            raise RowError(bad)
+        return torch.from_numpy(x), torch.from_numpy(codes)
+
+    def forward(self, num: Any, cat: Any) -> Any:
+        """Raw network outputs, float64 numpy: ``(n,)`` or ``(n, k)``."""
+        import torch
+
+        with torch.inference_mode():
+            return self.net(num, cat).double().numpy()
+
+    def to_predictions(self, outputs: Any) -> list[Any]:
+        """Raw outputs -> the JSON predictions of the task (see the kind's HTTP contract);
+        the same float64 arithmetic as ``local_torch``'s ``predict``."""
+        import numpy as np
+
+        task = self.schema.task
+        if task == "binary":
+            return (1.0 / (1.0 + np.exp(-outputs))).tolist()  # type: ignore[no-any-return]
+        if task == "regression":
+            mean = self.target_mean if self.target_mean is not None else 0.0
+            std = self.target_std if self.target_std is not None else 1.0
+            return (outputs * std + mean).tolist()  # type: ignore[no-any-return]
+        z = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        probs = z / z.sum(axis=1, keepdims=True)
+        classes = self.schema.classes or tuple(str(i) for i in range(probs.shape[1]))
+        return [
+            {
+                "label": classes[int(p.argmax())],
+                "probabilities": dict(zip(classes, p.tolist(), strict=True)),
+            }
+            for p in probs
+        ]
+
+
+# -- adaptive batching -------------------------------------------------------------------------
+class Overloaded(RuntimeError):
+    """The batcher cannot answer within ``max_latency_ms``: the request is shed (HTTP 503)."""
+
+
+@dataclass
+class _Item:
+    num: Any
+    cat: Any
+    future: asyncio.Future[Any]
+
+
+class AdaptiveBatcher:
+    """Runs the forward pass on the rows of every request waiting at that moment, as one batch.
+
+    An idle worker scores a lone request at once (no timer waits for company); under load the
+    requests that arrive while one batch runs form the next (at most ``max_batch_rows`` rows).
+    A request whose expected wait - batches ahead of it times the recent batch time - exceeds
+    ``max_latency_ms`` is refused with :class:`Overloaded` (HTTP 503) at once, so the queue
+    never grows past what can be served in time. A forward pass cheaper than ``inline_ms``
+    runs on the event loop (a thread hop would cost more than the pass); a costlier one in a
+    thread, so requests are parsed while it runs.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        max_batch_rows: int = 64,
+        max_latency_ms: float = 100.0,
+        inline_ms: float = 0.5,
+    ) -> None:
+        self.model = model
+        self.max_batch_rows = max_batch_rows
+        self.max_latency_s = max_latency_ms / 1000.0
+        self.inline_s = inline_ms / 1000.0
+        self.queue: deque[_Item] = deque()
+        self.queued_rows = 0
+        self.batch_s = 0.0  # EWMA of one forward pass, seconds
+        self.running = False
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx-forward")
+        self.batch_rows: list[int] = []  # sizes of recent batches, for the metrics
+
+    def expected_wait_s(self, rows: int) -> float:
+        batches = math.ceil((self.queued_rows + rows) / self.max_batch_rows) + (
+            1 if self.running else 0
+        )
+        return batches * self.batch_s
+
+    async def submit(self, num: Any, cat: Any) -> Any:
+        """Raw outputs for these rows (float64, ``(n,)`` or ``(n, k)``).
+
+        Raises :class:`Overloaded` when the expected wait exceeds ``max_latency_ms``."""
+        rows = int(num.shape[0])
+        if self.batch_s and self.expected_wait_s(rows) > self.max_latency_s:
+            raise Overloaded(
+                f"expected wait {self.expected_wait_s(rows) * 1000:.0f} ms exceeds "
+                f"max_latency_ms {self.max_latency_s * 1000:.0f}"
+            )
+        loop = asyncio.get_running_loop()
+        item = _Item(num, cat, loop.create_future())
+        self.queue.append(item)
+        self.queued_rows += rows
+        if not self.running:
+            self.running = True
+            loop.call_soon(lambda: asyncio.ensure_future(self._drain()))
+        return await item.future
+
+    def _take(self) -> list[_Item]:
+        batch = [self.queue.popleft()]
+        rows = int(batch[0].num.shape[0])
+        while self.queue and rows + int(self.queue[0].num.shape[0]) <= self.max_batch_rows:
+            item = self.queue.popleft()
+            rows += int(item.num.shape[0])
+            batch.append(item)
+        self.queued_rows -= rows
+        return batch
+
+    async def _drain(self) -> None:
+        import torch
+
+        loop = asyncio.get_running_loop()
+        try:
+            while self.queue:
+                batch = self._take()
+                num = batch[0].num if len(batch) == 1 else torch.cat([b.num for b in batch])
+                cat = batch[0].cat if len(batch) == 1 else torch.cat([b.cat for b in batch])
+                start = time.perf_counter()
+                try:
+                    if self.batch_s and self.batch_s > self.inline_s:
+                        out = await loop.run_in_executor(self.pool, self.model.forward, num, cat)
+                    else:
+                        out = self.model.forward(num, cat)
+                except Exception as exc:  # the requests fail, the worker goes on
+                    for b in batch:
+                        if not b.future.done():
+                            b.future.set_exception(exc)
+                    continue
+                took = time.perf_counter() - start
+                self.batch_s = took if not self.batch_s else 0.8 * self.batch_s + 0.2 * took
+                self.batch_rows.append(int(num.shape[0]))
+                at = 0
+                for b in batch:
+                    n = int(b.num.shape[0])
+                    if not b.future.done():
+                        b.future.set_result(out[at : at + n])
+                    at += n
+                await asyncio.sleep(0)  # let the requests that arrived meanwhile queue up
+        finally:
+            self.running = False
+            if self.queue:  # an item queued between the loop's end and here
+                self.running = True
+                loop.call_soon(lambda: asyncio.ensure_future(self._drain()))
+
+
+# -- metrics -----------------------------------------------------------------------------------
+class Metrics:
+    """The server's Prometheus metrics (names in ``docs/serving.md``).
+
+    Created in the worker after BentoML has set ``PROMETHEUS_MULTIPROC_DIR``, so every worker's
+    values are summed in BentoML's ``/metrics``."""
+
+    def __init__(self, model: str, version: str) -> None:
+        import prometheus_client as prom
+
+        self.labels = {"model": model, "version": version}
+        names = ["model", "version"]
+        self.requests = prom.Counter(
+            "mlx_serving_requests",
+            "Prediction requests answered, by HTTP status (503: shed by adaptive batching).",
+            [*names, "status"],
+        )
+        self.duration = prom.Histogram(
+            "mlx_serving_request_duration_seconds",
+            "Time from a prediction request's arrival in the worker to its answer (seconds), "
+            "every status.",
+            [*names, "status"],
+            buckets=LATENCY_BUCKETS_S,
+        )
+        self.rows = prom.Counter(
+            "mlx_serving_rows", "Rows predicted (requests answered 200).", names
+        )
+        self.batch = prom.Histogram(
+            "mlx_serving_batch_rows",
+            "Rows per forward pass (adaptive batching).",
+            names,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        )
+        self.info = prom.Gauge(
+            "mlx_serving_model_info",
+            "1 for the model version this server serves (labels: package tag, sha256).",
+            [*names, "package", "artifact_sha256"],
+            multiprocess_mode="max",
+        )
+        self._children: dict[int, tuple[Any, Any]] = {}
+
+    def observe(self, status: int, seconds: float, rows: int = 0) -> None:
+        child = self._children.get(status)
+        if child is None:
+            labels = {**self.labels, "status": str(status)}
+            child = (self.requests.labels(**labels), self.duration.labels(**labels))
+            self._children[status] = child
+        child[0].inc()
+        child[1].observe(seconds)
+        if rows:
+            self.rows.labels(**self.labels).inc(rows)
+
+    def observe_batches(self, sizes: list[int]) -> None:
+        hist = self.batch.labels(**self.labels)
+        for n in sizes:
+            hist.observe(n)
+        sizes.clear()
+
+
+# -- the app -----------------------------------------------------------------------------------
+@dataclass
+class ServingState:
+    """What the app serves; filled by the service's ``__init__`` in each worker."""
+
+    model: LoadedModel | None = None
+    batcher: AdaptiveBatcher | None = None
+    metrics: Metrics | None = None
+    validator: Any = None
+    max_body_bytes: int = 1 << 20
+    ready: bool = False
+    error: str = ""
+
+    def load(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        max_batch_rows: int = 64,
+        max_latency_ms: float = 100.0,
+        torch_threads: int = 1,
+        metrics: bool = True,
+        unknown_category: UnknownCategory | None = None,
+        max_request_rows: int | None = None,
+    ) -> None:
+        """Load the package, warm it up with one prediction and mark the state ready;
+        ``unknown_category`` and ``max_request_rows`` override the package's schema."""
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        model = LoadedModel.load(folder)
+        update: dict[str, Any] = {}
+        if unknown_category is not None:
+            update["unknown_category"] = unknown_category
+        if max_request_rows is not None:
+            update["max_batch_rows"] = max_request_rows
+        if update:
+            model.schema = model.schema.model_copy(update=update)
+        self.model = model
+        self.validator = request_validator(model.schema)
+        features = max(1, len(model.schema.features))
+        self.max_body_bytes = model.schema.max_batch_rows * (features * 64 + 64) + 4096
+        self.batcher = AdaptiveBatcher(
+            model, max_batch_rows=max_batch_rows, max_latency_ms=max_latency_ms
+        )
+        if metrics:
+            self.metrics = Metrics(model.meta["model"], model.meta["version_label"])
+            self.metrics.info.labels(
+                **self.metrics.labels,
+                package=model.meta["package_tag"],
+                artifact_sha256=model.meta["artifact_sha256"],
+            ).set(1)
+        from mlx_plugins.model_servers.schema import example_row
+
+        warm = [example_row(model.schema)]
+        model.to_predictions(model.forward(*model.featurize(warm)))  # warm-up
+        self.ready = True
+
+
+STATE = ServingState()
+"""This worker's state (one per process)."""
+
+
+def _json(body: Any, status: int = 200) -> Any:
+    from starlette.responses import Response
+
+    return Response(
+        json.dumps(body, separators=(",", ":"), allow_nan=False),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def build_app(state: ServingState = STATE) -> Any:
+    """The ASGI app serving ``state``: ``POST /predict``, ``GET /schema`` (the request schema
+    as JSON) and ``GET /`` (what is served). Health, readiness and metrics are BentoML's
+    routes on the same server."""
+    from pydantic import ValidationError
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    async def predict(request: Request) -> Any:
+        start = time.perf_counter()
+        status, rows = 500, 0
+        try:
+            response, status, rows = await _predict(request)
+            return response
+        except Exception as exc:  # nothing a request does may take the worker down
+            log.exception("prediction failed")
+            status = 500
+            return _json({"error": f"internal error: {type(exc).__name__}"}, 500)
+        finally:
+            if state.metrics is not None:
+                state.metrics.observe(status, time.perf_counter() - start, rows)
+                if state.batcher is not None and state.batcher.batch_rows:
+                    state.metrics.observe_batches(state.batcher.batch_rows)
+
+    async def _predict(request: Request) -> tuple[Any, int, int]:
+        model, batcher = state.model, state.batcher
+        if not state.ready or model is None or batcher is None:
+            return _json({"error": "the model is not loaded yet; retry"}, 503), 503, 0
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > state.max_body_bytes:
+            return (
+                _json(
+                    {
+                        "error": f"request body of {length} bytes is larger than this model "
+                        f"accepts ({state.max_body_bytes} bytes, at most "
+                        f"{model.schema.max_batch_rows} rows); split the batch"
+                    },
+                    413,
+                ),
+                413,
+                0,
+            )
+        body = await request.body()
+        if len(body) > state.max_body_bytes:
+            return _json({"error": "request body too large; split the batch"}, 413), 413, 0
+        try:
+            parsed = state.validator.validate_json(body)
+        except ValidationError as exc:
+            return _json({"detail": describe_errors(exc, model.schema)}, 422), 422, 0
+        rows = parsed["rows"]
+        if len(rows) > model.schema.max_batch_rows:
+            return (
+                _json(
+                    {
+                        "error": f"{len(rows)} rows in one request; this model accepts at "
+                        f"most {model.schema.max_batch_rows}: split the batch"
+                    },
+                    413,
+                ),
+                413,
+                0,
+            )
+        try:
+            num, cat = model.featurize(rows)
+        except RowError as exc:
+            return _json({"detail": exc.detail}, 422), 422, 0
+        try:
+            outputs = await batcher.submit(num, cat)
+        except Overloaded as exc:
+            return _json({"error": f"overloaded: {exc}; retry"}, 503), 503, 0
+        body_out = {
+            "model": model.meta["model"],
+            "version": model.meta["version_label"],
+            "predictions": model.to_predictions(outputs),
+        }
+        return _json(body_out), 200, len(rows)
+
+    async def schema(request: Request) -> Any:
+        if state.model is None:
+            return _json({"error": "the model is not loaded yet"}, 503)
+        return _json(state.model.schema.model_dump(mode="json"))
+
+    async def index(request: Request) -> Any:
+        meta = state.model.meta if state.model is not None else {}
+        return _json(
+            {
+                "model": meta.get("model"),
+                "version": meta.get("version_label"),
+                "package": meta.get("package_tag"),
+                "ready": state.ready,
+                "endpoints": ["POST /predict", "GET /schema", "/healthz", "/readyz", "/metrics"],
+            }
+        )
+
+    return Starlette(
+        routes=[
+            Route("/predict", predict, methods=["POST"]),
+            Route("/schema", schema, methods=["GET"]),
+            Route("/", index, methods=["GET"]),
+        ]
+    )
+
+
+__all__ = [
+    "STATE",
+    "AdaptiveBatcher",
+    "LoadedModel",
+    "Metrics",
+    "Overloaded",
+    "RowError",
+    "ServingState",
+    "build_app",
+    "describe_errors",
+    "request_schema",
+    "request_validator",
+]

@@ -1,0 +1,72 @@
+"""The BentoML service that serves one packaged model version (what ``bentoml serve`` runs).
+
+    BENTOML_HOME=<store> bentoml serve mlx_plugins.model_servers.bentoml_service:MLXModelService \
+        --port 3000 --arg model=flight_delay:v0003 --arg workers=2
+
+The package is a BentoML model (``bentoml.models.create``) referenced at class level through
+``BentoModel``, so ``bentoml build`` puts it in the Bento and ``bentoml serve`` resolves it from
+the store. Each worker loads it once in ``__init__`` and warms it up; ``/readyz`` answers 200
+only after that (``__is_ready__``). Predictions go through the lean ASGI app of
+:mod:`mlx_plugins.model_servers.bentoml_runtime`, mounted on the BentoML server, which keeps its
+process supervision, ``/healthz``, ``/readyz`` and the multi-worker Prometheus ``/metrics``.
+
+Arguments (``--arg KEY=VALUE``): ``model`` (the BentoML model tag, required), ``workers``
+(processes, default 1), ``max_batch_rows`` (rows per forward pass, default 64),
+``max_latency_ms`` (shed a request expected to wait longer, default 100), ``torch_threads``
+(per worker, default 1), ``timeout_s`` (per request, default 30), ``unknown_category`` and
+``max_request_rows`` (override the package's request schema).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import bentoml
+from bentoml.models import BentoModel
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlx_plugins.model_servers.bentoml_runtime import STATE, build_app
+
+
+class ServiceArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="BentoML model tag of the package, e.g. flight_delay:v0003.")
+    workers: int = Field(default=1, ge=1)
+    max_batch_rows: int = Field(default=64, ge=1)
+    max_latency_ms: float = Field(default=100.0, gt=0)
+    torch_threads: int = Field(default=1, ge=1)
+    timeout_s: float = Field(default=30.0, gt=0)
+    unknown_category: Literal["missing", "reject"] | None = None
+    max_request_rows: int | None = Field(default=None, ge=1)
+
+
+ARGS = bentoml.use_arguments(ServiceArgs)
+APP = build_app(STATE)
+
+
+@bentoml.service(
+    name="mlx_model",
+    workers=ARGS.workers,
+    traffic={"timeout": ARGS.timeout_s},
+    # per-request access logs and tracing spans cost more than a small model's forward pass;
+    # the app's own Prometheus metrics count every request (docs/serving.md)
+    logging={"access": {"enabled": False}},
+    tracing={"sample_rate": 0.0, "excluded_urls": ["/predict"]},
+)
+@bentoml.asgi_app(APP, path="/")
+class MLXModelService:
+    package = BentoModel(ARGS.model)
+
+    def __init__(self) -> None:
+        STATE.load(
+            self.package.path,
+            max_batch_rows=ARGS.max_batch_rows,
+            max_latency_ms=ARGS.max_latency_ms,
+            torch_threads=ARGS.torch_threads,
+            unknown_category=ARGS.unknown_category,
+            max_request_rows=ARGS.max_request_rows,
+        )
+
+    def __is_ready__(self) -> bool:
+        return STATE.ready
