@@ -157,7 +157,9 @@ class RolloutPolicy(BaseModel):
         Timeout of one scrape; ``scrape_failures`` failed scrapes of the canary in a row fail
         the step (a canary that stopped answering).
     metric_names
-        Which series to read (:class:`~.routing.metrics.MetricNames`; BentoML's by default).
+        Which series to read (:class:`~.routing.metrics.MetricNames`); None: the ``bentoml``
+        plugin's own series where a server has them, else BentoML's
+        (:func:`~.routing.metrics.detect_names`).
     stop_timeout_s
         Grace period when stopping replicas (SIGTERM, then SIGKILL).
     """
@@ -172,7 +174,7 @@ class RolloutPolicy(BaseModel):
     poll_interval_s: float = Field(default=0.2, gt=0, le=10)
     scrape_timeout_s: float = Field(default=2.0, gt=0)
     scrape_failures: int = Field(default=2, ge=1)
-    metric_names: MetricNames = MetricNames()
+    metric_names: MetricNames | None = None
     stop_timeout_s: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
@@ -391,13 +393,20 @@ class _Run:
         )
         base_table = self.router.table.with_version(canary.version, canary.servers)
         for percent in p.steps:
+            # The canary's baseline is taken before the switch (nothing it answers in the step
+            # is missed); the stable one after the old workers drained (its window holds only
+            # requests routed by this step's weights).
             try:
-                before_c, before_s = self.scrape(canary), self.scrape(stable)
+                before_c = self.scrape(canary)
             except _ScrapeFailed as exc:
                 return self.rollback(f"canary not answering before step {percent:g}%: {exc}")
             weights = {stable.version: round(100 - percent, 2), canary.version: percent}
-            reload = self.router.apply(base_table.with_weights(weights), wait_drained=False)
+            reload = self.router.apply(base_table.with_weights(weights), wait_drained=True)
             step_start = reload.switched_at
+            try:
+                before_s = self.scrape(stable)
+            except _ScrapeFailed:
+                before_s = Snapshot()
             self.event("step_started", at=step_start, canary_percent=percent, weights=weights)
             verdict = self.watch_step(percent, step_start, before_c, before_s)
             self.steps.append(verdict)

@@ -23,9 +23,11 @@ from pydantic import BaseModel, ConfigDict
 class MetricNames(BaseModel):
     """Which Prometheus series hold the request counts and latencies.
 
-    The defaults are BentoML 1.4's (``bentoml_service_request_total`` counter and
-    ``bentoml_service_request_duration_seconds`` histogram, both labelled ``endpoint`` and
-    ``http_response_code``).
+    The defaults are BentoML 1.4's own (``bentoml_service_request_total`` counter and
+    ``bentoml_service_request_duration_seconds`` histogram, labelled ``endpoint`` and
+    ``http_response_code``), which every ``bentoml serve`` process exposes;
+    :meth:`mlx_serving` gives the ``bentoml`` plugin's own series (finer latency buckets).
+    :func:`detect_names` picks one of the two from a scrape.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -33,12 +35,39 @@ class MetricNames(BaseModel):
     requests_total: str = "bentoml_service_request_total"
     duration_seconds: str = "bentoml_service_request_duration_seconds"
     """A histogram (``_bucket`` series with ``le``), in seconds."""
-    in_progress: str = "bentoml_service_request_in_progress"
+    in_progress: str | None = "bentoml_service_request_in_progress"
+    """A gauge of requests being handled (None: not exposed)."""
     status_label: str = "http_response_code"
-    endpoint_label: str = "endpoint"
+    endpoint_label: str | None = "endpoint"
+    """Label naming the endpoint; series without it always count."""
     endpoints: tuple[str, ...] = ("/predict",)
     """Endpoints that count; empty: every endpoint but ``/metrics``, ``/healthz``, ``/livez``
     and ``/readyz``."""
+
+    @classmethod
+    def bentoml_stock(cls) -> MetricNames:
+        """BentoML's own series (the defaults)."""
+        return cls()
+
+    @classmethod
+    def mlx_serving(cls) -> MetricNames:
+        """The ``bentoml`` model_server plugin's series (``mlx_serving_requests_total`` and
+        ``mlx_serving_request_duration_seconds`` by ``status``; ``/predict`` only). Its
+        in-flight gauge is BentoML's."""
+        return cls(
+            requests_total="mlx_serving_requests_total",
+            duration_seconds="mlx_serving_request_duration_seconds",
+            status_label="status",
+            endpoint_label=None,
+            endpoints=(),
+        )
+
+
+def detect_names(text: str) -> MetricNames:
+    """:meth:`MetricNames.mlx_serving` when the scrape has its series, else BentoML's."""
+    if "mlx_serving_requests_total{" in text:
+        return MetricNames.mlx_serving()
+    return MetricNames.bentoml_stock()
 
 
 _PROBES = ("/metrics", "/healthz", "/livez", "/readyz")
@@ -177,7 +206,8 @@ def _quantile_ms(q: float, buckets: dict[float, float]) -> float | None:
 
 
 def parse_metrics(text: str, names: MetricNames | None = None) -> Snapshot:
-    """A :class:`Snapshot` from one Prometheus text exposition.
+    """A :class:`Snapshot` from one Prometheus text exposition (``names`` None: detected with
+    :func:`detect_names`).
 
     Raises
     ------
@@ -186,14 +216,16 @@ def parse_metrics(text: str, names: MetricNames | None = None) -> Snapshot:
     """
     from prometheus_client.parser import text_string_to_metric_families
 
-    n = names or MetricNames()
+    n = names or detect_names(text)
     snap = Snapshot()
 
     def counted(labels: dict[str, str]) -> bool:
-        endpoint = labels.get(n.endpoint_label)
+        endpoint = labels.get(n.endpoint_label) if n.endpoint_label else None
+        if endpoint is None:
+            return True
         if n.endpoints:
             return endpoint in n.endpoints
-        return endpoint is None or not endpoint.startswith(_PROBES)
+        return not endpoint.startswith(_PROBES)
 
     def status_of(labels: dict[str, str]) -> int | None:
         try:
@@ -214,15 +246,21 @@ def parse_metrics(text: str, names: MetricNames | None = None) -> Snapshot:
                 le = float(sample.labels["le"])  # "+Inf" -> inf
                 bs = snap.buckets.setdefault(status, {})
                 bs[le] = bs.get(le, 0.0) + sample.value
-            elif sample.name == n.in_progress and counted(sample.labels):
+            elif n.in_progress and sample.name == n.in_progress and _predict_gauge(sample.labels):
                 snap.in_progress += sample.value
     return snap
+
+
+def _predict_gauge(labels: dict[str, str]) -> bool:
+    endpoint = labels.get("endpoint")
+    return endpoint is None or not endpoint.startswith(_PROBES)
 
 
 def scrape(
     sources: Iterable[MetricsSource], names: MetricNames | None = None, timeout_s: float = 2.0
 ) -> Snapshot:
-    """The sum of the servers' current counts (one ``/metrics`` GET each).
+    """The sum of the servers' current counts (one ``/metrics`` GET each; ``names`` None:
+    detected per server).
 
     Raises
     ------
