@@ -1,0 +1,401 @@
+"""What one lifecycle instance declares: its data, features, target, gate, window and drift policy.
+
+A lifecycle instance is a YAML file (``mlx_assets/defs/<name>/defs.yaml``, the attributes of the
+``MLLifecycle`` component); :class:`LifecycleSpec` is its schema. The composition file
+(``mlx.yaml``) keeps choosing the plugins; an instance chooses the data and the model, and names
+the data source it reads by the name the composition gives it.
+
+:class:`Lifecycle` is a spec resolved against the composition's settings (its defaults for the
+window, quality gate, drift policy and arrival cron), with the asset keys, job, sensor and
+schedule names of the instance. Every asset factory and the planner take one.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from functools import cached_property
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mlx_resources.platform import DriftPolicy, Platform, TrainingWindow
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
+TaskKind = Literal["binary", "multiclass", "regression"]
+
+
+def _identifier(value: str, what: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{what} {value!r} must be lower-case letters, digits and underscores, starting "
+            "with a letter (it becomes part of asset keys and job names)"
+        )
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableSpec(_Strict):
+    """One table of the data source, materialized as one raw asset."""
+
+    name: str = Field(description="The table's name in the data source (DataSource.tables()).")
+    asset: str | None = Field(
+        default=None, description="Asset name (default ``raw_<name>``), under the key prefix."
+    )
+    partitioned: bool = Field(
+        default=True,
+        description="Daily partitions by the time column (False: a reference table read whole).",
+    )
+    key_columns: tuple[str, ...] = Field(
+        default=(),
+        description="Columns that must not be null (the blocking ``no_null_keys`` check); the "
+        "time column is always one.",
+    )
+    description: str | None = None
+
+    @property
+    def asset_name(self) -> str:
+        return self.asset or f"raw_{self.name}"
+
+    @field_validator("asset")
+    @classmethod
+    def _asset(cls, v: str | None) -> str | None:
+        return None if v is None else _identifier(v, "data.tables[].asset")
+
+
+class DataSpec(_Strict):
+    """Where the rows come from and how they are cut into daily partitions."""
+
+    source: str = Field(description="Name of a data_source entry in the composition (mlx.yaml).")
+    tables: tuple[TableSpec, ...] = Field(min_length=1)
+    time_column: str = Field(
+        default="date", description="Date column (polars Date) that assigns a row to its day."
+    )
+    start: date = Field(description="First daily partition (ISO date).")
+    end: date | None = Field(
+        default=None,
+        description="Day after the last partition (exclusive); default: partitions up to today.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        if not any(t.partitioned for t in self.tables):
+            raise ValueError("data.tables needs at least one partitioned table (the daily data)")
+        names = [t.asset_name for t in self.tables]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.tables: two tables have the same asset name: {names}")
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"data.end ({self.end}) must be after data.start ({self.start})")
+        return self
+
+    @property
+    def daily(self) -> tuple[TableSpec, ...]:
+        return tuple(t for t in self.tables if t.partitioned)
+
+    @property
+    def reference(self) -> tuple[TableSpec, ...]:
+        return tuple(t for t in self.tables if not t.partitioned)
+
+
+class FeatureSpec(_Strict):
+    """The model's inputs: columns of the features asset."""
+
+    asset: str = Field(default="features", description="Asset name, under the key prefix.")
+    function: str | None = Field(
+        default=None,
+        description="``module:function`` called with one polars DataFrame per table, by table "
+        "name (``fn(flights=..., weather=..., planes=...)``), returning the feature frame with "
+        "the time column, the feature columns and the target. Default: the first partitioned "
+        "table as it is.",
+    )
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    not_monitored: tuple[str, ...] = Field(
+        default=(),
+        description="Features left out of drift monitoring (e.g. calendar features, which "
+        "always differ between one day and months of reference).",
+    )
+    slice_by: str | None = Field(
+        default=None, description="A categorical column the evaluation reports metrics by."
+    )
+
+    @field_validator("asset")
+    @classmethod
+    def _asset(cls, v: str) -> str:
+        return _identifier(v, "features.asset")
+
+    @field_validator("function")
+    @classmethod
+    def _function(cls, v: str | None) -> str | None:
+        if v is not None and not _TARGET.match(v):
+            raise ValueError(f"features.function {v!r} must be 'package.module:function'")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureSpec:
+        if not (self.numeric or self.categorical):
+            raise ValueError("features needs at least one numeric or categorical column")
+        both = set(self.numeric) & set(self.categorical)
+        if both:
+            raise ValueError(f"features: {sorted(both)} are both numeric and categorical")
+        unknown = set(self.not_monitored) - set(self.numeric) - set(self.categorical)
+        if unknown:
+            raise ValueError(f"features.not_monitored names no feature: {sorted(unknown)}")
+        if self.slice_by is not None and self.slice_by not in self.categorical:
+            raise ValueError(f"features.slice_by {self.slice_by!r} is not a categorical feature")
+        return self
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.numeric, *self.categorical)
+
+    @property
+    def monitored_numeric(self) -> list[str]:
+        return [c for c in self.numeric if c not in self.not_monitored]
+
+    @property
+    def monitored_categorical(self) -> list[str]:
+        return [c for c in self.categorical if c not in self.not_monitored]
+
+
+class TargetSpec(_Strict):
+    """What the model predicts."""
+
+    column: str
+    kind: TaskKind = "binary"
+    classes: tuple[str, ...] = Field(
+        default=(),
+        description="Multiclass: the labels, in index order (the target column holds these "
+        "labels as strings, or their indices).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TargetSpec:
+        if self.kind == "multiclass" and len(self.classes) < 2:
+            raise ValueError("target.classes must list at least two labels for kind multiclass")
+        if self.kind != "multiclass" and self.classes:
+            raise ValueError(f"target.classes is for kind multiclass, not {self.kind}")
+        return self
+
+
+GATE_METRICS = {
+    "binary": ("roc_auc", "log_loss", "brier", "accuracy", "log_loss_ratio"),
+    "multiclass": ("accuracy", "macro_f1", "log_loss", "log_loss_ratio"),
+    "regression": ("rmse", "mae", "r2", "rmse_ratio"),
+}
+"""Metrics a gate may name, by task. ``*_ratio`` is the model's value over the baseline's (the
+training rows' base rate or class frequencies; the training mean for regression)."""
+
+
+class GateSpec(_Strict):
+    """The blocking quality gate: every rule must hold for the version to be registered."""
+
+    min: dict[str, float] = Field(default_factory=dict, description="metric >= value")
+    max: dict[str, float] = Field(default_factory=dict, description="metric < value")
+
+
+DEFAULT_GATES: dict[str, GateSpec] = {
+    "multiclass": GateSpec(max={"log_loss_ratio": 1.0}),
+    "regression": GateSpec(max={"rmse_ratio": 1.0}),
+}
+
+
+class LifecycleSpec(_Strict):
+    """One model's lifecycle, as written in its ``defs.yaml`` (the component's attributes)."""
+
+    name: str = Field(description="The model's name: registry name, default key prefix.")
+    key_prefix: tuple[str, ...] | None = Field(
+        default=None,
+        description="Asset key prefix (default ``[name]``; ``[]`` for none: at most one "
+        "instance of a code location may use none).",
+    )
+    group: str | None = Field(default=None, description="Asset group (default: the name).")
+    data: DataSpec
+    features: FeatureSpec
+    target: TargetSpec
+    gate: GateSpec | None = Field(
+        default=None,
+        description="Default: binary from settings.quality_gate; multiclass log_loss_ratio < "
+        "1; regression rmse_ratio < 1.",
+    )
+    window: TrainingWindow | None = Field(default=None, description="Default: settings.window.")
+    drift: DriftPolicy | None = Field(default=None, description="Default: settings.drift.")
+    arrival_cron: str | None = Field(default=None, description="Default: settings.arrival_cron.")
+    model: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the ml_platform plugin's config for this model (e.g. "
+        "``{hidden: [32], epochs: 10}``).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _identifier(v, "name")
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for part in v or ():
+            _identifier(part, "key_prefix")
+        return v
+
+    @field_validator("arrival_cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from mlx_plugins.kernel.cron import check_cron
+
+        return check_cron(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> LifecycleSpec:
+        columns = set(self.features.columns)
+        if self.target.column in columns:
+            raise ValueError(f"target.column {self.target.column!r} is also a feature")
+        if self.gate is not None:
+            allowed = GATE_METRICS[self.target.kind]
+            for m in [*self.gate.min, *self.gate.max]:
+                if m not in allowed:
+                    raise ValueError(
+                        f"gate metric {m!r} is not a {self.target.kind} metric; use one of: "
+                        f"{', '.join(allowed)}"
+                    )
+        return self
+
+
+class Lifecycle:
+    """A :class:`LifecycleSpec` resolved against the composition's platform settings.
+
+    Args:
+        spec: the instance.
+        platform: the composition's ``settings`` (defaults for window, gate, drift, cron).
+        source_file: the instance's YAML file (for error messages), if it came from one.
+    """
+
+    def __init__(self, spec: LifecycleSpec, platform: Platform, source_file: str = "") -> None:
+        self.spec = spec
+        self.platform = platform
+        self.source_file = source_file
+        self.window: TrainingWindow = spec.window or platform.window
+        self.drift: DriftPolicy = spec.drift or platform.drift
+        self.arrival_cron: str = spec.arrival_cron or platform.arrival_cron
+        self.prefix: tuple[str, ...] = (
+            spec.key_prefix if spec.key_prefix is not None else (spec.name,)
+        )
+
+    # names -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def model_name(self) -> str:
+        """The registry's model name."""
+        return self.spec.name
+
+    @property
+    def group(self) -> str:
+        return self.spec.group or self.spec.name
+
+    @property
+    def task(self) -> TaskKind:
+        return self.spec.target.kind
+
+    def key(self, name: str) -> dg.AssetKey:
+        """``name`` under the instance's key prefix."""
+        return dg.AssetKey([*self.prefix, name])
+
+    def name_of(self, what: str) -> str:
+        """A job, sensor or schedule name: ``what`` alone without a key prefix, else
+        ``<prefix>__<what>`` (Dagster names allow letters, digits and underscores)."""
+        return "__".join((*self.prefix, what))
+
+    def job(self, stage: str) -> str:
+        """Job name of a stage: ``reference``, ``daily``, ``training`` or ``monitoring``."""
+        return self.name_of(stage)
+
+    @property
+    def raw_keys(self) -> dict[str, dg.AssetKey]:
+        """Table name -> its raw asset key."""
+        return {t.name: self.key(t.asset_name) for t in self.spec.data.tables}
+
+    @property
+    def features_key(self) -> dg.AssetKey:
+        return self.key(self.spec.features.asset)
+
+    @property
+    def training_set_key(self) -> dg.AssetKey:
+        return self.key("training_set")
+
+    @property
+    def model_key(self) -> dg.AssetKey:
+        return self.key("model")
+
+    @property
+    def evaluation_key(self) -> dg.AssetKey:
+        return self.key("model_evaluation")
+
+    @property
+    def registered_key(self) -> dg.AssetKey:
+        return self.key("registered_model")
+
+    @property
+    def drift_key(self) -> dg.AssetKey:
+        return self.key("feature_drift")
+
+    @property
+    def incident_key(self) -> dg.AssetKey:
+        return self.key("drift_incident_summary")
+
+    @property
+    def gate_check(self) -> dg.AssetCheckKey:
+        return dg.AssetCheckKey(self.evaluation_key, "beats_baseline")
+
+    @property
+    def job_assets(self) -> dict[str, tuple[dg.AssetKey, ...]]:
+        """Asset keys per job, in lifecycle order (the lifecycle runner plans with these)."""
+        data = self.spec.data
+        daily = (*(self.raw_keys[t.name] for t in data.daily), self.features_key)
+        return {
+            "reference": tuple(self.raw_keys[t.name] for t in data.reference),
+            "daily": daily,
+            "training": (
+                self.training_set_key,
+                self.model_key,
+                self.evaluation_key,
+                self.registered_key,
+            ),
+            "monitoring": (*daily, self.drift_key, self.incident_key),
+        }
+
+    # partitions ----------------------------------------------------------------------------
+    @cached_property
+    def partitions_def(self) -> dg.DailyPartitionsDefinition:
+        data = self.spec.data
+        return dg.DailyPartitionsDefinition(
+            start_date=data.start.isoformat(),
+            end_date=data.end.isoformat() if data.end else None,
+        )
+
+    @property
+    def last_day(self) -> date | None:
+        return self.spec.data.end - timedelta(days=1) if self.spec.data.end else None
+
+    # gate ----------------------------------------------------------------------------------
+    @property
+    def gate(self) -> GateSpec:
+        if self.spec.gate is not None:
+            return self.spec.gate
+        if self.task == "binary":
+            g = self.platform.quality_gate
+            return GateSpec(min={"roc_auc": g.min_roc_auc}, max={"log_loss_ratio": g.max_log_loss_ratio})
+        return DEFAULT_GATES[self.task]
+
+    def __repr__(self) -> str:
+        return f"Lifecycle({self.name!r}, prefix={list(self.prefix)})"
