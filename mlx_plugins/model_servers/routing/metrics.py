@@ -91,6 +91,8 @@ class Snapshot:
     requests: dict[int, float] = field(default_factory=dict)
     buckets: dict[int, dict[float, float]] = field(default_factory=dict)
     in_progress: float = 0.0
+    duration_sum: float = 0.0
+    """Seconds spent in requests (the histogram's ``_sum``, every status)."""
 
     def __add__(self, other: Snapshot) -> Snapshot:
         out = Snapshot(dict(self.requests), {k: dict(v) for k, v in self.buckets.items()})
@@ -101,6 +103,7 @@ class Snapshot:
             for le, n in bs.items():
                 mine[le] = mine.get(le, 0.0) + n
         out.in_progress = self.in_progress + other.in_progress
+        out.duration_sum = self.duration_sum + other.duration_sum
         return out
 
     def __sub__(self, earlier: Snapshot) -> Snapshot:
@@ -110,6 +113,8 @@ class Snapshot:
             return now - then if now >= then else now
 
         out = Snapshot(in_progress=self.in_progress)
+        ds = self.duration_sum - earlier.duration_sum
+        out.duration_sum = ds if ds >= 0 else self.duration_sum
         for status, n in self.requests.items():
             out.requests[status] = delta(n, earlier.requests.get(status, 0.0))
         for status, bs in self.buckets.items():
@@ -139,6 +144,7 @@ class Snapshot:
             p95_ms=_quantile_ms(0.95, merged),
             p99_ms=_quantile_ms(0.99, merged),
             in_progress=self.in_progress,
+            busy_s=self.duration_sum,
         )
 
 
@@ -163,6 +169,8 @@ class VersionWindow(BaseModel):
         the top finite bucket bound when the quantile lies beyond it).
     in_progress
         Requests in flight at the end of the window (a gauge, not a difference).
+    busy_s
+        See the field.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -175,6 +183,9 @@ class VersionWindow(BaseModel):
     p95_ms: float | None = None
     p99_ms: float | None = None
     in_progress: float = 0.0
+    busy_s: float = 0.0
+    """Seconds spent in requests during the window (summed over requests: divided by the
+    window's length it is the mean number of requests in flight, by Little's law)."""
 
     @property
     def handled(self) -> int:
@@ -246,6 +257,8 @@ def parse_metrics(text: str, names: MetricNames | None = None) -> Snapshot:
                 le = float(sample.labels["le"])  # "+Inf" -> inf
                 bs = snap.buckets.setdefault(status, {})
                 bs[le] = bs.get(le, 0.0) + sample.value
+            elif sample.name == n.duration_seconds + "_sum" and counted(sample.labels):
+                snap.duration_sum += sample.value
             elif n.in_progress and sample.name == n.in_progress and _predict_gauge(sample.labels):
                 snap.in_progress += sample.value
     return snap
