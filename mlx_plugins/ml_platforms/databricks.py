@@ -13,6 +13,7 @@ local (``local_torch``'s loader). The SDK and dagster-databricks are imported in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -36,11 +37,11 @@ from mlx_plugins.ml_platforms.base import (
     EpochCallback,
     EpochStats,
     MLPlatform,
+    Task,
     TrainedModel,
     TrainingDataError,
     TrainingDivergedError,
     TrainingSpec,
-    Task,
     UnsupportedTaskError,
     check_spec,
 )
@@ -200,6 +201,12 @@ class DatabricksPlatform(MLPlatform):
         default=3600, ge=1, description="The run is cancelled and the step fails after this."
     )
     http_timeout_s: float = Field(default=60.0, gt=0, description="Per HTTP request.")
+    retry_timeout_s: int = Field(
+        default=120,
+        ge=0,
+        description="How long the SDK retries one call on transient errors (connection "
+        "refused, 429, 503) before failing; the health check retries at most 5 s.",
+    )
     keep_remote_files: bool = Field(
         default=False, description="Keep the run's frames and artifact on DBFS afterwards."
     )
@@ -232,27 +239,22 @@ class DatabricksPlatform(MLPlatform):
 
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> None:
-        from mlx_plugins.ml_platforms.local_torch import LocalTorchPlatform
-
         if self._client is None:
-            from databricks.sdk import WorkspaceClient
-            from databricks.sdk.config import Config
+            self._client = self._workspace_client(self.retry_timeout_s)
 
-            self._client = WorkspaceClient(
-                config=Config(
-                    host=self.host,
-                    token=self.token,
-                    auth_type="pat",
-                    http_timeout_seconds=self.http_timeout_s,
-                    retry_timeout_seconds=max(30, int(self.http_timeout_s * 2)),
-                )
+    def _workspace_client(self, retry_timeout_s: int) -> Any:
+        from databricks.sdk import WorkspaceClient
+        from databricks.sdk.config import Config
+
+        return WorkspaceClient(
+            config=Config(
+                host=self.host,
+                token=self.token,
+                auth_type="pat",
+                http_timeout_seconds=self.http_timeout_s,
+                retry_timeout_seconds=retry_timeout_s,
             )
-        if self._scorer is None:
-            scorer = LocalTorchPlatform(
-                device="cpu", isolation="none", model_cache_size=self.model_cache_size
-            )
-            scorer.open()
-            self._scorer = scorer
+        )
 
     def close(self) -> None:
         if self._scorer is not None:
@@ -268,11 +270,12 @@ class DatabricksPlatform(MLPlatform):
         return self._client
 
     def _probe(self) -> str:
+        client = self._workspace_client(min(self.retry_timeout_s, 5))  # a health check is quick
         with self._api("checking the token"):
-            me = self.client.current_user.me()
+            me = client.current_user.me()
             detail = f"Databricks {self.host} as {me.user_name}"
             if self.existing_cluster_id:
-                cluster = self.client.clusters.get(cluster_id=self.existing_cluster_id)
+                cluster = client.clusters.get(cluster_id=self.existing_cluster_id)
                 state = getattr(cluster.state, "value", cluster.state)
                 detail += f", cluster {self.existing_cluster_id} {state}"
         return detail
@@ -292,8 +295,10 @@ class DatabricksPlatform(MLPlatform):
                 "ml_platform's `token` (e.g. token: {env: DATABRICKS_TOKEN})"
             ) from None
         except SdkError as exc:
-            if exc.error_code == "INVALID_PARAMETER_VALUE" and self.existing_cluster_id and (
-                self.existing_cluster_id in str(exc)
+            if (
+                exc.error_code == "INVALID_PARAMETER_VALUE"
+                and self.existing_cluster_id
+                and (self.existing_cluster_id in str(exc))
             ):
                 raise DatabricksError(
                     f"existing_cluster_id {self.existing_cluster_id!r}: {exc}; fix "
@@ -491,10 +496,8 @@ class DatabricksPlatform(MLPlatform):
         return final
 
     def _delete_quietly(self, path: str) -> None:
-        try:
+        with contextlib.suppress(Exception):  # best effort: the run's outcome is what matters
             self.client.dbfs.delete(path, recursive=True)
-        except Exception:  # cleanup is best effort; the run's outcome is what matters
-            pass
 
     def _run_pipes(
         self,
@@ -525,6 +528,11 @@ class DatabricksPlatform(MLPlatform):
         def submit(ctx: Any) -> None:
             with warnings.catch_warnings():  # dagster-databricks' own use of preview APIs
                 warnings.simplefilter("ignore", category=dg.PreviewWarning)
+                warnings.filterwarnings(  # Dagster's Pipes session reads them, not our code
+                    "ignore",
+                    message=r"AssetExecutionContext\.(run_id|dagster_run) is deprecated",
+                    category=DeprecationWarning,
+                )
                 _submit(ctx)
 
         def _submit(ctx: Any) -> None:
@@ -578,8 +586,12 @@ class DatabricksPlatform(MLPlatform):
 
     # -- scoring (here, with local_torch's loader: the artifact is local_torch's format) -----
     def _local(self) -> Any:
-        if self._scorer is None:
-            self.open()
+        if self._scorer is None:  # torch loads here, on the first prediction, not at open
+            scorer = LocalTorchPlatform(
+                device="cpu", isolation="none", model_cache_size=self.model_cache_size
+            )
+            scorer.open()
+            self._scorer = scorer
         return self._scorer
 
     def predict_proba(self, model: TrainedModel, frame: pl.DataFrame) -> np.ndarray:
@@ -680,9 +692,8 @@ def _make_client(plugin: DatabricksPlatform, on_message: Any, interval: float) -
                 while True:
                     state = self._state(run_id)
                     if state.life_cycle_state != last:
-                        context.log.info(
-                            f"[databricks] run {run_id}: {getattr(state.life_cycle_state, 'value', state.life_cycle_state)}"
-                        )
+                        phase = getattr(state.life_cycle_state, "value", state.life_cycle_state)
+                        context.log.info(f"[databricks] run {run_id}: {phase}")
                         last = state.life_cycle_state
                     if state.life_cycle_state in (
                         jobs.RunLifeCycleState.TERMINATED,

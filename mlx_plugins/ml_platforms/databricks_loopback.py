@@ -557,7 +557,7 @@ class LoopbackDatabricks:
                 run,
                 "FAILED",
                 f"Task {task['task_key']} failed with message: "
-                f"{last.rstrip('.') or 'exit code %s' % run.returncode}. "
+                f"{last.rstrip('.') or f'exit code {run.returncode}'}. "
                 "This caused all downstream tasks to get skipped.",
             )
 
@@ -668,10 +668,7 @@ _ROUTES: dict[tuple[str, str], Any] = {
     ("POST", "/api/2.0/dbfs/close"): LoopbackDatabricks.dbfs_close,
     ("GET", "/api/2.0/preview/scim/v2/Me"): LoopbackDatabricks.me,
     # Jobs 2.1 and 2.2 (databricks-sdk 0.60 calls 2.2), clusters 2.0 and 2.1: the same shapes
-    **{
-        ("GET", f"/api/{v}/clusters/get"): LoopbackDatabricks.cluster_get
-        for v in ("2.0", "2.1")
-    },
+    **{("GET", f"/api/{v}/clusters/get"): LoopbackDatabricks.cluster_get for v in ("2.0", "2.1")},
     **{
         route: handler
         for v in ("2.1", "2.2")

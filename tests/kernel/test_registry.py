@@ -97,7 +97,7 @@ def test_unknown_kind_in_an_entry_point_is_refused():
 
 def test_get_lists_known_names():
     reg = PluginRegistry(BUILTIN_PLUGINS)
-    with pytest.raises(PluginNotFoundError, match="known ml_platform plugins: local_torch"):
+    with pytest.raises(PluginNotFoundError, match="ml_platform plugins: databricks, local_torch"):
         reg.get("ml_platform", "nope")
 
 

@@ -6,8 +6,6 @@ databricks-sdk ``WorkspaceClient`` -> HTTP on 127.0.0.1); the server runs the su
 side with local_torch's code and streams its messages back through "DBFS".
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import signal
@@ -248,9 +246,7 @@ def test_timeout_cancels_the_run(server: LoopbackDatabricks, tmp_path: Path) -> 
     run.process.wait(timeout=30)  # type: ignore[union-attr]
 
 
-def test_a_run_that_disappears_is_a_clear_error(
-    server: LoopbackDatabricks, tmp_path: Path
-) -> None:
+def test_a_run_that_disappears_is_a_clear_error(server: LoopbackDatabricks, tmp_path: Path) -> None:
     before = max(server.runs, default=0)
     watcher = _when_running(server, lambda run: server.forget_run(run.run_id), before)
     plugin = make_plugin(server, torch={**TORCH, "epochs": 100_000})

@@ -1,0 +1,184 @@
+"""The loopback Databricks server speaks what the official SDK expects, and the
+``databricks`` plugin's config is validated with clear errors. No task process runs here."""
+
+import base64
+import io
+import os
+
+import pytest
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.config import Config
+from databricks.sdk.errors import InvalidParameterValue, NotFound, PermissionDenied
+from databricks.sdk.service import jobs
+from pydantic import ValidationError
+
+from mlx_plugins.ml_platforms.databricks import ClusterSpec, DatabricksPlatform, package_zip
+from mlx_plugins.ml_platforms.databricks_loopback import LoopbackDatabricks
+
+TOKEN = "dapi-loopback-unit"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LoopbackDatabricks(token=TOKEN, clusters=("0101-abc",)) as s:
+        yield s
+
+
+def client(server: LoopbackDatabricks, token: str = TOKEN) -> WorkspaceClient:
+    return WorkspaceClient(
+        config=Config(host=server.url, token=token, auth_type="pat", retry_timeout_seconds=5)
+    )
+
+
+def test_dbfs_round_trip_through_the_sdk_in_blocks(server: LoopbackDatabricks) -> None:
+    w = client(server)
+    data = os.urandom(2 * (1 << 20) + 12345)  # three add-block calls of at most 1 MB
+    w.dbfs.upload("dbfs:/t/big.bin", io.BytesIO(data), overwrite=True)
+    assert w.dbfs.get_status("dbfs:/t/big.bin").file_size == len(data)
+    with w.dbfs.download("dbfs:/t/big.bin") as f:
+        assert f.read() == data
+    assert [i.path for i in w.dbfs.list("dbfs:/t")] == ["/t/big.bin"]
+    w.dbfs.delete("dbfs:/t", recursive=True)
+    with pytest.raises(NotFound):
+        w.dbfs.get_status("dbfs:/t/big.bin")
+
+
+def test_a_streamed_file_is_invisible_until_closed(server: LoopbackDatabricks) -> None:
+    w = client(server)
+    handle = w.dbfs.create("/t2/part.bin", overwrite=True).handle
+    w.dbfs.add_block(handle, base64.b64encode(b"half").decode())
+    with pytest.raises(NotFound):  # never half-visible under its final name
+        w.dbfs.get_status("/t2/part.bin")
+    w.dbfs.close(handle)
+    assert server.local_path("/t2/part.bin").read_bytes() == b"half"
+
+
+def test_put_refuses_to_overwrite_unless_asked_and_paths_cannot_escape(
+    server: LoopbackDatabricks,
+) -> None:
+    w = client(server)
+    w.dbfs.put("/t3/a.txt", contents=base64.b64encode(b"1").decode(), overwrite=True)
+    with pytest.raises(Exception, match="already exists"):
+        w.dbfs.put("/t3/a.txt", contents=base64.b64encode(b"2").decode())
+    with pytest.raises(InvalidParameterValue, match="escapes"):
+        w.dbfs.get_status("/../../etc/passwd")
+
+
+def test_every_call_needs_the_token(server: LoopbackDatabricks) -> None:
+    rejected = server.rejected_tokens
+    with pytest.raises(PermissionDenied, match="Invalid access token"):
+        client(server, "dapi-wrong").current_user.me()
+    assert server.rejected_tokens == rejected + 1
+    assert client(server).current_user.me().user_name == "loopback@example.com"
+
+
+def _task(**over: object) -> jobs.SubmitTask:
+    spec = {
+        "task_key": "t",
+        "spark_python_task": {"python_file": "dbfs:/nothing/here.py"},
+        "new_cluster": {
+            "spark_version": "15.4.x-cpu-ml-scala2.12",
+            "node_type_id": "x",
+            "num_workers": 0,
+        },
+        **over,
+    }
+    return jobs.SubmitTask.from_dict(spec)
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({}, "does not exist"),  # python_file not on DBFS
+        ({"existing_cluster_id": "0101-abc"}, "Exactly one of new_cluster"),
+        ({"new_cluster": {"node_type_id": "x", "num_workers": 0}}, "spark_version is required"),
+    ],
+)
+def test_submit_checks_the_task_spec_as_databricks_does(
+    server: LoopbackDatabricks, over: dict, message: str
+) -> None:
+    with pytest.raises(InvalidParameterValue, match=message):
+        client(server).jobs.submit(tasks=[_task(**over)])
+    assert not server.runs
+
+
+def test_unknown_existing_cluster_and_run(server: LoopbackDatabricks) -> None:
+    w = client(server)
+    w.dbfs.put("/e/x.py", contents=base64.b64encode(b"pass").decode(), overwrite=True)
+    task = jobs.SubmitTask.from_dict(
+        {
+            "task_key": "t",
+            "spark_python_task": {"python_file": "dbfs:/e/x.py"},
+            "existing_cluster_id": "9999-nope",
+        }
+    )
+    with pytest.raises(InvalidParameterValue, match="Cluster 9999-nope does not exist"):
+        w.jobs.submit(tasks=[task])
+    with pytest.raises(NotFound, match="Run 424242 does not exist"):
+        w.jobs.get_run(424242)
+
+
+def test_health_names_an_unknown_existing_cluster(server: LoopbackDatabricks) -> None:
+    plugin = DatabricksPlatform(host=server.url, token=TOKEN, existing_cluster_id="9999-nope")
+    status = plugin.check_health()
+    assert not status.healthy
+    assert "existing_cluster_id '9999-nope'" in status.detail
+    good = DatabricksPlatform(host=server.url, token=TOKEN, existing_cluster_id="0101-abc")
+    assert good.check_health().healthy
+
+
+def test_unreachable_host_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plugin = DatabricksPlatform(host=f"http://127.0.0.1:{port}", token=TOKEN, http_timeout_s=2.0)
+    status = plugin.check_health()
+    assert not status.healthy
+    assert f"127.0.0.1:{port}" in status.detail
+
+
+# -- config -----------------------------------------------------------------------------------
+def test_a_gpu_node_needs_a_gpu_runtime() -> None:
+    with pytest.raises(ValidationError, match=r"'15\.4\.x-gpu-ml-scala2\.12'"):
+        ClusterSpec(node_type_id="g5.xlarge", spark_version="15.4.x-cpu-ml-scala2.12")
+    assert ClusterSpec(node_type_id="g5.xlarge", spark_version="15.4.x-gpu-ml-scala2.12")
+
+
+def test_the_runtime_must_be_an_ml_runtime() -> None:
+    with pytest.raises(ValidationError, match="not a Databricks ML runtime"):
+        ClusterSpec(spark_version="15.4.x-scala2.12")
+
+
+def test_single_node_profile_is_set_for_zero_workers() -> None:
+    request = ClusterSpec(num_workers=0, spark_env_vars={"SECRET_THING": "v"}).request()
+    assert request["spark_conf"]["spark.databricks.cluster.profile"] == "singleNode"
+    assert request["custom_tags"]["ResourceClass"] == "SingleNode"
+    lineage = ClusterSpec(spark_env_vars={"SECRET_THING": "value"}).lineage()
+    assert lineage["spark_env_vars"] == ["SECRET_THING"]  # names only: values may be secrets
+
+
+def test_torch_config_is_validated_as_local_torch() -> None:
+    with pytest.raises(ValidationError, match="unknown local_torch field"):
+        DatabricksPlatform(host="https://x.cloud.databricks.com", token="t", torch={"epoch": 3})
+    with pytest.raises(ValidationError, match="epochs"):
+        DatabricksPlatform(host="https://x.cloud.databricks.com", token="t", torch={"epochs": 0})
+
+
+def test_the_package_zip_is_deterministic_and_importable(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    data, digest = package_zip()
+    assert package_zip() == (data, digest)
+    path = tmp_path / "p.zip"
+    path.write_bytes(data)
+    code = (
+        f"import sys; sys.path.insert(0, {str(path)!r}); "
+        "import mlx_plugins.ml_platforms.databricks_trainer as t; print(t.__file__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().startswith(str(path))  # imported from the zip, not the checkout
