@@ -133,6 +133,9 @@ class ScaleDecision(BaseModel):
     action: Literal["up", "down", "hold", "cooldown", "bounds"]
     reason: str
     observation: Observation
+    applied_at: float | None = None
+    """Unix time (s) the change was in place (replicas ready and routed, or stopped); None for
+    no change, or before it was applied."""
 
 
 def decide(
@@ -292,6 +295,7 @@ class LocalAutoscaler:
             self._scale_down(d.current - d.target)
         if d.target != d.current:
             self.last_change = time.time()
+            d = d.model_copy(update={"applied_at": self.last_change})
             self._base = None  # the next interval starts with the new replica set
             self.observe()
         self.history.append(d)
