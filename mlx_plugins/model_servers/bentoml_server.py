@@ -87,6 +87,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether nothing listens on ``host:port`` now. ``bentoml serve`` binds with
+    ``SO_REUSEPORT``, so a second server on a taken port would not fail but share the port (and
+    its traffic) with the first: :meth:`BentoMLServer.start` checks first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -337,6 +351,11 @@ class BentoMLServer(ModelServer):
     ) -> ServerHandle:
         from mlx_plugins.kernel.process_identity import identity
 
+        if not port_is_free(host, port):
+            raise _PortTaken(
+                f"port {port} on {host} is in use by another process; pass another port, or "
+                "none to pick a free one"
+            )
         n = workers or self.workers
         logs = self._home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
