@@ -162,6 +162,10 @@ class RolloutPolicy(BaseModel):
         (:func:`~.routing.metrics.detect_names`).
     stop_timeout_s
         Grace period when stopping replicas (SIGTERM, then SIGKILL).
+    early_verdict
+        True (default): check the rule at every poll and roll back as soon as it fails.
+        False: judge a step only when its hold is reached (the seed's monitor-then-decide;
+        the benchmark's baseline).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -176,6 +180,7 @@ class RolloutPolicy(BaseModel):
     scrape_failures: int = Field(default=2, ge=1)
     metric_names: MetricNames | None = None
     stop_timeout_s: float = Field(default=10.0, gt=0)
+    early_verdict: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> RolloutPolicy:
@@ -408,28 +413,41 @@ class _Run:
             except _ScrapeFailed:
                 before_s = Snapshot()
             self.event("step_started", at=step_start, canary_percent=percent, weights=weights)
-            verdict = self.watch_step(percent, step_start, before_c, before_s)
-            self.steps.append(verdict)
-            self.event(
-                "step_passed" if verdict.passed else "step_failed",
-                at=verdict.ended_at,
-                canary_percent=percent,
-                canary_requests=verdict.canary.requests,
-                canary_errors=verdict.canary.errors,
-                canary_shed=verdict.canary.shed,
-                canary_error_rate=round(verdict.canary.error_rate, 5),
-                canary_p99_ms=verdict.canary.p99_ms,
-                reasons=verdict.reasons,
-            )
-            if not verdict.passed:
+            verdict = self.watch_step(percent, step_start, before_c)
+            if not verdict.passed:  # traffic back first; the stable figures can wait
                 return self.rollback(
-                    f"step {percent:g}%: " + "; ".join(verdict.reasons), failed_at=verdict.ended_at
+                    f"step {percent:g}%: " + "; ".join(verdict.reasons),
+                    failed_at=verdict.ended_at,
+                    failed_step=verdict,
+                    before_s=before_s,
                 )
+            verdict = self.stable_window(verdict, before_s)
+            self.steps.append(verdict)
+            self.step_event(verdict)
         return self.promote()
 
-    def watch_step(
-        self, percent: float, step_start: float, before_c: Snapshot, before_s: Snapshot
-    ) -> StepMetrics:
+    def stable_window(self, step: StepMetrics, before_s: Snapshot) -> StepMetrics:
+        """``step`` with the stable version's window (from the step's start until now)."""
+        try:
+            sw = (self.scrape(self.stable) - before_s).window()
+        except _ScrapeFailed:
+            sw = VersionWindow()
+        return step.model_copy(update={"stable": sw})
+
+    def step_event(self, verdict: StepMetrics) -> None:
+        self.event(
+            "step_passed" if verdict.passed else "step_failed",
+            at=verdict.ended_at,
+            canary_percent=verdict.canary_percent,
+            canary_requests=verdict.canary.requests,
+            canary_errors=verdict.canary.errors,
+            canary_shed=verdict.canary.shed,
+            canary_error_rate=round(verdict.canary.error_rate, 5),
+            canary_p99_ms=verdict.canary.p99_ms,
+            reasons=verdict.reasons,
+        )
+
+    def watch_step(self, percent: float, step_start: float, before_c: Snapshot) -> StepMetrics:
         p = self.p
         hold_requests = p.hold_requests
         # The error budget is per step: a step of 10% of traffic has the same request hold.
@@ -442,15 +460,14 @@ class _Run:
                 cw = (self.scrape(self.canary) - before_c).window()
             except _ScrapeFailed as exc:
                 cw, ended_by, reasons = VersionWindow(), "scrape", [f"canary not answering: {exc}"]
-            try:
-                sw = (self.scrape(self.stable) - before_s).window()
-            except _ScrapeFailed:
-                sw = VersionWindow()
             if ended_by is None:
-                reasons = p.rule.violations(cw, hold_requests)
                 held = (hold_requests is None or cw.handled >= hold_requests) and (
                     p.hold_seconds is None or now - step_start >= p.hold_seconds
                 )
+                if p.early_verdict:
+                    reasons = p.rule.violations(cw, hold_requests)
+                elif held and cw.handled >= p.rule.min_requests:
+                    reasons = p.rule.violations(cw)
                 if reasons:
                     ended_by = "rule"
                 elif held and cw.handled >= p.rule.min_requests:
@@ -468,14 +485,25 @@ class _Run:
                     started_at=step_start,
                     ended_at=now,
                     canary=cw,
-                    stable=sw,
+                    stable=VersionWindow(),  # filled in by stable_window()
                     passed=ended_by == "hold",
                     ended_by=ended_by,  # type: ignore[arg-type]
                     reasons=reasons,
                 )
 
-    def rollback(self, reason: str, failed_at: float | None = None) -> RolloutResult:
+    def rollback(
+        self,
+        reason: str,
+        failed_at: float | None = None,
+        failed_step: StepMetrics | None = None,
+        before_s: Snapshot | None = None,
+    ) -> RolloutResult:
+        """Traffic back on stable at once, the canary's requests finished, the canary stopped.
+        A failed step's stable window is read afterwards (it then runs until the rollback's
+        end), so that reading it does not delay the switch."""
         failed_at = time.time() if failed_at is None else failed_at
+        if failed_step is not None:
+            self.step_event(failed_step)
         stable, canary = self.stable, self.canary
         table = self.router.table
         if canary.version in table.weights:
@@ -486,6 +514,8 @@ class _Run:
             restored = reload.switched_at
         else:
             restored = time.time()
+        if failed_step is not None:
+            self.steps.append(self.stable_window(failed_step, before_s or Snapshot()))
         canary.stop(self.p.stop_timeout_s)
         self.event("canary_stopped", replicas=len(canary.replicas))
         if canary.version in self.router.table.weights:
