@@ -145,7 +145,10 @@ class FilesSource(DataSource):
         description="Table name -> where its files are and how to read them."
     )
     storage_options: dict[str, str] = Field(
-        default_factory=dict, description="fsspec / polars storage options (region, endpoint)."
+        default_factory=dict,
+        description="fsspec/s3fs options for remote paths (endpoint_url, key, secret, token, "
+        "region); values may be {env: NAME}. Translated for polars' own S3 reader "
+        "(mlx_plugins.kernel.object_store).",
     )
 
     _schemas: dict[str, dict[str, pl.DataType]] = PrivateAttr(default_factory=dict)
@@ -221,7 +224,26 @@ class FilesSource(DataSource):
     def _fs(self, path: str) -> tuple[Any, str]:
         from fsspec.core import url_to_fs
 
-        return url_to_fs(path, **self.storage_options)
+        from mlx_plugins.kernel.object_store import resolve
+
+        return url_to_fs(path, **resolve(self.storage_options))
+
+    def _polars_options(self, path: str) -> dict[str, str] | None:
+        """Storage options for polars' scan of ``path``: none for local files, the s3fs ones
+        translated for ``s3://``, as given for other protocols."""
+        from mlx_plugins.kernel.object_store import is_s3, polars_options, resolve
+
+        if "://" not in path or path.startswith("file://") or not self.storage_options:
+            return None
+        options = resolve(self.storage_options)
+        return polars_options(options) if is_s3(path) else {k: str(v) for k, v in options.items()}
+
+    def _access_error(self, table: str, exc: BaseException, url: str) -> PermissionError | None:
+        """An S3 credentials / bucket / permission error as one clear ``PermissionError``."""
+        from mlx_plugins.kernel.object_store import describe_s3_error
+
+        described = describe_s3_error(exc, url)
+        return PermissionError(f"files table {table!r}: {described}") if described else None
 
     def _format(self, table: str, file: str) -> Format:
         spec = self.files[table]
@@ -238,6 +260,15 @@ class FilesSource(DataSource):
     def _files(self, table: str) -> list[tuple[str, dict[str, str]]]:
         """(path, hive keys) of every file of ``table``, sorted by path."""
         spec = self.files[table]
+        try:
+            return self._list(table, spec)
+        except OSError as exc:
+            clear = self._access_error(table, exc, spec.path)
+            if clear is None:
+                raise
+            raise clear from exc
+
+    def _list(self, table: str, spec: FileTable) -> list[tuple[str, dict[str, str]]]:
         fs, root = self._fs(spec.path)
         if _GLOB.search(root):
             found = fs.glob(root)
@@ -262,7 +293,8 @@ class FilesSource(DataSource):
         if not files:
             raise FileNotFoundError(
                 f"files table {table!r}: no {spec.format or 'parquet, csv or ipc'} file at "
-                f"{spec.path!r}; fix the path (a folder, a glob such as data/*.parquet, or a file)"
+                f"{spec.path!r}{_no_bucket(fs, spec.path)}; fix the path (a folder, a glob such "
+                "as data/*.parquet, or a file)"
             )
         out = []
         for f in files:
@@ -288,6 +320,8 @@ class FilesSource(DataSource):
         try:
             return self._read_schema(table, path, fmt)
         except (pl.exceptions.PolarsError, OSError) as exc:
+            if (clear := self._access_error(table, exc, path)) is not None:
+                raise clear from exc
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FileReadError(
                 f"files table {table!r}: file {path} can't be read as {fmt}: {first}. Fix or "
@@ -295,7 +329,7 @@ class FilesSource(DataSource):
             ) from exc
 
     def _read_schema(self, table: str, path: str, fmt: Format) -> dict[str, pl.DataType]:
-        opts = self.storage_options or None
+        opts = self._polars_options(path)
         if fmt == "parquet":
             return dict(pl.scan_parquet(path, storage_options=opts).collect_schema())
         if fmt == "ipc":
@@ -362,7 +396,7 @@ class FilesSource(DataSource):
                 "add it to the table's columns"
             )
         fmt = self._format(table, path)
-        opts = self.storage_options or None
+        opts = self._polars_options(path)
         if fmt == "parquet":
             lf = pl.scan_parquet(path, storage_options=opts, hive_partitioning=False)
         elif fmt == "ipc":
@@ -388,6 +422,21 @@ def _in_range(value: str | None, start: date | None, end: date | None) -> bool:
         return False
     day = date.fromisoformat(value)
     return (start is None or day >= start) and (end is None or day <= end)
+
+
+def _no_bucket(fs: Any, url: str) -> str:
+    """For an ``s3://`` URL whose bucket can't be seen: a clause saying so."""
+    from mlx_plugins.kernel.object_store import bucket_of, is_s3
+
+    if not is_s3(url):
+        return ""
+    bucket = bucket_of(url)
+    try:
+        if fs.exists(bucket):
+            return ""
+    except OSError:
+        pass
+    return f" (S3 bucket '{bucket}' does not exist, or these credentials can't list it)"
 
 
 def _remote(fs: Any) -> bool:

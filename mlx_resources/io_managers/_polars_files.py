@@ -6,6 +6,7 @@ errors that name the asset, partition and fix.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -106,7 +107,13 @@ class StagedWrite:
 
     Local: the temp file lives in the target's directory and ``commit`` is ``os.replace`` (atomic;
     on POSIX, readers that memory-mapped the old file keep its inode, so replacing is safe).
-    Remote fsspec: the temp is a sibling key and ``commit`` is ``fs.mv`` (a server-side
+    S3 (``s3://``): no temp object. The file is a multipart upload to the target key itself
+    (``upload``, an s3fs file opened with ``autocommit=False``); ``commit`` completes it
+    (CompleteMultipartUpload: the new object appears whole, atomically) and ``abort`` aborts
+    it. Until then the key keeps its previous object; a writer killed mid-upload leaves an
+    incomplete upload that is never visible (a bucket lifecycle rule
+    ``AbortIncompleteMultipartUpload`` reclaims its parts).
+    Other remote fsspec: the temp is a sibling key and ``commit`` is ``fs.mv`` (a server-side
     copy + delete on object stores; the copy is atomic per object, so readers see the old or the
     new object, never a partial one).
     """
@@ -115,9 +122,13 @@ class StagedWrite:
     temp: UPath
     byte_size: int
     fsync: bool
+    upload: Any = None
 
     def commit(self) -> None:
-        if is_local(self.target):
+        if self.upload is not None:
+            self.upload.commit()
+            self.upload = None
+        elif is_local(self.target):
             dst = local_path(self.target)
             os.replace(local_path(self.temp), dst)
             if self.fsync:
@@ -126,7 +137,37 @@ class StagedWrite:
             self.target.fs.mv(self.temp.path, self.target.path)
 
     def abort(self) -> None:
-        remove_quietly(self.temp)
+        if self.upload is not None:
+            _discard(self.upload)
+            self.upload = None
+        elif self.temp != self.target:
+            remove_quietly(self.temp)
+
+
+def is_s3(path: UPath) -> bool:
+    return path.protocol in ("s3", "s3a")
+
+
+def _discard(upload: Any) -> None:
+    """Abort an uncommitted multipart upload (best effort: S3 reclaims it by lifecycle)."""
+    with contextlib.suppress(Exception):
+        upload.discard()
+    upload.closed = True
+
+
+def _stage_s3(
+    df: pl.DataFrame, target: UPath, fmt: str, compression: str, writer: Callable[..., None]
+) -> StagedWrite:
+    """Write ``df`` as an uncommitted multipart upload to ``target`` (see :class:`StagedWrite`)."""
+    upload = target.fs.open(target.path, "wb", autocommit=False)
+    try:
+        writer(df, upload, fmt, compression)
+        size = int(upload.tell())
+        upload.close()  # uploads the last part; the upload stays open (not completed)
+    except BaseException:
+        _discard(upload)
+        raise
+    return StagedWrite(target=target, temp=target, byte_size=size, fsync=False, upload=upload)
 
 
 def stage(
@@ -140,6 +181,8 @@ def stage(
 ) -> StagedWrite:
     """Write ``df`` to a temp sibling of ``target``; on any error the temp file is removed."""
     writer = writer or write_frame
+    if is_s3(target):
+        return _stage_s3(df, target, fmt, compression, writer)
     # The writer's pid in the name lets mlx_resources.leftovers remove a killed writer's temps.
     temp = target.with_name(f".{target.name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:12]}")
     try:

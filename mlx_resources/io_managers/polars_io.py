@@ -110,6 +110,11 @@ class TransientStorageError(PolarsIOManagerError):
     retryable = True
 
 
+class StorageAccessError(PolarsIOManagerError):
+    """The object store refused the credentials, has no such bucket, or denied access; names
+    the bucket and the fix. Not retried (a retry can't fix credentials)."""
+
+
 class UnstorableDtypeError(PolarsIOManagerError):
     """A column's dtype can't be stored in a file (``pl.Object``); refused before any write."""
 
@@ -159,7 +164,11 @@ class PolarsIOManager(dg.ConfigurableIOManager):
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="fsspec options for a remote base_path (e.g. {'endpoint_url': ...}).",
+        description=(
+            "fsspec options for a remote base_path (s3fs: endpoint_url, key, secret, token, "
+            "default_block_size...); a value may be {env: NAME}, read when the IO manager is "
+            "first used and kept secret."
+        ),
     )
     fsync: bool = Field(
         default=False,
@@ -181,7 +190,9 @@ class PolarsIOManager(dg.ConfigurableIOManager):
         if self._root is None:
             from upath import UPath
 
-            self._root = UPath(self.base_path, **self.storage_options)
+            from mlx_plugins.kernel.object_store import resolve
+
+            self._root = UPath(self.base_path, **resolve(self.storage_options))
         return self._root
 
     def _stem(
@@ -468,7 +479,13 @@ class PolarsIOManager(dg.ConfigurableIOManager):
 
         found: list[tuple[str | None, UPath]] = []
         for key, stem in wanted:
-            path = self._existing(stem)
+            try:
+                path = self._existing(stem)
+            except OSError as e:
+                denied = _access_error(e, label, key, str(self._target(stem)))
+                if denied is None:
+                    raise
+                raise denied from e
             if path is not None:
                 found.append((key, path))
                 continue
@@ -540,6 +557,8 @@ class PolarsIOManager(dg.ConfigurableIOManager):
             ) from e
         except (OSError, ValueError, pl.exceptions.PolarsError) as e:
             # pyarrow.ArrowInvalid is a ValueError; polars raises ComputeError for bad parquet.
+            if (denied := _access_error(e, label, key, str(path))) is not None:
+                raise denied from e
             raise CorruptPartitionFileError(
                 f"stored file is unreadable ({type(e).__name__}: {e}); it is truncated, "
                 "corrupt or not written by PolarsIOManager",
@@ -703,8 +722,26 @@ _WRITE_FIXES = {
 }
 
 
+def _access_error(
+    exc: BaseException, label: str, partition: str | None, path: str
+) -> StorageAccessError | None:
+    """An object store's refusal (credentials, bucket, permission) as the IO manager's error
+    naming the bucket and the fix; None for other errors."""
+    from mlx_plugins.kernel.object_store import describe_s3_error
+
+    described = describe_s3_error(exc, path)
+    if described is None:
+        return None
+    problem, _, fix = described.partition(" Fix: ")
+    return StorageAccessError(
+        problem.rstrip("."), asset=label, partition=partition, path=path, fix=fix
+    )
+
+
 def _write_error(exc: BaseException, label: str, partition: str | None, path: str) -> BaseException:
     """The IO manager's own error for an OS-level write failure; other errors pass through."""
+    if (denied := _access_error(exc, label, partition, path)) is not None:
+        return denied
     kind = _files().os_error_kind(exc)
     if kind in _WRITE_FIXES:
         problem, fix = _WRITE_FIXES[kind]

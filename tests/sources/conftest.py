@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.sources._s3_server import S3, s3_server
 from tests.sources._snowflake_server import Server, snowflake_server, unique_database
 
 DAYS = [dt.date(2024, 1, d) for d in range(1, 6)]
@@ -73,3 +74,9 @@ def sf_config(server: Server, database: str, **over: Any) -> dict[str, Any]:
     }
     config.update(over)
     return config
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3]:
+    with s3_server() as server:
+        yield server
