@@ -1,11 +1,17 @@
-"""The real Dagster webserver loads the code location from workspace.yaml, without warnings,
-and serves the asset graph, jobs, schedule and sensor over GraphQL."""
+"""The real Dagster webserver (and daemon) load the code location from workspace.yaml, without
+warnings, and serve the asset graph, jobs, schedule and sensor over GraphQL and in Chromium:
+every asset of every lifecycle instance rendered in its group's graph, a materialization
+launched by clicking Materialize on the page that succeeds, the sensor and schedule pages
+showing them running. Screenshots go to the folder the tests print (``MLX_UI_ARTEFACTS``,
+default ``test-artefacts/ui``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +35,18 @@ QUERY = """
     sensors { name sensorState { status } } } } }
 }
 """
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """SIGTERM ``proc``'s process group, SIGKILL what is left after 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def _free_port() -> int:
@@ -74,7 +92,18 @@ def webserver(tmp_path_factory):
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"webserver did not start:\n{log.read_text()}") from None
                     time.sleep(0.5)
-            yield port, log
+            daemon = subprocess.Popen(
+                [str(exe.with_name("dagster-daemon")), "run", "-w", "workspace.yaml"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            try:
+                yield port, log
+            finally:
+                _end_group(daemon)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -149,3 +178,136 @@ def test_ui_renders_the_asset_catalog_in_chromium(webserver, tmp_path):
         timeout=120,
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Driving the page (tests/ui/_browser.py: the same Chromium, over the DevTools protocol).
+# --------------------------------------------------------------------------------------------
+
+_DEFINED_ASSETS = (
+    "import json, mlx_assets.definitions as d\n"
+    "g = d.defs.resolve_asset_graph()\n"
+    "print(json.dumps([[k.path, g.get(k).group_name] for k in g.get_all_asset_keys()"
+    " if g.get(k).is_materializable]))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def defined_assets(webserver) -> list[tuple[list[str], str]]:
+    """(key path, group) of every materializable asset, from the Definitions the workspace's
+    module builds, loaded in a fresh process with the webserver's environment."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DEFINED_ASSETS],
+        cwd=REPO_ROOT,
+        env={**os.environ, "MLX_HOME": str(webserver[1].parent)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assets = [(path, group) for path, group in json.loads(done.stdout.strip().splitlines()[-1])]
+    assert assets, "the definitions have no assets"
+    return assets
+
+
+@pytest.fixture(scope="module")
+def artefacts(request) -> Path:
+    folder = Path(os.environ.get("MLX_UI_ARTEFACTS") or REPO_ROOT / "test-artefacts" / "ui")
+    folder.mkdir(parents=True, exist_ok=True)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"[ui] screenshots in {folder}")
+    return folder
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from tests.ui._browser import Browser
+
+    _chromium()
+    page = Browser(tmp_path / "chromium-profile", timeout_s=120).start()
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def test_every_asset_of_every_lifecycle_renders_in_the_asset_graph(
+    webserver, defined_assets, browser, artefacts
+):
+    port, _ = webserver
+    served = {tuple(a["assetKey"]["path"]) for a in _post(port, QUERY)["assetNodes"]}
+    assert {tuple(path) for path, _ in defined_assets} <= served
+    groups: dict[str, list[str]] = {}
+    for path, group in defined_assets:
+        groups.setdefault(group, []).append(" / ".join(path))
+    for group, labels in sorted(groups.items()):
+        browser.goto(f"http://127.0.0.1:{port}/locations/mlx/asset-groups/{group}/lineage")
+        check = " && ".join(f"document.body.innerText.includes({json.dumps(x)})" for x in labels)
+        browser.wait(check, what=f"the {group} graph to show {', '.join(labels)}")
+        browser.screenshot(artefacts / f"graph-{group}.png")
+    assert sum(len(v) for v in groups.values()) == len(defined_assets)
+
+
+def _asset_with_no_upstream(port: int) -> str:
+    data = _post(
+        port,
+        "{ assetNodes { assetKey { path } isPartitioned isMaterializable "
+        "dependencyKeys { path } } }",
+    )
+    candidates = [
+        "/".join(a["assetKey"]["path"])
+        for a in data["assetNodes"]
+        if a["isMaterializable"] and not a["isPartitioned"] and not a["dependencyKeys"]
+    ]
+    assert candidates, "no unpartitioned root asset to materialize from the UI"
+    return sorted(candidates)[0]
+
+
+def test_materialize_clicked_in_the_page_succeeds(webserver, browser, artefacts):
+    port, _ = webserver
+    asset = _asset_with_no_upstream(port)  # one click, no launch dialog (planes)
+    browser.goto(f"http://127.0.0.1:{port}/assets/{asset}")
+    browser.wait(
+        "[...document.querySelectorAll('button')].some("
+        "x => x.innerText.trim() === 'Materialize' && !x.disabled)",
+        what="the Materialize button",
+    )
+    browser.click_button("Materialize")
+    toast = browser.wait(
+        "(document.body.innerText.match(/Launched run ([0-9a-f]{8})/) || [])[1]",
+        what="the 'Launched run' message",
+    )
+    browser.screenshot(artefacts / "materialize-launched.png")
+    query = "{ runsOrError { ... on Runs { results { runId status } } } }"
+    deadline = time.monotonic() + 300
+    status = None
+    while time.monotonic() < deadline:
+        runs = _post(port, query)["runsOrError"]["results"]
+        status = next((r["status"] for r in runs if r["runId"].startswith(toast)), None)
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(1)
+    assert status == "SUCCESS", f"run {toast} launched from the page ended {status}"
+    browser.goto(f"http://127.0.0.1:{port}/assets/{asset}")
+    browser.wait(
+        "!document.body.innerText.includes('Never materialized')",
+        what="the asset page to show the materialization",
+    )
+    browser.screenshot(artefacts / "materialized.png")
+
+
+@pytest.mark.parametrize("kind", ["sensors", "schedules"])
+def test_sensor_and_schedule_pages_show_running(webserver, browser, artefacts, kind):
+    port, _ = webserver
+    (repo,) = _post(port, QUERY)["repositoriesOrError"]["nodes"]
+    names = [x["name"] for x in repo[kind]]
+    assert names
+    for name in names:
+        browser.goto(f"http://127.0.0.1:{port}/locations/mlx/{kind}/{name}")
+        browser.wait(
+            "document.body.innerText.includes('Running') && "
+            "[...document.querySelectorAll('input[type=checkbox]')].some(x => x.checked)",
+            what=f"the {name} page to show it running",
+        )
+        browser.screenshot(artefacts / f"{kind}-{name}.png")
