@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,9 +63,9 @@ def test_package_holds_weights_schema_lineage_and_metrics(tiny_package, tiny_ver
     assert meta["artifact_sha256"] == tiny_version.artifact_sha256
     assert meta["registered"]["version"] == 1
     assert meta["features"]["target"] == "y"
-    assert (stored.path_of(MODEL_FILE)) and json.loads(open(stored.path_of(PACKAGE_FILE)).read())[
-        "request_schema"
-    ]["numeric"] == ["x", "noise"]
+    assert Path(stored.path_of(MODEL_FILE)).stat().st_size > 0
+    described = json.loads(Path(stored.path_of(PACKAGE_FILE)).read_text())
+    assert described["request_schema"]["numeric"] == ["x", "noise"]
 
 
 def test_packaging_again_returns_the_stored_package(

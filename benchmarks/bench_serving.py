@@ -1,0 +1,395 @@
+"""Serving throughput and tail latency: MLX's ``bentoml`` model server against a stock BentoML
+1.4 service and a hand-written FastAPI + uvicorn app, same package, same run, one row per
+request, loaded by wrk on loopback.
+
+Servers (each with ``--workers`` worker processes, one torch thread each):
+
+- ``stock``: ``_serving_stock.py``, an idiomatic ``@bentoml.api(batchable=True,
+  max_batch_size=64, max_latency_ms=100)`` service loading the package through ``BentoModel``,
+  BentoML's default server settings; body ``{"x": [[...]]}``.
+- ``mlx``: the ``bentoml`` plugin's server (``bentoml serve`` of
+  ``mlx_plugins.model_servers.bentoml_service``), the lean ASGI predict path with adaptive
+  batching (64 rows, 100 ms); body ``{"rows": [{"f000": ..., ...}]}`` (named, validated).
+- ``fastapi``: ``_serving_fastapi.py`` under ``uvicorn --workers``; body ``{"x": [[...]]}``.
+
+Models: ``tiny`` 40 -> 64 -> 32 -> 1 and ``wide`` 1024 -> 1024 -> 512 -> 1 (random weights,
+``local_torch``'s artifact format, registered and packaged as the lifecycle does).
+
+For each server and concurrency (``--levels``, default 1 4 16 64) wrk runs ``--seconds``
+seconds (2 threads, 5 s request timeout). Reported: answered-200 throughput, p50/p99 latency
+(wrk's, over every response), 503s and other failures. Goals, checked on the ``tiny`` model:
+
+1. MLX's best throughput at p99 <= 50 ms >= 2x stock BentoML's best at p99 <= 50 ms;
+2. MLX's p99 <= 50 ms at every level up to 64 concurrent requests (503s counted, not hidden);
+3. no 503 from MLX below its throughput knee (the first level within 90% of its best).
+
+``--profile`` records the stock and the MLX servers with py-spy (16 concurrent, 8 s) and prints
+where a worker's time goes, by package (the figures in ``docs/serving.md``).
+
+    ./dev bench serving [--workers 2] [--seconds 5] [--levels 1 4 16 64] [--models tiny wide]
+                        [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import load, machine  # noqa: E402
+
+from mlx_plugins.model_servers.base import http_get, stop_process_group  # noqa: E402
+from mlx_plugins.model_servers.bentoml_server import BentoMLServer, free_port  # noqa: E402
+
+MODELS = {"tiny": (40, [64, 32]), "wide": (1024, [1024, 512])}
+P99_GOAL_MS = 50.0
+READY_TIMEOUT_S = 180.0
+
+WRK_SCRIPT = r"""
+local f = assert(io.open(os.getenv("MLX_WRK_BODY"), "rb"))
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = f:read("*a")
+f:close()
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {} end
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+function done(summary, latency, requests)
+  local all = {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses")) do all[k] = (all[k] or 0) + v end
+  end
+  local parts = {}
+  for k, v in pairs(all) do table.insert(parts, string.format('"%d": %d', k, v)) end
+  local e = summary.errors
+  io.write(string.format(
+    'MLXWRK {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, ' ..
+    '"max_us": %d, "statuses": {%s}, "socket_errors": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, table.concat(parts, ", "),
+    e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+# -- the models --------------------------------------------------------------------------------
+def build_package(home: Path, name: str, n_in: int, hidden: list[int], workers: int) -> Any:
+    """A random-weight ``local_torch`` MLP, registered and packaged by the bentoml plugin."""
+    import torch
+
+    from mlx_plugins.ml_platforms.local_torch import save_artifact, sha256_file
+    from mlx_plugins.ml_platforms.torch_mlp import Preprocessor, TabularMLP
+    from mlx_plugins.model_registries.base import ModelLineage
+    from mlx_plugins.model_registries.local import LocalModelRegistry
+
+    torch.manual_seed(0)
+    features = [f"f{i:04d}" for i in range(n_in)]
+    net = TabularMLP(n_in, [], hidden)
+    pre = Preprocessor(features, [], [0.0] * n_in, [1.0] * n_in, {})
+    path = save_artifact(net, pre, hidden, 8, str(home / "artifacts" / name))
+    registry = LocalModelRegistry(root=str(home / "registry"))
+    version = registry.register(
+        f"bench_{name}",
+        path,
+        sha256_file(path),
+        metrics={},
+        config={
+            "features": {
+                "numeric_features": features,
+                "categorical_features": [],
+                "target": "y",
+            }
+        },
+        lineage=ModelLineage(training_data_version=None, partitions=[]),
+    )
+    server = BentoMLServer(home=str(home / "bentoml"), workers=workers, ready_timeout_s=180.0)
+    return server, server.package(version, registry)
+
+
+def bodies(folder: Path, n_in: int) -> dict[str, Path]:
+    """One request body per server kind, the same row of values."""
+    import numpy as np
+
+    row = np.random.default_rng(1).normal(size=n_in).round(4).tolist()
+    named = {f"f{i:04d}": v for i, v in enumerate(row)}
+    out = {"stock": folder / "x.json", "mlx": folder / "rows.json"}
+    out["stock"].write_text(json.dumps({"x": [row]}))
+    out["mlx"].write_text(json.dumps({"rows": [named]}))
+    out["fastapi"] = out["stock"]
+    return out
+
+
+# -- the servers -------------------------------------------------------------------------------
+class Proc:
+    """A server process in its own process group, stopped with the group."""
+
+    def __init__(self, command: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
+        with open(log, "ab") as out:
+            self.popen = subprocess.Popen(
+                command,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.log = log
+
+    def wait_ready(self, url: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"server exited ({self.popen.returncode}); see {self.log}")
+            if http_get(url, 1.0)[0] == 200:
+                return
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"server not ready in {READY_TIMEOUT_S} s; see {self.log}")
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self) -> None:
+        stop_process_group(self.popen.pid, timeout_s=10.0)
+
+
+def start(
+    kind: str, server: BentoMLServer, package: Any, workers: int, home: Path
+) -> tuple[Any, str]:
+    """Start one server; (something with .stop() and .pid, its predict URL)."""
+    if kind == "mlx":
+        handle = server.start(package, workers=workers)
+        return handle, f"{handle.url}/predict"
+    port = free_port()
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE.parent), env.get("PYTHONPATH")) if p)
+    log = home / f"{kind}-{package.package_tag.replace(':', '-')}-{port}.log"
+    if kind == "stock":
+        own = home / f"stock-home-{port}"  # own prometheus dir, models from the shared store
+        own.mkdir()
+        (own / "models").symlink_to(Path(package.store) / "models", target_is_directory=True)
+        env["BENTOML_HOME"] = str(own)
+        command = [
+            sys.executable, "-m", "bentoml", "serve", "_serving_stock:StockService",
+            "--working-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port),
+            "--arg", f"model={package.package_tag}", "--arg", f"workers={workers}",
+        ]  # fmt: skip
+        proc = Proc(command, env, HERE, log)
+        proc.wait_ready(f"http://127.0.0.1:{port}/readyz")
+    else:
+        env["MLX_BENCH_PACKAGE"] = package.path
+        command = [
+            sys.executable, "-m", "uvicorn", "_serving_fastapi:app", "--app-dir", str(HERE),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+            "--no-access-log", "--log-level", "warning",
+        ]  # fmt: skip
+        proc = Proc(command, env, HERE, log)
+        proc.wait_ready(f"http://127.0.0.1:{port}/readyz")
+    return proc, f"http://127.0.0.1:{port}/predict"
+
+
+# -- load --------------------------------------------------------------------------------------
+def wrk(url: str, body: Path, concurrency: int, seconds: float, script: Path) -> dict[str, Any]:
+    threads = min(2, concurrency)
+    command = [
+        "wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "5s",
+        "--latency", "-s", str(script), url,
+    ]  # fmt: skip
+    out = subprocess.run(
+        command,
+        env={**os.environ, "MLX_WRK_BODY": str(body)},
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=False,
+    )
+    line = next((x for x in out.stdout.splitlines() if x.startswith("MLXWRK ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result: {out.stdout[-500:]} {out.stderr[-500:]}")
+    r: dict[str, Any] = json.loads(line[len("MLXWRK ") :])
+    secs = r["duration_us"] / 1e6
+    statuses = {int(k): v for k, v in r["statuses"].items()}
+    ok = statuses.get(200, 0)
+    return {
+        "c": concurrency,
+        "ok_rps": ok / secs,
+        "p50_ms": r["p50_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "shed": statuses.get(503, 0),
+        "failed": sum(v for k, v in statuses.items() if k not in (200, 503)) + r["socket_errors"],
+        "requests": r["requests"],
+    }
+
+
+def best_at_goal(runs: list[dict[str, Any]]) -> float:
+    """Best answered-200 req/s over the levels whose p99 met the goal (0 when none did)."""
+    good = [r["ok_rps"] for r in runs if r["p99_ms"] <= P99_GOAL_MS and r["failed"] == 0]
+    return max(good, default=0.0)
+
+
+# -- profile -----------------------------------------------------------------------------------
+BUCKETS = [
+    ("torch (the model)", ("torch/", "torch\\")),
+    ("bentoml / _bentoml_impl / _bentoml_sdk", ("bentoml",)),
+    ("opentelemetry", ("opentelemetry",)),
+    ("prometheus_client", ("prometheus_client",)),
+    ("pydantic / pydantic_core", ("pydantic",)),
+    ("starlette / fastapi", ("starlette", "fastapi")),
+    ("uvicorn / h11 / httptools", ("uvicorn", "h11", "httptools")),
+    ("asyncio / anyio / uvloop", ("asyncio", "anyio", "uvloop")),
+    ("json / numpy", ("json", "numpy")),
+    ("mlx_plugins", ("mlx_plugins",)),
+    ("logging", ("logging",)),
+]
+
+
+IDLE = ("select (", "poll (", "epoll", "wait (threading", "_worker (concurrent", "Runner.run (")
+"""Leaf frames of a process waiting for I/O or work (not time spent on requests)."""
+
+
+def _bucket(frame: str) -> str:
+    for name, keys in BUCKETS:
+        if any(k in frame for k in keys):
+            return name
+    return "other (python, C)"
+
+
+def profile(pid: int, url: str, body: Path, script: Path, out: Path) -> dict[str, float]:
+    """Sample the server's processes with py-spy under 16 concurrent requests for 8 s; share
+    of the samples whose innermost Python frame lies in each package (idle excluded)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    raw = out.with_suffix(".txt")
+    rec = subprocess.Popen(
+        [spy, "record", "-p", str(pid), "--subprocesses", "-d", "9", "-r", "250", "-f", "raw",
+         "-o", str(raw), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)
+    result = wrk(url, body, 16, 8, script)
+    rec.wait(timeout=60)
+    counts: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines() if raw.exists() else []:
+        stack, _, n = line.rpartition(" ")
+        frames = [f for f in stack.split(";") if f and not f.startswith("process ")]
+        leaf = frames[-1] if frames else ""
+        if any(w in leaf for w in IDLE):
+            continue  # waiting for I/O or work: not time spent on requests
+        counts[_bucket(leaf)] += int(n)
+        leaves[leaf] += int(n)
+    total = sum(counts.values()) or 1
+    shares = {k: v / total for k, v in counts.most_common()}
+    shares["_ok_rps"] = result["ok_rps"]
+    for leaf, n in leaves.most_common(12):
+        shares[f"  leaf: {leaf[:90]}"] = n / total
+    return shares
+
+
+# -- main --------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--models", nargs="+", default=["tiny", "wide"], choices=list(MODELS))
+    ap.add_argument("--servers", nargs="+", default=["stock", "mlx", "fastapi"])
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: ./dev bench serving installs it (apt-get)")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    print(f"machine: {machine()}; load before: {load()}")
+    print(f"workers per server: {args.workers}; {args.seconds:g} s per level; wrk 2 threads")
+    home = Path(tempfile.mkdtemp(prefix="mlx-bench-serving-"))
+    script = home / "wrk.lua"
+    script.write_text(WRK_SCRIPT)
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    profiles: dict[str, dict[str, float]] = {}
+    try:
+        for model in args.models:
+            n_in, hidden = MODELS[model]
+            server, package = build_package(home, model, n_in, hidden, args.workers)
+            body = bodies(home, n_in)
+            results[model] = {}
+            for kind in args.servers:
+                proc, url = start(kind, server, package, args.workers, home)
+                try:
+                    wrk(url, body[kind], 4, 2, script)  # warm-up
+                    runs = [wrk(url, body[kind], c, args.seconds, script) for c in args.levels]
+                    results[model][kind] = runs
+                    if args.profile and model == "tiny" and kind in ("stock", "mlx"):
+                        profiles[kind] = profile(proc.pid, url, body[kind], script, home / kind)
+                finally:
+                    proc.stop()
+                print(f"  {model}/{kind}: " + "  ".join(_brief(r) for r in runs), flush=True)
+        report(results, profiles, args)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    print(f"load after: {load()}")
+
+
+def _brief(r: dict[str, Any]) -> str:
+    shed = f" 503x{r['shed']}" if r["shed"] else ""
+    return f"c={r['c']}: {r['ok_rps']:.0f}/s p99 {r['p99_ms']:.1f} ms{shed}"
+
+
+def report(
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+    profiles: dict[str, dict[str, float]],
+    args: argparse.Namespace,
+) -> None:
+    for model, by_kind in results.items():
+        print(
+            f"\n{model} ({' -> '.join(str(x) for x in [MODELS[model][0], *MODELS[model][1], 1])})"
+        )
+        print(f"{'server':8} {'conc':>4} {'ok req/s':>9} {'p50 ms':>7} {'p99 ms':>8} "
+              f"{'503':>6} {'failed':>6}")  # fmt: skip
+        for kind, runs in by_kind.items():
+            for r in runs:
+                print(f"{kind:8} {r['c']:>4} {r['ok_rps']:>9.0f} {r['p50_ms']:>7.1f} "
+                      f"{r['p99_ms']:>8.1f} {r['shed']:>6} {r['failed']:>6}")  # fmt: skip
+        best = {k: best_at_goal(v) for k, v in by_kind.items()}
+        peak = {k: max(r["ok_rps"] for r in v) for k, v in by_kind.items()}
+        print("best req/s at p99 <= 50 ms: " + ", ".join(f"{k} {v:.0f}" for k, v in best.items()))
+        if "mlx" in best:
+            for other in ("stock", "fastapi"):
+                if best.get(other):
+                    ratio, peaks = best["mlx"] / best[other], peak["mlx"] / peak[other]
+                    print(
+                        f"ratio mlx / {other}: {ratio:.2f}x (best at p99 <= 50 ms), "
+                        f"{peaks:.2f}x (peak)"
+                    )
+        if model == "tiny" and "mlx" in by_kind:
+            runs = by_kind["mlx"]
+            stock = best.get("stock", 0.0)
+            g1 = bool(stock) and best["mlx"] >= 2 * stock
+            g2 = all(r["p99_ms"] <= P99_GOAL_MS for r in runs if r["c"] <= 64)
+            knee = next(r["c"] for r in runs if r["ok_rps"] >= 0.9 * peak["mlx"])
+            g3 = all(r["shed"] == 0 for r in runs if r["c"] < knee)
+            print(f"goal mlx >= 2x stock at p99 <= 50 ms: {'met' if g1 else 'NOT met'}")
+            print(f"goal mlx p99 <= 50 ms up to 64 concurrent: {'met' if g2 else 'NOT met'}")
+            print(f"goal no 503 below the knee (c={knee}): {'met' if g3 else 'NOT met'}")
+    for kind, shares in profiles.items():
+        rps = shares.pop("_ok_rps", 0.0)
+        print(f"\nprofile {kind} (py-spy, 16 concurrent, {rps:.0f} req/s): share of busy samples")
+        for name, share in shares.items():
+            print(f"  {name:40} {share * 100:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()
