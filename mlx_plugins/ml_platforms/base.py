@@ -364,6 +364,11 @@ def check_labels(
         _check_binary(col, target, frame)
         return
     dtype = col.dtype
+    if dtype == pl.Null:  # no value at all: say so, not "wrong dtype"
+        raise TrainingDataError(
+            f"target column {target!r} has {col.len()} null(s) (every row) in the {frame} "
+            "frame; every row needs a label. fix: fill the target in the feature asset"
+        )
     if task == "multiclass":
         k = len(classes)
         if not dtype.is_integer():

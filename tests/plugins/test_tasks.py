@@ -305,3 +305,40 @@ def test_multiclass_and_regression_through_ddp(tmp_path: Path, frames: Any) -> N
     assert accuracy_score(test["cls"].to_numpy(), p.argmax(axis=1)) > 0.6
     assert "target_mean" in rg.preprocessing
     assert r2_score(test["amount"].to_numpy(), pred) > 0.6
+
+
+def test_label_edge_cases() -> None:
+    """All-null targets, unsigned indices, integer regression targets, overflowing targets."""
+    from mlx_plugins.ml_platforms.base import check_labels
+
+    empty = pl.DataFrame({"t": [None, None]})
+    for task in ("multiclass", "regression"):
+        with pytest.raises(TrainingDataError, match=r"'t' has 2 null\(s\) \(every row\)"):
+            check_labels(empty, "t", task=task, classes=("a", "b"))  # type: ignore[arg-type]
+    unsigned = pl.DataFrame({"t": [0, 2]}, schema={"t": pl.UInt8})
+    check_labels(unsigned, "t", task="multiclass", classes=("a", "b", "c"))
+    with pytest.raises(TrainingDataError, match=r"1 outside 0..1 \(e.g. \[200\]\)"):
+        check_labels(
+            pl.DataFrame({"t": [0, 200]}, schema={"t": pl.UInt8}),
+            "t",
+            "validation",
+            task="multiclass",
+            classes=("a", "b"),
+        )
+    check_labels(pl.DataFrame({"t": [3, 7]}), "t", task="regression")  # counts are numbers
+    with pytest.raises(TrainingDataError, match=r"cannot be standardised: its std is inf"):
+        check_labels(pl.DataFrame({"t": [1e308, -1e308, 0.0]}), "t", task="regression")
+    with pytest.raises(TrainingDataError, match=r"no target column 'nope'"):
+        check_labels(empty, "nope", task="regression")
+
+
+def test_classes_absent_from_training_still_get_a_column(tmp_path: Path, frames: Any) -> None:
+    """k = 5 declared, 3 seen: predict still returns (n, 5), the unseen classes unlikely."""
+    train, valid, test = frames
+    spec = _spec(tmp_path, "multiclass", classes=(*TASK_CLASSES, "never", "rare"))
+    plugin = _plugin(epochs=2)
+    with plugin.session():
+        p = plugin.predict(plugin.train(train, valid, spec), test)
+    assert p.shape == (test.height, 5)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
+    assert p[:, 3:].mean() < p[:, :3].mean()
