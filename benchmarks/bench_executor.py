@@ -25,7 +25,7 @@ import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import row
+from _common import load, machine, row
 
 STEPS = int(os.environ.get("MLX_BENCH_STEPS", "8"))
 PRELOAD = [
@@ -139,4 +139,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    print(f"machine: {machine()}; load average before: {load()}", flush=True)
     main()
+    print(f"machine: {machine()}; load average after: {load()}", flush=True)

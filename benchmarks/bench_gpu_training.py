@@ -876,4 +876,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from _common import load, machine  # this script's folder is on sys.path
+
+    print(f"machine: {machine()}; load average before: {load()}", flush=True)
     main()
+    print(f"machine: {machine()}; load average after: {load()}", flush=True)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import median, row, time_fresh_process
+from _common import load, machine, median, row, time_fresh_process
 
 
 def main() -> None:
@@ -39,4 +39,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    print(f"machine: {machine()}; load average before: {load()}", flush=True)
     main()
+    print(f"machine: {machine()}; load average after: {load()}", flush=True)
