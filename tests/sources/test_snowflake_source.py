@@ -8,6 +8,7 @@ import _thread
 import datetime as dt
 import threading
 
+import dagster as dg
 import polars as pl
 import pytest
 from pydantic import ValidationError
@@ -370,3 +371,55 @@ def test_close_cancels_a_running_query(sf_server, sf_database):
     reader.join(timeout=60)
     assert not reader.is_alive()
     assert len(sf_server.aborted) == 1
+
+
+# -- retries and Dagster runs ------------------------------------------------------------------
+
+
+def test_transient_errors_are_retried_on_a_new_connection(sf_server, sf_database, monkeypatch):
+    """A connection lost mid-query (the connector's OperationalError, after its own retries)
+    is retried with backoff on a fresh login; a SQL error is not retried."""
+    import tenacity
+    from snowflake.connector.errors import OperationalError, ProgrammingError
+
+    monkeypatch.setattr(tenacity.nap.time, "sleep", lambda s: None)
+    real = SnowflakeSource._fetch
+    failures: list[BaseException] = []
+    calls: list[int] = []
+
+    def flaky(self, table, sql, params):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if failures:
+            raise failures.pop(0)
+        return real(self, table, sql, params)
+
+    monkeypatch.setattr(SnowflakeSource, "_fetch", flaky)
+    with _source(sf_server, sf_database, retries=3).session() as src:
+        src.schema("customer_features")
+        logins = sf_server.logins
+        failures[:] = [OperationalError(msg="connection reset by peer", errno=251006)] * 2
+        assert src.read("customer_features", DAYS[0], DAYS[0]).height == 4
+        assert len(calls) == 3 and sf_server.logins == logins + 1  # logged in again
+        calls.clear()
+        failures[:] = [ProgrammingError(msg="SQL compilation error", errno=1003)]
+        with pytest.raises(ProgrammingError):
+            src.read("customer_features", DAYS[0], DAYS[0])
+        assert len(calls) == 1
+
+
+def test_reads_in_a_dagster_run_with_the_password_from_env(sf_server, sf_database, monkeypatch):
+    monkeypatch.setenv("SF_RUN_PASSWORD", sf_server.password)
+    config = sf_config(sf_server, sf_database, password=dg.EnvVar("SF_RUN_PASSWORD"))
+    daily = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-06")
+    got: dict[str, pl.DataFrame] = {}
+
+    @dg.asset(partitions_def=daily)
+    def features(context, warehouse: SnowflakeSource) -> None:  # type: ignore[no-untyped-def]
+        day = dt.date.fromisoformat(context.partition_key)
+        got["df"] = warehouse.read("customer_features", day, day)
+
+    result = dg.materialize(
+        [features], resources={"warehouse": SnowflakeSource(**config)}, partition_key="2024-01-04"
+    )
+    assert result.success
+    assert got["df"].height == 4 and set(got["df"]["day"]) == {DAYS[3]}
