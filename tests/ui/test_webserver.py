@@ -291,6 +291,7 @@ def test_materialize_clicked_in_the_page_succeeds(webserver, browser, artefacts)
     assert status == "SUCCESS", f"run {toast} launched from the page ended {status}"
     browser.goto(f"http://127.0.0.1:{port}/assets/{asset}")
     browser.wait(
+        "document.body.innerText.includes('Latest materialization') && "
         "!document.body.innerText.includes('Never materialized')",
         what="the asset page to show the materialization",
     )
