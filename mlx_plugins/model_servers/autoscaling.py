@@ -234,6 +234,7 @@ class LocalAutoscaler:
         self._base: Snapshot | None = None
         self._base_at = 0.0
         self._cpu: dict[int, tuple[float, float]] = {}
+        self._detected: dict[str, MetricNames] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -246,7 +247,7 @@ class LocalAutoscaler:
         """Load since the previous call (the first call only sets the baseline and reports an
         idle interval of zero length)."""
         now = time.time()
-        snap = scrape(self.version.replicas, self.metric_names)
+        snap = scrape(self.version.replicas, self.metric_names, detected=self._detected)
         base, base_at = self._base, self._base_at
         self._base, self._base_at = snap, now
         n = max(self.replicas, 1)

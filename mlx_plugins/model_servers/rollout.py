@@ -367,6 +367,7 @@ class _Run:
         self.timeline: list[TimelineEvent] = []
         self.steps: list[StepMetrics] = []
         self.finished = False
+        self.detected: dict[str, MetricNames] = {}  # replica URL -> its metric names
 
     def event(self, name: str, at: float | None = None, **detail: Any) -> None:
         t = time.time() if at is None else at
@@ -380,7 +381,9 @@ class _Run:
         failures = 0
         while True:
             try:
-                return scrape(version.replicas, self.p.metric_names, self.p.scrape_timeout_s)
+                return scrape(
+                    version.replicas, self.p.metric_names, self.p.scrape_timeout_s, self.detected
+                )
             except Exception as exc:
                 failures += 1
                 if failures >= self.p.scrape_failures:

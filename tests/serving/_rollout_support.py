@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -148,6 +149,7 @@ class LoadDriver:
     max_seconds: float = 120.0
     pause_s: float = 0.002
     timeout_s: float = 15.0
+    body: dict[str, Any] = field(default_factory=lambda: {"rows": [{"x": 1.0}]})
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -181,7 +183,7 @@ class LoadDriver:
             time.sleep(0.05)
 
     def _loop(self) -> None:
-        body = {"rows": [{"x": 1.0}]}
+        body = self.body
         with httpx.Client(timeout=self.timeout_s) as client:
             while not self._stop.is_set() and time.monotonic() < self._deadline:
                 with self._lock:

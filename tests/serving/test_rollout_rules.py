@@ -80,6 +80,9 @@ def test_names_are_detected_from_the_scrape() -> None:
     w = parse_metrics(mlx).window()
     assert (w.requests, w.errors) == (5, 1)
     assert detect_names(_exposition({200: 1}, {})) == MetricNames.bentoml_stock()
+    # a plugin server before its first request: no request series yet, its info gauge says
+    info = 'mlx_serving_model_info{model="m",version="v0002"} 1.0\n'
+    assert detect_names(_exposition({200: 0}, {}) + info) == MetricNames.mlx_serving()
     with pytest.raises(ValueError):
         parse_metrics("this is { not prometheus")
 

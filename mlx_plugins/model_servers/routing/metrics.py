@@ -64,8 +64,14 @@ class MetricNames(BaseModel):
 
 
 def detect_names(text: str) -> MetricNames:
-    """:meth:`MetricNames.mlx_serving` when the scrape has its series, else BentoML's."""
-    if "mlx_serving_requests_total{" in text:
+    """:meth:`MetricNames.mlx_serving` when the scrape comes from the ``bentoml`` plugin's
+    service (it has ``mlx_serving_*`` series, e.g. ``mlx_serving_model_info`` from the start),
+    else BentoML's.
+
+    A server's request counters only appear with its first request: detect once per server
+    and keep the answer (:func:`scrape` with a ``detected`` cache does), or two scrapes of one
+    server could be read with different names."""
+    if "\nmlx_serving_" in "\n" + text:
         return MetricNames.mlx_serving()
     return MetricNames.bentoml_stock()
 
@@ -74,7 +80,10 @@ _PROBES = ("/metrics", "/healthz", "/livez", "/readyz")
 
 
 class MetricsSource(Protocol):
-    """Anything with a Prometheus ``/metrics`` (a :class:`~.base.ServerHandle`)."""
+    """Anything with a base URL and a Prometheus ``/metrics`` (a :class:`~.base.ServerHandle`)."""
+
+    @property
+    def url(self) -> str: ...
 
     def metrics_text(self, timeout_s: float = 2.0) -> str: ...
 
@@ -270,10 +279,15 @@ def _predict_gauge(labels: dict[str, str]) -> bool:
 
 
 def scrape(
-    sources: Iterable[MetricsSource], names: MetricNames | None = None, timeout_s: float = 2.0
+    sources: Iterable[MetricsSource],
+    names: MetricNames | None = None,
+    timeout_s: float = 2.0,
+    detected: dict[str, MetricNames] | None = None,
 ) -> Snapshot:
-    """The sum of the servers' current counts (one ``/metrics`` GET each; ``names`` None:
-    detected per server).
+    """The sum of the servers' current counts (one ``/metrics`` GET each).
+
+    ``names`` None: detected per server (:func:`detect_names`) on its first scrape and kept in
+    ``detected`` (server URL -> names) for the next ones.
 
     Raises
     ------
@@ -284,5 +298,10 @@ def scrape(
     """
     total = Snapshot()
     for source in sources:
-        total = total + parse_metrics(source.metrics_text(timeout_s), names)
+        text = source.metrics_text(timeout_s)
+        n = names
+        if n is None:
+            cache = detected if detected is not None else {}
+            n = cache.setdefault(source.url, detect_names(text))
+        total = total + parse_metrics(text, n)
     return total

@@ -36,6 +36,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -480,7 +481,7 @@ class NginxRouter:
             The router is not running, or nginx did not switch within ``reload_timeout_s``
             (the error log's new lines say why).
         """
-        with self._lock:
+        with self._lock, self._file_lock():
             if not self.running():
                 raise RouterError(
                     f"the router in {self.run_dir} is not running: start() it (log: "
@@ -572,6 +573,18 @@ class NginxRouter:
         return max(int(m.group(1)) - 1, 0)
 
     # -- internals --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """Serialise configuration changes across processes (each holds its own handle)."""
+        import fcntl
+
+        with open(self.run_dir / "router.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def _args(self) -> list[str]:
         return ["-p", f"{self.run_dir}/", "-c", str(self.config_path), "-e", str(self.error_log)]
 
@@ -665,15 +678,16 @@ class NginxRouter:
         return " | ".join(lines[-3:])[-800:]
 
     def _kill_group(self) -> None:
+        """SIGKILL what is left of nginx's process group: only processes named nginx in it
+        (the group id is the master's pid, which may be reused once the group is empty)."""
         if self._pid is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if self._process is not None:
-                from mlx_plugins.kernel.process_identity import ProcessIdentity, is_alive
+        import psutil
 
-                if is_alive(ProcessIdentity.decode(self._process)) is False and self._proc is None:
-                    return  # the pid may be someone else's now
-            os.killpg(self._pid, signal.SIGKILL)
+        for proc in psutil.process_iter(["name"]):
+            with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+                if proc.info["name"] == "nginx" and os.getpgid(proc.pid) == self._pid:
+                    proc.kill()
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=5)
