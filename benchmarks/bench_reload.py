@@ -112,7 +112,7 @@ def main() -> None:
 
     from mlx_resources.hot_swap import HotSwapError, reload_code_location
     from tests.deploy._stack import Stack
-    from tests.deploy.conftest import SMALL_COMPOSITION, _admin_connect, pg_env, prod_config
+    from tests.deploy.conftest import _admin_connect, pg_env, prod_config, small_composition_text
 
     folder = Path(tempfile.mkdtemp(prefix="bench_reload_"))
     db = f"mlx_b_{uuid.uuid4().hex[:12]}"
@@ -124,7 +124,7 @@ def main() -> None:
         (folder / "dagster").mkdir()
         (folder / "dagster" / "dagster.yaml").write_text(yaml.safe_dump(prod_config()))
         served, candidate = folder / "mlx.yaml", folder / "mlx.next.yaml"
-        texts = [SMALL_COMPOSITION.read_text()]
+        texts = [small_composition_text()]
         texts.append(texts[0].replace("scale: 0.05", "scale: 0.04"))
         served.write_text(texts[0])
         env = {
@@ -136,7 +136,8 @@ def main() -> None:
             "MLX_COMPOSITION": str(served),
         }
         os.environ.update({k: v for k, v in env.items() if k.startswith(("DAGSTER_", "MLX_"))})
-        stack = Stack(env, folder).start()
+        stack = Stack(env, folder)
+        stack.start()
         url = f"http://127.0.0.1:{stack.web_port}"
 
         def swaps(tally: Tally):  # type: ignore[no-untyped-def]

@@ -72,6 +72,15 @@ class Stack:
     code_port: int = 0
 
     def start(self, timeout_s: float = 300) -> Stack:
+        """Start the three processes and wait until the location is served; on failure, end
+        whatever was started and raise RuntimeError with the processes' logs."""
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, timeout_s: float) -> Stack:
         self.code_port, self.web_port = free_port(), free_port()
         workspace = self.folder / "workspace.yaml"
         workspace.write_text(

@@ -36,6 +36,23 @@ BIN = Path(sys.executable).parent
 DEADLINE_S = 120.0
 
 
+def small_composition_text() -> str:
+    """tests/deploy/mlx.small.yaml, limited to the ``flight_delay`` lifecycle where the platform
+    loads several lifecycle instances (``settings.lifecycles``)."""
+    from mlx_resources.platform import Platform
+
+    text = SMALL_COMPOSITION.read_text()
+    if "lifecycles" in Platform.model_fields:
+        text = text.replace("\nsettings:\n", "\nsettings:\n  lifecycles: [flight_delay]\n", 1)
+    return text
+
+
+def write_small_composition(path: Path) -> Path:
+    """:func:`small_composition_text` written to ``path`` (returned)."""
+    path.write_text(small_composition_text())
+    return path
+
+
 def _admin_connect():  # type: ignore[no-untyped-def]
     import psycopg2
 
@@ -119,7 +136,8 @@ def prod_home(
     for key, value in extra.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    monkeypatch.setenv("MLX_COMPOSITION", str(SMALL_COMPOSITION))
+    composition = write_small_composition(_isolated_home / "mlx.yaml")
+    monkeypatch.setenv("MLX_COMPOSITION", str(composition))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     yield ProdHome(_isolated_home, dagster_home, pg_db, env)

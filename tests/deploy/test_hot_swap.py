@@ -21,7 +21,7 @@ import pytest
 
 from mlx_resources.hot_swap import HotSwapError, reload_code_location
 from tests.deploy._stack import GraphQLError, Stack, range_tags
-from tests.deploy.conftest import SMALL_COMPOSITION, ProdHome, wait_for
+from tests.deploy.conftest import ProdHome, small_composition_text, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def test_reload_under_a_running_run_swaps_the_composition_with_zero_downtime(
     prod_home: ProdHome, tmp_path: Path
 ):
     composition = tmp_path / "mlx.yaml"
-    old_text = SMALL_COMPOSITION.read_text()
+    old_text = small_composition_text()
     assert "scale: 0.05" in old_text
     _write(composition, old_text)
     env = {**prod_home.env, "MLX_COMPOSITION": str(composition)}

@@ -19,13 +19,13 @@ import pytest
 
 from mlx_resources.model_registry import ModelRegistry
 from tests.deploy.conftest import (
-    SMALL_COMPOSITION,
     ProdHome,
     _admin_connect,
     lifecycle,
     pg_env,
     prod_config,
     stop,
+    write_small_composition,
 )
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ def done(tmp_path_factory):  # type: ignore[no-untyped-def]
             **pg_env(db),
             "MLX_HOME": str(home),
             "DAGSTER_HOME": str(dagster_home),
-            "MLX_COMPOSITION": str(SMALL_COMPOSITION),
+            "MLX_COMPOSITION": str(write_small_composition(home / "mlx.yaml")),
         }
         for key, value in env_vars.items():
             mp.setenv(key, value)
