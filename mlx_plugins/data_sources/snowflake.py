@@ -314,6 +314,15 @@ class SnowflakeSource(DataSource):
     def _validate(self) -> SnowflakeSource:
         if self.password is not None and self.private_key is not None:
             raise ValueError("give password or private_key, not both")
+        if (
+            self.password is None
+            and self.private_key is None
+            and not self.connection_args.get("authenticator")
+        ):
+            raise ValueError(
+                "give password: {env: NAME} or private_key: {env: NAME} (key-pair login), or "
+                "connection_args.authenticator for SSO/OAuth"
+            )
         for name, t in self.read_tables.items():
             if t.table is not None:
                 quote_qualified(t.table, f"read_tables.{name}.table")
@@ -613,6 +622,7 @@ class SnowflakeSource(DataSource):
             autocommit=True,
             paramstyle="qmark",
             login_timeout=self.login_timeout_s,
+            authenticator=self.connection_args.get("authenticator"),
             additional_snowflake_connection_args=dict(self.connection_args) or None,
         )
         stack = contextlib.ExitStack()

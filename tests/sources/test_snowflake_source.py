@@ -311,9 +311,11 @@ def test_key_pair_login(sf_database):
         )
 
 
-def test_password_and_key_together_are_refused(sf_server):
+def test_password_and_key_together_or_neither_are_refused(sf_server):
     with pytest.raises(ValidationError, match="password or private_key, not both"):
         _source(sf_server, "DB", private_key="k")
+    with pytest.raises(ValidationError, match=r"give password: \{env: NAME\} or private_key"):
+        _source(sf_server, "DB", password=None)
 
 
 # -- cancellation ------------------------------------------------------------------------------
