@@ -1,4 +1,5 @@
-"""Definitions from a composition: switching a plugin is a change of the composition only."""
+"""Definitions from a composition and the lifecycle instances: switching a plugin is a change of
+the composition only; adding a model is a new ``defs.yaml`` (``mlx_assets/defs/<name>/``)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,11 @@ import dagster as dg
 from pydantic import ValidationError
 
 from mlx_assets import jobs
-from mlx_assets.evaluation import evaluation
-from mlx_assets.features import flight_features
-from mlx_assets.ingest import raw
-from mlx_assets.monitoring import drift_sensor, feature_drift
-from mlx_assets.monitoring.arrival_schedule import build_arrival_schedule
-from mlx_assets.monitoring.incident_summary import build_incident_summary, llm_provider_keys
-from mlx_assets.registry import registered_model
-from mlx_assets.training import model, training_set
+from mlx_assets.component.spec import Lifecycle, LifecycleSpec
 from mlx_assets.versioning import config_fingerprint
 from mlx_plugins.kernel.composition import Composition
 from mlx_plugins.kernel.errors import CompositionError, from_validation_error
 from mlx_plugins.kernel.kinds import SLOTS
-
-STAGES = [raw, flight_features, training_set, model, evaluation, registered_model, feature_drift]
-REQUIRED_DATA_SOURCE = "flights"
 
 
 def platform_resources(composition: Composition) -> dict[str, object]:
@@ -115,14 +106,16 @@ def plugin_resources(
     return out
 
 
-def config_fingerprints(composition: Composition, platform: Any) -> dict[str, str]:
-    """Per asset, a fingerprint of the composition values its output depends on.
+def config_fingerprints(composition: Composition, lc: Lifecycle) -> dict[dg.AssetKey, str]:
+    """Per asset of ``lc``, a fingerprint of the composition and instance values its output
+    depends on.
 
     It becomes part of the asset's code version (``<source hash>-<fingerprint>``), so changing
-    ``mlx.yaml`` makes exactly the affected assets stale, as a code change would: the data
-    source's config -> the raw tables; ``settings.window`` -> ``training_set``; the
-    ``ml_platform`` plugin and config -> ``model``; ``settings.quality_gate`` ->
-    ``model_evaluation``; the registry and ``settings.model_name`` -> ``registered_model``; the
+    ``mlx.yaml`` or the instance's ``defs.yaml`` makes exactly the affected assets stale, as a
+    code change would: the data source's config and the instance's ``data`` -> the raw tables;
+    ``features`` and ``target`` -> the features; the window -> ``training_set``; the
+    ``ml_platform`` plugin, its config and the instance's ``ml_platform`` -> ``model``; the gate ->
+    ``model_evaluation``; the registry and the instance's name -> ``registered_model``; the
     drift detector and the severity rule (``warn_share``, ``retrain_on_dataset_drift``) ->
     ``feature_drift``. Settings that only steer the sensor or schedule (cooldown, cron) are
     left out. A drift-triggered retraining moves the window through run config, not here, so it
@@ -136,27 +129,36 @@ def config_fingerprints(composition: Composition, platform: Any) -> dict[str, st
             if name is None or e.name == name
         ]
 
-    source = plugins("data_source", REQUIRED_DATA_SOURCE)
-    drift_rule = platform.drift.model_dump(include={"warn_share", "retrain_on_dataset_drift"})
-    return {
-        "raw_flights": config_fingerprint(source),
-        "raw_weather": config_fingerprint(source),
-        "planes": config_fingerprint(source),
-        "training_set": config_fingerprint(platform.window.model_dump()),
-        "model": config_fingerprint(plugins("ml_platform")),
-        "model_evaluation": config_fingerprint(platform.quality_gate.model_dump()),
-        "registered_model": config_fingerprint([plugins("model_registry"), platform.model_name]),
-        "feature_drift": config_fingerprint([plugins("drift_detector"), drift_rule]),
-    }
+    spec = lc.spec
+    source = config_fingerprint(
+        [plugins("data_source", spec.data.source), spec.data.model_dump(mode="json")]
+    )
+    drift_rule = lc.drift.model_dump(include={"warn_share", "retrain_on_dataset_drift"})
+    out = {key: source for key in lc.raw_keys.values()}
+    out.update(
+        {
+            lc.features_key: config_fingerprint(
+                [spec.features.model_dump(mode="json"), spec.target.model_dump(mode="json")]
+            ),
+            lc.training_set_key: config_fingerprint(lc.window.model_dump()),
+            lc.model_key: config_fingerprint([plugins("ml_platform"), spec.ml_platform]),
+            lc.evaluation_key: config_fingerprint(lc.gate.model_dump()),
+            lc.registered_key: config_fingerprint([plugins("model_registry"), lc.model_name]),
+            lc.drift_key: config_fingerprint(
+                [plugins("drift_detector"), drift_rule, spec.features.not_monitored]
+            ),
+        }
+    )
+    return out
 
 
 def with_config_versions(
-    asset: dg.AssetsDefinition, fingerprints: dict[str, str]
+    asset: dg.AssetsDefinition, fingerprints: dict[dg.AssetKey, str]
 ) -> dg.AssetsDefinition:
     """``asset`` with ``-<fingerprint>`` appended to the code version of each key listed."""
 
     def mapped(spec: dg.AssetSpec) -> dg.AssetSpec:
-        extra = fingerprints.get(spec.key.to_user_string())
+        extra = fingerprints.get(spec.key)
         if extra is None or spec.code_version is None:
             return spec
         return spec.replace_attributes(code_version=f"{spec.code_version}-{extra}")
@@ -164,27 +166,160 @@ def with_config_versions(
     return asset.map_asset_specs(mapped)
 
 
-def build_definitions(composition: Composition) -> dg.Definitions:
-    if not any(e.name == REQUIRED_DATA_SOURCE for e in composition.of_kind("data_source")):
-        raise CompositionError(
-            composition.source,
-            "plugins.data_source",
-            f"the lifecycle reads the data source named {REQUIRED_DATA_SOURCE!r}; none is",
-            f"add name: {REQUIRED_DATA_SOURCE} to one data_source entry",
-        )
+def lifecycle_specs(composition: Composition, platform: Any) -> list[tuple[LifecycleSpec, str]]:
+    """The instances the composition's settings select (``settings.lifecycles``) from its defs
+    folder (``settings.defs_folder``, relative to the composition file; default
+    ``mlx_assets/defs``)."""
+    from mlx_assets.component.loader import load_specs
+
+    folder = None
+    if platform.defs_folder:
+        folder = Path(platform.defs_folder).expanduser()
+        if not folder.is_absolute():
+            folder = Path(composition.source).resolve().parent / folder
+    return load_specs(folder, platform.lifecycles)
+
+
+def resolve_lifecycles(
+    composition: Composition, platform: Any, specs: list[tuple[LifecycleSpec, str]]
+) -> list[Lifecycle]:
+    """``specs`` resolved against the settings, checked against the composition.
+
+    Raises:
+        CompositionError: an instance reads a data source the composition does not name, two
+            instances have no key prefix or the same prefix (names the files and the fix).
+    """
+    sources = [e.name for e in composition.of_kind("data_source")]
+    out: list[Lifecycle] = []
+    prefixes: dict[tuple[str, ...], str] = {}
+    for spec, file in specs:
+        lc = Lifecycle(spec, platform, file)
+        if spec.data.source not in sources:
+            raise CompositionError(
+                file or composition.source,
+                "attributes.data.source",
+                f"lifecycle {spec.name!r} reads data source {spec.data.source!r}, which "
+                f"{composition.source} does not name (its data sources: {sources})",
+                f"add a data_source entry named {spec.data.source} to {composition.source}, "
+                "point data.source at one of those, or leave this instance out by listing the "
+                "ones to load in settings.lifecycles",
+            )
+        if lc.prefix in prefixes:
+            raise CompositionError(
+                file or composition.source,
+                "attributes.key_prefix",
+                f"{list(lc.prefix)} is also the key prefix of {prefixes[lc.prefix]}",
+                "give each lifecycle instance its own key_prefix (default: its name)",
+            )
+        prefixes[lc.prefix] = file or spec.name
+        out.append(lc)
+    return out
+
+
+def lifecycle_definitions(
+    composition: Composition, lc: Lifecycle, provider_keys: tuple[str, ...]
+) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """``(assets, jobs, schedules, sensors)`` of one instance."""
+    from mlx_assets.evaluation.evaluation import build_evaluation
+    from mlx_assets.features.features import build_features_asset
+    from mlx_assets.ingest.raw import build_raw_assets
+    from mlx_assets.monitoring.arrival_schedule import build_arrival_schedule
+    from mlx_assets.monitoring.drift_sensor import build_drift_sensor
+    from mlx_assets.monitoring.feature_drift import build_feature_drift
+    from mlx_assets.monitoring.incident_summary import build_incident_summary
+    from mlx_assets.registry.registered_model import build_registered_model
+    from mlx_assets.training.model import build_model
+    from mlx_assets.training.training_set import build_training_set
+
+    fingerprints = config_fingerprints(composition, lc)
+    assets = [
+        *build_raw_assets(lc),
+        build_features_asset(lc),
+        build_training_set(lc),
+        build_model(lc),
+        build_evaluation(lc),
+        build_registered_model(lc),
+        build_feature_drift(lc),
+        build_incident_summary(lc, provider_keys),
+    ]
+    return (
+        [with_config_versions(a, fingerprints) for a in assets],
+        jobs.build_jobs(lc),
+        [build_arrival_schedule(lc)],
+        [build_drift_sensor(lc)],
+    )
+
+
+def instance_resources(composition: Composition, lc: Lifecycle) -> dict[str, Any]:
+    """Resources of one instance: its ml_platform with the instance's ``ml_platform`` overrides
+    (``<name>__ml_platform``), when it has any."""
+    from mlx_assets.training.model import ml_platform_key
+
+    if not lc.spec.ml_platform:
+        return {}
+    (entry,) = composition.of_kind("ml_platform")
+    merged = entry.model_copy(update={"config": {**entry.config, **lc.spec.ml_platform}})
+    where = f"{lc.source_file or lc.name}: attributes.ml_platform (over plugins.ml_platform)"
+    return {ml_platform_key(lc): composition.instantiate(merged, key=where)}
+
+
+def build_definitions(
+    composition: Composition,
+    lifecycles: list[tuple[LifecycleSpec, str]] | None = None,
+) -> dg.Definitions:
+    """The code location: the composition's plugins and platform resources, and every lifecycle
+    instance's assets, checks, jobs, drift sensor and arrival schedule.
+
+    Args:
+        composition: the composition (``load_composition()``).
+        lifecycles: ``(spec, file)`` of the instances; default those of the defs folder that
+            ``settings.lifecycles`` selects (see :func:`lifecycle_specs`).
+
+    Raises:
+        CompositionError: a composition or instance problem, naming the file, key and fix.
+    """
+    from mlx_assets.monitoring.incident_summary import llm_provider_keys
+
     platform = platform_resources(composition)
     resources: dict[str, Any] = {**plugin_resources(composition, platform), **platform}
-    fingerprints = config_fingerprints(composition, resources["platform"])
-    assets = [
-        *dg.load_assets_from_modules(STAGES),
-        build_incident_summary(llm_provider_keys(composition)),
-    ]
-    return dg.Definitions(
-        assets=[with_config_versions(a, fingerprints) for a in assets],
-        asset_checks=dg.load_asset_checks_from_modules(STAGES),
-        jobs=jobs.JOBS,
-        schedules=[build_arrival_schedule(resources["platform"].arrival_cron)],
-        sensors=[drift_sensor.drift_retrain_sensor],
+    specs = (
+        lifecycles
+        if lifecycles is not None
+        else lifecycle_specs(composition, resources["platform"])
+    )
+    instances = resolve_lifecycles(composition, resources["platform"], specs)
+    provider_keys = llm_provider_keys(composition)
+    assets: list[Any] = []
+    all_jobs: list[Any] = []
+    schedules: list[Any] = []
+    sensors: list[Any] = []
+    for lc in instances:
+        a, j, sc, se = lifecycle_definitions(composition, lc, provider_keys)
+        assets += a
+        all_jobs += j
+        schedules += sc
+        sensors += se
+        resources.update(instance_resources(composition, lc))
+    defs = dg.Definitions(
+        assets=assets,
+        jobs=all_jobs,
+        schedules=schedules,
+        sensors=sensors,
         resources=resources,
         executor=jobs.EXECUTOR,
+        metadata={"mlx/lifecycles": dg.MetadataValue.json([lc.name for lc in instances])},
     )
+    defs._mlx_lifecycles = instances  # type: ignore[attr-defined]  # read by lifecycles_of
+    return defs
+
+
+def lifecycles_of(defs: dg.Definitions) -> list[Lifecycle]:
+    """The lifecycle instances ``defs`` was built with (by :func:`build_definitions`), in order.
+
+    Raises:
+        ValueError: ``defs`` was not built by :func:`build_definitions`.
+    """
+    found = getattr(defs, "_mlx_lifecycles", None)
+    if found is None:
+        raise ValueError("these Definitions were not built by mlx_assets.build.build_definitions")
+    return list(found)

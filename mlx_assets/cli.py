@@ -3,8 +3,9 @@
 mlx plugins list                  installed plugins by kind (no plugin module is imported)
 mlx config validate [FILE]        validate a composition file (exit 1 with a clear error)
 mlx health [FILE]                 open each used plugin and run its health check
-mlx lifecycle [FILE] [-v]         materialize what is missing, stale or bad, in order
-                                  (-v/--verbose: also Dagster's event lines)
+mlx lifecycle [FILE] [-v] [-m M]  materialize what is missing, stale or bad, in order, for
+                                  every lifecycle instance (-m/--model NAME: only those;
+                                  -v/--verbose: also Dagster's event lines)
 mlx home                          print (and create) the local DAGSTER_HOME
 mlx audit [--plugin P] [--run R] [--since 2h|ISO] [--outcome ok|error] [--json]
                                   plugin calls recorded in the audit log
@@ -95,17 +96,31 @@ def _lifecycle(args: argparse.Namespace) -> int:
         os.environ["MLX_PROFILE"] = args.profile
     import dagster as dg
 
+    from mlx_assets.build import lifecycles_of
     from mlx_assets.console import summary_lines
     from mlx_assets.definitions import defs
     from mlx_assets.lifecycle import run_lifecycle
     from mlx_resources.run_liveness import recover
 
+    instances = lifecycles_of(defs)
+    if args.model:
+        unknown = [m for m in args.model if m not in {lc.name for lc in instances}]
+        if unknown:
+            log(f"no lifecycle instance named {unknown}; there are: {[i.name for i in instances]}")
+            return 2
+        instances = [lc for lc in instances if lc.name in args.model]
     with lifecycle_lock(home, log), dg.DagsterInstance.get() as instance:
         recover(instance, defs, log)  # fail runs of killed processes, clean their leftovers
-        run_lifecycle(instance, defs, console=console)
+        for lc in instances:
+            if len(instances) > 1:
+                log(f"lifecycle {lc.name} ({lc.source_file})")
+            run_lifecycle(instance, defs, console=console, lc=lc)
         log(f"finished in {time.perf_counter() - started:.1f}s")
-        for line in summary_lines(instance, defs):
-            log(f"  {line}")
+        for lc in instances:
+            if len(instances) > 1:
+                log(f"{lc.name}:")
+            for line in summary_lines(instance, defs, lc):
+                log(f"  {line}")
     return 0
 
 
@@ -163,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     audit.set_defaults(fn=_audit)
     sub.choices["lifecycle"].add_argument(
         "-v", "--verbose", action="store_true", help="also print Dagster's event lines"
+    )
+    sub.choices["lifecycle"].add_argument(
+        "-m",
+        "--model",
+        action="append",
+        help="run only this lifecycle instance (by name; repeatable); default: every instance",
     )
     args = parser.parse_args(argv)
     try:

@@ -102,20 +102,23 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def summary_lines(instance: Any, defs: Any) -> list[str]:
+def summary_lines(instance: Any, defs: Any, lc: Any = None) -> list[str]:
     """The closing summary of ``mlx lifecycle``: where every result is and how good the model is.
 
     Reads the latest materializations (a few queries): model version and artifact, the
     ``beats_baseline`` gate, ROC AUC / log loss / Brier of the test days, the drift days by
     severity with the report folder, the data, registry and instance folders, and how to open
-    the UI. Lines are plain text (no prefix); absent results are said to be absent.
+    the UI. Lines are plain text (no prefix); absent results are said to be absent. ``lc``: the
+    lifecycle instance (default the first of ``defs``).
     """
     import dagster as dg
 
     from mlx_assets.asset_state import AssetState
+    from mlx_assets.build import lifecycles_of
 
+    lc = lc or lifecycles_of(defs)[0]
     graph = defs.resolve_asset_graph()
-    keys = [dg.AssetKey(k) for k in ("model_evaluation", "registered_model", "feature_drift")]
+    keys = [lc.evaluation_key, lc.registered_key, lc.drift_key]
     state = AssetState(instance, graph, keys)
     evaluation = state.get(keys[0])
     registered = state.get(keys[1])
@@ -140,11 +143,20 @@ def summary_lines(instance: Any, defs: Any) -> list[str]:
     lines.append(f"gate       beats_baseline {gate}")
     if evaluation is not None:
         m = evaluation.metadata
-        lines.append(
-            f"metrics    ROC AUC {_fmt(m.get('roc_auc'))}, log loss {_fmt(m.get('log_loss'))} "
-            f"(base rate {_fmt(m.get('baseline_log_loss'))}), Brier {_fmt(m.get('brier'))} "
-            "on the test days"
-        )
+        if lc.task == "binary":
+            lines.append(
+                f"metrics    ROC AUC {_fmt(m.get('roc_auc'))}, log loss {_fmt(m.get('log_loss'))} "
+                f"(base rate {_fmt(m.get('baseline_log_loss'))}), Brier {_fmt(m.get('brier'))} "
+                "on the test days"
+            )
+        else:
+            names = [k for k in m if not k.startswith("baseline_") and isinstance(m[k], float)]
+            shown = ", ".join(
+                f"{k} {_fmt(m[k])}"
+                + (f" (baseline {_fmt(m['baseline_' + k])})" if f"baseline_{k}" in m else "")
+                for k in names[:4]
+            )
+            lines.append(f"metrics    {shown} on the test days")
     days = state.latest.get(keys[2], {})
     by_severity: dict[str, int] = {}
     report_dirs: set[str] = set()
@@ -158,7 +170,7 @@ def summary_lines(instance: Any, defs: Any) -> list[str]:
         first, last = min(p for p in days if p), max(p for p in days if p)
         others = ", ".join(f"{n} {s}" for s, n in sorted(by_severity.items()) if s != "retrain")
         where = ", ".join(sorted(report_dirs)) or (
-            str(platform.path("reports", "drift")) if platform is not None else "?"
+            str(platform.path("reports", "drift", *lc.prefix)) if platform is not None else "?"
         )
         lines.append(
             f"drift      {by_severity.get('retrain', 0)} of {len(days)} days {first}..{last} "

@@ -1,4 +1,5 @@
-"""Jobs: the lifecycle in four runs, so partitioned and unpartitioned work each run once.
+"""Jobs per lifecycle instance: the lifecycle in four runs, so partitioned and unpartitioned work
+each run once.
 
 ``reference`` (planes) -> ``daily`` (raw tables and features, one run per partition range)
 -> ``training`` (training set, model, evaluation, registration) -> ``monitoring`` (drift per
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from mlx_assets.component.spec import Lifecycle
 from mlx_resources.run_liveness import liveness_in_process_executor
 
 # Every job runs its steps in-process: a step costs no process start (a fresh interpreter per
@@ -22,47 +24,35 @@ from mlx_resources.run_liveness import liveness_in_process_executor
 EXECUTOR = liveness_in_process_executor
 
 
-# Asset keys per job, in lifecycle order (the lifecycle runner plans with these).
-JOB_ASSETS: dict[str, tuple[str, ...]] = {
-    "reference": ("planes",),
-    "daily": ("raw_flights", "raw_weather", "flight_features"),
-    "training": ("training_set", "model", "model_evaluation", "registered_model"),
-    "monitoring": (
-        "raw_flights",
-        "raw_weather",
-        "flight_features",
-        "feature_drift",
-        "drift_incident_summary",
-    ),
+TRAINING_TAGS = {
+    "dagster/max_runtime": str(60 * 60),  # run monitoring fails a run stuck past an hour
+    "dagster/max_retries": "1",  # run-level retry (run_retries on in dagster.yaml)
+    "dagster/retry_strategy": "FROM_FAILURE",
+}
+STAGES = ("reference", "daily", "training", "monitoring")
+DESCRIPTIONS = {
+    "reference": "Reference tables (unpartitioned).",
+    "daily": "Raw tables and features for a day or a range of days (one run per range).",
+    "training": "Training set -> model -> evaluation -> registered version.",
+    "monitoring": "A day (or range) of raw data, features and drift against the current model.",
 }
 
-reference_job = dg.define_asset_job(
-    "reference",
-    selection=dg.AssetSelection.assets(*JOB_ASSETS["reference"]),
-    description="Reference tables (unpartitioned).",
-    executor_def=EXECUTOR,
-)
-daily_job = dg.define_asset_job(
-    "daily",
-    selection=dg.AssetSelection.assets(*JOB_ASSETS["daily"]),
-    description="Raw tables and features for a day or a range of days (one run per range).",
-    executor_def=EXECUTOR,
-)
-training_job = dg.define_asset_job(
-    "training",
-    selection=dg.AssetSelection.assets(*JOB_ASSETS["training"]),
-    tags={
-        "dagster/max_runtime": str(60 * 60),  # run monitoring fails a run stuck past an hour
-        "dagster/max_retries": "1",  # run-level retry (run_retries on in dagster.yaml)
-        "dagster/retry_strategy": "FROM_FAILURE",
-    },
-    description="Training set -> model -> evaluation -> registered version.",
-    executor_def=EXECUTOR,
-)
-monitoring_job = dg.define_asset_job(
-    "monitoring",
-    selection=dg.AssetSelection.assets(*JOB_ASSETS["monitoring"]),
-    description="A day (or range) of raw data, features and drift against the current model.",
-    executor_def=EXECUTOR,
-)
-JOBS = [reference_job, daily_job, training_job, monitoring_job]
+
+def build_jobs(lc: Lifecycle) -> list[dg.UnresolvedAssetJobDefinition]:
+    """The instance's four jobs (``reference`` only when it has reference tables), named
+    ``Lifecycle.job(stage)``; each selects ``Lifecycle.job_assets[stage]``."""
+    jobs = []
+    for stage in STAGES:
+        keys = lc.job_assets[stage]
+        if not keys:
+            continue
+        jobs.append(
+            dg.define_asset_job(
+                lc.job(stage),
+                selection=dg.AssetSelection.assets(*keys),
+                description=f"{lc.model_name}: {DESCRIPTIONS[stage]}",
+                tags=TRAINING_TAGS if stage == "training" else None,
+                executor_def=EXECUTOR,
+            )
+        )
+    return jobs

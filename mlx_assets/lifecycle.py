@@ -35,6 +35,7 @@ from typing import Any
 
 import dagster as dg
 
+from mlx_assets.component.spec import Lifecycle
 from mlx_assets.console import Console
 
 MISSING, BAD, STALE, UPSTREAM = "missing", "bad", "stale", "upstream"
@@ -96,7 +97,7 @@ class LifecyclePlan:
 
     def monitoring_runs(self) -> list[list[str]]:
         """Contiguous ranges of :attr:`monitoring` days, one run each."""
-        days = dict.fromkeys(self.monitoring, ("feature_drift",))
+        days = dict.fromkeys(self.monitoring, ("drift",))
         return [d for _, d in _contiguous(self.monitoring, days, self._order)]
 
     _order: dict[str, int] = field(default_factory=dict, repr=False)
@@ -117,12 +118,6 @@ def _contiguous(
         else:
             runs.append((want, [day]))
     return runs
-
-
-def _job_keys(job_name: str) -> list[dg.AssetKey]:
-    from mlx_assets.jobs import JOB_ASSETS
-
-    return [dg.AssetKey(k) for k in JOB_ASSETS[job_name]]
 
 
 class _Assessor:
@@ -243,8 +238,22 @@ class _Assessor:
         return list(subset.get_partition_keys())
 
 
+def _instance(defs: dg.Definitions, lc: Lifecycle | None) -> Lifecycle:
+    if lc is not None:
+        return lc
+    from mlx_assets.build import lifecycles_of
+
+    found = lifecycles_of(defs)
+    if not found:
+        raise ValueError("the code location defines no lifecycle instance")
+    return found[0]
+
+
 def plan(
-    instance: dg.DagsterInstance, defs: dg.Definitions, partitions: list[str] | None = None
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    partitions: list[str] | None = None,
+    lc: Lifecycle | None = None,
 ) -> LifecyclePlan:
     """What the lifecycle would recompute now, and why (one :class:`Finding` per asset partition).
 
@@ -252,6 +261,7 @@ def plan(
         instance: the Dagster instance whose event log is read (a few queries per asset).
         defs: the code location's definitions (asset graph, jobs, the ``platform`` resource).
         partitions: the daily partition keys (``YYYY-MM-DD``) to consider; default all of them.
+        lc: the lifecycle instance; default the first of ``defs``.
 
     Returns:
         A :class:`LifecyclePlan`; downstream of anything recomputed is planned too (``upstream``),
@@ -260,13 +270,19 @@ def plan(
     from mlx_assets.asset_state import AssetState
     from mlx_assets.monitoring.coverage import lifecycle_monitoring_days
 
+    lc = _instance(defs, lc)
     graph = defs.resolve_asset_graph()
-    all_days = partitions or defs.resolve_job_def("daily").partitions_def.get_partition_keys()  # type: ignore[union-attr]
+    all_days = partitions or lc.partitions_def.get_partition_keys()
     # up to the model's test end; later days arrive through the `arrival` schedule
-    monitor_days = lifecycle_monitoring_days(defs.resources["platform"], all_days)
-    reference, daily, training = _job_keys("reference"), _job_keys("daily"), _job_keys("training")
-    drift = dg.AssetKey("feature_drift")
-    incident = dg.AssetKey("drift_incident_summary")  # runs with drift, in the monitoring job
+    monitor_days = lifecycle_monitoring_days(lc.window, all_days)
+    jobs = lc.job_assets
+    reference, daily, training = (
+        list(jobs["reference"]),
+        list(jobs["daily"]),
+        list(jobs["training"]),
+    )
+    drift = lc.drift_key
+    incident = lc.incident_key  # runs with drift, in the monitoring job
     ordered = [*reference, *daily, *training, drift, incident]
     parents = {d for k in ordered for d in graph.get(k).parent_keys}
     state = AssetState(instance, graph, [*ordered, *sorted(parents - set(ordered))])
@@ -378,7 +394,8 @@ def _follow(
 
 def _run(
     instance: dg.DagsterInstance,
-    job: str,
+    lc: Lifecycle,
+    stage: str,
     console: Console,
     label: str,
     total: int,
@@ -389,7 +406,8 @@ def _run(
 
     ``total`` is the number of asset partitions (or unpartitioned assets) it materializes.
     """
-    unit = "assets" if job in ("reference", "training") else "partitions"
+    unit = "assets" if stage in ("reference", "training") else "partitions"
+    job = lc.job(stage)
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     recon = ReconstructableRepository.for_module(
@@ -402,7 +420,7 @@ def _run(
     )
     start = time.perf_counter()
     with (
-        console.progress(label, total, short=job, unit=unit) as advance,
+        console.progress(label, total, short=stage, unit=unit) as advance,
         _follow(instance, call, lambda _a, _p: advance(1), lambda step: advance(0, step=step)),
         dg.execute_job(
             recon,
@@ -416,10 +434,10 @@ def _run(
         run_id, success = result.run_id, result.success
     elapsed = time.perf_counter() - start
     if not success:
-        console.line(f"{job}: FAILED after {elapsed:.1f}s (run {run_id[:8]})")
+        console.line(f"{stage}: FAILED after {elapsed:.1f}s (run {run_id[:8]})")
         raise LifecycleRunFailed(job, run_id, _failure_detail(instance, run_id))
     count = f"{total} {unit if total != 1 else unit.removesuffix('s')}"
-    console.line(f"{job}: done in {elapsed:.1f}s (run {run_id[:8]}, {count})")
+    console.line(f"{stage}: done in {elapsed:.1f}s (run {run_id[:8]}, {count})")
     return run_id
 
 
@@ -440,6 +458,7 @@ def run_lifecycle(
     log: Callable[[str], None] = print,
     partitions: list[str] | None = None,
     console: Console | None = None,
+    lc: Lifecycle | None = None,
 ) -> LifecyclePlan:
     """Materialize what is missing, stale or bad, stage by stage; return the first plan.
 
@@ -450,12 +469,15 @@ def run_lifecycle(
         partitions: the daily partition keys to consider (default: all).
         console: progress output (bars on a terminal, plain lines otherwise); default plain
             lines to ``log`` with Dagster's own event lines off.
+        lc: the lifecycle instance to run; default the first of ``defs`` (``mlx lifecycle``
+            runs each in turn).
 
     Raises:
         LifecycleRunFailed: a run failed; the message names the run and how to see it.
     """
     console = console or Console(log=log)
-    first = plan(instance, defs, partitions)
+    lc = _instance(defs, lc)
+    first = plan(instance, defs, partitions, lc)
     if first.empty:
         console.line("everything is up to date; nothing to recompute")
         return first
@@ -469,15 +491,17 @@ def run_lifecycle(
     if todo.reference:
         _run(
             instance,
+            lc,
             "reference",
             console,
             f"reference tables ({', '.join(todo.reference)})",
             len(todo.reference),
         )
-        todo = plan(instance, defs, partitions)
+        todo = plan(instance, defs, partitions, lc)
     for assets, days in todo.daily_runs():
         _run(
             instance,
+            lc,
             "daily",
             console,
             f"daily data ({', '.join(assets)}): {_days(days)}",
@@ -486,26 +510,28 @@ def run_lifecycle(
             asset_keys=list(assets),
         )
     if todo.partitions:
-        todo = plan(instance, defs, partitions)
+        todo = plan(instance, defs, partitions, lc)
     if todo.training:
         _run(
             instance,
+            lc,
             "training",
             console,
             f"training ({', '.join(todo.training)})",
             len(todo.training),
             asset_keys=todo.training,
         )
-        todo = plan(instance, defs, partitions)
+        todo = plan(instance, defs, partitions, lc)
     for days in todo.monitoring_runs():
         _run(
             instance,
+            lc,
             "monitoring",
             console,
             f"drift monitoring: {_days(days)}",
             len(days),
             tags=_range_tags(days),
-            asset_keys=["feature_drift", "drift_incident_summary"],
+            asset_keys=[lc.drift_key.to_user_string(), lc.incident_key.to_user_string()],
         )
     return first
 

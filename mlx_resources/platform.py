@@ -114,7 +114,16 @@ class DriftPolicy(dg.Config):
 
 class Platform(dg.ConfigurableResource):
     home: str = Field(default="", description=f"Local data home; {HOME_ENV} overrides.")
-    model_name: str = "flight_delay"
+    lifecycles: list[str] | None = Field(
+        default=None,
+        description="Names of the lifecycle instances to load from the defs folder (default: "
+        "every instance there).",
+    )
+    defs_folder: str = Field(
+        default="",
+        description="Folder of lifecycle instances (<name>/defs.yaml); relative to the "
+        "composition file; default: the project's mlx_assets/defs.",
+    )
     window: TrainingWindow = TrainingWindow()
     quality_gate: QualityGate = QualityGate()
     drift: DriftPolicy = DriftPolicy()

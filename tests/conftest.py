@@ -11,4 +11,18 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("MLX_HOME", str(home))
     for var in ("MLX_PROFILE", "MLX_COMPOSITION"):
         monkeypatch.delenv(var, raising=False)
+    # The suite's compositions name the flights data source only: load the flights lifecycle
+    # instance alone unless a test picks others (tests/lifecycle/test_component.py does).
+    monkeypatch.setenv("MLX__SETTINGS__LIFECYCLES", "[flight_delay]")
     yield home
+
+
+def flights_lifecycle(platform=None):
+    """The flights lifecycle instance (``mlx_assets/defs/flight_delay``) resolved against
+    ``platform`` (default: the default settings)."""
+    from mlx_assets.component.loader import load_specs
+    from mlx_assets.component.spec import Lifecycle
+    from mlx_resources.platform import Platform
+
+    ((spec, file),) = load_specs(only=["flight_delay"])
+    return Lifecycle(spec, platform or Platform(), file)

@@ -30,7 +30,7 @@ TEMPLATE: dict[str, Any] = {
         "slice_by": "origin",
     },
     "target": {"column": "arr_delay", "kind": "regression"},
-    "model": {"epochs": 2},
+    "ml_platform": {"epochs": 2},
 }
 """What ``dg scaffold defs`` writes (under ``name``): it runs against the default mlx.yaml."""
 
@@ -62,7 +62,7 @@ class MLLifecycle(dg.Component, dg.Resolvable, dg.Model):
     window: dict[str, Any] | None = None
     drift: dict[str, Any] | None = None
     arrival_cron: str | None = None
-    model: dict[str, Any] = {}
+    ml_platform: dict[str, Any] = {}
 
     def spec(self) -> LifecycleSpec:
         return LifecycleSpec.model_validate(self.model_dump(exclude_none=True))

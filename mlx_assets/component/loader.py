@@ -66,9 +66,7 @@ def load_spec(path: Path) -> LifecycleSpec:
     try:
         return LifecycleSpec.model_validate(attributes)
     except ValidationError as exc:
-        raise from_validation_error(
-            file, "attributes", exc, LifecycleSpec.model_fields
-        ) from None
+        raise from_validation_error(file, "attributes", exc, LifecycleSpec.model_fields) from None
 
 
 def load_specs(

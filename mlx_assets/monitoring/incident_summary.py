@@ -18,9 +18,9 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from mlx_assets.component.spec import Lifecycle
 from mlx_assets.monitoring.events import DriftObservation
-from mlx_assets.monitoring.feature_drift import DRIFT_ASSET
-from mlx_assets.partitions import DAILY_2013, SINGLE_RUN
+from mlx_assets.partitions import SINGLE_RUN
 from mlx_assets.versioning import code_version
 from mlx_resources.platform import Platform
 
@@ -34,11 +34,13 @@ SYSTEM = (
 METRICS = ("roc_auc", "log_loss", "brier", "baseline_log_loss")
 
 
-def observations(instance: dg.DagsterInstance, days: list[str]) -> dict[str, DriftObservation]:
+def observations(
+    instance: dg.DagsterInstance, days: list[str], drift_key: dg.AssetKey
+) -> dict[str, DriftObservation]:
     """Each day's ``DriftObservation``: the metadata of its latest ``feature_drift``
     materialization (days never materialized, or unreadable, are left out)."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(DRIFT_ASSET), asset_partitions=days),
+        dg.AssetRecordsFilter(asset_key=drift_key, asset_partitions=days),
         limit=max(len(days) * 4, 10),
         ascending=False,
     ).records
@@ -54,17 +56,20 @@ def observations(instance: dg.DagsterInstance, days: list[str]) -> dict[str, Dri
     return out
 
 
-def model_metrics(instance: dg.DagsterInstance) -> dict[str, float]:
-    """Headline metrics of the latest ``model_evaluation`` (empty before the first)."""
-    event = instance.get_latest_materialization_event(dg.AssetKey("model_evaluation"))
+def model_metrics(instance: dg.DagsterInstance, evaluation_key: dg.AssetKey) -> dict[str, float]:
+    """Headline metrics of the latest ``model_evaluation`` (empty before the first): for a
+    binary model ``METRICS``, for others every number of its metadata."""
+    event = instance.get_latest_materialization_event(evaluation_key)
     mat = event.asset_materialization if event else None
     if mat is None:
         return {}
     out = {}
-    for key in METRICS:
-        value = getattr(mat.metadata.get(key), "value", None)
-        if isinstance(value, (int, float)):
+    for key, entry in mat.metadata.items():
+        value = getattr(entry, "value", None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
+    if any(k in out for k in METRICS):  # a binary model: its four headline metrics
+        return {k: out[k] for k in METRICS if k in out}
     return out
 
 
@@ -147,15 +152,18 @@ def llm_provider_keys(composition: Any) -> tuple[str, ...]:
     return tuple(e.name for e in entries)
 
 
-def build_incident_summary(provider_keys: tuple[str, ...] = ()) -> dg.AssetsDefinition:
-    """The ``drift_incident_summary`` asset, requiring the ``llm_provider`` resources named
-    ``provider_keys`` (in failover order; empty: template summaries only)."""
+def build_incident_summary(
+    lc: Lifecycle, provider_keys: tuple[str, ...] = ()
+) -> dg.AssetsDefinition:
+    """The instance's ``drift_incident_summary`` asset, requiring the ``llm_provider``
+    resources named ``provider_keys`` (in failover order; empty: template summaries only)."""
 
     @dg.asset(
-        name=INCIDENT_ASSET,
-        partitions_def=DAILY_2013,
+        key=lc.incident_key,
+        ins={"feature_drift": dg.AssetIn(key=lc.drift_key)},
+        partitions_def=lc.partitions_def,
         backfill_policy=SINGLE_RUN,
-        group_name="monitoring",
+        group_name=lc.group,
         kinds={"markdown"},
         code_version=code_version(__file__),
         required_resource_keys={"platform", *provider_keys},
@@ -170,8 +178,8 @@ def build_incident_summary(provider_keys: tuple[str, ...] = ()) -> dg.AssetsDefi
 
         platform: Platform = context.resources.platform
         days = list(context.partition_keys)
-        seen = observations(context.instance, days)
-        metrics = model_metrics(context.instance)
+        seen = observations(context.instance, days, lc.drift_key)
+        metrics = model_metrics(context.instance, lc.evaluation_key)
         by_day = {
             d.isoformat(): f for (d,), f in feature_drift.partition_by("date", as_dict=True).items()
         }
@@ -181,7 +189,7 @@ def build_incident_summary(provider_keys: tuple[str, ...] = ()) -> dg.AssetsDefi
             if obs is not None and obs.severity != "ok":
                 incidents[day] = facts(obs, top_columns(by_day.get(day, pl.DataFrame())), metrics)
         written, group_meta = _summaries(context, provider_keys, platform, incidents)
-        out_dir = platform.path("reports", "incidents")
+        out_dir = platform.path("reports", "incidents", *lc.prefix)
         for day in days:
             if day not in incidents:
                 context.add_asset_metadata(

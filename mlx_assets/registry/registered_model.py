@@ -1,37 +1,39 @@
 """A new model version in the registry, with the lineage that produced it."""
 
+from typing import Any
+
 import dagster as dg
 
-from mlx_assets.evaluation.evaluation import Evaluation
+from mlx_assets.component.spec import Lifecycle
 from mlx_assets.versioning import code_version
 from mlx_plugins.ml_platforms.base import TrainedModel
 from mlx_plugins.model_registries.base import ModelLineage, ModelRegistry, ModelVersion
-from mlx_resources.platform import Platform
-
-LINEAGE_ASSETS = (
-    "raw_flights",
-    "raw_weather",
-    "planes",
-    "flight_features",
-    "training_set",
-    "model",
-    "model_evaluation",
-)
 
 
-def _latest(instance: dg.DagsterInstance, key: str) -> dg.EventLogEntry | None:
-    return instance.get_latest_materialization_event(dg.AssetKey(key))
+def lineage_assets(lc: Lifecycle) -> list[dg.AssetKey]:
+    """The assets whose code versions a registered version records: raw tables to evaluation."""
+    return [
+        *lc.raw_keys.values(),
+        lc.features_key,
+        lc.training_set_key,
+        lc.model_key,
+        lc.evaluation_key,
+    ]
 
 
-def collect_lineage(context: dg.AssetExecutionContext) -> ModelLineage:
+def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> dg.EventLogEntry | None:
+    return instance.get_latest_materialization_event(key)
+
+
+def collect_lineage(context: dg.AssetExecutionContext, lc: Lifecycle) -> ModelLineage:
     instance = context.instance
     code_versions: dict[str, str] = {}
-    for key in LINEAGE_ASSETS:
+    for key in lineage_assets(lc):
         event = _latest(instance, key)
         mat = event.asset_materialization if event else None
         if mat and mat.tags and "dagster/code_version" in mat.tags:
-            code_versions[key] = mat.tags["dagster/code_version"]
-    ts = _latest(instance, "training_set")
+            code_versions[key.to_user_string()] = mat.tags["dagster/code_version"]
+    ts = _latest(instance, lc.training_set_key)
     ts_mat = ts.asset_materialization if ts else None
     meta = ts_mat.metadata if ts_mat else {}
     versions = meta.get("partition_data_versions")
@@ -47,23 +49,44 @@ def collect_lineage(context: dg.AssetExecutionContext) -> ModelLineage:
     )
 
 
-@dg.asset(
-    group_name="registry",
-    kinds={"python"},
-    code_version=code_version(__file__),
-    io_manager_key="object_io_manager",
-    description="The model version registered when evaluation passes the quality gate.",
-)
-def registered_model(
+def build_registered_model(lc: Lifecycle) -> dg.AssetsDefinition:
+    """The version registered (in the composition's ``model_registry``) when the instance's
+    evaluation passes its gate; registering the same model, data and config again is a no-op."""
+
+    @dg.asset(
+        key=lc.registered_key,
+        ins={
+            "model": dg.AssetIn(key=lc.model_key),
+            "model_evaluation": dg.AssetIn(key=lc.evaluation_key),
+        },
+        group_name=lc.group,
+        kinds={"python"},
+        code_version=code_version(__file__),
+        io_manager_key="object_io_manager",
+        description=f"The {lc.model_name} version registered when evaluation passes the "
+        "quality gate.",
+    )
+    def _registered(
+        context: dg.AssetExecutionContext,
+        model_registry: ModelRegistry,
+        model: TrainedModel,
+        model_evaluation: Any,
+    ) -> dg.Output[ModelVersion]:
+        return _register(context, lc, model_registry, model, model_evaluation)
+
+    return _registered
+
+
+def _register(
     context: dg.AssetExecutionContext,
-    platform: Platform,
+    lc: Lifecycle,
     model_registry: ModelRegistry,
     model: TrainedModel,
-    model_evaluation: Evaluation,
+    model_evaluation: Any,
 ) -> dg.Output[ModelVersion]:
-    lineage = collect_lineage(context)
+    lineage = collect_lineage(context, lc)
     version, created = model_registry.register_once(
-        platform.model_name,
+        lc.model_name,
         model.artifact_path,
         model.artifact_sha256,
         metrics=model_evaluation.headline(),
@@ -71,7 +94,7 @@ def registered_model(
             "platform": model.platform,
             "params": model.params,
             "features": model.spec.model_dump(exclude={"artifact_dir"}),
-            "window": lineage.window or platform.window.model_dump(),
+            "window": lineage.window or lc.window.model_dump(),
         },
         lineage=lineage,
     )

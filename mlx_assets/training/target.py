@@ -50,4 +50,8 @@ def encode_target(lc: Lifecycle, frame: pl.DataFrame) -> pl.DataFrame:
         )
     if dtype.is_integer():
         return frame.with_columns(col.cast(pl.UInt32))
-    return frame.with_columns(col.cast(pl.String).replace_strict(classes, list(range(len(classes))), return_dtype=pl.UInt32))
+    return frame.with_columns(
+        col.cast(pl.String).replace_strict(
+            classes, list(range(len(classes))), return_dtype=pl.UInt32
+        )
+    )

@@ -6,16 +6,19 @@ from datetime import date, timedelta
 import dagster as dg
 import polars as pl
 
+from mlx_assets.component.spec import Lifecycle
 from mlx_assets.versioning import code_version
-from mlx_resources.platform import Platform, TrainingWindow
+from mlx_resources.platform import TrainingWindow
 
 SPLIT = "split"
 
 
-def split_by_time(features: pl.LazyFrame, window: TrainingWindow) -> pl.DataFrame:
+def split_by_time(
+    features: pl.LazyFrame, window: TrainingWindow, time_column: str = "date"
+) -> pl.DataFrame:
     """Rows of the window labelled train/valid/test by date; days outside are dropped."""
     train_start, valid_start, train_end, test_start, test_end = window.dates()
-    d = pl.col("date")
+    d = pl.col(time_column)
     return (
         features.filter(d.is_between(train_start, train_end) | d.is_between(test_start, test_end))
         .with_columns(
@@ -26,7 +29,7 @@ def split_by_time(features: pl.LazyFrame, window: TrainingWindow) -> pl.DataFram
             .otherwise(pl.lit("train"))
             .alias(SPLIT)
         )
-        .sort("date", maintain_order=True)
+        .sort(time_column, maintain_order=True)
         .collect()
     )
 
@@ -131,48 +134,60 @@ class TrainingSetConfig(dg.Config):
     test_end: str | None = None
 
 
-@dg.asset(
-    group_name="training",
-    kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
-    code_version=code_version(__file__),
-    ins={"flight_features": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
-    description="Feature rows of the training window with a 'split' column (train/valid/test), "
-    "split by date.",
-)
-def training_set(
-    context: dg.AssetExecutionContext,
-    config: TrainingSetConfig,
-    platform: Platform,
-    flight_features: pl.LazyFrame,
-) -> dg.Output[pl.DataFrame]:
-    window = platform.window.shifted(config.test_end) if config.test_end else platform.window
-    if config.test_end:
-        context.log.info(f"window moved to end on {config.test_end}: {window.model_dump()}")
-    df = split_by_time(flight_features, window)
-    if window_problem(window, df["date"].unique().to_list()):
-        # the message names every day the features have, not only those inside the window
-        have = flight_features.select(pl.col("date").unique()).collect()["date"].to_list()
-        problem = window_problem(window, have)
-        raise dg.Failure(
-            f"{problem}; fix: move settings.window (or the run's training_set test_end) onto "
-            "materialized flight_features partitions, or materialize the missing days",
-        )
-    counts = dict(df.group_by(SPLIT).len().iter_rows())
-    partitions = window_partitions(window)
-    versions = partition_data_versions(context.instance, dg.AssetKey("flight_features"), partitions)
-    missing = [p for p in partitions if p not in versions]
-    if missing:
-        context.log.warning(
-            f"{len(missing)} window partitions have no data version, e.g. {missing[:3]}"
-        )
-    return dg.Output(
-        df,
-        metadata={
-            **{f"rows_{k}": dg.MetadataValue.int(v) for k, v in sorted(counts.items())},
-            "window": dg.MetadataValue.json(window.model_dump()),
-            "partitions": dg.MetadataValue.json(
-                {"first": partitions[0], "last": partitions[-1], "count": len(partitions)}
-            ),
-            "partition_data_versions": dg.MetadataValue.json(versions),
+def build_training_set(lc: Lifecycle) -> dg.AssetsDefinition:
+    """The instance's training set: its feature partitions of the training window, split by
+    time into train/valid/test (a ``split`` column)."""
+    features_name = lc.features_key.to_user_string()
+
+    @dg.asset(
+        key=lc.training_set_key,
+        group_name=lc.group,
+        kinds={"polars", "arrow"},  # Arrow IPC files (PolarsIOManager default format)
+        code_version=code_version(__file__),
+        ins={
+            "features": dg.AssetIn(key=lc.features_key, partition_mapping=dg.AllPartitionMapping())
         },
+        description="Feature rows of the training window with a 'split' column "
+        "(train/valid/test), split by date.",
     )
+    def _training_set(
+        context: dg.AssetExecutionContext,
+        config: TrainingSetConfig,
+        features: pl.LazyFrame,
+    ) -> dg.Output[pl.DataFrame]:
+        base = lc.window
+        window = base.shifted(config.test_end) if config.test_end else base
+        if config.test_end:
+            context.log.info(f"window moved to end on {config.test_end}: {window.model_dump()}")
+        df = split_by_time(features, window, lc.spec.data.time_column)
+        time_col = lc.spec.data.time_column
+        if window_problem(window, df[time_col].unique().to_list()):
+            # the message names every day the features have, not only those inside the window
+            have = features.select(pl.col(time_col).unique()).collect()[time_col].to_list()
+            problem = window_problem(window, have)
+            raise dg.Failure(
+                f"{problem}; fix: move the window of lifecycle {lc.name!r} (its defs.yaml "
+                "window, else settings.window; or the run's training_set test_end) onto "
+                f"materialized {features_name} partitions, or materialize the missing days",
+            )
+        counts = dict(df.group_by(SPLIT).len().iter_rows())
+        partitions = window_partitions(window)
+        versions = partition_data_versions(context.instance, lc.features_key, partitions)
+        missing = [p for p in partitions if p not in versions]
+        if missing:
+            context.log.warning(
+                f"{len(missing)} window partitions have no data version, e.g. {missing[:3]}"
+            )
+        return dg.Output(
+            df,
+            metadata={
+                **{f"rows_{k}": dg.MetadataValue.int(v) for k, v in sorted(counts.items())},
+                "window": dg.MetadataValue.json(window.model_dump()),
+                "partitions": dg.MetadataValue.json(
+                    {"first": partitions[0], "last": partitions[-1], "count": len(partitions)}
+                ),
+                "partition_data_versions": dg.MetadataValue.json(versions),
+            },
+        )
+
+    return _training_set

@@ -94,6 +94,12 @@ class Composition(BaseModel):
     def of_kind(self, kind: str) -> tuple[PluginEntry, ...]:
         return tuple(e for e in self.entries if e.kind == kind)
 
+    def instantiate(self, entry: PluginEntry, key: str | None = None) -> Any:
+        """A plugin instance for ``entry`` (e.g. a copy of a composition entry with a changed
+        config); ``key`` names where the config came from in errors (default
+        ``plugins.<kind>``). Raises ``CompositionError`` like loading does."""
+        return _instantiate(self.source, entry, key)
+
     def resources(self) -> dict[str, Any]:
         """Plugin instances by resource key. Imports each used plugin's module, no others."""
         out: dict[str, Any] = {}

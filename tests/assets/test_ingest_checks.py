@@ -17,12 +17,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mlx_assets.features.flight_features import flight_features
+from mlx_assets.features.features import build_features_asset
 from mlx_assets.ingest import raw
 from mlx_assets.ingest.source_errors import classify
 from mlx_plugins.data_sources.nycflights13 import NYCFlights13Source
 from mlx_plugins.kernel.metadata import PluginMetadata
 from mlx_resources.io_managers.polars_io import PolarsIOManager
+from tests.conftest import flights_lifecycle
 
 BAD_DAY = "2013-01-02"
 RANGE = ("2013-01-01", "2013-01-03")
@@ -77,7 +78,9 @@ _ERRORS = {
 PERMANENT = ["disk_full", "permission", "read_only", "missing", "schema"]
 TRANSIENT = ["timeout", "connection"]
 FAST_RETRY = dg.RetryPolicy(max_retries=2, delay=0.05, backoff=dg.Backoff.EXPONENTIAL)
-raw_flights_fast_retry = raw._daily_raw_asset("flights", "test copy", retry_policy=FAST_RETRY)
+FLIGHTS = flights_lifecycle()
+_FLIGHTS_TABLE = next(t for t in FLIGHTS.spec.data.tables if t.name == "flights")
+raw_flights_fast_retry = raw._daily_raw_asset(FLIGHTS, _FLIGHTS_TABLE, retry_policy=FAST_RETRY)
 
 
 def _job(assets: list, selection: str | list[str]) -> dg.JobDefinition:
@@ -98,7 +101,8 @@ def _job(assets: list, selection: str | list[str]) -> dg.JobDefinition:
     return defs.resolve_job_def("job")
 
 
-ALL = [raw.raw_flights, raw.raw_weather, raw.planes, flight_features]
+RAW = {a.key.to_user_string(): a for a in raw.build_raw_assets(FLIGHTS)}
+ALL = [*RAW.values(), build_features_asset(FLIGHTS)]
 
 
 def ingest_job() -> dg.JobDefinition:
@@ -274,7 +278,7 @@ def test_a_transient_read_error_is_retried(
 
 
 def test_the_raw_assets_retry_with_backoff_and_jitter() -> None:
-    for asset in (raw.raw_flights, raw.raw_weather, raw.planes):
+    for asset in RAW.values():
         policy = asset.op.retry_policy
         assert policy.backoff == dg.Backoff.EXPONENTIAL and policy.jitter is not None
         assert policy.max_retries >= 1

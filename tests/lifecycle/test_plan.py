@@ -203,7 +203,10 @@ def _defs_with(environ: dict[str, str]):
         ({"MLX__PLUGINS__ML_PLATFORM__CONFIG__EPOCHS": "2"}, "model"),
         ({"MLX__SETTINGS__WINDOW__TRAIN_END": "2013-07-31"}, "training_set"),
         ({"MLX__SETTINGS__QUALITY_GATE__MIN_ROC_AUC": "0.55"}, "model_evaluation"),
-        ({"MLX__SETTINGS__MODEL_NAME": "delays"}, "registered_model"),
+        (
+            {"MLX__PLUGINS__MODEL_REGISTRY": "{plugin: local, config: {root: registry-b}}"},
+            "registered_model",
+        ),
     ],
 )
 def test_a_composition_change_makes_what_it_configures_stale(
@@ -233,7 +236,12 @@ def test_sensor_only_settings_change_nothing_and_source_config_changes_the_raw_t
     cooldown = load_composition(environ={"MLX__SETTINGS__DRIFT__COOLDOWN_MINUTES": "5"})
 
     def prints(comp):
-        return config_fingerprints(comp, Platform(**comp.settings))
+        from mlx_assets.component.loader import load_specs
+        from mlx_assets.component.spec import Lifecycle
+
+        ((spec, file),) = load_specs(only=["flight_delay"])
+        lc = Lifecycle(spec, Platform(**comp.settings), file)
+        return {k.to_user_string(): v for k, v in config_fingerprints(comp, lc).items()}
 
     assert prints(base) == prints(cooldown)
     scale = load_composition(environ={"MLX__PLUGINS__DATA_SOURCE__0__CONFIG__SCALE": "2.0"})

@@ -19,6 +19,7 @@ from mlx_assets.monitoring.incident_summary import (
 from mlx_assets.partitions import DAILY_2013
 from mlx_plugins.llm_providers.loopback import Fault
 from mlx_resources.platform import Platform
+from tests.conftest import flights_lifecycle
 from tests.llm.conftest import SECRET, provider_for
 
 DAYS = ["2013-11-04", "2013-11-05", "2013-11-06"]
@@ -77,7 +78,7 @@ def instance(tmp_path):
 def materialize(instance, home: Path, providers: dict | None = None, llm=None):
     providers = providers or {}
     platform = Platform(home=str(home)) if llm is None else Platform(home=str(home), llm=llm)
-    asset = build_incident_summary(tuple(providers))
+    asset = build_incident_summary(flights_lifecycle(), tuple(providers))
     upstream = dg.AssetSpec("feature_drift", partitions_def=DAILY_2013)
     result = dg.materialize(
         [asset, upstream],

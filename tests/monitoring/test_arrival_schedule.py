@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from mlx_assets.monitoring.arrival_schedule import build_arrival_schedule
+from tests.conftest import flights_lifecycle
 
 
 def _materialize(instance, key: str, partition: str | None = None) -> None:
@@ -12,7 +13,7 @@ def _materialize(instance, key: str, partition: str | None = None) -> None:
 
 
 def _tick(instance) -> dg.RunRequest | dg.SkipReason:
-    schedule = build_arrival_schedule("* * * * *")
+    schedule = build_arrival_schedule(flights_lifecycle())
     return schedule(dg.build_schedule_context(instance=instance))
 
 

@@ -9,10 +9,11 @@ import dagster as dg
 import pytest
 from dagster._core.utils import make_new_run_id
 
-from mlx_assets.monitoring.drift_sensor import DriftCursor, drift_retrain_sensor, run_key
+from mlx_assets.monitoring.drift_sensor import DriftCursor, evaluate_drift, run_key
 from mlx_assets.monitoring.events import DriftObservation
 from mlx_assets.monitoring.feature_drift import DRIFT_ASSET
 from mlx_resources.platform import DriftPolicy, Platform, TrainingWindow
+from tests.conftest import flights_lifecycle
 
 # A short window keeps the fixtures small: train 06-01..06-15, valid 06-16..06-20,
 # test 06-21..06-30.
@@ -75,10 +76,8 @@ def _trained(instance: dg.DagsterInstance, window: TrainingWindow) -> None:
 
 
 def _evaluate(instance, cursor: str | None, platform: Platform | None = None):
-    ctx = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"platform": platform or _platform()}
-    )
-    return drift_retrain_sensor(ctx)
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+    return evaluate_drift(ctx, flights_lifecycle(platform or _platform()))
 
 
 def _run(instance, key: str, status: dg.DagsterRunStatus, **tags: str) -> dg.DagsterRun:
@@ -306,7 +305,7 @@ def _gate_result(instance, run_id: str, passed: bool) -> None:
     """The beats_baseline check's evaluation, as the training run reports it."""
     from dagster._core.events import AssetCheckEvaluationPlanned, DagsterEvent, DagsterEventType
 
-    from mlx_assets.monitoring.drift_sensor import GATE
+    GATE = flights_lifecycle().gate_check
 
     for kind, data in (
         (

@@ -13,11 +13,12 @@ from mlx_assets.monitoring.coverage import lifecycle_monitoring_days
 from mlx_assets.partitions import DAILY_2013
 from mlx_assets.training.training_set import (
     TrainingSetConfig,
+    build_training_set,
     split_ranges,
-    training_set,
     window_problem,
 )
 from mlx_resources.platform import Platform, TrainingWindow
+from tests.conftest import flights_lifecycle
 
 YEAR = DAILY_2013.get_partition_keys()
 
@@ -57,7 +58,9 @@ def test_training_set_asset_fails_with_the_same_rule():
     with dg.instance_for_test() as instance:
         ctx = dg.build_asset_context(instance=instance)
         with pytest.raises(dg.Failure) as err:
-            training_set(ctx, TrainingSetConfig(test_end="2013-01-01"), Platform(), rows.lazy())
+            build_training_set(flights_lifecycle())(
+                ctx, TrainingSetConfig(test_end="2013-01-01"), rows.lazy()
+            )
     assert err.value.description.startswith(
         window_problem(TrainingWindow().shifted("2013-01-01"), YEAR)
     )
@@ -65,7 +68,7 @@ def test_training_set_asset_fails_with_the_same_rule():
 
 
 def test_the_lifecycle_monitors_up_to_the_models_test_end():
-    days = lifecycle_monitoring_days(Platform(), YEAR)
+    days = lifecycle_monitoring_days(Platform().window, YEAR)
     assert days[0] == "2013-01-01" and days[-1] == "2013-10-31"
     assert len(days) == 304
     short = Platform(
@@ -73,4 +76,4 @@ def test_the_lifecycle_monitors_up_to_the_models_test_end():
             train_end="2013-03-31", test_start="2013-04-01", test_end="2013-04-30"
         )
     )
-    assert lifecycle_monitoring_days(short, YEAR)[-1] == "2013-04-30"
+    assert lifecycle_monitoring_days(short.window, YEAR)[-1] == "2013-04-30"

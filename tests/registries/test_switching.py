@@ -10,15 +10,18 @@ import dagster as dg
 import pytest
 
 from mlx_assets.build import build_definitions
-from mlx_assets.registry.registered_model import registered_model
+from mlx_assets.registry.registered_model import build_registered_model
 from mlx_plugins.kernel.composition import load_composition
 from mlx_plugins.model_registries.local import LocalModelRegistry
+from tests.conftest import flights_lifecycle
 from tests.resources.test_registered_model_noop import (
     STATE,
     model,
     model_evaluation,
     training_set,
 )
+
+registered_model = build_registered_model(flights_lifecycle())
 
 BASE = """
 plugins:

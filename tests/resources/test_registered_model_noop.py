@@ -7,10 +7,13 @@ import dagster as dg
 import polars as pl
 
 from mlx_assets.evaluation.evaluation import Evaluation
-from mlx_assets.registry.registered_model import registered_model
+from mlx_assets.registry.registered_model import build_registered_model
 from mlx_plugins.ml_platforms.base import TrainedModel, TrainingSpec
 from mlx_resources.model_registry import ModelRegistry
 from mlx_resources.platform import Platform
+from tests.conftest import flights_lifecycle
+
+registered_model = build_registered_model(flights_lifecycle())
 
 STATE = {"data": 1, "seed": 0}
 
