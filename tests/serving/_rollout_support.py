@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from mlx_plugins.kernel.process_identity import identity
 from mlx_plugins.model_servers.base import ServerHandle, ServingError, http_get
@@ -110,10 +111,27 @@ def start_servers(specs: list[FixtureServer], home: Path) -> list[ServerHandle]:
     return handles
 
 
+def kill_server(handle: ServerHandle) -> None:
+    """SIGKILL a server and every process under it (a crash). BentoML's workers sit in process
+    groups of their own, so killing the server's group alone would leave them serving."""
+    with contextlib.suppress(psutil.Error):
+        leader = psutil.Process(handle.pid)
+        for proc in [*leader.children(recursive=True), leader]:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
 def stop_all(handles: list[ServerHandle]) -> None:
+    """Stop each server (SIGTERM, then SIGKILL), and kill any worker its stop left behind."""
     for h in handles:
+        workers: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error):
+            workers = psutil.Process(h.pid).children(recursive=True)
         with contextlib.suppress(Exception):
             h.stop(5.0)
+        for w in workers:
+            with contextlib.suppress(psutil.Error):
+                w.kill()
 
 
 @contextlib.contextmanager

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,13 @@ from mlx_plugins.model_servers.rollout import (
     ServedVersion,
 )
 from mlx_plugins.model_servers.routing import NginxRouter, RouterError, RoutingTable
-from tests.serving._rollout_support import FixtureServer, LoadDriver, Outcome, running
+from tests.serving._rollout_support import (
+    FixtureServer,
+    LoadDriver,
+    Outcome,
+    kill_server,
+    running,
+)
 
 try:
     from mlx_plugins.model_servers.routing import find_nginx
@@ -139,3 +147,35 @@ def test_slow_canary_is_rolled_back_on_p99(tmp_path: Path) -> None:
         p99 = result.steps[0].canary.p99_ms
         assert p99 is not None and p99 >= 1000
         assert "p99" in result.reason
+
+
+def test_canary_that_dies_is_rolled_back_and_no_request_fails(tmp_path: Path) -> None:
+    with _rollout_setup(tmp_path, FixtureServer(CANARY)) as (router, stable, canary):
+        (victim,) = canary.replicas
+        # a step that would only end by the rule: the canary dies in it
+        policy = RolloutPolicy(hold_requests=100_000, max_step_seconds=120)
+        with LoadDriver(router.url, threads=4, max_requests=20_000, max_seconds=150) as load:
+            load.wait_for(20, timeout_s=30)
+
+            def kill_when_serving() -> None:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    if sum(1 for o in list(load.outcomes) if o.version == CANARY) >= 5:
+                        kill_server(victim)  # type: ignore[arg-type]
+                        return
+                    time.sleep(0.05)
+
+            killer = threading.Thread(target=kill_when_serving, daemon=True)
+            killer.start()
+            result = RolloutController(router, policy).run(stable, canary)
+            killer.join(5)
+            load.wait_for(load.count + 40, timeout_s=30)
+            outcomes = load.stop()
+        assert result.decision == "rolled_back", result.reason
+        assert [s.ended_by for s in result.steps] == ["scrape"]
+        assert "not answering" in result.reason
+        # the dead canary's share went to the stable replicas (nginx backup servers): every
+        # request was answered 200, none lost, none 502
+        _assert_nothing_lost(outcomes)
+        assert {o.status for o in outcomes} == {200}
+        assert router.table.weights == {STABLE: 100.0}

@@ -109,6 +109,10 @@ class NginxSettings(BaseModel):
     ``worker_shutdown_timeout``: after it, their remaining connections are closed)."""
     start_timeout_s: float = Field(default=10.0, gt=0)
     access_log: bool = True
+    failover_to_other_versions: bool = True
+    """A version whose every replica refuses connections (it died) has its requests served by
+    the other routed versions (nginx ``backup`` servers) instead of answered 502; its 5xx
+    answers are never retried elsewhere."""
     extra_http_directives: tuple[str, ...] = ()
     """Extra directives for the ``http`` block, each one line ending in ``;`` (e.g.
     ``client_max_body_size 8m;``)."""
@@ -205,8 +209,9 @@ def render_nginx_conf(
     lines += [
         f"events {{ worker_connections {s.worker_connections}; }}",
         "http {",
-        "    log_format mlx '$msec $status $mlx_version $upstream_addr $upstream_status "
-        '$request_time "$request"\';',
+        # '|'-separated: $upstream_addr lists every replica tried, separated by ", "
+        "    log_format mlx '$msec|$status|$mlx_served|$upstream_addr|$upstream_status|"
+        "$request_time|$mlx_version|$request';",
         (
             f"    access_log {run / 'logs' / 'access.log'} mlx;"
             if s.access_log
@@ -228,6 +233,19 @@ def render_nginx_conf(
         for server in r.servers or ("127.0.0.1:9",):
             down = "" if r.servers else " down"
             lines.append(f"        server {server} max_fails=1 fail_timeout=2s{down};")
+        if s.failover_to_other_versions:
+            # When every replica of this version refuses connections (it died), serve the
+            # request from the other routed versions' replicas rather than answer 502. A
+            # replica's 5xx answers are not retried: a broken version stays visible.
+            others = [
+                a
+                for o in table.routes
+                if o.version != r.version and o.weight > 0
+                for a in o.servers
+                if a not in r.servers
+            ]
+            for server in dict.fromkeys(others):
+                lines.append(f"        server {server} backup;")
         if s.upstream_keepalive:
             lines.append(f"        keepalive {s.upstream_keepalive};")
             lines.append("        keepalive_timeout 2s;")  # below uvicorn's 5 s idle close
@@ -242,6 +260,13 @@ def render_nginx_conf(
     lines.append('        default "";')
     for r in table.routes:
         lines.append(f"        {upstream[r.version]} {_q(r.version)};")
+    lines.append("    }")
+    # The version that actually answered (the last address tried), for the response header.
+    lines.append("    map $upstream_addr $mlx_served {")
+    lines.append("        default $mlx_version;")
+    for r in table.routes:
+        for server in r.servers:
+            lines.append(f"        {_q('~(^|, )' + re.escape(server) + '$')} {_q(r.version)};")
     lines.append("    }")
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     lines += [
@@ -260,7 +285,7 @@ def render_nginx_conf(
         # (refused, reset) is safe to send to another replica of the same version.
         "            proxy_next_upstream error timeout non_idempotent;",
         "            proxy_next_upstream_tries 3;",
-        f"            add_header {VERSION_HEADER} $mlx_version always;",
+        f"            add_header {VERSION_HEADER} $mlx_served always;",
         "        }",
         "    }",
         "}",
@@ -716,24 +741,30 @@ class NginxRouter:
 
 
 def read_access_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Parse the router's access log: one dict per request with ``time`` (Unix s), ``status``,
-    ``version``, ``upstream``, ``upstream_status``, ``seconds`` and ``request``."""
+    """Parse the router's access log: one dict per request with ``time`` (Unix s, at the
+    answer), ``status``, ``version`` (the version that answered), ``routed`` (the version the
+    split chose; differs when its replicas were down and another version's took over),
+    ``upstream`` (the last replica tried), ``upstreams`` (every replica tried),
+    ``upstream_status``, ``seconds`` and ``request``."""
     out: list[dict[str, Any]] = []
     with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as fh:
         for line in fh:
-            parts = line.rstrip("\n").split(" ", 6)
-            if len(parts) < 7:
+            parts = line.rstrip("\n").split("|", 7)
+            if len(parts) < 8:
                 continue
-            t, status, version, upstream, ustatus, secs, request = parts
+            t, status, served, upstreams, ustatus, secs, routed, request = parts
+            tried = [u.strip() for u in upstreams.split(",") if u.strip() and u.strip() != "-"]
             out.append(
                 {
                     "time": float(t),
                     "status": int(status),
-                    "version": version,
-                    "upstream": upstream,
+                    "version": served,
+                    "routed": routed,
+                    "upstream": tried[-1] if tried else "",
+                    "upstreams": tried,
                     "upstream_status": ustatus,
-                    "seconds": float(secs),
-                    "request": request.strip('"'),
+                    "seconds": float(secs) if secs not in ("", "-") else 0.0,
+                    "request": request,
                 }
             )
     return out
