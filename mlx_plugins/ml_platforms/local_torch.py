@@ -563,6 +563,13 @@ class LocalTorchPlatform(MLPlatform):
                 f"model artifact {path} holds a {stored} model but its record says task "
                 f"{model.spec.task!r}; re-materialize the model"
             )
+        outputs = payload["architecture"].get("n_outputs", 1)
+        if outputs != tm.n_outputs(model.spec):
+            raise ValueError(
+                f"model artifact {path} has {outputs} output(s) but its record names "
+                f"{len(model.spec.classes)} classes {list(model.spec.classes)}; "
+                "re-materialize the model"
+            )
         net = tm.TabularMLP(**payload["architecture"])
         net.load_state_dict(payload["state_dict"])
         pre = tm.Preprocessor.from_dict(json.loads(payload["preprocessing"]))

@@ -91,6 +91,12 @@ def test_multiclass_and_regression_in_both_isolation_modes(tmp_path: Path, frame
     payload = torch.load(model.artifact_path, map_location="cpu", weights_only=True)
     assert payload["task"] == "multiclass" and payload["architecture"]["n_outputs"] == 3
 
+    fewer = model.model_copy(
+        update={"spec": model.spec.model_copy(update={"classes": TASK_CLASSES[:2]})}
+    )
+    with _plugin().session() as plugin, pytest.raises(ValueError, match=r"has 3 output\(s\)"):
+        plugin.predict(fewer, test)
+
     model, pred = out["process", "regression"]
     assert pred.shape == (test.height,) and pred.dtype == np.float64
     # the network learns the standardised target; predict maps back to the target's units
