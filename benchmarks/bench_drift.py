@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from _common import load, machine
 
 from mlx_plugins.drift_detectors.base import DriftReport
 from mlx_plugins.drift_detectors.polars_drift import PolarsDriftDetector
@@ -276,6 +277,7 @@ def run_daily(scale: float, days: int | None, repeat: int, max_workers: int) -> 
     columns = {"numeric": MONITORED_NUMERIC, "categorical": MONITORED_CATEGORICAL}
     detector = PolarsDriftDetector(max_workers=max_workers)
     rows = sum(c.height for c in currents)
+    print(f"machine: {machine()}; load average before: {load()}")
     print(
         f"python {platform.python_version()}, polars {pl.__version__}, numpy {np.__version__}, "
         f"{os.cpu_count()} CPUs, max_workers={max_workers}; reference {reference.height:,} rows "
@@ -317,7 +319,7 @@ def run_daily(scale: float, days: int | None, repeat: int, max_workers: int) -> 
         f"prepare_reference once + compare_prepared x {n}:    {cached_s:7.2f} s "
         f"({(cached_s - prepare_s) / n * 1e3:6.1f} ms a day, prepare {prepare_s * 1e3:.0f} ms)\n"
         f"speed-up: {plain_s / cached_s:.1f}x; {n} reports identical (bit for bit): "
-        f"{identical}; 1-min load average: {os.getloadavg()[0]:.1f}",
+        f"{identical}\nmachine: {machine()}; load average after: {load()}",
         flush=True,
     )
     return 0 if identical else 1
@@ -361,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     args.repeat = args.repeat or 3
     sizes = sorted(set(args.rows + ([5_000_000] if args.huge else [])))
 
+    print(f"machine: {machine()}; load average before: {load()}", flush=True)
     mods = None if args.no_evidently else load_evidently()
     if mods is None or isinstance(mods, Exception):
         why = "--no-evidently" if mods is None else f"{type(mods).__name__}: {mods}"
@@ -382,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         "| ours mem / evidently mem |"
     )
     lines = [header, "|" + "---:|" * 9]
+    goals: list[str] = []
+    evidently_per_row: tuple[int, float] | None = None  # (rows, s/row) of the largest run
     for rows in sizes:
         np_ = run_isolated("numpy", rows, args.seed, args.repeat, args.in_process)
         ours = run_isolated("ours", rows, args.seed, args.repeat, args.in_process)
@@ -413,8 +418,27 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif mods is not None:
             print(f"{rows:,} rows: evidently skipped (above --evidently-max-rows)")
+        if ev:
+            evidently_per_row = (rows, ev["s"] / rows)
         ev_s = f"{ev['s']:.2f} ({ev['cpu']:.2f})" if ev else "skipped"
         ev_ratio = f"{ev['s'] / ours['s']:.0f}x" if ev else "-"
+        if ev:
+            goals.append(
+                f"{rows:,} rows: evidently / ours = {ev['s'] / ours['s']:.0f}x (measured; goal "
+                f">= 100x)"
+            )
+        elif evidently_per_row:
+            base_rows, per_row = evidently_per_row
+            guess = per_row * rows
+            goals.append(
+                f"{rows:,} rows: evidently / ours = {guess / ours['s']:.0f}x (evidently "
+                f"extrapolated linearly from its {base_rows:,}-row run: {guess:.0f} s; goal "
+                ">= 100x)"
+            )
+        goals.append(
+            f"{rows:,} rows: ours / numpy pass = {ours['s'] / np_['s']:.1f}x (goal <= 20x at "
+            "1M and 5M rows)"
+        )
         ev_mib = f"{ev['mib']:.0f}" if ev else "-"
         mem_ratio = f"{ours['mib'] / ev['mib']:.3f}" if ev and ev["mib"] else "-"
         lines.append(
@@ -425,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     print("\n".join(lines))
+    print("\ngoals (ratios from this run):\n" + "\n".join(goals))
+    print(f"machine: {machine()}; load average after: {load()}")
     return 0
 
 

