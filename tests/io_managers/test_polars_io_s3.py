@@ -17,8 +17,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from mlx_resources.io_managers import PolarsIOManager, _polars_files
-from tests.io_managers.helpers import data_version, frame
+from mlx_resources.io_managers import PolarsIOManager, _polars_files, content_hash
+from tests.io_managers.helpers import data_version, frame, range_tags
 from tests.sources._s3_server import S3, s3_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,13 +63,14 @@ def _partitioned(seen: dict[str, pl.DataFrame]) -> list[dg.AssetsDefinition]:
     return [events, doubled]
 
 
-def test_partitions_round_trip_as_one_object_each_with_local_data_versions(s3, tmp_path):
+@pytest.mark.parametrize("fmt", ["ipc", "parquet"])
+def test_partitions_round_trip_as_one_object_each_with_local_data_versions(s3, tmp_path, fmt):
     base = s3.prefix()
     seen: dict[str, pl.DataFrame] = {}
     versions = {}
     for root, options in ((base, s3.options()), (str(tmp_path), {})):
         with dg.DagsterInstance.ephemeral() as instance:
-            io = PolarsIOManager(base_path=root, storage_options=options)
+            io = PolarsIOManager(base_path=root, storage_options=options, format=fmt)
             for day in ("2024-01-01", "2024-01-02"):
                 result = dg.materialize(
                     _partitioned(seen),
@@ -85,12 +86,38 @@ def test_partitions_round_trip_as_one_object_each_with_local_data_versions(s3, t
                 for d in ("2024-01-01", "2024-01-02")
             ]
     assert versions[base] == versions[str(tmp_path)]  # content hashes, storage-independent
+    ext = ".arrow" if fmt == "ipc" else ".parquet"
     assert _objects(s3, base) == [
-        f"{_key(base)}/{asset}/{day}.arrow"
+        f"{_key(base)}/{asset}/{day}{ext}"
         for asset in ("doubled", "events")
         for day in ("2024-01-01", "2024-01-02")
     ]
     assert _uploads(s3, base) == []  # every upload completed, none left open
+
+
+def test_a_single_run_backfill_writes_every_partition_before_publishing_any(s3):
+    base = s3.prefix()
+
+    @dg.asset(partitions_def=DAYS, metadata={"partition_expr": "day"})
+    def events(context: dg.AssetExecutionContext) -> pl.DataFrame:
+        return pl.concat([_day_frame(k, n=10) for k in context.partition_keys])
+
+    io = PolarsIOManager(base_path=base, storage_options=s3.options())
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            [events],
+            instance=instance,
+            resources={"io_manager": io},
+            tags=range_tags("2024-01-01", "2024-01-03"),
+        )
+        assert result.success
+        versions = {d: data_version(instance, "events", d) for d in ("2024-01-01", "2024-01-03")}
+    assert _objects(s3, base) == [f"{_key(base)}/events/2024-01-0{d}.arrow" for d in (1, 2, 3)]
+    assert _uploads(s3, base) == []
+    for day, version in versions.items():
+        stored = _polars_files.open_lazy(io._target(io._stem(["events"], DAYS, day))).collect()
+        assert_frame_equal(stored, _day_frame(day, n=10))
+        assert version == content_hash(stored)  # each partition's own content hash
 
 
 def _big(day: str) -> pl.DataFrame:
