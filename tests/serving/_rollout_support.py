@@ -8,19 +8,18 @@ import contextlib
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 from mlx_plugins.kernel.process_identity import identity
 from mlx_plugins.model_servers.base import ServerHandle, ServingError, http_get
-from mlx_plugins.model_servers.routing import VERSION_HEADER, free_port
+from mlx_plugins.model_servers.routing import free_port
+from mlx_plugins.model_servers.routing.traffic import TrafficGenerator
 
 HERE = Path(__file__).parent
 READY_TIMEOUT_S = 90.0
@@ -143,77 +142,8 @@ def running(specs: list[FixtureServer], home: Path) -> Iterator[list[ServerHandl
         stop_all(handles)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One request: when it was sent and answered (Unix s), HTTP status (0: no answer), the
-    version header, and the client error when there was no answer."""
+class LoadDriver(TrafficGenerator):
+    """The platform's :class:`TrafficGenerator` with the test service's one-row body."""
 
-    sent: float
-    done: float
-    status: int
-    version: str
-    error: str = ""
-
-
-@dataclass
-class LoadDriver:
-    """``threads`` loopback clients POSTing one-row predictions to ``url`` until stopped, or
-    ``max_requests`` in all, or ``max_seconds``; ``pause_s`` between two requests of a thread.
-    Each thread keeps its connection alive (httpx), as real clients do."""
-
-    url: str
-    threads: int = 4
-    max_requests: int = 20_000
-    max_seconds: float = 120.0
-    pause_s: float = 0.002
-    timeout_s: float = 15.0
-    body: dict[str, Any] = field(default_factory=lambda: {"rows": [{"x": 1.0}]})
-    outcomes: list[Outcome] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> LoadDriver:
-        self._deadline = time.monotonic() + self.max_seconds
-        for i in range(self.threads):
-            t = threading.Thread(target=self._loop, name=f"load-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> list[Outcome]:
-        self._stop.set()
-        for t in self._threads:
-            t.join(self.timeout_s + 5)
-        return self.outcomes
-
-    @property
-    def count(self) -> int:
-        return len(self.outcomes)
-
-    def wait_for(self, n: int, timeout_s: float = 60.0) -> None:
-        """Block until ``n`` requests were answered (or the timeout passed)."""
-        deadline = time.monotonic() + timeout_s
-        while self.count < n and time.monotonic() < deadline and not self._stop.is_set():
-            time.sleep(0.05)
-
-    def _loop(self) -> None:
-        body = self.body
-        with httpx.Client(timeout=self.timeout_s) as client:
-            while not self._stop.is_set() and time.monotonic() < self._deadline:
-                with self._lock:
-                    if len(self.outcomes) >= self.max_requests:
-                        return
-                sent = time.time()
-                try:
-                    r = client.post(self.url + "/predict", json=body)
-                    o = Outcome(sent, time.time(), r.status_code, r.headers.get(VERSION_HEADER, ""))
-                except httpx.HTTPError as exc:
-                    o = Outcome(sent, time.time(), 0, "", f"{type(exc).__name__}: {exc}")
-                with self._lock:
-                    self.outcomes.append(o)
-                if self.pause_s:
-                    time.sleep(self.pause_s)
+    def __init__(self, url: str, body: dict[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(url, [body or {"rows": [{"x": 1.0}]}], **kw)

@@ -23,10 +23,10 @@ from mlx_plugins.model_servers.rollout import (
     ServedVersion,
 )
 from mlx_plugins.model_servers.routing import NginxRouter, RouterError, RoutingTable
+from mlx_plugins.model_servers.routing.traffic import Outcome
 from tests.serving._rollout_support import (
     FixtureServer,
     LoadDriver,
-    Outcome,
     kill_server,
     running,
 )
