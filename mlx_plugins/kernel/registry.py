@@ -97,6 +97,11 @@ BUILTIN_PLUGINS: tuple[PluginSpec, ...] = (
         target="mlx_plugins.data_sources.snowflake:SnowflakeSource",
     ),
     PluginSpec(
+        kind="data_source",
+        name="s3",
+        target="mlx_plugins.data_sources.s3:S3Source",
+    ),
+    PluginSpec(
         kind="model_registry",
         name="local",
         target="mlx_plugins.model_registries.local:LocalModelRegistry",

@@ -162,3 +162,26 @@ def test_polars_options_translate_the_s3fs_vocabulary():
         "aws_skip_signature": "true",
     }
     assert polars_options({}) is None
+
+
+class TestS3SourceContract(TestS3FilesContract):
+    """The ``s3`` plugin: the files reader with s3:// paths only."""
+
+    @pytest.fixture
+    def plugin(self, s3: S3) -> FilesSource:
+        from mlx_plugins.data_sources.s3 import S3Source
+
+        root = _hive(s3)
+        return S3Source(
+            files={"events": FileTable(path=root, date_column="day", hive=True)},
+            storage_options=s3.options(),
+        )
+
+
+def test_the_s3_plugin_refuses_a_local_path(tmp_path):
+    from pydantic import ValidationError
+
+    from mlx_plugins.data_sources.s3 import S3Source
+
+    with pytest.raises(ValidationError, match=r"files\.t\.path .* is not an s3:// URL"):
+        S3Source(files={"t": FileTable(path=str(tmp_path))})
