@@ -399,6 +399,15 @@ class _Run:
             canary_servers=canary.servers,
             steps=list(p.steps),
         )
+        for replica in canary.replicas:  # a ServerHandle can say whether it is ready
+            health = getattr(replica, "health", None)
+            if callable(health):
+                status = health()
+                if not getattr(status, "healthy", True):
+                    return self.rollback(
+                        f"canary {canary.version} is not healthy before any traffic: "
+                        f"{getattr(status, 'detail', status)}"
+                    )
         base_table = self.router.table.with_version(canary.version, canary.servers)
         for percent in p.steps:
             # The canary's baseline is taken before the switch (nothing it answers in the step

@@ -5,8 +5,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -15,6 +18,9 @@ import psutil
 import pytest
 from pydantic import ValidationError
 
+from mlx_plugins.kernel.process_identity import identity
+from mlx_plugins.model_servers.base import ServerHandle
+from mlx_plugins.model_servers.rollout import RolloutController, ServedVersion
 from mlx_plugins.model_servers.routing import (
     VERSION_HEADER,
     NginxConfigError,
@@ -24,6 +30,7 @@ from mlx_plugins.model_servers.routing import (
     RoutingError,
     RoutingTable,
     find_nginx,
+    free_port,
     read_access_log,
     render_nginx_conf,
 )
@@ -245,3 +252,58 @@ def test_attach_from_another_handle_changes_and_stops_it(
     assert not first.running()
     with pytest.raises(RouterError, match="not running"):
         first.apply(RoutingTable.single("v1", [a.address]))
+
+
+@needs_nginx
+def test_second_router_in_one_folder_is_refused(
+    backends: tuple[_Backend, _Backend], router_dir: Path
+) -> None:
+    a, _ = backends
+    first = NginxRouter(router_dir).start(RoutingTable.single("v1", [a.address]))
+    with pytest.raises(RouterError, match=r"a router already runs in .*attach\(\)"):
+        NginxRouter(router_dir).start(RoutingTable.single("v1", [a.address]))
+    assert first.running()
+    assert httpx.post(first.url + "/x", content=b"{}", timeout=5).text == "A"
+
+
+@dataclass
+class _Replica:
+    """A replica address for the router (the rollout below never scrapes or stops it)."""
+
+    url: str
+
+    def metrics_text(self, timeout_s: float = 2.0) -> str:
+        raise AssertionError("not scraped: the canary is refused before any step")
+
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        raise AssertionError("the stable version is never stopped by a rollback")
+
+
+@needs_nginx
+def test_rollout_refuses_a_canary_that_is_down_before_any_traffic(
+    backends: tuple[_Backend, _Backend], router_dir: Path
+) -> None:
+    a, _ = backends
+    # a canary whose server died after it started: its handle names a process that is gone
+    gone = subprocess.Popen(["sleep", "30"])
+    dead = ServerHandle(
+        model="m",
+        version=2,
+        package_tag="m:v0002",
+        host="127.0.0.1",
+        port=free_port(),
+        pid=gone.pid,
+        process=identity(gone.pid).encode(),
+        workers=1,
+        started_at=time.time(),
+    )
+    gone.kill()
+    gone.wait()
+    stable = ServedVersion("v1", [_Replica(f"http://{a.address}")])
+    router = NginxRouter(router_dir).start(RoutingTable.single("v1", stable.servers))
+    result = RolloutController(router).run(stable, ServedVersion("v2", [dead]))
+    assert result.decision == "rolled_back" and result.steps == []
+    assert "not healthy before any traffic" in result.reason and "/healthz" in result.reason
+    assert router.table.weights == {"v1": 100.0}
+    assert [e.event for e in result.timeline] == ["started", "canary_stopped", "rolled_back"]
+    router.stop()

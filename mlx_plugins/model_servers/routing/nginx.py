@@ -441,6 +441,15 @@ class NginxRouter:
         with self._lock:
             if self.running():
                 raise RouterError(f"the router in {self.run_dir} is already running")
+            try:
+                other: NginxRouter | None = NginxRouter.attach(self.run_dir)
+            except RouterError:
+                other = None
+            if other is not None:
+                raise RouterError(
+                    f"a router already runs in {self.run_dir} (nginx pid {other.pid}, "
+                    f"{other.url}): use NginxRouter.attach() to change it, or stop() it first"
+                )
             nginx = find_nginx(self.settings.binary)
             for sub in ("logs", "temp"):
                 (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
