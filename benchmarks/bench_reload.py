@@ -70,6 +70,9 @@ def _client(stack, tally: Tally, stop: threading.Event, lock: threading.Lock) ->
 
 
 def phase(stack, seconds: float, clients: int, runs: int, swap=None) -> Tally:  # type: ignore[no-untyped-def]
+    """``clients`` GraphQL loops and ``runs`` launches spread over ``seconds``; with ``swap``
+    (a function of the tally) also the reloads, in their own thread, the phase lasting until
+    they are done (runs keep being launched at the same pace meanwhile)."""
     from tests.deploy._stack import GraphQLError
 
     tally, stop, lock = Tally(), threading.Event(), threading.Lock()
@@ -77,21 +80,21 @@ def phase(stack, seconds: float, clients: int, runs: int, swap=None) -> Tally:  
         threading.Thread(target=_client, args=(stack, tally, stop, lock), daemon=True)
         for _ in range(clients)
     ]
+    reloader = threading.Thread(target=swap, args=(tally,), daemon=True) if swap else None
     for t in threads:
         t.start()
+    if reloader is not None:
+        reloader.start()
     end = time.monotonic() + seconds
     run_every = seconds / max(runs, 1)
     next_run = time.monotonic()
-    swaps = swap(tally) if swap else None
-    while time.monotonic() < end:
-        if len(tally.runs) + len(tally.launch_failures) < runs and time.monotonic() >= next_run:
+    while time.monotonic() < end or (reloader is not None and reloader.is_alive()):
+        if time.monotonic() >= next_run:
             try:
                 tally.runs.append(stack.launch("reference"))
             except GraphQLError as exc:
                 tally.launch_failures.append(str(exc)[:300])
             next_run += run_every
-        if swaps is not None:
-            next(swaps, None)
         time.sleep(0.2)
     stop.set()
     for t in threads:
@@ -104,7 +107,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="length of each phase")
     ap.add_argument("--reloads", type=int, default=4)
     ap.add_argument("--clients", type=int, default=2, help="concurrent GraphQL clients")
-    ap.add_argument("--runs", type=int, default=4, help="runs launched per phase")
+    ap.add_argument("--runs", type=int, default=4, help="runs launched per --seconds")
     args = ap.parse_args()
 
     import dagster as dg
@@ -140,12 +143,10 @@ def main() -> None:
         stack.start()
         url = f"http://127.0.0.1:{stack.web_port}"
 
-        def swaps(tally: Tally):  # type: ignore[no-untyped-def]
+        def swaps(tally: Tally) -> None:
             gap = args.seconds / (args.reloads + 1)
             for i in range(args.reloads):
-                due = time.monotonic() + gap
-                while time.monotonic() < due:
-                    yield
+                time.sleep(gap)
                 candidate.write_text(texts[(i + 1) % 2])
                 start = time.perf_counter()
                 try:
@@ -154,7 +155,6 @@ def main() -> None:
                 except HotSwapError as exc:
                     tally.request_failures.append(f"reload: {exc}")
                 tally.reload_s.append(time.perf_counter() - start)
-                yield
 
         base = phase(stack, args.seconds, args.clients, args.runs)
         swap = phase(stack, args.seconds, args.clients, args.runs, swap=swaps)
@@ -179,8 +179,9 @@ def main() -> None:
 
     print(f"machine: {machine()}; load {load()}")
     print(
-        f"{args.seconds:.0f} s per phase, {args.clients} GraphQL clients, {args.runs} runs per "
-        f"phase, {swap.reloads}/{args.reloads} reloads "
+        f"{args.seconds:.0f} s per phase (the reload phase until its reloads are done), "
+        f"{args.clients} GraphQL clients, {args.runs} runs per {args.seconds:.0f} s, "
+        f"{swap.reloads}/{args.reloads} reloads "
         f"(median {median(swap.reload_s) if swap.reload_s else float('nan'):.1f} s each)\n"
     )
     widths = (10, 20, 20, 18, 10)
