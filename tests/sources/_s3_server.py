@@ -72,21 +72,24 @@ def s3_server() -> Iterator[S3]:
             "aws_secret_access_key": "setup",
             "region_name": REGION,
         }
+        # moto's state is per process, shared by every server started in it: names of our own
+        run = uuid.uuid4().hex[:8]
+        user, bucket = f"mlx-{run}", f"mlx-lake-{run}"
         iam = boto3.client("iam", **setup)
-        iam.create_user(UserName="mlx")
-        key = iam.create_access_key(UserName="mlx")["AccessKey"]
+        iam.create_user(UserName=user)
+        key = iam.create_access_key(UserName=user)["AccessKey"]
         policy = {
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
         }
-        iam.put_user_policy(UserName="mlx", PolicyName="s3", PolicyDocument=json.dumps(policy))
-        boto3.client("s3", **setup).create_bucket(Bucket="mlx-lake")
+        iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(policy))
+        boto3.client("s3", **setup).create_bucket(Bucket=bucket)
         settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from now on every request is checked
         yield S3(
             endpoint=endpoint,
             key=key["AccessKeyId"],
             secret=key["SecretAccessKey"],
-            bucket="mlx-lake",
+            bucket=bucket,
         )
     finally:
         settings.INITIAL_NO_AUTH_ACTION_COUNT = before
