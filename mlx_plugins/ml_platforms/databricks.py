@@ -575,6 +575,19 @@ class DatabricksPlatform(MLPlatform):
                 raise _TYPED_ERRORS[errors[-1].type](errors[-1].message) from None
             if type(exc).__name__ == "DagsterPipesExecutionError":
                 raise DatabricksError(redact(str(exc))) from None
+            from databricks.sdk.errors import DatabricksError as SdkError
+            from databricks.sdk.errors import PermissionDenied, Unauthenticated
+
+            if isinstance(exc, (PermissionDenied, Unauthenticated)):
+                raise DatabricksAuthError(
+                    f"Databricks at {self.host} refused the token while running the training "
+                    f"job ({exc}); set a valid personal access token as the ml_platform's `token`"
+                ) from None
+            if isinstance(exc, SdkError):  # e.g. runs/submit refused the task spec
+                raise DatabricksError(
+                    f"Databricks at {self.host} refused the training job: "
+                    f"{type(exc).__name__}: {exc}; check new_cluster / existing_cluster_id"
+                ) from exc
             raise
         results = [ResultMessage.model_validate(p) for p in payloads if p.get("kind") == "result"]
         if not results:

@@ -19,7 +19,12 @@ import polars as pl
 import pytest
 
 from mlx_plugins.kernel.secrets import redact
-from mlx_plugins.ml_platforms.base import EpochStats, TrainedModel, TrainingSpec
+from mlx_plugins.ml_platforms.base import (
+    EpochStats,
+    TrainedModel,
+    TrainingDivergedError,
+    TrainingSpec,
+)
 from mlx_plugins.ml_platforms.databricks import (
     DatabricksAuthError,
     DatabricksError,
@@ -166,6 +171,19 @@ def test_a_failed_run_names_its_state_error_and_page(
     assert not (tmp_path / "model" / "model.pt").exists()
     out = capfd.readouterr()
     assert TOKEN not in message + caplog.text + out.out + out.err
+
+
+def test_a_training_error_on_the_cluster_is_raised_as_its_own_class(
+    server: LoopbackDatabricks, tmp_path: Path
+) -> None:
+    """local_torch's typed errors cross the Pipes channel: a diverging loss on the cluster is
+    a TrainingDivergedError here, as with local_torch, and no model is saved."""
+    plugin = make_plugin(server, torch={**TORCH, "learning_rate": 1e20})
+    train, valid = frames()
+    with plugin.session(), pytest.raises(TrainingDivergedError, match=r"epoch \d of 3"):
+        plugin.train(train, valid, spec_for(tmp_path))
+    assert server.runs[max(server.runs)].result_state == "FAILED"
+    assert not (tmp_path / "model" / "model.pt").exists()
 
 
 def test_a_wrong_token_is_a_clear_error_at_health_and_before_any_run(
