@@ -181,19 +181,41 @@ def lifecycle_specs(composition: Composition, platform: Any) -> list[tuple[Lifec
 
 
 def resolve_lifecycles(
-    composition: Composition, platform: Any, specs: list[tuple[LifecycleSpec, str]]
+    composition: Composition,
+    platform: Any,
+    specs: list[tuple[LifecycleSpec, str]],
+    *,
+    explicit: bool = True,
 ) -> list[Lifecycle]:
     """``specs`` resolved against the settings, checked against the composition.
 
+    With ``explicit`` (the instances were named: ``settings.lifecycles`` or the caller) every
+    one must read a data source of the composition. Otherwise (every instance of the folder) an
+    instance whose data source the composition does not have is left out with a warning, so a
+    composition picks its models by the data it names; a name close to one it has is a typo
+    and an error.
+
     Raises:
-        CompositionError: an instance reads a data source the composition does not name, two
-            instances have no key prefix or the same prefix (names the files and the fix).
+        CompositionError: an instance reads a data source the composition does not name (see
+            above), no instance is left, two instances have no key prefix or the same prefix
+            (names the files and the fix).
     """
+    import difflib
+    import logging
+
     sources = [e.name for e in composition.of_kind("data_source")]
     out: list[Lifecycle] = []
+    left_out: list[str] = []
     prefixes: dict[tuple[str, ...], str] = {}
     for spec, file in specs:
         lc = Lifecycle(spec, platform, file)
+        if (
+            spec.data.source not in sources
+            and not explicit
+            and not difflib.get_close_matches(spec.data.source, sources, n=1, cutoff=0.75)
+        ):
+            left_out.append(f"{spec.name} (data source {spec.data.source!r})")
+            continue
         if spec.data.source not in sources:
             raise CompositionError(
                 file or composition.source,
@@ -213,6 +235,21 @@ def resolve_lifecycles(
             )
         prefixes[lc.prefix] = file or spec.name
         out.append(lc)
+    if left_out:
+        logging.getLogger("mlx").warning(
+            "lifecycle instances left out, their data source is not in %s: %s",
+            composition.source,
+            ", ".join(left_out),
+        )
+    if specs and not out:
+        raise CompositionError(
+            composition.source,
+            "plugins.data_source",
+            f"no lifecycle instance reads one of its data sources {sources}; the instances "
+            f"read: {', '.join(left_out)}",
+            "add the data source an instance reads, or scaffold an instance for yours: dg "
+            "scaffold defs mlx_assets.component.MLLifecycle <name>",
+        )
     return out
 
 
@@ -287,7 +324,8 @@ def build_definitions(
         if lifecycles is not None
         else lifecycle_specs(composition, resources["platform"])
     )
-    instances = resolve_lifecycles(composition, resources["platform"], specs)
+    explicit = lifecycles is not None or resources["platform"].lifecycles is not None
+    instances = resolve_lifecycles(composition, resources["platform"], specs, explicit=explicit)
     provider_keys = llm_provider_keys(composition)
     assets: list[Any] = []
     all_jobs: list[Any] = []

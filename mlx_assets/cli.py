@@ -3,9 +3,10 @@
 mlx plugins list                  installed plugins by kind (no plugin module is imported)
 mlx config validate [FILE]        validate a composition file (exit 1 with a clear error)
 mlx health [FILE]                 open each used plugin and run its health check
-mlx lifecycle [FILE] [-v] [-m M]  materialize what is missing, stale or bad, in order, for
-                                  every lifecycle instance (-m/--model NAME: only those;
-                                  -v/--verbose: also Dagster's event lines)
+mlx lifecycle [FILE] [-v] [-m M] [--all]
+                                  materialize what is missing, stale or bad, in order, for
+                                  each lifecycle instance run by default (-m/--model NAME: only
+                                  those; --all: every one; -v/--verbose: Dagster's event lines)
 mlx home                          print (and create) the local DAGSTER_HOME
 mlx audit [--plugin P] [--run R] [--since 2h|ISO] [--outcome ok|error] [--json]
                                   plugin calls recorded in the audit log
@@ -109,6 +110,11 @@ def _lifecycle(args: argparse.Namespace) -> int:
             log(f"no lifecycle instance named {unknown}; there are: {[i.name for i in instances]}")
             return 2
         instances = [lc for lc in instances if lc.name in args.model]
+    elif not args.all:
+        skipped = [lc.name for lc in instances if not lc.spec.default_run]
+        instances = [lc for lc in instances if lc.spec.default_run]
+        if skipped:
+            log(f"not run by default: {', '.join(skipped)} (mlx lifecycle -m NAME or --all)")
     with lifecycle_lock(home, log), dg.DagsterInstance.get() as instance:
         recover(instance, defs, log)  # fail runs of killed processes, clean their leftovers
         for lc in instances:
@@ -183,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         "-m",
         "--model",
         action="append",
-        help="run only this lifecycle instance (by name; repeatable); default: every instance",
+        help="run only this lifecycle instance (by name; repeatable); default: every instance "
+        "whose defs.yaml does not say default_run: false",
+    )
+    sub.choices["lifecycle"].add_argument(
+        "--all", action="store_true", help="run every lifecycle instance, default_run or not"
     )
     args = parser.parse_args(argv)
     try:

@@ -62,6 +62,7 @@ class MLLifecycle(dg.Component, dg.Resolvable, dg.Model):
     window: dict[str, Any] | None = None
     drift: dict[str, Any] | None = None
     arrival_cron: str | None = None
+    default_run: bool = True
     ml_platform: dict[str, Any] = {}
 
     def spec(self) -> LifecycleSpec:

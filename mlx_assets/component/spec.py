@@ -226,6 +226,11 @@ class LifecycleSpec(_Strict):
     window: TrainingWindow | None = Field(default=None, description="Default: settings.window.")
     drift: DriftPolicy | None = Field(default=None, description="Default: settings.drift.")
     arrival_cron: str | None = Field(default=None, description="Default: settings.arrival_cron.")
+    default_run: bool = Field(
+        default=True,
+        description="``mlx lifecycle`` without ``--model`` runs this instance (false: only when "
+        "named, ``-m NAME``, or with ``--all``); the UI, sensor and schedule have it either way.",
+    )
     ml_platform: dict[str, Any] = Field(
         default_factory=dict,
         description="Overrides of the composition's ml_platform plugin config for this model "

@@ -153,7 +153,7 @@ def _evaluate_task(
     test = encoded.filter(pl.col(SPLIT) == "test")
     train = encoded.filter(pl.col(SPLIT) == "train")
     y = test[t.column].to_numpy()
-    pred = ml_platform.predict(model, test)  # type: ignore[attr-defined]
+    pred = ml_platform.predict(model, test)
     classes = tuple(t.classes)
     if t.kind == "multiclass":
         k = len(classes)

@@ -43,9 +43,9 @@ def encode_target(lc: Lifecycle, frame: pl.DataFrame) -> pl.DataFrame:
         bad = frame.filter(~col.cast(pl.String).is_in(classes))[target.column].unique().to_list()
     if bad:
         raise dg.Failure(
-            f"lifecycle {lc.name!r}: target {target.column!r} holds label(s) {sorted(map(str, bad))[:10]} "
-            f"not in target.classes {classes}. fix: add them to target.classes in its defs.yaml, "
-            "or map them in features.function",
+            f"lifecycle {lc.name!r}: target {target.column!r} holds label(s) "
+            f"{sorted(map(str, bad))[:10]} not in target.classes {classes}. fix: add them to "
+            "target.classes in its defs.yaml, or map them in features.function",
             allow_retries=False,
         )
     if dtype.is_integer():

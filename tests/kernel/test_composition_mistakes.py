@@ -71,7 +71,7 @@ def test_misspelled_plugin_field_suggests_the_closest(tmp_path):
 @pytest.mark.parametrize(
     ("settings", "key", "suggestion"),
     [
-        ("  model_nme: x\n", "settings.model_nme", "model_name"),
+        ("  lifecycle: [a]\n", "settings.lifecycle", "lifecycles"),
         ("  window: {train_strt: 2013-01-01}\n", "settings.window.train_strt", "train_start"),
         ("  drift: {cooldown_minute: 5}\n", "settings.drift.cooldown_minute", "cooldown_minutes"),
         ("  quality_gate: {min_auc: 0.7}\n", "settings.quality_gate.min_auc", "min_roc_auc"),

@@ -268,7 +268,7 @@ def test_the_component_builds_through_dagsters_own_loader():
     MLX's loader for that instance."""
     from mlx_assets.component.component import MLLifecycle
 
-    spec, file = load_specs(only=["seattle_weather"])[0]
+    _, file = load_specs(only=["seattle_weather"])[0]
     import yaml
 
     attributes = yaml.safe_load(Path(file).read_text())["attributes"]

@@ -7,10 +7,11 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from mlx_assets.training import model as model_module
+from mlx_assets.training.model import build_model
 from mlx_plugins.kernel.metadata import PluginMetadata
 from mlx_plugins.ml_platforms.base import EpochStats, MLPlatform, TrainedModel, TrainingSpec
 from mlx_resources.platform import Platform
+from tests.conftest import flights_lifecycle
 
 LOSSES = [(0.9, 0.95), (0.7, 0.8), (0.6, 0.75)]
 
@@ -54,14 +55,14 @@ class FakePlatform(MLPlatform):
 
 @dg.asset
 def training_set() -> pl.DataFrame:
-    return pl.DataFrame({"split": ["train", "valid"], "x": [1.0, 2.0]})
+    return pl.DataFrame({"split": ["train", "valid"], "x": [1.0, 2.0], "delayed": [0, 1]})
 
 
 def test_loss_by_epoch_table(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MLX_HOME", str(tmp_path))
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize(
-            [training_set, model_module.model],
+            [training_set, build_model(flights_lifecycle())],
             instance=instance,
             resources={
                 "platform": Platform(),
