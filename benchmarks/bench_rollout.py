@@ -61,11 +61,16 @@ def trial(
     to_canary = [o for o in outcomes if o.version == canary.version]
     first_error = min(o.done for o in to_canary if o.status == 500)
     restored = result.event_time("traffic_restored")
-    assert restored is not None
+    failed = result.event_time("step_failed")
+    assert restored is not None and failed is not None
     last_sent = max(o.sent for o in to_canary)
     lost = sum(1 for o in outcomes if o.status == 0)
     stable_failed = sum(1 for o in outcomes if o.version == stable.version and o.status != 200)
-    note = f"{len(outcomes)} requests, {lost} lost, {stable_failed} stable failures"
+    note = (
+        f"detected {(failed - first_error) * 1000:.0f} ms + switched "
+        f"{(restored - failed) * 1000:.0f} ms; {len(outcomes)} requests, {lost} lost, "
+        f"{stable_failed} stable failures"
+    )
     return restored - first_error, last_sent - first_error, note
 
 
