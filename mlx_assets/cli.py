@@ -44,9 +44,9 @@ def _config_validate(args: argparse.Namespace) -> int:
 
     try:
         comp = _load(args)
-        from mlx_assets.build import build_definitions
+        from mlx_assets.build import build_definitions, lifecycles_of
 
-        build_definitions(comp)
+        defs = build_definitions(comp)
     except CompositionError as exc:
         print(f"invalid: {exc}", file=sys.stderr)
         return 1
@@ -54,6 +54,12 @@ def _config_validate(args: argparse.Namespace) -> int:
     for e in comp.entries:
         secrets = f"  secrets from env: {', '.join(e.env_vars)}" if e.env_vars else ""
         print(f"  {e.kind:<15} {e.name:<14} -> {e.plugin}{secrets}")
+    for lc in lifecycles_of(defs):
+        prefix = "/".join(lc.prefix) + "/" if lc.prefix else "(no prefix)"
+        print(
+            f"  lifecycle       {lc.name:<14} -> {lc.task} on data source {lc.spec.data.source!r}"
+            f", assets {prefix} ({lc.source_file})"
+        )
     return 0
 
 
