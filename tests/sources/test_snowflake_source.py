@@ -5,6 +5,7 @@ polars, idempotent write-back, credentials, cancellation, and the data-source co
 from __future__ import annotations
 
 import _thread
+import contextlib
 import datetime as dt
 import threading
 
@@ -321,9 +322,17 @@ def test_password_and_key_together_or_neither_are_refused(sf_server):
 # -- cancellation ------------------------------------------------------------------------------
 
 
-def test_an_interrupted_read_cancels_its_query_in_the_warehouse(sf_server, sf_database):
-    """A step termination reaches the step as an exception in the main thread while the query
-    runs (Dagster raises it from its signal handler; Ctrl-C likewise): the query is aborted."""
+@pytest.mark.parametrize("how", ["run terminated (SIGTERM in a Dagster step)", "Ctrl-C"])
+def test_an_interrupted_read_cancels_its_query_in_the_warehouse(sf_server, sf_database, how):
+    """A terminated run's step gets SIGTERM, which Dagster's handler (installed around step
+    execution) raises as DagsterExecutionInterruptedError in the main thread while the query
+    runs; Ctrl-C raises KeyboardInterrupt. Either way the query is aborted in the warehouse."""
+    import os
+    import signal
+
+    from dagster._core.errors import DagsterExecutionInterruptedError, raise_execution_interrupts
+
+    dagster_step = how.startswith("run terminated")
     src = _source(sf_server, sf_database)
     sf_server.aborted.clear()
     sf_server.status_polled.clear()
@@ -331,15 +340,21 @@ def test_an_interrupted_read_cancels_its_query_in_the_warehouse(sf_server, sf_da
 
     def interrupt_once_running() -> None:
         if sf_server.status_polled.wait(timeout=60):
-            _thread.interrupt_main()
+            if dagster_step:
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                _thread.interrupt_main()
 
     helper = threading.Thread(target=interrupt_once_running, daemon=True)
+    expected = DagsterExecutionInterruptedError if dagster_step else KeyboardInterrupt
+    scope = raise_execution_interrupts() if dagster_step else contextlib.nullcontext()
     try:
         with src.session() as s:
             s.schema("customer_features")
-            helper.start()
-            with pytest.raises(KeyboardInterrupt):
-                s.read("customer_features", DAYS[0], DAYS[0])
+            with scope:
+                helper.start()
+                with pytest.raises(expected):
+                    s.read("customer_features", DAYS[0], DAYS[0])
             qid = s.last_query("customer_features")[1]
     finally:
         sf_server.hold_queries.clear()
