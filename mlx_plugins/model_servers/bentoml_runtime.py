@@ -18,21 +18,20 @@ imports this one for :func:`request_schema` without loading a server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import os
+import re
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mlx_plugins.model_servers.schema import RequestSchema, Task, UnknownCategory
-
-if TYPE_CHECKING:
-    from pydantic import TypeAdapter, ValidationError
 
 log = logging.getLogger("mlx.serving")
 
@@ -99,57 +98,99 @@ def request_schema(
     )
 
 
-def request_validator(schema: RequestSchema) -> TypeAdapter[Any]:
-    """A pydantic validator of ``{"rows": [row, ...]}`` for ``schema``: every feature present
-    (``null`` for a missing value), numeric features JSON numbers, categorical ones strings,
-    nothing else; 1 row or more (the row limit is checked apart: it is a 413, not a 422)."""
-    from typing import Annotated
+class RequestError(ValueError):
+    """A request body that does not fit the schema; ``detail`` is the 422 body's list: one
+    entry per problem with ``row`` (index, or None for the body), ``field`` and ``problem``
+    (what is wrong and what is expected)."""
 
-    from pydantic import ConfigDict, Field, Strict, TypeAdapter
-    from typing_extensions import TypedDict
-
-    number = Annotated[float, Strict()] | None  # strict: "1.5" and true are refused
-    text = Annotated[str, Strict()] | None
-    fields: dict[str, Any] = {name: number for name in schema.numeric}
-    fields.update({name: text for name in schema.categorical})
-    row = TypedDict("Row", fields)  # type: ignore[misc]
-    row.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
-
-    class Request(TypedDict):
-        rows: Annotated[list[row], Field(min_length=1)]  # type: ignore[valid-type]
-
-    Request.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
-    return TypeAdapter(Request)
+    def __init__(self, detail: list[dict[str, Any]]) -> None:
+        super().__init__(detail[0]["problem"] if detail else "bad request")
+        self.detail = detail
 
 
-def describe_errors(exc: ValidationError, schema: RequestSchema) -> list[dict[str, Any]]:
-    """A pydantic error as the 422 body's ``detail``: one entry per problem with ``row`` (index,
-    or None for the body), ``field`` and ``problem`` (what is wrong and what is expected)."""
-    out = []
-    for err in exc.errors(include_url=False)[:20]:
-        loc = list(err.get("loc", ()))
-        row = loc[1] if len(loc) > 1 and loc[0] == "rows" and isinstance(loc[1], int) else None
-        fld = str(loc[2]) if row is not None and len(loc) > 2 else str(loc[0]) if loc else "body"
-        kind = err.get("type", "")
-        problem = str(err.get("msg", "invalid"))
-        if kind == "extra_forbidden":
-            problem = (
-                "unknown feature; the model's features are: " + ", ".join(schema.features)
-                if row is not None
-                else 'unknown key; the body is {"rows": [{feature: value, ...}, ...]}'
+BODY_FORMAT = 'the body is {"rows": [{feature: value, ...}, ...]}'
+_WHAT = {"str": "a string", "int": "a number", "float": "a number", "bool": "true/false"}
+
+
+class RequestDecoder:
+    """Decodes and validates ``{"rows": [row, ...]}`` for ``schema`` in one pass (msgspec):
+    every feature present (``null`` for a missing value), numeric features JSON numbers (not
+    ``true``/``false``, not strings), categorical ones strings, nothing else; 1 row or more
+    (the row limit is checked apart: it is a 413, not a 422).
+
+    msgspec rather than pydantic here: for the 1024 features of the wide benchmark model a
+    pydantic ``TypedDict`` took about 60 times as long per row (docs/serving.md)."""
+
+    def __init__(self, schema: RequestSchema) -> None:
+        import msgspec
+
+        self.schema = schema
+        names = list(schema.features)
+        n_num = len(schema.numeric)
+        fields: list[tuple[str, Any]] = [(f"c{i}", float | None) for i in range(n_num)]
+        fields += [(f"c{i}", str | None) for i in range(n_num, len(names))]
+        row = msgspec.defstruct(
+            "Row",
+            fields,
+            forbid_unknown_fields=True,
+            rename={f"c{i}": name for i, name in enumerate(names)},
+        )
+        request = msgspec.defstruct(
+            "Request",
+            [("rows", list[row])],  # type: ignore[valid-type]
+            forbid_unknown_fields=True,
+        )
+        self._decoder = msgspec.json.Decoder(request)
+        self._astuple = msgspec.structs.astuple
+        self._errors = (msgspec.ValidationError, msgspec.DecodeError)
+
+    def decode(self, body: bytes) -> list[tuple[Any, ...]]:
+        """The rows as tuples of values in ``schema.features`` order.
+
+        Raises
+        ------
+        RequestError
+            The body is not valid JSON or does not fit the schema (HTTP 422).
+        """
+        try:
+            request: Any = self._decoder.decode(body)
+        except self._errors as exc:
+            raise RequestError([self.describe(exc)]) from None
+        if not request.rows:
+            raise RequestError(
+                [{"row": None, "field": "rows", "problem": "no rows; " + BODY_FORMAT}]
             )
-        elif kind == "missing":
-            problem = (
-                "missing feature (send null for a missing value)"
-                if row is not None
-                else 'missing; the body is {"rows": [{feature: value, ...}, ...]}'
-            )
-        elif fld in schema.numeric and kind in ("float_type", "float_parsing"):
-            problem = f"expected a number or null, got {_short(err.get('input'))}"
-        elif fld in schema.categorical and kind in ("string_type",):
-            problem = f"expected a category (a string) or null, got {_short(err.get('input'))}"
-        out.append({"row": row, "field": fld, "problem": problem})
-    return out
+        astuple = self._astuple
+        return [astuple(r) for r in request.rows]
+
+    def describe(self, exc: Exception) -> dict[str, Any]:
+        """A msgspec error as a 422 ``detail`` entry naming the row and the field."""
+        import msgspec
+
+        if not isinstance(exc, msgspec.ValidationError):  # (a subclass of DecodeError)
+            return {"row": None, "field": "body", "problem": f"not valid JSON ({exc})"}
+        message, _, path = str(exc).partition(" - at `")
+        path = path.rstrip("`")
+        named = re.search(r"field `([^`]*)`", message)
+        found = re.match(r"^\$\.rows\[(\d+)\](?:\.(.+))?$", path)
+        if found is None:  # the body itself: not an object, no rows, an unknown key
+            field_name = named.group(1) if named else "rows" if path == "$.rows" else "body"
+            return {"row": None, "field": field_name, "problem": f"{message}; {BODY_FORMAT}"}
+        field_name = found.group(2) or (named.group(1) if named else "")
+        got = re.search(r"got `([^`]*)`", message)
+        got_text = _WHAT.get(got.group(1), got.group(1)) if got else "something else"
+        if "unknown field" in message:
+            features = ", ".join(self.schema.features)
+            problem = f"unknown feature; the model's features are: {features}"
+        elif "missing required field" in message:
+            problem = "missing feature (send null for a missing value)"
+        elif field_name in self.schema.categorical:
+            problem = f"expected a category (a string) or null, got {got_text}"
+        elif field_name in self.schema.numeric:
+            problem = f"expected a number or null, got {got_text}"
+        else:
+            problem = f"{message}; each row is an object {{feature: value, ...}}"
+        return {"row": int(found.group(1)), "field": field_name, "problem": problem}
 
 
 def _short(value: Any) -> str:
@@ -195,11 +236,6 @@ class LoadedModel:
         """
         import hashlib
 
-        import numpy as np
-        import torch
-
-        from mlx_plugins.ml_platforms.torch_mlp import TabularMLP
-
         folder = Path(folder)
         meta = json.loads((folder / PACKAGE_FILE).read_text())
         blob = (folder / MODEL_FILE).read_bytes()
@@ -209,13 +245,39 @@ class LoadedModel:
                 f"{folder / MODEL_FILE} has sha256 {digest}, not the registered "
                 f"{meta['artifact_sha256']}: the package is damaged; package the version again"
             )
-        payload = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+        schema = RequestSchema.model_validate(meta["request_schema"])
+        return cls.load_from(folder / MODEL_FILE, schema, meta)
+
+    @classmethod
+    def load_from(
+        cls,
+        artifact: str | os.PathLike[str],
+        schema: RequestSchema,
+        meta: dict[str, Any] | None = None,
+    ) -> LoadedModel:
+        """Load a ``local_torch`` artifact (``model.pt``) to serve with ``schema``."""
+        import torch
+
+        from mlx_plugins.ml_platforms.torch_mlp import TabularMLP
+
+        payload = torch.load(artifact, map_location="cpu", weights_only=True)
         net = TabularMLP(**payload["architecture"])
         net.load_state_dict(payload["state_dict"])
-        net.eval()
         pre = json.loads(payload["preprocessing"])
-        schema = RequestSchema.model_validate(meta["request_schema"])
-        vocab = pre.get("vocab", {})
+        return cls.from_parts(net.eval(), pre, schema, meta)
+
+    @classmethod
+    def from_parts(
+        cls,
+        net: Any,
+        preprocessing: dict[str, Any],
+        schema: RequestSchema,
+        meta: dict[str, Any] | None = None,
+    ) -> LoadedModel:
+        """A model from its torch module (eval mode) and ``Preprocessor.to_dict()``."""
+        import numpy as np
+
+        pre, vocab = preprocessing, preprocessing.get("vocab", {})
         model = cls(
             net=net,
             schema=schema,
@@ -224,13 +286,14 @@ class LoadedModel:
             codes={c: {v: i + 1 for i, v in enumerate(vocab[c])} for c in pre["categorical"]},
             target_mean=pre.get("target_mean"),
             target_std=pre.get("target_std"),
-            meta=meta,
+            meta=meta or {},
         )
         model.fast = numpy_forward(net, model)
         return model
 
-    def featurize(self, rows: list[dict[str, Any]]) -> tuple[Any, Any]:
-        """Rows -> ``(numeric float32 (n, f), categorical int64 (n, c))`` tensors, exactly as
+    def featurize(self, rows: list[tuple[Any, ...]]) -> tuple[Any, Any]:
+        """Rows (values in ``schema.features`` order, as :meth:`RequestDecoder.decode` gives
+        them) -> ``(numeric float32 (n, f), categorical int64 (n, c))`` tensors, exactly as
         ``Preprocessor.transform`` does: ``(float32(x) - mean) / std`` in float32, non-finite
         results (null, NaN, +/-inf, beyond float32) 0; category index + 1, 0 for null and
         unseen (or :class:`RowError` when the schema refuses unseen categories)."""
@@ -238,9 +301,9 @@ class LoadedModel:
         import torch
 
         schema = self.schema
-        n = len(rows)
-        if schema.numeric:
-            raw = np.array([[r[c] for c in schema.numeric] for r in rows], dtype=np.float64)
+        n, k = len(rows), len(schema.numeric)
+        if k:
+            raw = np.array([r[:k] for r in rows], dtype=np.float64)  # null -> NaN
             with np.errstate(over="ignore", invalid="ignore"):
                 x = (raw.astype(np.float32) - self.means) / self.stds
             x[~np.isfinite(x)] = 0.0
@@ -252,11 +315,11 @@ class LoadedModel:
         for j, c in enumerate(cats):
             table = self.codes[c]
             for i, r in enumerate(rows):
-                v = r[c]
+                v = r[k + j]
                 if v is None:
                     continue
-                k = table.get(v, 0)
-                if k == 0 and schema.unknown_category == "reject":
+                code = table.get(v, 0)
+                if code == 0 and schema.unknown_category == "reject":
                     known = schema.categorical.get(c, ())
                     bad.append(
                         {
@@ -266,7 +329,7 @@ class LoadedModel:
                             f"e.g. {', '.join(known[:5])}); send null if it is missing",
                         }
                     )
-                codes[i, j] = k
+                codes[i, j] = code
         if bad:
             raise RowError(bad)
         return torch.from_numpy(x), torch.from_numpy(codes)
@@ -569,6 +632,61 @@ class Metrics:
 
 
 # -- the app -----------------------------------------------------------------------------------
+class Admission:
+    """Back-pressure for one worker: a request expected to wait longer than ``max_latency_ms``
+    before the worker gets to it is answered 503 at once, so the tail stays bounded and the
+    shed requests are counted, instead of every request waiting longer and longer.
+
+    The expected wait is the larger of two measures:
+
+    - the event loop's lag: a probe sleeps 5 ms at a time and measures how late it wakes, i.e.
+      how long a new request's first step waits behind the work already queued in the loop
+      (requests read from the sockets but not yet handled are invisible otherwise);
+    - Little's law: ``inflight x interval`` (requests inside the handler times the recent time
+      between answers while busy: HTTP, parsing, validation and the forward pass, and the
+      machine's contention, all included).
+
+    The lag rises at once and decays over a few probes, so a burst sheds only while it lasts.
+    """
+
+    PROBE_S = 0.005
+
+    def __init__(self, max_latency_ms: float) -> None:
+        self.max_latency_s = max_latency_ms / 1000.0
+        self.inflight = 0
+        self.interval_s = 0.0
+        self.last_done = 0.0
+        self.lag_s = 0.0
+        self._probe: asyncio.Future[None] | None = None
+
+    def expected_wait_s(self) -> float:
+        return max(self.lag_s, self.inflight * self.interval_s)
+
+    def enter(self) -> bool:
+        """Admit a request (True) or shed it (False); an admitted one must :meth:`leave`."""
+        if self._probe is None:
+            with contextlib.suppress(RuntimeError):  # no running loop (a test): no lag
+                self._probe = asyncio.get_running_loop().create_task(self._measure_lag())
+        if self.expected_wait_s() > self.max_latency_s:
+            return False
+        self.inflight += 1
+        return True
+
+    def leave(self, started: float) -> None:
+        now = time.perf_counter()
+        gap = now - max(self.last_done, started)  # busy time since the previous answer
+        self.interval_s = gap if not self.interval_s else 0.9 * self.interval_s + 0.1 * gap
+        self.last_done = now
+        self.inflight -= 1
+
+    async def _measure_lag(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(self.PROBE_S)
+            lag = max(0.0, time.perf_counter() - before - self.PROBE_S)
+            self.lag_s = lag if lag > self.lag_s else 0.7 * self.lag_s + 0.3 * lag
+
+
 @dataclass
 class ServingState:
     """What the app serves; filled by the service's ``__init__`` in each worker."""
@@ -576,7 +694,8 @@ class ServingState:
     model: LoadedModel | None = None
     batcher: AdaptiveBatcher | None = None
     metrics: Metrics | None = None
-    validator: Any = None
+    admission: Admission = field(default_factory=lambda: Admission(50.0))
+    decoder: RequestDecoder | None = None
     max_body_bytes: int = 1 << 20
     ready: bool = False
     error: str = ""
@@ -586,7 +705,7 @@ class ServingState:
         folder: str | os.PathLike[str],
         *,
         max_batch_rows: int = 64,
-        max_latency_ms: float = 100.0,
+        max_latency_ms: float = 50.0,
         torch_threads: int = 1,
         metrics: bool = True,
         unknown_category: UnknownCategory | None = None,
@@ -606,12 +725,13 @@ class ServingState:
         if update:
             model.schema = model.schema.model_copy(update=update)
         self.model = model
-        self.validator = request_validator(model.schema)
+        self.decoder = RequestDecoder(model.schema)
         features = max(1, len(model.schema.features))
         self.max_body_bytes = model.schema.max_batch_rows * (features * 64 + 64) + 4096
         self.batcher = AdaptiveBatcher(
             model, max_batch_rows=max_batch_rows, max_latency_ms=max_latency_ms
         )
+        self.admission = Admission(max_latency_ms)
         if metrics:
             self.metrics = Metrics(model.meta["model"], model.meta["version_label"])
             self.metrics.info.labels(
@@ -621,7 +741,7 @@ class ServingState:
             ).set(1)
         from mlx_plugins.model_servers.schema import example_row
 
-        warm = [example_row(model.schema)]
+        warm = self.decoder.decode(json.dumps({"rows": [example_row(model.schema)]}).encode())
         model.to_predictions(model.forward(*model.featurize(warm)))  # warm-up
         self.ready = True
 
@@ -644,7 +764,6 @@ def build_app(state: ServingState = STATE) -> Any:
     """The ASGI app serving ``state``: ``POST /predict``, ``GET /schema`` (the request schema
     as JSON) and ``GET /`` (what is served). Health, readiness and metrics are BentoML's
     routes on the same server."""
-    from pydantic import ValidationError
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.routing import Route
@@ -652,6 +771,19 @@ def build_app(state: ServingState = STATE) -> Any:
     async def predict(request: Request) -> Any:
         start = time.perf_counter()
         status, rows = 500, 0
+        admission = state.admission
+        if not admission.enter():
+            status = 503
+            if state.metrics is not None:
+                state.metrics.observe(503, time.perf_counter() - start)
+            wait_ms = admission.expected_wait_s() * 1000
+            return _json(
+                {
+                    "error": f"overloaded: expected wait {wait_ms:.0f} ms exceeds "
+                    f"max_latency_ms {admission.max_latency_s * 1000:.0f}; retry"
+                },
+                503,
+            )
         try:
             response, status, rows = await _predict(request)
             return response
@@ -660,6 +792,7 @@ def build_app(state: ServingState = STATE) -> Any:
             status = 500
             return _json({"error": f"internal error: {type(exc).__name__}"}, 500)
         finally:
+            admission.leave(start)
             if state.metrics is not None:
                 state.metrics.observe(status, time.perf_counter() - start, rows)
                 if state.batcher is not None and state.batcher.batch_rows:
@@ -686,11 +819,11 @@ def build_app(state: ServingState = STATE) -> Any:
         body = await request.body()
         if len(body) > state.max_body_bytes:
             return _json({"error": "request body too large; split the batch"}, 413), 413, 0
+        assert state.decoder is not None
         try:
-            parsed = state.validator.validate_json(body)
-        except ValidationError as exc:
-            return _json({"detail": describe_errors(exc, model.schema)}, 422), 422, 0
-        rows = parsed["rows"]
+            rows = state.decoder.decode(body)
+        except RequestError as exc:
+            return _json({"detail": exc.detail}, 422), 422, 0
         if len(rows) > model.schema.max_batch_rows:
             return (
                 _json(
@@ -750,10 +883,10 @@ __all__ = [
     "LoadedModel",
     "Metrics",
     "Overloaded",
+    "RequestDecoder",
+    "RequestError",
     "RowError",
     "ServingState",
     "build_app",
-    "describe_errors",
     "request_schema",
-    "request_validator",
 ]

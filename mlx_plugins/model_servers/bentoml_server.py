@@ -139,10 +139,11 @@ class BentoMLServer(ModelServer):
         default=64, ge=1, description="Most rows in one forward pass (adaptive batching)."
     )
     max_latency_ms: float = Field(
-        default=100.0,
+        default=50.0,
         gt=0,
-        description="Adaptive batching answers 503 at once to a request it expects to wait "
-        "longer than this (ms) for its forward pass: load is shed, the queue stays short.",
+        description="A worker answers 503 at once to a request it expects to wait longer "
+        "than this (ms) before it is handled, or for its batched forward pass: load is shed "
+        "and counted, the queue and the latency tail stay bounded.",
     )
     unknown_category: UnknownCategory = Field(
         default="missing",
