@@ -59,59 +59,22 @@ def finite_sorted(series: pl.Series, *, multithreaded: bool = False) -> np.ndarr
     """The finite values of ``series`` as a sorted float64 array.
 
     Nulls, NaN and +/-inf are dropped (they count as missing): nulls before the sort, the rest
-    by two binary searches after it, so a clean column costs exactly one sort. Temporal columns
-    are compared as nanoseconds (instants since the epoch in UTC, durations, times of day; see
-    :func:`~mlx_plugins.drift_detectors.dtypes.comparable_float64`), whatever their unit or time
-    zone. The values are sorted as integers (:func:`sort_float64`: about twice as fast as a
-    float sort), on the calling thread unless ``multithreaded`` (then polars' parallel sort):
-    parallelism pays off across columns (see the detector's ``max_workers``), while a parallel
-    sort of one column mostly burns CPU on a small machine.
+    by two binary searches after it (-inf sorts first, +inf and NaN last), so a clean column
+    costs exactly one sort. Temporal columns are compared as nanoseconds (instants since the
+    epoch in UTC, durations, times of day; see :func:`~mlx_plugins.drift_detectors.dtypes.
+    comparable_float64`), whatever their unit or time zone. The sort is numpy's (vectorised:
+    several times faster than polars' float sort here) on the calling thread, unless
+    ``multithreaded`` (then polars' parallel sort): parallelism pays off across columns (see
+    the detector's ``max_workers``), while a parallel sort of one column mostly burns CPU on a
+    small machine.
     """
     s = comparable_float64(series)
     if s.null_count():
         s = s.drop_nulls()
-    if multithreaded:
-        values = s.sort(multithreaded=True).to_numpy()
-        lo = int(np.searchsorted(values, -np.inf, side="right"))
-        hi = int(np.searchsorted(values, np.inf, side="left"))
-        return values[lo:hi]
-    return sort_float64(s.to_numpy(), finite=True)
-
-
-_LOW_63 = np.int64(0x7FFFFFFFFFFFFFFF)
-
-
-def _flip_negatives(keys: np.ndarray) -> None:
-    """In place, the involution between float64 bit patterns (as int64) and integers in the
-    floats' order: a negative float's 63 low bits are flipped, so that more negative sorts lower
-    and every negative below every positive (-0.0 just below 0.0, -inf and -NaN lowest, +NaN
-    highest)."""
-    sign = keys >> 63  # 0 or -1
-    sign &= _LOW_63
-    keys ^= sign
-
-
-_NEG_INF_KEY = np.array([-np.inf]).view(np.int64)
-_POS_INF_KEY = np.array([np.inf]).view(np.int64)
-_flip_negatives(_NEG_INF_KEY)
-_flip_negatives(_POS_INF_KEY)
-
-
-def sort_float64(values: np.ndarray, *, finite: bool = False) -> np.ndarray:
-    """``values`` (float64) sorted as integers: their bit patterns, mapped to integers in the
-    floats' order (a new array; ``values`` is not changed). -0.0 comes just before 0.0; a NaN
-    with its sign bit set sorts first and any other NaN last (``np.sort`` puts every NaN
-    last). With ``finite`` NaN and +/-inf are dropped, leaving what ``np.sort`` gives for the
-    finite values."""
-    keys = np.array(values, dtype=np.float64, copy=True).view(np.int64)
-    _flip_negatives(keys)
-    keys.sort()
-    lo, hi = 0, len(keys)
-    if finite and hi:
-        lo = int(np.searchsorted(keys, _NEG_INF_KEY[0], side="right"))
-        hi = int(np.searchsorted(keys, _POS_INF_KEY[0], side="left"))
-    _flip_negatives(keys)
-    return keys.view(np.float64)[lo:hi]
+    values = s.sort(multithreaded=True).to_numpy() if multithreaded else np.sort(s.to_numpy())
+    lo = int(np.searchsorted(values, -np.inf, side="right"))
+    hi = int(np.searchsorted(values, np.inf, side="left"))
+    return values[lo:hi]
 
 
 _CATEGORY = "category"  # fixed names: a column may itself be called "reference" or "current"

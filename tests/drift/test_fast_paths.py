@@ -6,7 +6,7 @@
 * Small sample against a large reference (``ecdf_distances_blocks``): the same KS gap and
   distinct count as the merge, the same Wasserstein distance to 1e-13 (relative), also where
   the values sit far from zero (cancellation) or beyond the reference's range.
-* The integer sort of floats, and both ways of aligning category counts.
+* The sort of a column's finite values, and both ways of aligning category counts.
 """
 
 from __future__ import annotations
@@ -162,18 +162,17 @@ def test_prepared_and_raw_agree_bit_for_bit_in_the_block_regime() -> None:
         assert fast.model_dump_json() == raw.model_dump_json()
 
 
-def test_sort_float64_is_np_sort_with_specials() -> None:
+def test_finite_sorted_drops_nan_inf_and_nulls_and_sorts() -> None:
     rng = np.random.default_rng(3)
     specials = np.array([0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 5e-324, -5e-324, 1.0])
     for _ in range(100):
         body = rng.normal(size=int(rng.integers(0, 60))) * 10.0 ** int(rng.integers(-300, 300))
         x = np.concatenate([body, rng.choice(specials, int(rng.integers(0, 8)))])
-        got = st.sort_float64(x)
-        assert got[~np.isnan(got)].tolist() == np.sort(x)[~np.isnan(np.sort(x))].tolist()
-        assert np.isnan(got).sum() == np.isnan(x).sum()  # -NaN first, +NaN last
-        finite = st.sort_float64(x, finite=True)
-        assert finite.tolist() == np.sort(x[np.isfinite(x)]).tolist()
-        assert st.finite_sorted(pl.Series(x)).tolist() == finite.tolist()
+        expected = np.sort(x[np.isfinite(x)]).tolist()
+        assert st.finite_sorted(pl.Series(x)).tolist() == expected
+        assert st.finite_sorted(pl.Series(x), multithreaded=True).tolist() == expected
+        with_nulls = pl.Series([*x.tolist(), None])
+        assert st.finite_sorted(with_nulls).tolist() == expected
 
 
 def test_category_alignment_by_dict_and_by_join_agree(monkeypatch: pytest.MonkeyPatch) -> None:
