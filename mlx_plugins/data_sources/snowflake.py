@@ -330,7 +330,8 @@ class SnowflakeSource(DataSource):
                 quote_identifier(t.date_column, f"read_tables.{name}.date_column")
             for c in t.columns or ():
                 quote_identifier(c, f"read_tables.{name}.columns")
-            if t.columns and t.date_column and t.date_column not in t.columns:
+            stored = {_identifier_value(c, "column") for c in t.columns or ()}
+            if stored and t.date_column and _identifier_value(t.date_column, "") not in stored:
                 raise ValueError(
                     f"read_tables.{name}.columns must include its date_column {t.date_column!r}"
                 )
