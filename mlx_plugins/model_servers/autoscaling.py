@@ -59,7 +59,7 @@ class AutoscalingPolicy(BaseModel):
         Seconds between two observations (local autoscaler).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     min_replicas: int = Field(default=1, ge=1)
     max_replicas: int = Field(default=8, ge=1)

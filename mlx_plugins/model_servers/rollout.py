@@ -103,7 +103,7 @@ class RolloutRule(BaseModel):
         the step's error budget, ``max_error_rate * hold_requests``).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_error_rate: float = Field(default=0.01, gt=0, le=1)
     max_p99_ms: float = Field(default=1000.0, gt=0)
@@ -168,7 +168,7 @@ class RolloutPolicy(BaseModel):
         the benchmark's baseline).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     steps: tuple[float, ...] = (10.0, 50.0, 100.0)
     hold_requests: int | None = Field(default=200, ge=1)

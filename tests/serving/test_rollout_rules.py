@@ -112,3 +112,8 @@ def test_policy_refuses_bad_steps_and_holds() -> None:
         RolloutPolicy(hold_requests=None, hold_seconds=None)
     with pytest.raises(ValidationError, match="must be below max_step_seconds"):
         RolloutPolicy(hold_seconds=100, max_step_seconds=50)
+    # from a settings mapping (mlx.yaml): a misspelt key is an error naming it, not ignored
+    with pytest.raises(ValidationError, match=r"rule\.max_p99\n.*Extra inputs are not permitted"):
+        RolloutPolicy.model_validate({"hold_seconds": 30, "rule": {"max_p99": 800}})
+    policy = RolloutPolicy.model_validate({"steps": [5, 25, 100], "rule": {"max_p99_ms": 800}})
+    assert (policy.steps, policy.rule.max_p99_ms, policy.hold_requests) == ((5, 25, 100), 800, 200)

@@ -30,7 +30,7 @@ class MetricNames(BaseModel):
     :func:`detect_names` picks one of the two from a scrape.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     requests_total: str = "bentoml_service_request_total"
     duration_seconds: str = "bentoml_service_request_duration_seconds"

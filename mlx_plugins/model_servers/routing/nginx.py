@@ -82,7 +82,7 @@ class NginxConfigError(RouterError):
 class NginxSettings(BaseModel):
     """How the router's nginx runs (all times in seconds)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     binary: str = "nginx"
     """The nginx executable (a name on PATH or a path); ``apt-get install -y nginx``."""
