@@ -237,6 +237,15 @@ class DatabricksPlatform(MLPlatform):
     def _host(cls, v: str) -> str:
         return v.rstrip("/")
 
+    @model_validator(mode="after")
+    def _one_cluster(self) -> DatabricksPlatform:
+        if self.existing_cluster_id and self.new_cluster != ClusterSpec():
+            raise ValueError(
+                "new_cluster and existing_cluster_id are both set; keep one: new_cluster for a "
+                "job cluster per run, existing_cluster_id for an all-purpose cluster"
+            )
+        return self
+
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> None:
         if self._client is None:

@@ -161,6 +161,16 @@ def test_single_node_profile_is_set_for_zero_workers() -> None:
     assert lineage["spark_env_vars"] == ["SECRET_THING"]  # names only: values may be secrets
 
 
+def test_new_cluster_and_existing_cluster_are_exclusive() -> None:
+    with pytest.raises(ValidationError, match="keep one"):
+        DatabricksPlatform(
+            host="https://x.cloud.databricks.com",
+            token="t",
+            existing_cluster_id="0101-abc",
+            new_cluster=ClusterSpec(num_workers=2),
+        )
+
+
 def test_torch_config_is_validated_as_local_torch() -> None:
     with pytest.raises(ValidationError, match="unknown local_torch field"):
         DatabricksPlatform(host="https://x.cloud.databricks.com", token="t", torch={"epoch": 3})
