@@ -185,3 +185,27 @@ def test_the_s3_plugin_refuses_a_local_path(tmp_path):
 
     with pytest.raises(ValidationError, match=r"files\.t\.path .* is not an s3:// URL"):
         S3Source(files={"t": FileTable(path=str(tmp_path))})
+
+
+def test_reads_in_a_dagster_run_with_credentials_from_env_vars(s3, monkeypatch):
+    import dagster as dg
+
+    root = _hive(s3)
+    monkeypatch.setenv("S3_RUN_KEY", s3.key)
+    monkeypatch.setenv("S3_RUN_SECRET", s3.secret)
+    lake = FilesSource(
+        files={"events": FileTable(path=root, date_column="day", hive=True)},
+        storage_options={
+            "endpoint_url": s3.endpoint,
+            "key": dg.EnvVar("S3_RUN_KEY"),
+            "secret": dg.EnvVar("S3_RUN_SECRET"),
+        },
+    )
+    got: dict[str, pl.DataFrame] = {}
+
+    @dg.asset
+    def events(lake: FilesSource) -> None:
+        got["df"] = lake.read("events", DAYS[0], DAYS[1])
+
+    assert dg.materialize([events], resources={"lake": lake}).success
+    assert got["df"].height == 8
