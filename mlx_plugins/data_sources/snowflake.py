@@ -275,6 +275,10 @@ class SnowflakeSource(DataSource):
         json_schema_extra=_SECRET,
         description="Key-pair login: the PEM private key, or its base64 ({env: NAME}).",
     )
+    private_key_path: str | None = Field(
+        default=None,
+        description="Key-pair login from a file (a mounted secret): path of the PEM private key.",
+    )
     private_key_password: str | None = Field(
         default=None, json_schema_extra=_SECRET, description="Passphrase of an encrypted key."
     )
@@ -312,16 +316,17 @@ class SnowflakeSource(DataSource):
 
     @model_validator(mode="after")
     def _validate(self) -> SnowflakeSource:
-        if self.password is not None and self.private_key is not None:
-            raise ValueError("give password or private_key, not both")
-        if (
-            self.password is None
-            and self.private_key is None
-            and not self.connection_args.get("authenticator")
-        ):
+        given = [
+            f
+            for f in ("password", "private_key", "private_key_path")
+            if getattr(self, f) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give one of password, private_key, private_key_path, not {given}")
+        if not given and not self.connection_args.get("authenticator"):
             raise ValueError(
-                "give password: {env: NAME} or private_key: {env: NAME} (key-pair login), or "
-                "connection_args.authenticator for SSO/OAuth"
+                "give password: {env: NAME} or private_key: {env: NAME} (or private_key_path) "
+                "for a key-pair login, or connection_args.authenticator for SSO/OAuth"
             )
         for name, t in self.read_tables.items():
             if t.table is not None:
@@ -615,6 +620,7 @@ class SnowflakeSource(DataSource):
             user=self.user,
             password=self.password,
             private_key=self.private_key,
+            private_key_path=self.private_key_path,
             private_key_password=self.private_key_password,
             role=self.role,
             warehouse=self.warehouse,
@@ -632,10 +638,9 @@ class SnowflakeSource(DataSource):
         except DatabaseError as exc:
             stack.close()
             if getattr(exc, "errno", None) in _AUTH_CODES or _refused(exc):
-                method = "key pair" if self.private_key else "password"
-                fix_field = (
-                    "private_key (and private_key_password)" if self.private_key else ("password")
-                )
+                key_pair = self.private_key is not None or self.private_key_path is not None
+                method = "key pair" if key_pair else "password"
+                fix_field = "the private key (and private_key_password)" if key_pair else "password"
                 raise SnowflakeCredentialsError(
                     f"snowflake: account {self.account!r} refused the login of user "
                     f"{self.user!r} by {method}: {_message(exc)}. Fix: check user and "
@@ -643,12 +648,19 @@ class SnowflakeSource(DataSource):
                     "with {env: ...}); for a key pair, the user's RSA_PUBLIC_KEY must match"
                 ) from None
             raise
-        except ValueError as exc:  # dagster-snowflake: a private key it can't load
+        except (ValueError, OSError) as exc:  # dagster-snowflake: a key it can't read or load
             stack.close()
+            if self.private_key is None and self.private_key_path is None:
+                raise
+            where = (
+                f"private_key_path {self.private_key_path!r}"
+                if self.private_key_path
+                else "private_key"
+            )
             raise SnowflakeCredentialsError(
-                f"snowflake: the private_key for user {self.user!r} can't be loaded ({exc}). "
-                "Fix: give the PEM text (or its base64) of a PKCS#8 key, and "
-                "private_key_password if it is encrypted"
+                f"snowflake: the {where} for user {self.user!r} can't be read or loaded ({exc}). "
+                "Fix: give the PEM text (or its base64) of a PKCS#8 key, or the path of a "
+                "readable PEM file, and private_key_password if it is encrypted"
             ) from None
         return conn, stack
 

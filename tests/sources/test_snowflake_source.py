@@ -291,7 +291,7 @@ def _rsa_pem() -> tuple[str, bytes]:
     return private, public
 
 
-def test_key_pair_login(sf_database):
+def test_key_pair_login(sf_database, tmp_path):
     private, public = _rsa_pem()
     other, _ = _rsa_pem()
     with snowflake_server(public_key_pem=public) as server:
@@ -306,14 +306,24 @@ def test_key_pair_login(sf_database):
         config["private_key"] = "not a key"
         with SnowflakeSource(**config).session() as src:
             status = src.check_health()
-        assert (
-            not status.healthy
-            and "private_key for user 'MLX_TEST' can't be loaded" in status.detail
-        )
+        assert not status.healthy
+        assert "the private_key for user 'MLX_TEST' can't be read or loaded" in status.detail
+        # from a file (a mounted secret), and a path that is not there
+        key_file = tmp_path / "rsa_key.p8"
+        key_file.write_text(private)
+        config.update(private_key=None, private_key_path=str(key_file))
+        with SnowflakeSource(**config).session() as src:
+            assert src.check_health().healthy
+        config["private_key_path"] = str(tmp_path / "missing.p8")
+        with SnowflakeSource(**config).session() as src:
+            status = src.check_health()
+        assert not status.healthy and "missing.p8" in status.detail
 
 
 def test_password_and_key_together_or_neither_are_refused(sf_server):
-    with pytest.raises(ValidationError, match="password or private_key, not both"):
+    with pytest.raises(
+        ValidationError, match="give one of password, private_key, private_key_path"
+    ):
         _source(sf_server, "DB", private_key="k")
     with pytest.raises(ValidationError, match=r"give password: \{env: NAME\} or private_key"):
         _source(sf_server, "DB", password=None)
