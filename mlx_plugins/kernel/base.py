@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import os
@@ -25,6 +26,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from mlx_plugins.kernel.metadata import PluginMetadata
+from mlx_plugins.kernel.sandbox import LOCAL_METHODS, SANDBOX_FIELD, run_sandboxed
 from mlx_plugins.kernel.secrets import redact, redact_exception, register_secret
 
 ENV_FIELD = "mlx_env"
@@ -118,6 +120,12 @@ class MLXPlugin(dg.ConfigurableResource):  # type: ignore[type-arg]
         description="Config fields whose value is read from an environment variable at run "
         "time ({env: NAME} in the composition), for field types Dagster cannot read from the "
         "environment itself (float, Literal, ...). Written by the composition, not by hand.",
+    )
+    mlx_sandbox: str = Field(
+        default="",
+        description="The sandbox this plugin's calls run in (JSON of "
+        "mlx_plugins.kernel.sandbox.SandboxPlan; empty: in process). Written by the "
+        "composition from the entry's sandbox: key, not by hand.",
     )
 
     # -- config ----------------------------------------------------------------------------
@@ -353,6 +361,46 @@ class _NoScope:
 _NO_SCOPE = _NoScope()
 
 
+_LOCAL: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "mlx_sandbox_local", default=frozenset()
+)
+"""Sandboxed plugins (by id) running a lifecycle method here: their nested calls stay here."""
+
+
+def _sandboxed(args: tuple[Any, ...], method: str) -> bool:
+    """Whether this call goes to the sandbox runner (:mod:`mlx_plugins.kernel.sandbox`)."""
+    if not args or not isinstance(args[0], MLXPlugin) or not args[0].__dict__.get(SANDBOX_FIELD):
+        return False
+    return method not in LOCAL_METHODS and id(args[0]) not in _LOCAL.get()
+
+
+def _call(fn: Callable[..., Any], method: str, args: tuple[Any, ...], kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, or the same call through the sandbox runner when the plugin is
+    sandboxed (a lifecycle method of a sandboxed plugin runs here, with its nested calls)."""
+    plugin = args[0] if args else None
+    if not isinstance(plugin, MLXPlugin) or not plugin.__dict__.get(SANDBOX_FIELD):
+        return fn(*args, **kwargs)
+    if method in LOCAL_METHODS:
+        token = _LOCAL.set(_LOCAL.get() | {id(plugin)})
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _LOCAL.reset(token)
+    if id(plugin) in _LOCAL.get():
+        return fn(*args, **kwargs)
+    return run_sandboxed(plugin, method, args[1:], dict(kwargs))
+
+
+def _not_sandboxable(args: tuple[Any, ...], method: str, what: str) -> None:
+    if _sandboxed(args, method):
+        name = type(args[0]).metadata.name
+        raise TypeError(
+            f"plugin {name!r}: {method}() is {what}, which the sandbox cannot run out of process "
+            "(it runs plain methods only); fix: remove the plugin's sandbox: key, or call a "
+            "plain method"
+        )
+
+
 def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` whose exceptions have secrets redacted (message, arguments, cause chain), and whose
     call is instrumented once: a span ``<kind>.<plugin>.<method>``, Prometheus metrics and the
@@ -362,6 +410,7 @@ def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            _not_sandboxable(args, method, "a coroutine")
             scope = _call_scope(args, method) or _NO_SCOPE
             scope.__enter__()
             try:
@@ -385,6 +434,7 @@ def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             # a generator runs between its consumer's steps: its span is not made current
+            _not_sandboxable(args, method, "a generator")
             scope = _call_scope(args, method, current=False) or _NO_SCOPE
             try:
                 scope.__enter__()
@@ -412,7 +462,7 @@ def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
         scope = _call_scope(args, method) or _NO_SCOPE
         scope.__enter__()
         try:
-            result = fn(*args, **kwargs)
+            result = _call(fn, method, args, kwargs)
         except Exception as exc:
             clean = _clean(exc)
             scope.finish(None, clean)

@@ -57,6 +57,7 @@ from mlx_plugins.kernel.errors import (
 )
 from mlx_plugins.kernel.kinds import KINDS, SLOTS
 from mlx_plugins.kernel.registry import PluginRegistry, PluginSpec, default_registry
+from mlx_plugins.kernel.sandbox import SANDBOX_FIELD, SandboxPlan, SandboxSpec
 from mlx_plugins.kernel.secrets import redact
 
 DEFAULT_FILE = "mlx.yaml"
@@ -78,6 +79,8 @@ class PluginEntry(BaseModel):
     env_vars: tuple[str, ...] = ()
     """Environment variables the config reads at run time (secrets)."""
     spec: PluginSpec
+    sandbox: SandboxSpec | None = None
+    """Run this plugin's calls out of process with these limits (docs/observability.md)."""
 
 
 class Composition(BaseModel):
@@ -397,7 +400,7 @@ def _parse_entry(
             f"unexpected {type(item).__name__}",
             "write a plugin name or a {plugin: ..., config: ...} mapping",
         )
-    allowed = {"plugin", "name", "config"}
+    allowed = {"plugin", "name", "config", "sandbox"}
     for k in item:
         if k not in allowed:
             raise CompositionError(
@@ -448,12 +451,40 @@ def _parse_entry(
             "remove 'name:'",
         )
     env_vars = tuple(_env_refs(source, f"{key}.config", config, environ))
+    sandbox = _parse_sandbox(source, f"{key}.sandbox", item.get("sandbox"))
     entry = PluginEntry(
-        kind=kind, name=name, plugin=plugin, config=config, env_vars=env_vars, spec=spec
+        kind=kind,
+        name=name,
+        plugin=plugin,
+        config=config,
+        env_vars=env_vars,
+        spec=spec,
+        sandbox=sandbox,
     )
     # Validates the config now, env values included; cheap, no clients opened.
     _instantiate(source, entry, key=key, environ=environ)
     return entry
+
+
+def _parse_sandbox(source: str, key: str, value: Any) -> SandboxSpec | None:
+    """The entry's ``sandbox:`` mapping as a :class:`SandboxSpec` (``None``/absent: none)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise CompositionError(
+            source, key, "must be a mapping of limit to value", "write sandbox: {memory_mb: 2048}"
+        )
+    try:
+        return SandboxSpec.model_validate(value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise CompositionError(
+            source,
+            f"{key}.{loc}" if loc else key,
+            redact(err["msg"]),
+            "use only: " + ", ".join(SandboxSpec.model_fields) + " (docs/observability.md)",
+        ) from None
 
 
 def _is_env_ref(value: Any) -> bool:
@@ -526,7 +557,7 @@ def _instantiate(
             f"{type(exc).__name__}: {redact(str(exc))}",
             "install the plugin's extra (see README) or fix the plugin package",
         ) from None
-    fields = {k: v for k, v in cls.model_fields.items() if k != ENV_FIELD}
+    fields = {k: v for k, v in cls.model_fields.items() if k not in (ENV_FIELD, SANDBOX_FIELD)}
     for field in entry.config:
         if field not in fields:
             known = sorted(f for f in fields if not f.startswith("_"))
@@ -568,6 +599,13 @@ def _instantiate(
             values[field] = parse_env_value(info.annotation, environ[value["env"]])
     if carried:
         values[ENV_FIELD] = carried
+    if entry.sandbox is not None:
+        values[SANDBOX_FIELD] = SandboxPlan(
+            spec=entry.sandbox,
+            key=f"{key}.sandbox",
+            env_fields={f: v["env"] for f, v in entry.config.items() if _is_env_ref(v)},
+            env_vars=entry.env_vars,
+        ).to_field()
     secret_fields = frozenset(
         f
         for f in fields
