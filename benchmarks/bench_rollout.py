@@ -122,4 +122,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    print(f"machine: {machine()}; load average before: {load()}", flush=True)
     main()
+    print(f"machine: {machine()}; load average after: {load()}", flush=True)
