@@ -24,7 +24,7 @@ seconds (2 threads, 5 s request timeout). Reported: answered-200 throughput, p50
 2. MLX's p99 <= 50 ms at every level up to 64 concurrent requests (503s counted, not hidden);
 3. no 503 from MLX below its throughput knee (the first level within 90% of its best).
 
-``--profile`` records the stock and the MLX servers with py-spy (16 concurrent, 8 s) and prints
+``--profile`` records the stock and the MLX servers with py-spy (2 concurrent, 8 s) and prints
 where a worker's time goes, by package (the figures in ``docs/serving.md``).
 
     ./dev bench serving [--workers 2] [--seconds 5] [--levels 1 4 16 64] [--models tiny wide]
@@ -271,7 +271,7 @@ def _bucket(frame: str) -> str:
 
 
 def profile(pid: int, url: str, body: Path, script: Path, out: Path) -> dict[str, float]:
-    """Sample the server's processes with py-spy under 16 concurrent requests for 8 s; share
+    """Sample the server's processes with py-spy under 2 concurrent requests for 8 s; share
     of the samples whose innermost Python frame lies in each package (idle excluded)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     raw = out.with_suffix(".txt")
@@ -281,7 +281,7 @@ def profile(pid: int, url: str, body: Path, script: Path, out: Path) -> dict[str
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     time.sleep(0.5)
-    result = wrk(url, body, 16, 8, script)
+    result = wrk(url, body, 2, 8, script)
     rec.wait(timeout=60)
     counts: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
@@ -387,7 +387,7 @@ def report(
             print(f"goal no 503 below the knee (c={knee}): {'met' if g3 else 'NOT met'}")
     for kind, shares in profiles.items():
         rps = shares.pop("_ok_rps", 0.0)
-        print(f"\nprofile {kind} (py-spy, 16 concurrent, {rps:.0f} req/s): share of busy samples")
+        print(f"\nprofile {kind} (py-spy, 2 concurrent, {rps:.0f} req/s): share of busy samples")
         for name, share in shares.items():
             print(f"  {name:40} {share * 100:5.1f}%")
 

@@ -51,6 +51,16 @@ SERVICE = "mlx_plugins.model_servers.bentoml_service:MLXModelService"
 _TAG_PART = re.compile(r"^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _PORT_IN_USE = ("address already in use", "errno 98")
+BENTO_REQUIREMENTS = (
+    "bentoml>=1.4.30,<1.5",
+    "msgspec>=0.19,<0.21",
+    "torch>=2.6,<2.15",
+    "numpy",
+    "polars",
+    "pydantic>=2",
+    "dagster",
+)
+"""What a Bento's image installs: the service's imports (``mlx_plugins`` comes as source)."""
 
 
 def bento_tag(version: ModelVersion) -> str:
@@ -301,6 +311,56 @@ class BentoMLServer(ModelServer):
             metrics={k: float(v) for k, v in dict(meta.get("metrics", {})).items()},
             lineage=dict(meta.get("lineage", {})),
         )
+
+    def build_bento(self, package: ServedPackage, *, timeout_s: float = 600.0) -> str:
+        """Build a Bento of ``package`` into ``<home>/bentos`` (idempotent) and return its tag,
+        ``mlx-<model>:v<NNNN>``: the service with its arguments, the ``mlx_plugins`` sources,
+        the Python requirements, and the package as a model of the service (its
+        ``BentoModel``; BentoML 1.4 keeps it in the model store, and ``bentoml containerize
+        <tag>`` copies it into the image that :meth:`render_manifests` runs).
+
+        Raises
+        ------
+        ServingError
+            ``bentoml build`` failed or took longer than ``timeout_s`` seconds; the message has
+            the end of its output.
+        """
+        import yaml
+
+        import mlx_plugins
+
+        name = "mlx-" + re.sub(r"[^a-z0-9_.-]+", "-", package.model.lower())
+        tag = f"{name}:{package.version_label}"
+        if (self._home / "bentos" / name / package.version_label / "bento.yaml").exists():
+            return tag
+        root = Path(next(iter(mlx_plugins.__path__))).resolve().parent
+        bentofile = {
+            "service": SERVICE,
+            "include": ["mlx_plugins/**/*.py"],
+            "labels": {"mlx.model": package.model, "mlx.version": package.version_label},
+            "python": {"packages": list(BENTO_REQUIREMENTS)},
+        }
+        with tempfile.TemporaryDirectory(prefix="mlx-bento-") as tmp:
+            spec = Path(tmp) / "bentofile.yaml"
+            spec.write_text(yaml.safe_dump(bentofile))
+            command = [
+                sys.executable, "-m", "bentoml", "build", str(root), "-f", str(spec),
+                "--name", name, "--version", package.version_label,
+                *self.service_args(package),
+            ]  # fmt: skip
+            env = self._server_env(self._home)
+            try:
+                done = subprocess.run(
+                    command, env=env, capture_output=True, text=True, timeout=timeout_s
+                )
+            except subprocess.TimeoutExpired:
+                raise ServingError(
+                    f"bentoml build of {tag} took longer than {timeout_s:g} s"
+                ) from None
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+            raise ServingError(f"bentoml build of {tag} failed ({done.returncode}):\n{tail}")
+        return tag
 
     # -- local servers --------------------------------------------------------------------------
     def service_args(self, package: ServedPackage, workers: int | None = None) -> list[str]:

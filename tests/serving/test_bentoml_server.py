@@ -257,3 +257,20 @@ def test_serve_version_and_curl_example(
         assert post(f"{handle.url}/predict", body)[0] == 200
     finally:
         handle.stop()
+
+
+def test_a_bento_holds_the_service_sources_and_the_package(bentoml_server, tiny_package) -> None:
+    import yaml
+
+    tag = bentoml_server.build_bento(tiny_package)
+    assert tag == "mlx-tiny:v0001"
+    folder = Path(bentoml_server.home) / "bentos" / "mlx-tiny" / "v0001"
+    described = yaml.safe_load((folder / "bento.yaml").read_text())
+    assert described["service"] == "mlx_plugins.model_servers.bentoml_service:MLXModelService"
+    [service] = described["services"]  # the package, through the service's BentoModel
+    assert [m["tag"] for m in service["models"]] == ["tiny:v0001"]
+    assert described["args"]["model"] == "tiny:v0001"
+    assert "/predict" in described["schema"]["paths"]
+    assert (folder / "src" / "mlx_plugins" / "model_servers" / "bentoml_runtime.py").exists()
+    assert not list((folder / "src").glob("tests"))  # only mlx_plugins
+    assert bentoml_server.build_bento(tiny_package) == tag  # idempotent
