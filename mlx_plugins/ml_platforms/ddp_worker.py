@@ -11,7 +11,8 @@ Backend: NCCL on CUDA (one GPU per rank, ``cuda:LOCAL_RANK``), gloo on CPU.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from mlx_plugins.ml_platforms.local_torch import (
@@ -127,7 +128,29 @@ def main() -> None:
         extras = pipes.extras if pipes is not None else _read_extras()
         if DDP_EXTRA not in extras:
             raise KeyError(f"the Pipes extras lack {DDP_EXTRA!r}; start this through local_torch")
-        train_rank(DDPJob.model_validate(extras[DDP_EXTRA]), rank, local_rank, world, pipes)
+        job = DDPJob.model_validate(extras[DDP_EXTRA])
+        with _rank_span(rank, world) as trace_id:
+            if pipes is not None:
+                pipes.report_custom_message({"kind": "trace", "rank": rank, "trace_id": trace_id})
+            train_rank(job, rank, local_rank, world, pipes)
+
+
+@contextmanager
+def _rank_span(rank: int, world: int) -> Iterator[str]:
+    """A span ``local_torch.ddp.rank`` continuing the caller's trace (the ``TRACEPARENT`` the
+    parent put in torchrun's environment); yields its trace id (32 hex digits, or "")."""
+    from mlx_plugins.kernel import telemetry
+
+    telemetry.configure(force=True)  # a RuntimeError (OTLP asked, not installed) fails the rank
+    token = telemetry.attach_parent_from_env()
+    try:
+        attrs = {"mlx.rank": rank, "mlx.world_size": world}
+        with telemetry.tracer().start_as_current_span("local_torch.ddp.rank", attributes=attrs):
+            yield telemetry.current_trace_id() or ""
+    finally:
+        if token is not None:
+            telemetry.detach(token)
+        telemetry.shutdown()  # flush this rank's spans before it exits
 
 
 if __name__ == "__main__":

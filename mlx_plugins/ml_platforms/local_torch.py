@@ -499,11 +499,15 @@ class LocalTorchPlatform(MLPlatform):
                 extras={DDP_EXTRA: job.model_dump(mode="json")},
                 env=self._worker_env(),
             )
-            results = [
-                m
-                for m in invocation.get_custom_messages()
-                if isinstance(m, dict) and m.get("kind") == "result"
-            ]
+            custom = invocation.get_custom_messages()
+            results = [m for m in custom if isinstance(m, dict) and m.get("kind") == "result"]
+            traces = [m for m in custom if isinstance(m, dict) and m.get("kind") == "trace"]
+            if traces:  # the trace id rank 0 saw (TRACEPARENT through torchrun): one trace
+                from mlx_plugins.kernel import telemetry
+
+                telemetry.trace_api().get_current_span().set_attribute(
+                    "mlx.ddp_trace_id", str(traces[-1].get("trace_id", ""))
+                )
         if not results:
             raise RuntimeError(
                 "the DDP workers exited without reporting a model; see the run's stderr"
@@ -528,9 +532,13 @@ class LocalTorchPlatform(MLPlatform):
 
     def _worker_env(self) -> dict[str, str]:
         import mlx_plugins
+        from mlx_plugins.kernel import telemetry
 
         root = str(Path(next(iter(mlx_plugins.__path__))).resolve().parent)
         env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        # W3C TRACEPARENT of the current span (the train call): torchrun hands it to every
+        # rank, whose spans continue the run's trace (ddp_worker.main)
+        env.update(telemetry.traceparent_env())
         if self.num_threads:
             env["OMP_NUM_THREADS"] = str(self.num_threads)
         return env
