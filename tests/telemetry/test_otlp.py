@@ -1,0 +1,77 @@
+"""Spans reach an OTLP/HTTP collector when OTEL_EXPORTER_OTLP_ENDPOINT points at it: a loopback
+http.server speaking the OTLP/HTTP protobuf protocol, fed by the official exporter."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from mlx_plugins.kernel import telemetry
+
+
+class _Collector(http.server.ThreadingHTTPServer):
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.posts: list[tuple[str, bytes]] = []
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Collector
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.posts.append((self.path, body))
+        reply = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def collector() -> Iterator[_Collector]:
+    server = _Collector()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_spans_reach_a_loopback_otlp_http_collector(collector, monkeypatch):
+    port = collector.server_address[1]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "5")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "mlx-otlp-test")
+    telemetry.configure(force=True)
+    try:
+        with telemetry.traced_span("otlp_probe", rows=3) as span:
+            trace_id = span.get_span_context().trace_id
+    finally:
+        telemetry.shutdown()  # flushes the batch processor (and the metric reader)
+    traces = [body for path, body in collector.posts if path == "/v1/traces"]
+    assert traces, f"no POST /v1/traces reached the collector: {[p for p, _ in collector.posts]}"
+    spans = []
+    for body in traces:
+        request = ExportTraceServiceRequest.FromString(body)
+        for rs in request.resource_spans:
+            service = {a.key: a.value.string_value for a in rs.resource.attributes}
+            assert service["service.name"] == "mlx-otlp-test"
+            spans += [s for ss in rs.scope_spans for s in ss.spans]
+    probe = next(s for s in spans if s.name == "otlp_probe")
+    assert int.from_bytes(probe.trace_id, "big") == trace_id
+    assert {a.key: a.value.int_value for a in probe.attributes}["rows"] == 3
