@@ -408,7 +408,6 @@ class _Run:
                         f"canary {canary.version} is not healthy before any traffic: "
                         f"{getattr(status, 'detail', status)}"
                     )
-        base_table = self.router.table.with_version(canary.version, canary.servers)
         for percent in p.steps:
             # The canary's baseline is taken before the switch (nothing it answers in the step
             # is missed); the stable one after the old workers drained (its window holds only
@@ -418,7 +417,13 @@ class _Run:
             except _ScrapeFailed as exc:
                 return self.rollback(f"canary not answering before step {percent:g}%: {exc}")
             weights = {stable.version: round(100 - percent, 2), canary.version: percent}
-            reload = self.router.apply(base_table.with_weights(weights), wait_drained=True)
+            # from the router's current table: replicas an autoscaler added meanwhile stay
+            table = self.router.table
+            if canary.version in table.weights:
+                table = table.with_servers(canary.version, canary.servers)
+            else:
+                table = table.with_version(canary.version, canary.servers)
+            reload = self.router.apply(table.with_weights(weights), wait_drained=True)
             step_start = reload.switched_at
             try:
                 before_s = self.scrape(stable)

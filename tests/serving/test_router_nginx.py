@@ -115,6 +115,8 @@ def test_table_refuses_bad_weights_and_names() -> None:
         table.without("v1")
     with pytest.raises(RoutingError, match="unknown version"):
         table.with_weights({"v3": 100})
+    with pytest.raises(RoutingError, match="in the routing table already"):
+        table.with_version("v2", ["127.0.0.1:3"])
     assert table.with_weights({"v2": 100}).without("v1").weights == {"v2": 100.0}
 
 

@@ -194,8 +194,20 @@ class RoutingTable(BaseModel):
         )
 
     def with_version(self, version: str, servers: Sequence[str]) -> RoutingTable:
-        """The table plus a new ``version`` at weight 0 (replaced when it is there)."""
-        kept = tuple(r for r in self.routes if r.version != version)
+        """The table plus a new ``version`` at weight 0.
+
+        Raises
+        ------
+        RoutingError
+            ``version`` is in the table already (change it with :meth:`with_servers` and
+            :meth:`with_weights`).
+        """
+        if version in self.weights:
+            raise RoutingError(
+                f"version {version!r} is in the routing table already: use with_servers() "
+                "and with_weights() to change it"
+            )
+        kept = self.routes
         return RoutingTable(
             routes=(*kept, VersionRoute(version=version, weight=0, servers=tuple(servers)))
         )
