@@ -192,4 +192,5 @@ def test_wiped_partitions_re_arrive(instance, done):
     assert "drift monitoring: 28 days 2013-01-01..2013-01-28" in out, out[-3000:]
     assert {k: instance.get_materialized_partitions(k) for k in keys} == before
     new = [r for r in instance.get_runs() if r.run_id not in runs_before]
-    assert [(r.job_name, r.status) for r in new] == [("monitoring", dg.DagsterRunStatus.SUCCESS)]
+    assert "monitoring" in {r.job_name for r in new}
+    assert {r.status for r in new} == {dg.DagsterRunStatus.SUCCESS}
