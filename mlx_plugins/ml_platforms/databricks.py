@@ -165,7 +165,6 @@ class DatabricksPlatform(MLPlatform):
 
     host: str = Field(
         description="Workspace URL, e.g. https://adb-1234567890123456.7.azuredatabricks.net",
-        pattern=r"^https?://[^\s/]+(/.*)?$",
     )
     token: str = Field(
         description="Personal access token; give it as {env: DATABRICKS_TOKEN}.",
@@ -181,7 +180,6 @@ class DatabricksPlatform(MLPlatform):
     )
     dbfs_root: str = Field(
         default="dbfs:/tmp/mlx",
-        pattern=r"^dbfs:/[^\s]*$",
         description="DBFS folder for the trainer package, the frames and the artifacts.",
     )
     libraries: list[str] | None = Field(
@@ -235,6 +233,21 @@ class DatabricksPlatform(MLPlatform):
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+/?$", v):
+            raise ValueError(
+                f"host {v!r} is not a workspace URL; write it with its scheme and without a "
+                "path, e.g. https://adb-1234567890123456.7.azuredatabricks.net"
+            )
+        return v.rstrip("/")
+
+    @field_validator("dbfs_root")
+    @classmethod
+    def _dbfs_root(cls, v: str) -> str:
+        if not re.match(r"^dbfs:/[A-Za-z0-9_./-]+$", v) or ".." in v.split("/"):
+            raise ValueError(
+                f"dbfs_root {v!r} is not a DBFS folder; write e.g. dbfs:/tmp/mlx (letters, "
+                "digits, _ . / -)"
+            )
         return v.rstrip("/")
 
     @model_validator(mode="after")

@@ -171,6 +171,21 @@ def test_new_cluster_and_existing_cluster_are_exclusive() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("host", "adb-123.azuredatabricks.net", "not a workspace URL"),
+        ("host", "https://adb-123.net/some/path", "without a path"),
+        ("dbfs_root", "/tmp/mlx", "not a DBFS folder"),
+        ("dbfs_root", "dbfs:/tmp/../etc", "not a DBFS folder"),
+    ],
+)
+def test_host_and_dbfs_root_are_checked(field: str, value: str, message: str) -> None:
+    config = {"host": "https://x.cloud.databricks.com", "token": "t", field: value}
+    with pytest.raises(ValidationError, match=message):
+        DatabricksPlatform(**config)
+
+
 def test_torch_config_is_validated_as_local_torch() -> None:
     with pytest.raises(ValidationError, match="unknown local_torch field"):
         DatabricksPlatform(host="https://x.cloud.databricks.com", token="t", torch={"epoch": 3})
