@@ -148,9 +148,10 @@ def describe_s3_error(exc: BaseException, url: str) -> str | None:
         )
     if isinstance(exc, PermissionError) or _DENIED.search(text):
         return (
-            f"S3 denied access to bucket '{bucket}' ({first[:200]}). Fix: grant these "
-            "credentials s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on the "
-            "bucket (and s3:AbortMultipartUpload), or use credentials that have them"
+            f"S3 refused access to bucket '{bucket}' ({first[:200]}): the credentials are wrong "
+            "or may not use the bucket. Fix: check storage_options key and secret (or the AWS_* "
+            "environment variables) and endpoint_url, and grant them s3:GetObject, s3:PutObject, "
+            "s3:DeleteObject, s3:ListBucket and s3:AbortMultipartUpload on the bucket"
         )
     return None
 

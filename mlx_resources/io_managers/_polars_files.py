@@ -79,7 +79,12 @@ def local_path(path: UPath) -> Path:
 def exists(path: UPath) -> bool:
     if is_local(path):
         return local_path(path).is_file()
-    return bool(path.fs.isfile(path.path))
+    # info, not isfile: isfile says False for a refused request (wrong credentials), which
+    # would read as "no stored file"; a refusal must surface as one
+    try:
+        return bool(path.fs.info(path.path).get("type") == "file")
+    except FileNotFoundError:
+        return False
 
 
 def with_format(stem: UPath, fmt: str) -> UPath:

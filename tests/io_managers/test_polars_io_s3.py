@@ -287,3 +287,30 @@ def test_wrong_credentials_are_one_clear_error_naming_the_bucket(s3, monkeypatch
     assert "Fix: set storage_options key and secret" in text
     assert "wrong-secret-in-env" not in text
     assert _objects(s3, base) == []
+
+
+def test_loading_with_wrong_credentials_names_the_bucket(s3):
+    base = s3.prefix()
+    seen: dict[str, pl.DataFrame] = {}
+    good = PolarsIOManager(base_path=base, storage_options=s3.options())
+    bad = PolarsIOManager(base_path=base, storage_options=s3.options(secret="wrong-secret-load"))
+    with dg.DagsterInstance.ephemeral() as instance:
+        assets = _partitioned(seen)
+        assert dg.materialize(
+            assets, instance=instance, resources={"io_manager": good}, partition_key="2024-01-01"
+        ).success
+        result = dg.materialize(
+            assets,
+            selection=["doubled"],
+            instance=instance,
+            resources={"io_manager": bad},
+            partition_key="2024-01-01",
+            raise_on_error=False,
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    text = failure.step_failure_data.error.to_string()
+    assert "StorageAccessError" in text and "asset 'events' partition '2024-01-01'" in text
+    assert f"S3 refused access to bucket '{s3.bucket}'" in text
+    assert "Fix: check storage_options key and secret" in text
+    assert "wrong-secret-load" not in text

@@ -26,6 +26,9 @@ from mlx_plugins.testing import DataSourceContract
 from tests.sources._snowflake_server import Server, snowflake_server
 from tests.sources.conftest import DAYS, sf_config
 
+# fakesnow's own note about its DuckDB result copies, not about the code under test
+pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+
 
 class TestSnowflakeContract(DataSourceContract):
     sample_partition = DAYS[2]
