@@ -110,7 +110,7 @@ def webserver(tmp_path_factory):
             proc.wait(timeout=30)
 
 
-def test_code_location_loads_and_serves_the_graph(webserver):
+def test_code_location_loads_and_serves_the_graph(webserver, defined_assets):
     port, _ = webserver
     data = _post(port, QUERY)
     (entry,) = data["workspaceOrError"]["locationEntries"]
@@ -125,11 +125,15 @@ def test_code_location_loads_and_serves_the_graph(webserver):
         ("feature_drift",),
     } <= set(assets)
     assert assets[("raw_flights",)]["isPartitioned"]
-    assert assets[("model",)]["groupName"] == "training"
+    # every asset of the Definitions, in the group the Definitions give it
+    assert {tuple(p): g for p, g in defined_assets} == {
+        k: a["groupName"] for k, a in assets.items() if k in {tuple(p) for p, _ in defined_assets}
+    }
     (repo,) = data["repositoriesOrError"]["nodes"]
     assert {"reference", "daily", "training", "monitoring"} <= {j["name"] for j in repo["jobs"]}
-    assert [s["scheduleState"]["status"] for s in repo["schedules"]] == ["RUNNING"]
-    assert [s["sensorState"]["status"] for s in repo["sensors"]] == ["RUNNING"]
+    assert repo["schedules"] and repo["sensors"]
+    assert {s["scheduleState"]["status"] for s in repo["schedules"]} == {"RUNNING"}
+    assert {s["sensorState"]["status"] for s in repo["sensors"]} == {"RUNNING"}
 
 
 def test_no_warnings_while_loading(webserver):
