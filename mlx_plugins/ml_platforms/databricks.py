@@ -418,13 +418,16 @@ class DatabricksPlatform(MLPlatform):
         for name, df in (("training", train), ("validation", valid)):
             tm.check_target(df, spec.target, name, task=spec.task, classes=spec.classes)
             tm.check_numeric_features(df, spec.numeric_features)
-        columns = [
-            c
-            for c in dict.fromkeys(
-                [*spec.numeric_features, *spec.categorical_features, spec.target]
-            )
-            if c in train.columns
-        ]
+        columns = list(
+            dict.fromkeys([*spec.numeric_features, *spec.categorical_features, spec.target])
+        )
+        for name, df in (("training", train), ("validation", valid)):
+            missing = [c for c in columns if c not in df.columns]
+            if missing:
+                raise TrainingDataError(
+                    f"the {name} frame lacks the spec's column(s) {missing}; it has "
+                    f"{df.columns}. fix: add them to the features or drop them from the spec"
+                )
         run_dir = f"{self.dbfs_root}/runs/{time.strftime('%Y%m%d')}-{uuid.uuid4().hex[:12]}"
         job_paths = {
             "train_path": f"{run_dir}/train.parquet",

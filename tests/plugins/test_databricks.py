@@ -22,6 +22,7 @@ from mlx_plugins.kernel.secrets import redact
 from mlx_plugins.ml_platforms.base import (
     EpochStats,
     TrainedModel,
+    TrainingDataError,
     TrainingDivergedError,
     TrainingSpec,
 )
@@ -184,6 +185,20 @@ def test_a_training_error_on_the_cluster_is_raised_as_its_own_class(
         plugin.train(train, valid, spec_for(tmp_path))
     assert server.runs[max(server.runs)].result_state == "FAILED"
     assert not (tmp_path / "model" / "model.pt").exists()
+
+
+def test_bad_input_is_refused_before_anything_is_uploaded(
+    server: LoopbackDatabricks, tmp_path: Path
+) -> None:
+    plugin = make_plugin(server)
+    train, valid = frames()
+    requests = len(server.requests)
+    with plugin.session():
+        with pytest.raises(TrainingDataError, match=r"validation frame lacks .*'cat'"):
+            plugin.train(train, valid.drop("cat"), spec_for(tmp_path))
+        with pytest.raises(TrainingDataError, match="y"):
+            plugin.train(train.with_columns(y=pl.lit(3)), valid, spec_for(tmp_path))
+    assert len(server.requests) == requests  # nothing reached Databricks
 
 
 def test_a_wrong_token_is_a_clear_error_at_health_and_before_any_run(
