@@ -21,7 +21,7 @@ class Args(BaseModel):
     model: str
     workers: int = 1
     max_batch_size: int = 64
-    max_latency_ms: int = 50
+    max_latency_ms: int = 250
 
 
 ARGS = bentoml.use_arguments(Args)

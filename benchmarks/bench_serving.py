@@ -5,11 +5,11 @@ request, loaded by wrk on loopback.
 Servers (each with ``--workers`` worker processes, one torch thread each):
 
 - ``stock``: ``_serving_stock.py``, an idiomatic ``@bentoml.api(batchable=True,
-  max_batch_size=64, max_latency_ms=50)`` service loading the package through ``BentoModel``,
+  max_batch_size=64, max_latency_ms=250)`` service loading the package through ``BentoModel``,
   BentoML's default server settings; body ``{"x": [[...]]}``.
 - ``mlx``: the ``bentoml`` plugin's server (``bentoml serve`` of
   ``mlx_plugins.model_servers.bentoml_service``), the lean ASGI predict path with adaptive
-  batching (64 rows) and load shedding (50 ms); body ``{"rows": [{"f0000": ..., ...}]}``
+  batching (64 rows) and load shedding (250 ms); body ``{"rows": [{"f0000": ..., ...}]}``
   (named features, validated).
 - ``fastapi``: ``_serving_fastapi.py`` under ``uvicorn --workers``; body ``{"x": [[...]]}``.
 

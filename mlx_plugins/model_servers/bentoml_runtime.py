@@ -467,7 +467,7 @@ class AdaptiveBatcher:
         model: LoadedModel,
         *,
         max_batch_rows: int = 64,
-        max_latency_ms: float = 100.0,
+        max_latency_ms: float = 250.0,
         inline_ms: float = 0.5,
     ) -> None:
         self.model = model
@@ -676,7 +676,7 @@ class ServingState:
     model: LoadedModel | None = None
     batcher: AdaptiveBatcher | None = None
     metrics: Metrics | None = None
-    admission: Admission = field(default_factory=lambda: Admission(50.0))
+    admission: Admission = field(default_factory=lambda: Admission(250.0))
     decoder: RequestDecoder | None = None
     max_body_bytes: int = 1 << 20
     ready: bool = False
@@ -687,7 +687,7 @@ class ServingState:
         folder: str | os.PathLike[str],
         *,
         max_batch_rows: int = 64,
-        max_latency_ms: float = 50.0,
+        max_latency_ms: float = 250.0,
         torch_threads: int = 1,
         metrics: bool = True,
         unknown_category: UnknownCategory | None = None,

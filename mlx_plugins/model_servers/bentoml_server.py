@@ -149,11 +149,12 @@ class BentoMLServer(ModelServer):
         default=64, ge=1, description="Most rows in one forward pass (adaptive batching)."
     )
     max_latency_ms: float = Field(
-        default=50.0,
+        default=250.0,
         gt=0,
         description="A worker answers 503 at once to a request it expects to wait longer "
-        "than this (ms) before it is handled, or for its batched forward pass: load is shed "
-        "and counted, the queue and the latency tail stay bounded.",
+        "than this (ms) for its batched forward pass: load is shed and counted, the queue "
+        "stays bounded. Measured on a loaded 2-core machine, 50 ms shed most requests of the "
+        "wide model already at 16 concurrent (docs/serving.md); set it to your latency goal.",
     )
     unknown_category: UnknownCategory = Field(
         default="missing",

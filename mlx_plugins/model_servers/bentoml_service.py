@@ -12,7 +12,7 @@ process supervision, ``/healthz``, ``/readyz`` and the multi-worker Prometheus `
 
 Arguments (``--arg KEY=VALUE``): ``model`` (the BentoML model tag, required), ``workers``
 (processes, default 1), ``max_batch_rows`` (rows per forward pass, default 64),
-``max_latency_ms`` (shed a request expected to wait longer, default 50), ``torch_threads``
+``max_latency_ms`` (shed a request expected to wait longer, default 250), ``torch_threads``
 (per worker, default 1), ``timeout_s`` (per request, default 30), ``unknown_category`` and
 ``max_request_rows`` (override the package's request schema).
 """
@@ -34,7 +34,7 @@ class ServiceArgs(BaseModel):
     model: str = Field(description="BentoML model tag of the package, e.g. flight_delay:v0003.")
     workers: int = Field(default=1, ge=1)
     max_batch_rows: int = Field(default=64, ge=1)
-    max_latency_ms: float = Field(default=50.0, gt=0)
+    max_latency_ms: float = Field(default=250.0, gt=0)
     torch_threads: int = Field(default=1, ge=1)
     timeout_s: float = Field(default=30.0, gt=0)
     unknown_category: Literal["missing", "reject"] | None = None

@@ -21,6 +21,7 @@ from mlx_plugins.testing.contracts import (
     PluginContract,
 )
 from mlx_plugins.testing.registry_contract import ModelRegistryContract
+from mlx_plugins.testing.server_contract import ModelServerContract
 
 __all__ = [
     "DataSourceContract",
@@ -28,5 +29,6 @@ __all__ = [
     "LLMProviderContract",
     "MLPlatformContract",
     "ModelRegistryContract",
+    "ModelServerContract",
     "PluginContract",
 ]
