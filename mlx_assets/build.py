@@ -209,6 +209,7 @@ def resolve_lifecycles(
     prefixes: dict[tuple[str, ...], str] = {}
     for spec, file in specs:
         lc = Lifecycle(spec, platform, file)
+        lc.serving = bool(composition.of_kind("model_server"))
         if (
             spec.data.source not in sources
             and not explicit
@@ -279,6 +280,10 @@ def lifecycle_definitions(
         build_feature_drift(lc),
         build_incident_summary(lc, provider_keys),
     ]
+    if lc.serving:  # the registered version behind a router
+        from mlx_assets.serving.deployment import build_deployment
+
+        assets.append(build_deployment(lc))
     return (
         [with_config_versions(a, fingerprints) for a in assets],
         jobs.build_jobs(lc),

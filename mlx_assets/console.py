@@ -178,6 +178,19 @@ def summary_lines(instance: Any, defs: Any, lc: Any = None) -> list[str]:
         )
     else:
         lines.append("drift      no day monitored yet")
+    if lc.serving:
+        served = AssetState(instance, graph, [lc.deployment_key]).get(lc.deployment_key)
+        if served is None:
+            lines.append("served     not yet (the deployment runs after a registered version)")
+        else:
+            m = served.metadata
+            lines.append(
+                f"served     {m.get('served_version')} at {m.get('url')} ({m.get('decision')}: "
+                f"{m.get('reason')})"
+            )
+            curl = str(m.get("curl", "")).strip("`\n ")
+            if curl:
+                lines.append(f"try        {curl}")
     if data_root:
         lines.append(f"data       {data_root} (one file per asset and day)")
     if registry_root:

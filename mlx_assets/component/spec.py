@@ -293,6 +293,8 @@ class Lifecycle:
         self.prefix: tuple[str, ...] = (
             spec.key_prefix if spec.key_prefix is not None else (spec.name,)
         )
+        self.serving = False
+        """Whether the code location serves the model (the composition has a model_server)."""
 
     # names -------------------------------------------------------------------------------
     @property
@@ -363,8 +365,14 @@ class Lifecycle:
         return dg.AssetCheckKey(self.evaluation_key, "beats_baseline")
 
     @property
+    def deployment_key(self) -> dg.AssetKey:
+        return self.key("model_deployment")
+
+    @property
     def job_assets(self) -> dict[str, tuple[dg.AssetKey, ...]]:
-        """Asset keys per job, in lifecycle order (the lifecycle runner plans with these)."""
+        """Asset keys per job, in lifecycle order (the lifecycle runner plans with these).
+        ``training`` ends with ``model_deployment`` when the code location serves models
+        (:attr:`serving`)."""
         data = self.spec.data
         daily = (*(self.raw_keys[t.name] for t in data.daily), self.features_key)
         return {
@@ -375,6 +383,7 @@ class Lifecycle:
                 self.model_key,
                 self.evaluation_key,
                 self.registered_key,
+                *((self.deployment_key,) if self.serving else ()),
             ),
             "monitoring": (*daily, self.drift_key, self.incident_key),
         }

@@ -1,0 +1,1 @@
+"""Serving: the registered version behind a router, rolled out as a canary."""

@@ -1,0 +1,279 @@
+"""The served model of a lifecycle instance: the registered version behind a router, rolled out
+as a canary beside the version it replaces, then promoted or rolled back.
+
+Built only when the composition names a ``model_server`` plugin. Servers and the router are
+processes that outlive the run (the plugin's :class:`~mlx_plugins.model_servers.base.ServerHandle`
+and :class:`~mlx_plugins.model_servers.routing.NginxRouter` are plain data that any later run
+re-attaches to); their state lives in ``<home>/serving/<model>/`` (``servers.json``, written
+atomically, and the router's folder).
+
+- First version (or nothing alive): it starts and gets all traffic (``deployed``).
+- A new version with one serving: it starts beside it and :class:`RolloutController` steps
+  traffic (10% -> 50% -> 100% by default) while held-out test rows are replayed through the
+  router (the local lifecycle has no live traffic), judging each step on the servers' own
+  ``/metrics``: ``promoted`` (the old version is stopped) or ``rolled_back`` (the canary is).
+- The version already serving: nothing changes (``unchanged``).
+- Without nginx on the machine there is no router: the new version replaces the old one
+  (blue-green without a canary) and the metadata says how to get canary rollouts.
+
+The blocking ``rollout_healthy`` check fails on a rollback, so the UI shows a red check on the
+version that was refused while the stable one keeps serving.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+from mlx_assets.component.spec import Lifecycle
+from mlx_assets.training.training_set import SPLIT
+from mlx_assets.versioning import code_version
+from mlx_plugins.model_registries.base import ModelRegistry, ModelVersion
+from mlx_resources.atomic import atomic_write_text
+from mlx_resources.platform import Platform
+
+TRAFFIC_ROWS = 500
+"""Held-out test rows replayed through the router during a rollout (cycled)."""
+
+
+class Deployment(BaseModel):
+    """What serves the instance's model after the asset ran (its output, stored as a pickle)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    served_version: str
+    """``v0003``: the version receiving all traffic."""
+    url: str
+    """Where to send ``POST /predict`` (the router's URL, or the server's without a router)."""
+    decision: str
+    """``deployed``, ``promoted``, ``rolled_back``, ``unchanged`` or ``replaced``."""
+    reason: str
+    curl: str
+    rollout: dict[str, Any] = {}
+
+
+def _servers_file(platform: Platform, lc: Lifecycle) -> Path:
+    return platform.path("serving", lc.model_name) / "servers.json"
+
+
+def _load_handles(path: Path) -> dict[str, list[Any]]:
+    """Version label -> its live :class:`ServerHandle` s (dead ones are dropped)."""
+    from mlx_plugins.model_servers.base import ServerHandle
+
+    if not path.exists():
+        return {}
+    raw = json.loads(path.read_text())
+    out: dict[str, list[Any]] = {}
+    for label, handles in raw.items():
+        live = [h for h in (ServerHandle.model_validate(x) for x in handles) if h.alive()]
+        if live:
+            out[label] = live
+    return out
+
+
+def _save_handles(path: Path, handles: dict[str, list[Any]]) -> None:
+    body = {k: [h.model_dump(mode="json") for h in v] for k, v in handles.items() if v}
+    atomic_write_text(path, json.dumps(body, indent=2) + "\n")
+
+
+def _bodies(lc: Lifecycle, training_set: pl.DataFrame) -> list[dict[str, Any]]:
+    """Prediction request bodies from the test rows (features only), one row each."""
+    cols = list(lc.spec.features.columns)
+    test = training_set.filter(pl.col(SPLIT) == "test").select(cols).head(TRAFFIC_ROWS)
+    return [{"rows": [row]} for row in test.iter_rows(named=True)]
+
+
+def _address(handle: Any) -> str:
+    return f"{handle.host}:{handle.port}"
+
+
+def build_deployment(lc: Lifecycle) -> dg.AssetsDefinition:
+    """The instance's ``model_deployment`` asset (see the module doc)."""
+    key = lc.key("model_deployment")
+
+    @dg.asset(
+        key=key,
+        ins={
+            "registered_model": dg.AssetIn(key=lc.registered_key),
+            "training_set": dg.AssetIn(key=lc.training_set_key),
+        },
+        group_name=lc.group,
+        kinds={"bentoml", "nginx"},
+        code_version=code_version(__file__),
+        io_manager_key="object_io_manager",
+        required_resource_keys={"platform", "model_server", "model_registry"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                "rollout_healthy",
+                asset=key,
+                blocking=True,
+                description="The new version was deployed or promoted; fails when its canary "
+                "was rolled back (the previous version keeps serving).",
+            )
+        ],
+        description=f"The served {lc.model_name}: the registered version behind a router, "
+        "rolled out as a canary beside the one it replaces, promoted or rolled back on the "
+        "servers' error rate and p99.",
+    )
+    def _deployment(
+        context: dg.AssetExecutionContext,
+        registered_model: ModelVersion,
+        training_set: pl.DataFrame,
+    ):
+        r = context.resources
+        deployment = deploy(
+            context,
+            lc,
+            r.platform,
+            r.model_server,
+            r.model_registry,
+            registered_model,
+            training_set,
+        )
+        meta: dict[str, Any] = {
+            "served_version": deployment.served_version,
+            "decision": deployment.decision,
+            "reason": deployment.reason,
+            "url": dg.MetadataValue.url(deployment.url),
+            "curl": dg.MetadataValue.md(f"```\n{deployment.curl}\n```"),
+        }
+        for k, v in deployment.rollout.items():
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                meta[f"rollout_{k}"] = v
+        yield dg.Output(deployment, metadata=meta)
+        yield dg.AssetCheckResult(
+            check_name="rollout_healthy",
+            passed=deployment.decision != "rolled_back",
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"decision": deployment.decision, "reason": deployment.reason},
+            description=None
+            if deployment.decision != "rolled_back"
+            else f"the canary was rolled back: {deployment.reason}",
+        )
+
+    return _deployment
+
+
+def deploy(
+    context: dg.AssetExecutionContext,
+    lc: Lifecycle,
+    platform: Platform,
+    server: Any,
+    registry: ModelRegistry,
+    version: ModelVersion,
+    training_set: pl.DataFrame,
+) -> Deployment:
+    """Serve ``version`` (see the module doc); returns what serves afterwards.
+
+    Raises:
+        mlx_plugins.model_servers.base.ServingError: the new version's server did not start
+            (nothing changes for the version serving).
+    """
+    from mlx_plugins.model_servers.base import curl_example
+    from mlx_plugins.model_servers.rollout import RolloutController, ServedVersion
+    from mlx_plugins.model_servers.routing import (
+        NginxRouter,
+        RouterError,
+        RoutingTable,
+        find_nginx,
+    )
+    from mlx_plugins.model_servers.routing.traffic import TrafficGenerator
+
+    package = server.package(version, registry)
+    label = package.version_label
+    state = _servers_file(platform, lc)
+    handles = _load_handles(state)
+    router_dir = state.parent / "router"
+    try:
+        find_nginx()
+        has_nginx = True
+    except RouterError:
+        has_nginx = False
+    router = None
+    if has_nginx and (router_dir / "router.json").exists():
+        try:
+            router = NginxRouter.attach(router_dir)
+        except RouterError as exc:
+            context.log.warning(f"the router is gone ({exc}); starting a new one")
+    stable_label = None
+    if router is not None:
+        weights = router.table.weights
+        stable_label = max(weights, key=lambda v: weights[v]) if weights else None
+        if stable_label not in handles:
+            stable_label = None  # its servers died: nothing serves
+    elif not has_nginx and handles:
+        stable_label = next(iter(handles))
+    if stable_label == label:
+        url = router.url if router is not None else handles[label][0].url
+        return Deployment(
+            model=lc.model_name,
+            served_version=label,
+            url=url,
+            decision="unchanged",
+            reason=f"{label} already serves all traffic",
+            curl=curl_example(handles[label][0], package.request_schema).replace(
+                handles[label][0].url, url
+            ),
+        )
+
+    context.log.info(f"starting {lc.model_name} {label}")
+    canary = server.start(package)
+    handles[label] = [canary]
+    _save_handles(state, handles)  # recorded before anything else can fail
+    rollout: dict[str, Any] = {}
+    if not has_nginx:
+        for old, hs in list(handles.items()):
+            if old != label:
+                for h in hs:
+                    h.stop()
+                del handles[old]
+        decision, reason, url = (
+            "replaced",
+            "no nginx on this machine, so no router and no canary: the new version replaced "
+            "the old one (apt-get install nginx for canary rollouts)",
+            canary.url,
+        )
+    elif router is None or stable_label is None:
+        table = RoutingTable.single(label, [_address(canary)])
+        if router is None:
+            router = NginxRouter(router_dir).start(table)
+        else:
+            router.apply(table)
+        for old, hs in list(handles.items()):
+            if old != label:
+                for h in hs:
+                    h.stop()
+                del handles[old]
+        decision, reason, url = "deployed", f"{label} serves all traffic", router.url
+    else:
+        stable = ServedVersion(stable_label, list(handles[stable_label]))
+        new = ServedVersion(label, [canary])
+        from mlx_plugins.model_servers.base import example_row
+
+        # held-out rows; without any, the schema's example row (a body of no rows is a 422)
+        bodies = _bodies(lc, training_set) or [{"rows": [example_row(package.request_schema)]}]
+        controller = RolloutController(
+            router, on_event=lambda e: context.log.info(f"rollout: {e.event} {e.detail}")
+        )
+        with TrafficGenerator(router.url, bodies, threads=4, max_seconds=600):
+            result = controller.run(stable, new)
+        loser = stable_label if result.promoted else label
+        handles.pop(loser, None)
+        decision, reason, url = result.decision, result.reason, router.url
+        rollout = result.metadata()
+    _save_handles(state, handles)
+    served = label if decision != "rolled_back" else str(stable_label)
+    example = handles[served][0]
+    return Deployment(
+        model=lc.model_name,
+        served_version=served,
+        url=url,
+        decision=decision,
+        reason=reason,
+        curl=curl_example(example, package.request_schema).replace(example.url, url),
+        rollout=rollout,
+    )

@@ -1,0 +1,115 @@
+"""The lifecycle's ``model_deployment`` asset with real servers and a real router: the first
+version is deployed behind nginx, the next is rolled out as a canary and promoted (the router's
+URL stays, the old server stops), the same version again changes nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from mlx_assets.component.spec import Lifecycle, LifecycleSpec
+from mlx_assets.serving.deployment import build_deployment
+from mlx_resources.platform import Platform
+from tests.serving.conftest import post, register
+
+pytestmark = pytest.mark.slow
+
+SPEC = LifecycleSpec.model_validate(
+    {
+        "name": "tiny",
+        "data": {"source": "s", "start": "2024-01-01", "tables": [{"name": "t"}]},
+        "features": {"numeric": ["x", "noise"], "categorical": ["cat"]},
+        "target": {"column": "y", "kind": "binary"},
+    }
+)
+
+
+def _stop_everything(home: Path) -> None:
+    from mlx_plugins.model_servers.base import ServerHandle
+    from mlx_plugins.model_servers.routing import NginxRouter, RouterError
+
+    folder = home / "serving" / "tiny"
+    if (folder / "servers.json").exists():
+        for handles in json.loads((folder / "servers.json").read_text()).values():
+            for h in handles:
+                ServerHandle.model_validate(h).stop()
+    with contextlib.suppress(RouterError):
+        NginxRouter.attach(folder / "router").stop()
+
+
+def test_deploy_then_canary_promote_then_unchanged(
+    tmp_path, monkeypatch, tiny_registry, tiny_model, tiny_frames, bentoml_server
+):
+    pytest.importorskip("bentoml")
+    from mlx_plugins.model_servers.routing import find_nginx
+
+    find_nginx()  # ./dev test installs nginx
+    home = tmp_path / "home"
+    monkeypatch.setenv("MLX_HOME", str(home))
+    platform = Platform()
+    lc = Lifecycle(SPEC, platform)
+    lc.serving = True
+    versions = [register(tiny_registry, tiny_model)]
+    test_rows = tiny_frames[1].with_columns(pl.lit("test").alias("split"))
+    features = test_rows.select("x", "noise", "cat")
+
+    @dg.asset(key=lc.registered_key)
+    def registered_model():
+        return versions[-1]
+
+    @dg.asset(key=lc.training_set_key)
+    def training_set():
+        return test_rows
+
+    objects = dg.FilesystemIOManager(base_dir=str(tmp_path / "objects"))
+    resources: dict[str, Any] = {
+        "platform": platform,
+        "model_server": bentoml_server,
+        "model_registry": tiny_registry,
+        "io_manager": objects,
+        "object_io_manager": objects,
+    }
+    deployment = build_deployment(lc)
+
+    def materialize() -> Any:
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(
+                [registered_model, training_set, deployment],
+                instance=instance,
+                resources=resources,
+            )
+            assert result.success
+            (check,) = result.get_asset_check_evaluations()
+            return result.output_for_node("tiny__model_deployment"), check
+
+    try:
+        first, check = materialize()
+        assert first.decision == "deployed" and check.passed
+        label = first.served_version
+        status, body = post(first.url + "/predict", {"rows": [features.row(0, named=True)]})
+        assert status == 200 and body["version"] == label
+        assert first.curl.startswith("curl") and first.url in first.curl
+
+        versions.append(register(tiny_registry, tiny_model))
+        second, check = materialize()
+        assert second.decision == "promoted", second.reason
+        assert check.passed
+        assert second.url == first.url  # the router stays; clients keep their URL
+        assert second.served_version != label
+        assert second.rollout["steps_run"] == 3
+        status, body = post(second.url + "/predict", {"rows": [features.row(1, named=True)]})
+        assert status == 200 and body["version"] == second.served_version
+        servers = json.loads((home / "serving" / "tiny" / "servers.json").read_text())
+        assert list(servers) == [second.served_version]  # the old version was stopped
+
+        third, _ = materialize()
+        assert third.decision == "unchanged"
+        assert third.served_version == second.served_version
+    finally:
+        _stop_everything(home)
