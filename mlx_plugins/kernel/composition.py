@@ -81,6 +81,8 @@ class PluginEntry(BaseModel):
     spec: PluginSpec
     sandbox: SandboxSpec | None = None
     """Run this plugin's calls out of process with these limits (docs/observability.md)."""
+    sandbox_key: str | None = None
+    """Where ``sandbox`` is written (``plugins.data_source[0].sandbox``), for limit errors."""
 
 
 class Composition(BaseModel):
@@ -460,6 +462,7 @@ def _parse_entry(
         env_vars=env_vars,
         spec=spec,
         sandbox=sandbox,
+        sandbox_key=f"{key}.sandbox" if sandbox is not None else None,
     )
     # Validates the config now, env values included; cheap, no clients opened.
     _instantiate(source, entry, key=key, environ=environ)
@@ -602,7 +605,7 @@ def _instantiate(
     if entry.sandbox is not None:
         values[SANDBOX_FIELD] = SandboxPlan(
             spec=entry.sandbox,
-            key=f"{key}.sandbox",
+            key=entry.sandbox_key or f"{key}.sandbox",
             env_fields={f: v["env"] for f, v in entry.config.items() if _is_env_ref(v)},
             env_vars=entry.env_vars,
         ).to_field()

@@ -126,7 +126,21 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def die_with_parent() -> None:
+    """``PR_SET_PDEATHSIG``: the kernel kills this child when the process that started it
+    dies (a kill -9 of the run must not leave a sandboxed call running); exit at once if that
+    process is already gone."""
+    parent = int(os.environ.get("MLX_SANDBOX_PARENT", "0") or 0)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if parent and os.getppid() != parent:
+        os._exit(70)
+
+
 def main() -> int:
+    die_with_parent()
     from dagster_pipes import open_dagster_pipes
 
     with open_dagster_pipes() as pipes:

@@ -195,10 +195,8 @@ def run_call(plugin: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, 
             "workdir": workdir,
         }
         env = child_env(plan, workdir, telemetry.traceparent_env())
+        env["MLX_SANDBOX_PARENT"] = str(os.getpid())  # the child dies with this process
         command = [sys.executable, "-m", "mlx_resources.sandbox.child"]
-        from mlx_plugins.kernel.process_identity import with_parent_death
-
-        command = with_parent_death(command)  # the child dies with this process
         if job["network"] == "netns+socket":
             command = [shutil.which("unshare") or "unshare", "-n", "--", *command]
         with _session(context, {"mlx_sandbox": job}) as session:

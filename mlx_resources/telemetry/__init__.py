@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_plugins.kernel import telemetry as kt
+from mlx_resources import sandbox as _sandbox  # noqa: F401  (installs the sandbox runner in runs)
 from mlx_resources.telemetry.audit import flush_all
 
 _log = logging.getLogger("mlx.telemetry")

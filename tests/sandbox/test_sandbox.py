@@ -38,7 +38,7 @@ def test_memory_limit_is_a_clear_error(probe):
         boxed.hog_memory(4096)
     err = info.value
     assert (err.plugin, err.limit, err.value) == ("sandbox_probe", "memory_mb", 3072)
-    assert "plugins.data_source.sandbox.memory_mb" in str(err)
+    assert "plugins.data_source[0].sandbox.memory_mb" in str(err)
     assert "'sandbox_probe'" in str(err)
     assert boxed.hog_memory(64) == 64 * 1024 * 1024  # under the limit it works
 
@@ -48,7 +48,7 @@ def test_cpu_limit_is_a_clear_error(probe):
     with pytest.raises(SandboxLimitError) as info:
         boxed.burn_cpu()
     assert info.value.limit == "cpu_seconds"
-    assert "raise plugins.data_source.sandbox.cpu_seconds" in str(info.value)
+    assert "raise plugins.data_source[0].sandbox.cpu_seconds" in str(info.value)
 
 
 def test_wall_limit_kills_the_child(probe):
@@ -82,7 +82,7 @@ def test_network_is_blocked_with_a_clear_error(probe):
             closed.connect(port)
     text = str(info.value)
     assert "network is disabled in the sandbox of plugin 'sandbox_probe'" in text
-    assert "plugins.data_source.sandbox.network: true" in text
+    assert "plugins.data_source[0].sandbox.network: true" in text
     assert network_mode(SandboxSpec(network=False)) in ("netns+socket", "socket")
 
 
@@ -112,7 +112,7 @@ def test_logs_stream_into_the_dagster_run_and_trace_continues(probe, spans):
 
 
 def test_bad_sandbox_keys_are_composition_errors(probe):
-    with pytest.raises(CompositionError, match=r"plugins\.data_source\.sandbox\.memory_gb"):
+    with pytest.raises(CompositionError, match=r"plugins\.data_source\[0\]\.sandbox\.memory_gb"):
         probe({"memory_gb": 2})
     with pytest.raises(CompositionError, match=r"sandbox\.cpu_seconds"):
         probe({"cpu_seconds": 0})
