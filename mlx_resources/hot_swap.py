@@ -33,6 +33,7 @@ import os
 import subprocess
 import sys
 import urllib.parse
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,7 @@ def reload_code_location(
     candidate = Path(composition) if composition is not None else served
     if not candidate.is_file():
         raise HotSwapError(f"composition file {candidate} does not exist; nothing was reloaded")
+    _ensure_reachable(url, location, timeout_s)  # fail fast, before anything changes
     if module is not None:
         problem = check_code_location(
             module,
@@ -183,22 +185,57 @@ def reload_code_location(
             timeout_s=timeout_s,
         )
         if problem is not None:
+            problem = "\n  ".join(problem.splitlines())
             raise HotSwapError(
                 f"code location {location!r} not reloaded: its definitions do not load with "
                 f"{candidate}:\n  {problem}\n"
                 f"  {served} is unchanged and the running code location keeps serving; "
                 "fix the composition and swap again"
             )
-    if candidate.resolve() != served.resolve():
-        from mlx_plugins.kernel.atomic import atomic_write_bytes
+    from mlx_plugins.kernel.atomic import atomic_write_bytes
 
+    swap = candidate.resolve() != served.resolve()
+    previous = served.read_bytes() if swap and served.exists() else None
+    if swap:
         atomic_write_bytes(served, candidate.read_bytes())  # temp file + rename: never half
+    try:
+        _reload(url, location, timeout_s)
+    except HotSwapError as exc:
+        if previous is not None:  # the location serves the old file's definitions: keep them
+            atomic_write_bytes(served, previous)
+            raise HotSwapError(f"{exc}\n  {served} is restored to what it was") from None
+        raise
+    return ReloadResult(location=location, url=url, served=str(served))
+
+
+def _ensure_reachable(url: str, location: str, timeout_s: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    base = url if "://" in url else f"http://{url}"
+    try:
+        with urllib.request.urlopen(f"{base.rstrip('/')}/server_info", timeout=timeout_s):
+            pass
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise HotSwapError(
+            f"cannot reach the Dagster webserver at {url} ({reason}); code location "
+            f"{location!r} not reloaded and nothing changed: check --url"
+        ) from None
+
+
+def _reload(url: str, location: str, timeout_s: int) -> None:
     from dagster_graphql import DagsterGraphQLClientError, ReloadRepositoryLocationStatus
 
     try:
-        info = _client(url, timeout_s).reload_repository_location(location)
+        with warnings.catch_warnings():  # gql's deprecation of how dagster_graphql calls it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            info = _client(url, timeout_s).reload_repository_location(location)
     except DagsterGraphQLClientError as exc:
-        raise HotSwapError(f"reload of code location {location!r} at {url} failed: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HotSwapError(
+            f"reload of code location {location!r} at {url} failed: {first}"
+        ) from None
     except Exception as exc:  # requests' connection errors and timeouts
         raise HotSwapError(
             f"cannot reach the Dagster webserver at {url} to reload {location!r}: "
@@ -209,7 +246,6 @@ def reload_code_location(
             f"reload of code location {location!r} at {url} failed "
             f"({info.failure_type}): {info.message}"
         )
-    return ReloadResult(location=location, url=url, served=str(served))
 
 
 def main(argv: list[str] | None = None) -> int:
