@@ -61,6 +61,7 @@ __all__ = [
     "Task",
     "UnknownCategory",
     "curl_example",
+    "descendants",
     "example_row",
     "http_get",
     "serve_version",
@@ -183,24 +184,62 @@ class ServerHandle(BaseModel):
         return stop_process_group(self.pid, timeout_s)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children...), from ``/proc`` on Linux;
+    ``[]`` elsewhere. BentoML's supervisor puts its workers in process groups of their own, so
+    signalling the server's group alone would leave them behind."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        ppid = int(raw[raw.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def stop_process_group(pid: int, timeout_s: float = 10.0) -> bool:
-    """SIGTERM the process group led by ``pid``, wait up to ``timeout_s`` seconds for its
-    leader to exit, then SIGKILL the group. True when something was signalled."""
+    """SIGTERM the process group led by ``pid`` (and every descendant, whatever its group),
+    wait up to ``timeout_s`` seconds for them to exit, then SIGKILL what is left. True when
+    something was signalled."""
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
         return False
     if pgid != pid:  # not a group leader: never signal the group we might be part of
         pgid = 0
+    below = descendants(pid)
     _signal(pid, pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if _reaped(pid):
+        if _reaped(pid) and not any(_running(p) for p in below):
             break
         time.sleep(0.05)
     _signal(pid, pgid, signal.SIGKILL)  # workers that ignored SIGTERM, or a stuck leader
+    for p in below:
+        if _running(p):
+            _signal(p, 0, signal.SIGKILL)
     _reaped(pid)
     return True
+
+
+def _running(pid: int) -> bool:
+    from mlx_plugins.kernel.process_identity import pid_running
+
+    return pid_running(pid)
 
 
 def _signal(pid: int, pgid: int, sig: int) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from pydantic import Field
 
 from mlx_plugins.kernel.metadata import PluginMetadata
+from mlx_plugins.kernel.process_identity import PARENT_ENV, parent_env
 from mlx_plugins.model_servers.base import (
     ModelServer,
     RequestSchema,
@@ -165,6 +166,12 @@ class BentoMLServer(ModelServer):
     request_timeout_s: float = Field(default=30.0, gt=0, description="Per request (s).")
     ready_timeout_s: float = Field(
         default=120.0, gt=0, description="How long start() waits for /readyz (s)."
+    )
+    die_with_caller: bool = Field(
+        default=False,
+        description="Servers are killed when the process (the thread) that started them dies: "
+        "for tests and scripts. Off (the default), a server outlives its caller: an asset "
+        "starts it and a later run stops it.",
     )
 
     def with_home(self, home: Path) -> Self:
@@ -502,6 +509,9 @@ class BentoMLServer(ModelServer):
             }
         )
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # BentoML sets its own per server
+        env.pop(PARENT_ENV, None)  # never tied to an ancestor's life by inheritance
+        if self.die_with_caller:  # the service calls die_with_parent() on it
+            env.update(parent_env())
         return env
 
     # -- Kubernetes -----------------------------------------------------------------------------

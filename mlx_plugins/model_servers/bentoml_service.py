@@ -19,12 +19,14 @@ Arguments (``--arg KEY=VALUE``): ``model`` (the BentoML model tag, required), ``
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import bentoml
 from bentoml.models import BentoModel
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlx_plugins.kernel.process_identity import PARENT_ENV, die_with_parent
 from mlx_plugins.model_servers.bentoml_runtime import STATE, build_app
 
 
@@ -40,6 +42,9 @@ class ServiceArgs(BaseModel):
     unknown_category: Literal["missing", "reject"] | None = None
     max_request_rows: int | None = Field(default=None, ge=1)
 
+
+if os.environ.get(PARENT_ENV):  # started with die_with_caller: the arbiter and every worker
+    die_with_parent()  # exit when the process that started the server dies
 
 ARGS = bentoml.use_arguments(ServiceArgs)
 APP = build_app(STATE)

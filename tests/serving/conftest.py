@@ -14,7 +14,8 @@ Session-scoped, built once (a tiny model trains in about a second):
 ``tiny_model``
     The :class:`TrainedModel` behind ``tiny_version`` (for the platform's own predictions).
 ``bentoml_server``
-    A ``bentoml`` plugin with its home in ``serving_home`` (1 worker).
+    A ``bentoml`` plugin with its home in ``serving_home`` (1 worker; ``die_with_caller``: the
+    servers die with the test process, even when it is killed).
 ``tiny_package``
     ``tiny_version`` packaged by ``bentoml_server``.
 ``tiny_served``
@@ -128,7 +129,12 @@ def tiny_version(tiny_registry: Any, tiny_model: TrainedModel) -> ModelVersion:
 def bentoml_server(serving_home: Path) -> Any:
     from mlx_plugins.model_servers.bentoml_server import BentoMLServer
 
-    return BentoMLServer(home=str(serving_home / "bentoml"), workers=1, ready_timeout_s=120.0)
+    return BentoMLServer(
+        home=str(serving_home / "bentoml"),
+        workers=1,
+        ready_timeout_s=120.0,
+        die_with_caller=True,  # a killed test run leaves no server behind
+    )
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ class TestBentoMLServer(ModelServerContract):
     def plugin(self, serving_home) -> Any:
         from mlx_plugins.model_servers.bentoml_server import BentoMLServer
 
-        return BentoMLServer(home=str(serving_home / "bentoml"))
+        return BentoMLServer(home=str(serving_home / "bentoml"), die_with_caller=True)
 
     @pytest.fixture
     def registered(self, tiny_version, tiny_registry) -> Any:

@@ -18,6 +18,7 @@ from mlx_plugins.model_servers.base import (
     ServerHandle,
     ServingError,
     curl_example,
+    descendants,
     example_row,
     http_get,
     serve_version,
@@ -195,7 +196,10 @@ def test_unknown_category_rejected_when_configured(
     serving_home, tiny_package, tiny_version, tiny_registry, start_server
 ) -> None:
     strict = BentoMLServer(
-        home=str(serving_home / "bentoml"), unknown_category="reject", max_request_rows=4
+        home=str(serving_home / "bentoml"),
+        unknown_category="reject",
+        max_request_rows=4,
+        die_with_caller=True,
     )
     package = strict.package(tiny_version, tiny_registry)
     assert package.package_tag == tiny_package.package_tag  # same stored package
@@ -233,8 +237,11 @@ def test_restart_stop_and_a_port_in_use(
 
     handle = start_server(tiny_package)
     assert post(f"{handle.url}/predict", {"rows": [example_row_tiny()]})[0] == 200
+    workers = descendants(handle.pid)
+    assert workers  # BentoML's worker processes (in process groups of their own)
     assert handle.stop() is True
     assert not handle.alive() and not pid_running(handle.pid)
+    assert not any(pid_running(p) for p in workers)
     assert http_get(f"{handle.url}/healthz", timeout_s=1.0)[0] == 0
     assert handle.stop() is False  # idempotent
     again = start_server(tiny_package, port=handle.port)
@@ -274,3 +281,41 @@ def test_a_bento_holds_the_service_sources_and_the_package(bentoml_server, tiny_
     assert (folder / "src" / "mlx_plugins" / "model_servers" / "bentoml_runtime.py").exists()
     assert not list((folder / "src").glob("tests"))  # only mlx_plugins
     assert bentoml_server.build_bento(tiny_package) == tag  # idempotent
+
+
+def test_with_die_with_caller_a_killed_caller_leaves_no_server(tiny_package) -> None:
+    """A script (or test run) killed with SIGKILL takes its servers and their workers along."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlx_plugins.kernel.process_identity import pid_running
+
+    script = (
+        "import sys, time\n"
+        "from mlx_plugins.model_servers.base import ServedPackage\n"
+        "from mlx_plugins.model_servers.bentoml_server import BentoMLServer\n"
+        "package = ServedPackage.model_validate_json(sys.argv[1])\n"
+        "server = BentoMLServer(home=package.store, die_with_caller=True)\n"
+        "print(server.start(package, workers=2).model_dump_json(), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    caller = subprocess.Popen(
+        [sys.executable, "-c", script, tiny_package.model_dump_json()],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = caller.stdout.readline() if caller.stdout else ""
+        handle = ServerHandle.model_validate_json(line)
+        assert handle.health().healthy
+        group = [handle.pid, *descendants(handle.pid)]
+        assert len(group) >= 3  # the server and its two workers (at least)
+    finally:
+        caller.send_signal(signal.SIGKILL)
+        caller.wait(timeout=10)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(pid_running(p) for p in group):
+        time.sleep(0.5)
+    assert not any(pid_running(p) for p in group), "server processes outlived their caller"
