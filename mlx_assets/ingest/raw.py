@@ -208,7 +208,8 @@ def _read_window(
             metadata={r.check_name or "": r.passed for r in results},
             allow_retries=False,
         )
-    yield dg.Output(df)
+    lineage = plugin.read_lineage(table.name)
+    yield dg.Output(df, metadata={"source_read": dg.MetadataValue.json(lineage)} if lineage else {})
     yield from results
 
 

@@ -28,11 +28,16 @@ def _latest(instance: dg.DagsterInstance, key: dg.AssetKey) -> dg.EventLogEntry 
 def collect_lineage(context: dg.AssetExecutionContext, lc: Lifecycle) -> ModelLineage:
     instance = context.instance
     code_versions: dict[str, str] = {}
+    sources: dict[str, Any] = {}
+    raw = set(lc.raw_keys.values())
     for key in lineage_assets(lc):
         event = _latest(instance, key)
         mat = event.asset_materialization if event else None
         if mat and mat.tags and "dagster/code_version" in mat.tags:
             code_versions[key.to_user_string()] = mat.tags["dagster/code_version"]
+        read = mat.metadata.get("source_read") if mat and key in raw else None
+        if read is not None:
+            sources[key.to_user_string()] = getattr(read, "value", read)
     ts = _latest(instance, lc.training_set_key)
     ts_mat = ts.asset_materialization if ts else None
     meta = ts_mat.metadata if ts_mat else {}
@@ -46,6 +51,7 @@ def collect_lineage(context: dg.AssetExecutionContext, lc: Lifecycle) -> ModelLi
         code_versions=code_versions,
         window=dict(window.value) if window is not None else {},  # type: ignore[arg-type]
         run_id=context.run.run_id,
+        sources=sources,
     )
 
 

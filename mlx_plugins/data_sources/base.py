@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -87,6 +87,17 @@ class DataSource(MLXPlugin):
             Source data that does not match the schema; the message names where (file,
             column) and the expected and found types.
         """
+
+    def read_lineage(self, table: str) -> dict[str, Any] | None:
+        """What the last :meth:`read` of ``table`` in this session ran at the source, for a
+        model version's lineage: e.g. ``{"sql": ..., "query_id": ...}`` for a warehouse.
+
+        Returns
+        -------
+        dict or None
+            JSON-able, no secrets; None (the default) when the source has nothing to add.
+        """
+        return None
 
     def table_info(self, table: str) -> TableInfo:
         tables = self.tables()

@@ -779,6 +779,20 @@ class SnowflakeSource(DataSource):
         self._names[table] = stored
         return out
 
+    def read_lineage(self, table: str) -> dict[str, Any] | None:
+        """``{"sql": ..., "query_id": ..., "account": ..., "database": ...}`` of the last read
+        of ``table`` (the pushed-down SQL as sent, its parameters not included)."""
+        last = self.last_query(table)
+        if last is None:
+            return None
+        sql, query_id = last
+        return {
+            "sql": sql,
+            "query_id": query_id,
+            "account": self.account,
+            "database": self.database,
+        }
+
     def last_query(self, table: str) -> tuple[str, str | None] | None:
         """(SQL, Snowflake query id) of the last read of ``table`` in this session, for
         lineage; None before the first read."""

@@ -38,6 +38,11 @@ class ModelLineage(BaseModel):
     code_versions: dict[str, str] = Field(default_factory=dict)
     window: dict[str, Any] = Field(default_factory=dict, description="Train/valid/test dates.")
     run_id: str | None = None
+    sources: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Raw asset -> what its last read ran at the data source (e.g. the SQL and "
+        "query id of a warehouse read; DataSource.read_lineage).",
+    )
 
 
 def identity(config: dict[str, Any], lineage: ModelLineage) -> str | None:

@@ -190,3 +190,8 @@ def test_snowflake_to_databricks_to_registry_by_composition_alone(servers, tmp_p
     assert version["config"]["platform"] == "databricks"
     artifact = Path(version["artifact_path"])
     assert artifact.is_file() and artifact.parent == version_file.parent
+    # ... and whose lineage names the Snowflake query its data came from
+    sources = version["lineage"]["sources"]
+    (read,) = sources.values()
+    assert '"DAY" >= ' in read["sql"] and 'FROM "' in read["sql"]
+    assert "query_id" in read and "password" not in json.dumps(read).lower()

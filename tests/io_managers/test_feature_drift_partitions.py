@@ -15,7 +15,10 @@ from mlx_assets.partitions import DAILY_2013, SINGLE_RUN
 from mlx_plugins.drift_detectors.polars_drift import PolarsDriftDetector
 from mlx_resources.io_managers import PolarsIOManager, content_hash
 from mlx_resources.platform import Platform
+from tests.conftest import flights_lifecycle
 from tests.io_managers.helpers import materializations, range_tags
+
+FEATURE_DRIFT = fd.build_feature_drift(flights_lifecycle())
 
 DAYS = ["2013-03-01", "2013-03-02", "2013-03-03", "2013-03-04"]
 
@@ -63,8 +66,8 @@ def test_each_drift_partition_has_its_own_metadata_and_version(
     assert dg.materialize([training_set], instance=instance, resources=res).success
     ts_version = materializations(instance, "training_set")[-1].tags[DATA_VERSION_TAG]
     result = dg.materialize(
-        [flight_features, fd.feature_drift, training_set],
-        selection=[flight_features, fd.feature_drift],
+        [flight_features, FEATURE_DRIFT, training_set],
+        selection=[flight_features, FEATURE_DRIFT],
         instance=instance,
         resources=res,
         tags=range_tags(DAYS[0], DAYS[-1]),

@@ -39,7 +39,8 @@ def test_config_validate_rejects_a_bad_file_with_the_key(tmp_path, capsys):
 def test_health_runs_each_plugin_check(capsys):
     assert main(["health"]) == 0
     out = capsys.readouterr().out
-    assert out.count("ok ") == 4  # flights, ml_platform, drift_detector, model_registry
+    # flights, seattle, ml_platform, drift_detector, model_registry
+    assert out.count("ok ") == 5
     assert "ok  model_registry registry at " in out  # placed in the MLX home
 
 
