@@ -42,7 +42,9 @@ def test_dev_test_installs_every_extra_the_suite_needs():
     declared = set(PYPROJECT["project"]["optional-dependencies"]) - {"bench"}
     assert set(extras.group(1).split(",")) == declared
     # lifecycle and ui need the base install only: no reinstall when switching commands
-    assert 'lifecycle)\n    bootstrap ""' in text
+    # (`./dev lifecycle --serve` adds the serving extra)
+    assert '    bootstrap ""\n    exec "$VENV/bin/mlx" lifecycle "$@"' in text
+    assert 'bootstrap "serving"' in text
     assert 'ui)\n    bootstrap ""' in text
 
 
