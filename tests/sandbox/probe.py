@@ -51,6 +51,18 @@ class ProbeSource(DataSource):
         while True:
             n += 1
 
+    def write_file(self, mb: int) -> int:
+        with open("big.bin", "wb") as f:  # in the private working directory
+            for _ in range(mb):
+                f.write(b"\0" * 1024 * 1024)
+        return os.path.getsize("big.bin")
+
+    def open_files(self, n: int) -> int:
+        handles = [open(os.devnull) for _ in range(n)]  # noqa: SIM115 - held open on purpose
+        for h in handles:
+            h.close()
+        return len(handles)
+
     def connect(self, port: int) -> str:
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             return "connected"

@@ -51,6 +51,15 @@ def test_cpu_limit_is_a_clear_error(probe):
     assert "raise plugins.data_source[0].sandbox.cpu_seconds" in str(info.value)
 
 
+def test_file_size_and_open_files_limits_are_clear_errors(probe):
+    boxed = probe({"file_size_mb": 2, "open_files": 64})
+    with pytest.raises(SandboxLimitError) as info:
+        boxed.write_file(5)
+    assert info.value.limit == "file_size_mb" and info.value.value == 2
+    with pytest.raises(SandboxLimitError, match=r"open_files=64 in open_files\(\)"):
+        boxed.open_files(200)
+
+
 def test_wall_limit_kills_the_child(probe):
     boxed = probe({"wall_seconds": 3})
     with pytest.raises(SandboxLimitError, match="wall_seconds=3"):
