@@ -99,6 +99,8 @@ def plugin_resources(
     ``model_registry``: ``with_home``) placed in the platform's home folder unless their config
     says where. ``platform``: :func:`platform_resources` when already built."""
     home = (platform or platform_resources(composition))["platform"].home_path  # type: ignore[attr-defined]
+    if any(e.sandbox is not None for e in composition.entries):
+        import mlx_resources.sandbox  # noqa: F401  # installs the runner sandboxed calls need
     out = composition.resources()
     for key, plugin in out.items():
         if callable(place := getattr(plugin, "with_home", None)):
