@@ -330,8 +330,30 @@ def _failure_detail(instance: dg.DagsterInstance, run_id: str) -> str:
         first = message.strip().splitlines()[0] if message.strip() else ""
         # "dagster._core.definitions.events.Failure: planes: ..." -> "planes: ..."
         first = re.sub(r"^(?:[A-Za-z_]\w*\.)*\w*(?:Error|Failure|Exception): ", "", first)
+        first = first.rstrip(":; ")
+        if "blocking asset check" in first:
+            first += _failed_checks(instance, run_id)
         return f"{where}: {first}" if first else where
     return ""
+
+
+def _failed_checks(instance: dg.DagsterInstance, run_id: str) -> str:
+    """`` (asset check <asset>.<check>: <its description>)`` for each check of the run that
+    failed, so the console says why (e.g. which quality-gate rule a model missed)."""
+    from dagster._core.events import DagsterEventType
+
+    out = []
+    records = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        data = getattr(event, "event_specific_data", None)
+        if data is None or getattr(data, "passed", True):
+            continue
+        name = f"{data.asset_key.to_user_string()}.{data.check_name}"
+        out.append(f"{name}: {data.description}" if data.description else name)
+    return f" ({'; '.join(out)})" if out else ""
 
 
 @contextmanager

@@ -199,7 +199,9 @@ def test_a_third_instance_on_a_parquet_folder_runs_end_to_end_with_no_python(tmp
                   config:
                     files:
                       events: {{path: {tmp_path / "events"}, date_column: day}}
-              ml_platform: {{plugin: local_torch, config: {{hidden: [16], epochs: 4}}}}
+              ml_platform:
+                plugin: local_torch
+                config: {{hidden: [16], epochs: 12, batch_size: 256}}
               drift_detector: polars
             settings:
               defs_folder: lifecycles
