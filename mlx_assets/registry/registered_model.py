@@ -83,6 +83,46 @@ def build_registered_model(lc: Lifecycle) -> dg.AssetsDefinition:
     return _registered
 
 
+def refuse_ungated(context: dg.AssetExecutionContext, lc: Lifecycle) -> None:
+    """Raise ``dg.Failure`` unless the latest ``model_evaluation`` passed its quality gate.
+
+    The blocking check stops registration in the run that evaluated; a later run that asks for
+    ``registered_model`` alone (``mlx lifecycle`` again, a hand-picked selection) must not
+    register that model either: the gate's newest evaluation must have passed, for the newest
+    evaluation.
+    """
+    from dagster._core.storage.asset_check_execution_record import (
+        AssetCheckExecutionRecordStatus,
+    )
+
+    instance = context.instance
+    latest = instance.get_latest_materialization_event(lc.evaluation_key)
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [lc.gate_check]
+    ).get(lc.gate_check)
+    ok = (
+        latest is not None
+        and record is not None
+        and record.status == AssetCheckExecutionRecordStatus.SUCCEEDED
+        and record.run_id == latest.run_id
+    )
+    if ok:
+        return
+    why = "has no evaluation" if latest is None else "did not pass its quality gate"
+    data = getattr(
+        getattr(getattr(record, "event", None), "dagster_event", None), "event_specific_data", None
+    )
+    detail = f" ({data.description})" if getattr(data, "description", None) else ""
+    raise dg.Failure(
+        description=(
+            f"not registering {lc.model_name}: the latest {lc.evaluation_key.to_user_string()} "
+            f"{why}{detail}. fix: retrain (change the data, window or ml_platform settings) until "
+            f"the {lc.gate_check.name} check passes, or change the instance's gate"
+        ),
+        allow_retries=False,
+    )
+
+
 def _register(
     context: dg.AssetExecutionContext,
     lc: Lifecycle,
@@ -90,6 +130,7 @@ def _register(
     model: TrainedModel,
     model_evaluation: Any,
 ) -> dg.Output[ModelVersion]:
+    refuse_ungated(context, lc)
     lineage = collect_lineage(context, lc)
     version, created = model_registry.register_once(
         lc.model_name,

@@ -177,7 +177,10 @@ class BentoMLServer(ModelServer):
     def with_home(self, home: Path) -> Self:
         if self.home:
             return self
-        return self.model_copy(update={"home": str(Path(home) / "bentoml")})
+        # a new instance, not model_copy: Dagster rebuilds a resource from the config given to
+        # __init__, so a copy's new home would be lost in the run process
+        config = {k: getattr(self, k) for k in type(self).model_fields if k != "home"}
+        return type(self)(**config, home=str(Path(home) / "bentoml"))
 
     @property
     def _home(self) -> Path:

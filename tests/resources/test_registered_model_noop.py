@@ -48,8 +48,17 @@ def model(context: dg.AssetExecutionContext) -> TrainedModel:
     )
 
 
-@dg.asset(code_version="1")
-def model_evaluation() -> Evaluation:
+@dg.asset(
+    code_version="1",
+    check_specs=[dg.AssetCheckSpec("beats_baseline", asset="model_evaluation", blocking=True)],
+)
+def model_evaluation():
+    """An evaluation whose gate passed (registered_model refuses one that did not)."""
+    yield dg.Output(_evaluation())
+    yield dg.AssetCheckResult(check_name="beats_baseline", passed=True)
+
+
+def _evaluation() -> Evaluation:
     return Evaluation(
         rows=10,
         positive_rate=0.2,
@@ -88,3 +97,42 @@ def test_rerun_with_same_inputs_registers_nothing(tmp_path: Path) -> None:
         ("flight_delay:v0002", True),  # new training data
     ]
     assert [v.version for v in reg.versions("flight_delay")] == [1, 2]
+
+
+@dg.asset(
+    name="model_evaluation",
+    code_version="1",
+    check_specs=[dg.AssetCheckSpec("beats_baseline", asset="model_evaluation", blocking=True)],
+)
+def failing_evaluation():
+    yield dg.Output(_evaluation())
+    yield dg.AssetCheckResult(check_name="beats_baseline", passed=False, description="roc_auc low")
+
+
+def test_a_model_that_failed_its_gate_is_never_registered_by_a_later_run(tmp_path: Path) -> None:
+    """Seen: `mlx lifecycle` a second time ran registered_model alone and registered the
+    model whose evaluation had failed the gate in the first run."""
+    reg = ModelRegistry(root=str(tmp_path / "registry"))
+    objects = dg.FilesystemIOManager(base_dir=str(tmp_path / "objects"))
+    res = {"model_registry": reg, "io_manager": objects, "object_io_manager": objects}
+    (tmp_path / "dagster").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        first = dg.materialize(
+            [training_set, model, failing_evaluation, registered_model],
+            instance=instance,
+            resources=res,
+            raise_on_error=False,
+        )
+        assert not first.success  # the blocking check stopped it
+        again = dg.materialize(
+            [training_set, model, failing_evaluation, registered_model],
+            selection=[registered_model],
+            instance=instance,
+            resources=res,
+            raise_on_error=False,
+        )
+        assert not again.success
+        (failure,) = [e for e in again.all_events if e.is_step_failure]
+        message = failure.step_failure_data.user_failure_data.description
+        assert "did not pass its quality gate" in message and "roc_auc low" in message
+    assert reg.versions("flight_delay") == []
