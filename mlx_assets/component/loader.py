@@ -29,7 +29,9 @@ def instance_files(folder: Path) -> list[Path]:
     out = []
     for path in sorted(folder.glob(f"*/{DEFS_FILE}")):
         head = path.read_text(encoding="utf-8")[:2000]
-        if any(t in head for t in COMPONENT_TYPES):
+        # every component of MLX's own packages is read here, so a misspelled type is an error
+        # (load_spec names it) rather than an instance silently left out
+        if any(t in head for t in COMPONENT_TYPES) or "type: mlx_assets." in head:
             out.append(path)
     return out
 

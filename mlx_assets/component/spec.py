@@ -184,7 +184,7 @@ class TargetSpec(_Strict):
 
 
 GATE_METRICS = {
-    "binary": ("roc_auc", "log_loss", "brier", "accuracy", "log_loss_ratio"),
+    "binary": ("roc_auc", "log_loss", "brier", "log_loss_ratio"),
     "multiclass": ("accuracy", "macro_f1", "log_loss", "log_loss_ratio"),
     "regression": ("rmse", "mae", "r2", "rmse_ratio"),
 }
@@ -260,6 +260,16 @@ class LifecycleSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> LifecycleSpec:
+        if self.window is not None:
+            first = date.fromisoformat(self.window.train_start)
+            last = date.fromisoformat(self.window.test_end)
+            end = self.data.end
+            if first < self.data.start or (end is not None and last >= end):
+                raise ValueError(
+                    f"window {self.window.train_start}..{self.window.test_end} is not inside "
+                    f"the data's days {self.data.start}..{end - timedelta(days=1) if end else ''}"
+                    "; move the window or data.start/data.end"
+                )
         columns = set(self.features.columns)
         if self.target.column in columns:
             raise ValueError(f"target.column {self.target.column!r} is also a feature")

@@ -144,7 +144,21 @@ def build_features_asset(lc: Lifecycle) -> dg.AssetsDefinition:
     target = spec.target
     if spec.features.function is not None:
         # the function's source is part of the asset's code version, so editing it restales
-        module = importlib.util.find_spec(spec.features.function.partition(":")[0])
+        module_name = spec.features.function.partition(":")[0]
+        try:
+            module = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            module = None
+        if module is None:
+            from mlx_plugins.kernel.errors import CompositionError
+
+            raise CompositionError(
+                lc.source_file or lc.name,
+                "attributes.features.function",
+                f"module {module_name!r} of {spec.features.function!r} cannot be found",
+                "point it at an importable 'package.module:function' (on PYTHONPATH or "
+                "installed), or remove it to use the first table as it is",
+            )
         origin = getattr(module, "origin", None)
         version = code_version(origin) if origin else code_version(__file__)
         version = f"{code_version(__file__)}.{version}"

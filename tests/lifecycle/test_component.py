@@ -96,6 +96,20 @@ target: {column: arr_delay, kind: regression}
         (("start: 2013-01-01", "start: 2013-13-01"), "attributes.data.start", "2013-13-01"),
         (("categorical: [carrier]", "categorical: [distance]"), "attributes.features", "both"),
         (("target: {", "gate: {min: {roc_auc: 0.6}}\ntarget: {"), "attributes", "roc_auc"),
+        (
+            (
+                "target: {",
+                "window: {train_start: 2012-06-01, train_end: 2013-03-01, "
+                "test_start: 2013-04-01, test_end: 2013-05-01}\ntarget: {",
+            ),
+            "attributes",
+            "not inside the data",
+        ),
+        (
+            ("kind: regression}", "kind: binary}\ngate: {min: {accuracy: 0.7}}"),
+            "attributes",
+            "accuracy",
+        ),
     ],
 )
 def test_a_bad_instance_names_file_key_and_fix(tmp_path, change, key, words):
@@ -105,6 +119,26 @@ def test_a_bad_instance_names_file_key_and_fix(tmp_path, change, key, words):
     assert err.value.file == str(path)
     assert err.value.key.startswith(key)
     assert words in str(err.value)
+
+
+def test_a_misspelled_component_type_is_an_error_not_a_silently_missing_model(tmp_path):
+    path = _write(tmp_path, "m", GOOD)
+    path.write_text(path.read_text().replace("MLLifecycle", "MLLifecycl"))
+    with pytest.raises(CompositionError) as err:
+        load_specs(tmp_path)
+    assert err.value.key == "type" and "MLLifecycle" in err.value.fix
+
+
+def test_a_feature_function_whose_module_is_missing_names_the_key(tmp_path):
+    path = _write(
+        tmp_path, "m", GOOD.replace("features: {", "features: {function: 'nosuch.module:f', ")
+    )
+    with pytest.raises(CompositionError) as err:
+        build_definitions(
+            load_composition(REPO / "mlx.yaml", environ={}), lifecycles=load_specs(tmp_path)
+        )
+    assert err.value.key == "attributes.features.function" and err.value.file == str(path)
+    assert "nosuch.module" in err.value.problem
 
 
 def test_yaml_1_1_booleans_stay_text(tmp_path):
