@@ -54,6 +54,7 @@ plugins:
       new_cluster: {{spark_version: 15.4.x-cpu-ml-scala2.12, node_type_id: i3.xlarge}}
       torch: {{epochs: 4, hidden: [16], batch_size: 256, num_threads: 1}}
   drift_detector: polars
+  model_server: {{plugin: bentoml, config: {{workers: 1}}}}
 
 settings:
   defs_folder: defs
@@ -195,3 +196,22 @@ def test_snowflake_to_databricks_to_registry_by_composition_alone(servers, tmp_p
     (read,) = sources.values()
     assert '"DAY" >= ' in read["sql"] and 'FROM "' in read["sql"]
     assert "query_id" in read and "password" not in json.dumps(read).lower()
+
+    # ... and that is served: the registered version answers behind the local router
+    from mlx_assets.serving.deployment import Deployment
+    from tests.serving.conftest import post
+    from tests.serving.test_deployment_asset import _stop_everything
+
+    try:
+        import pickle
+
+        (obj,) = (home / "objects" / "churn").glob("model_deployment")
+        deployment: Deployment = pickle.loads(obj.read_bytes())
+        assert deployment.decision == "deployed"
+        assert "curl" in output or deployment.curl.startswith("curl")
+        row = {"spend": 12.5, "visits": 2.0, "tenure_days": 300.0, "segment": "smb"}
+        status, body = post(deployment.url + "/predict", {"rows": [row]})
+        assert status == 200, body
+        assert 0.0 <= body["predictions"][0] <= 1.0
+    finally:
+        _stop_everything(home, "churn")

@@ -30,11 +30,12 @@ SPEC = LifecycleSpec.model_validate(
 )
 
 
-def _stop_everything(home: Path) -> None:
+def _stop_everything(home: Path, model: str = "tiny") -> None:
+    """Stop the servers and the router a deployment left running under ``home``."""
     from mlx_plugins.model_servers.base import ServerHandle
     from mlx_plugins.model_servers.routing import NginxRouter, RouterError
 
-    folder = home / "serving" / "tiny"
+    folder = home / "serving" / model
     if (folder / "servers.json").exists():
         for handles in json.loads((folder / "servers.json").read_text()).values():
             for h in handles:
