@@ -407,16 +407,7 @@ def check_labels(
             f"target is a number. fix: cast it with pl.col({target!r}).cast(pl.Float64) in the "
             "feature asset (a boolean target is task='binary')"
         )
-    problems = []
-    if col.null_count():
-        problems.append(f"{col.null_count()} null(s)")
-    values = col.drop_nulls().cast(pl.Float64)
-    nan = int(values.is_nan().sum())
-    if nan:
-        problems.append(f"{nan} NaN")
-    inf = int(values.is_infinite().sum())
-    if inf:
-        problems.append(f"{inf} infinite")
+    problems, values = _not_finite(col)
     if problems:
         raise TrainingDataError(
             f"target column {target!r} has {', '.join(problems)} in the {frame} frame "
@@ -435,14 +426,10 @@ def check_labels(
                 )
 
 
-def _check_binary(col: pl.Series, target: str, frame: str) -> None:
+def _not_finite(col: pl.Series) -> tuple[list[str], pl.Series]:
+    """``(["3 null(s)", "1 NaN", ...], the non-null values as Float64)`` of a target column."""
     import polars as pl
 
-    if not (col.dtype.is_numeric() or col.dtype in (pl.Boolean, pl.Null)):
-        raise TrainingDataError(
-            f"target column {target!r} has dtype {col.dtype} in the {frame} frame; a binary "
-            "target must be 0/1 or boolean. fix: map it to 0/1 in the feature asset"
-        )
     problems = []
     if col.null_count():
         problems.append(f"{col.null_count()} null(s)")
@@ -453,6 +440,18 @@ def _check_binary(col: pl.Series, target: str, frame: str) -> None:
     inf = int(values.is_infinite().sum())
     if inf:
         problems.append(f"{inf} infinite")
+    return problems, values
+
+
+def _check_binary(col: pl.Series, target: str, frame: str) -> None:
+    import polars as pl
+
+    if not (col.dtype.is_numeric() or col.dtype in (pl.Boolean, pl.Null)):
+        raise TrainingDataError(
+            f"target column {target!r} has dtype {col.dtype} in the {frame} frame; a binary "
+            "target must be 0/1 or boolean. fix: map it to 0/1 in the feature asset"
+        )
+    problems, values = _not_finite(col)
     finite = values.filter(values.is_finite())
     outside = finite.filter(~finite.is_in([0.0, 1.0]))
     if outside.len():
