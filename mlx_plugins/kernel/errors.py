@@ -47,7 +47,8 @@ def from_validation_error(
     errors = exc.errors() if hasattr(exc, "errors") else []
     if not errors:
         return CompositionError(file, key, str(exc).splitlines()[0], "fix the value")
-    err = errors[0]
+    # a misspelled key also makes the real one "missing": name the misspelling, which is the fix
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [str(p) for p in err["loc"]]
     field = loc[0] if loc else ""
     parent_fields, info = _walk(fields or {}, loc)

@@ -90,6 +90,7 @@ target: {column: arr_delay, kind: regression}
     ("change", "key", "words"),
     [
         (("features: {", "features: {numerc: [x], "), "attributes.features.numerc", "numeric"),
+        (("features: {", "featurs: {"), "attributes.featurs", "did you mean 'features'"),
         (("kind: regression", "kind: multiclass"), "attributes.target", "classes"),
         (("kind: regression", "kind: ordinal"), "attributes.target.kind", "regression"),
         (("name: m", "name: My-Model"), "attributes.name", "lower-case"),
