@@ -196,7 +196,21 @@ def _read_window(
         table=table.name,
         what="its schema",
     )
-    key_cols = key_columns(table, lc.spec.data.time_column)
+    time_col = lc.spec.data.time_column
+    found = df.schema.get(time_col)
+    if found != pl.Date:
+        have = "has no such column" if found is None else f"has it as {found}"
+        raise dg.Failure(
+            description=(
+                f"lifecycle {lc.name!r} ({lc.source_file or 'its defs.yaml'}): data.time_column "
+                f"{time_col!r} cuts the daily partitions, but table {table.name!r} of data source "
+                f"{source} {have}, not a Date. fix: set data.time_column to the table's date "
+                f"column (columns: {df.columns[:12]}), or make the source return it as a Date "
+                "(the files source's date_column parses ISO text and datetimes)"
+            ),
+            allow_retries=False,
+        )
+    key_cols = key_columns(table, time_col)
     results, error = validate_source_frame(
         context, asset, df, expected, source, key_cols, table.name
     )
