@@ -615,10 +615,25 @@ def _instantiate(
         if (f in entry.config and _has_env(entry.config[f]))
         or is_secret_field(fields[f].json_schema_extra)
     )
+    from dagster._core.errors import DagsterInvalidConfigError
+
     try:
         return cls(**values)
     except ValidationError as exc:
         raise from_validation_error(source, f"{key}.config", exc, fields, secret_fields) from None
+    except DagsterInvalidConfigError as exc:
+        # Dagster's own check of nested config (e.g. an unknown key in a mapping of Config
+        # models): its first error, with the path it names, instead of a traceback
+        first = exc.errors[0] if getattr(exc, "errors", None) else None
+        message = str(getattr(first, "message", None) or str(exc).splitlines()[0])
+        message = message.split(". Expected:")[0]  # the whole expected schema follows
+        raise CompositionError(
+            source,
+            f"{key}.config",
+            redact(message),
+            "correct or remove that key (see the plugin's config fields: mlx plugins list and "
+            "its docs)",
+        ) from None
 
 
 def _type_name(annotation: Any) -> str:

