@@ -583,6 +583,9 @@ def _instantiate(
                 + (f" (did you mean {close[0]!r}?)" if close else ""),
                 f"use one of its fields: {', '.join(known) or 'none'}",
             )
+        _check_nested_keys(
+            source, f"{key}.config.{field}", fields[field].annotation, entry.config[field]
+        )
     values: dict[str, Any] = {}
     carried: dict[str, Any] = {}
     for field, value in entry.config.items():
@@ -645,6 +648,38 @@ def _instantiate(
             "correct or remove that key (see the plugin's config fields: mlx plugins list and "
             "its docs)",
         ) from None
+
+
+def _check_nested_keys(source: str, key: str, annotation: Any, value: Any) -> None:
+    """Refuse an unknown key in a nested config model (e.g. ``new_cluster: {num_worker: 8}``),
+    naming it and the closest known key: pydantic models that allow extra keys would otherwise
+    drop it silently. Follows ``Model``, ``Model | None`` and ``dict[str, Model]``."""
+    import typing
+
+    if not isinstance(value, dict) or _is_env_ref(value):
+        return
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is dict and len(args) == 2:
+        for k, v in value.items():
+            _check_nested_keys(source, f"{key}.{k}", args[1], v)
+        return
+    if args and origin is not dict and len(args) == 1:
+        annotation = args[0]
+    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return
+    fields = annotation.model_fields
+    for k, v in value.items():
+        if k not in fields:
+            known = sorted(f for f in fields if not f.startswith("_"))
+            close = difflib.get_close_matches(str(k), known, n=1)
+            raise CompositionError(
+                source,
+                f"{key}.{k}",
+                "unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""),
+                f"use one of: {', '.join(known)}",
+            )
+        _check_nested_keys(source, f"{key}.{k}", fields[k].annotation, v)
 
 
 def _type_name(annotation: Any) -> str:
