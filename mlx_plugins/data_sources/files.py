@@ -149,6 +149,7 @@ class FilesSource(DataSource):
         description="fsspec/s3fs options for remote paths (endpoint_url, key, secret, token, "
         "region); values may be {env: NAME}. Translated for polars' own S3 reader "
         "(mlx_plugins.kernel.object_store).",
+        json_schema_extra={"secret": True},  # holds credentials: never echoed in an error
     )
 
     _schemas: dict[str, dict[str, pl.DataType]] = PrivateAttr(default_factory=dict)

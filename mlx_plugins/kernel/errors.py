@@ -55,7 +55,11 @@ def from_validation_error(
     annotation = getattr(info, "annotation", None)
     secret = field in secret_fields
     value = err.get("input")
-    given = "a secret from the environment" if secret else repr(value)
+    given = (
+        "a value not shown (a secret field, or read from the environment)"
+        if secret
+        else repr(value)
+    )
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     where = ".".join([key, *loc]) if loc else key
 

@@ -228,3 +228,19 @@ def test_a_profile_that_switches_a_plugin_replaces_its_config(tmp_path):
     smoke = load_composition(path, profile="smoke", environ={})
     (entry,) = smoke.of_kind("ml_platform")
     assert entry.config == {"epochs": 6, "hidden": [8]}  # same plugin: merged
+
+
+def test_credentials_written_into_storage_options_are_not_echoed_in_the_error(tmp_path):
+    """Seen: `storage_options: "key=AKIA secret=..."` was printed back in the error."""
+    path = tmp_path / "mlx.yaml"
+    path.write_text(
+        BASE.replace(
+            "[{name: flights, plugin: nycflights13}]",
+            "[{name: flights, plugin: nycflights13}, {name: lake, plugin: files, config: "
+            "{files: {t: {path: 's3://b/t/'}}, storage_options: 'key=AKIA secret=hunter2xyz'}}]",
+        )
+    )
+    with pytest.raises(CompositionError) as err:
+        load_composition(path, environ={})
+    assert err.value.key == "plugins.data_source[1].config.storage_options"
+    assert "hunter2xyz" not in str(err.value) and "AKIA" not in str(err.value)
