@@ -206,12 +206,12 @@ def resolve_lifecycles(
     import logging
 
     sources = [e.name for e in composition.of_kind("data_source")]
+    serving = bool(composition.of_kind("model_server"))
     out: list[Lifecycle] = []
     left_out: list[str] = []
     prefixes: dict[tuple[str, ...], str] = {}
     for spec, file in specs:
-        lc = Lifecycle(spec, platform, file)
-        lc.serving = bool(composition.of_kind("model_server"))
+        lc = Lifecycle(spec, platform, file, serving=serving)
         if (
             spec.data.source not in sources
             and not explicit

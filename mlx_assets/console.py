@@ -119,6 +119,8 @@ def summary_lines(instance: Any, defs: Any, lc: Any = None) -> list[str]:
     lc = lc or lifecycles_of(defs)[0]
     graph = defs.resolve_asset_graph()
     keys = [lc.evaluation_key, lc.registered_key, lc.drift_key]
+    if lc.serving:
+        keys.append(lc.deployment_key)  # read with the others: one AssetState
     state = AssetState(instance, graph, keys)
     evaluation = state.get(keys[0])
     registered = state.get(keys[1])
@@ -179,7 +181,7 @@ def summary_lines(instance: Any, defs: Any, lc: Any = None) -> list[str]:
     else:
         lines.append("drift      no day monitored yet")
     if lc.serving:
-        served = AssetState(instance, graph, [lc.deployment_key]).get(lc.deployment_key)
+        served = state.get(lc.deployment_key)
         if served is None:
             lines.append("served     not yet (the deployment runs after a registered version)")
         else:

@@ -293,7 +293,14 @@ class Lifecycle:
         source_file: the instance's YAML file (for error messages), if it came from one.
     """
 
-    def __init__(self, spec: LifecycleSpec, platform: Platform, source_file: str = "") -> None:
+    def __init__(
+        self,
+        spec: LifecycleSpec,
+        platform: Platform,
+        source_file: str = "",
+        *,
+        serving: bool = False,
+    ) -> None:
         self.spec = spec
         self.platform = platform
         self.source_file = source_file
@@ -303,7 +310,7 @@ class Lifecycle:
         self.prefix: tuple[str, ...] = (
             spec.key_prefix if spec.key_prefix is not None else (spec.name,)
         )
-        self.serving = False
+        self.serving = serving
         """Whether the code location serves the model (the composition has a model_server)."""
 
     # names -------------------------------------------------------------------------------

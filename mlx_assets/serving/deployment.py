@@ -87,6 +87,13 @@ def _bodies(lc: Lifecycle, training_set: pl.DataFrame) -> list[dict[str, Any]]:
     return [{"rows": [row]} for row in test.iter_rows(named=True)]
 
 
+def _stop_all_but(handles: dict[str, list[Any]], keep: str) -> None:
+    """Stop every version's servers except ``keep``'s and drop them from ``handles``."""
+    for version in [v for v in handles if v != keep]:
+        for h in handles.pop(version):
+            h.stop()
+
+
 def _address(handle: Any) -> str:
     return f"{handle.host}:{handle.port}"
 
@@ -226,11 +233,7 @@ def deploy(
     _save_handles(state, handles)  # recorded before anything else can fail
     rollout: dict[str, Any] = {}
     if not has_nginx:
-        for old, hs in list(handles.items()):
-            if old != label:
-                for h in hs:
-                    h.stop()
-                del handles[old]
+        _stop_all_but(handles, label)
         decision, reason, url = (
             "replaced",
             "no nginx on this machine, so no router and no canary: the new version replaced "
@@ -243,11 +246,7 @@ def deploy(
             router = NginxRouter(router_dir).start(table)
         else:
             router.apply(table)
-        for old, hs in list(handles.items()):
-            if old != label:
-                for h in hs:
-                    h.stop()
-                del handles[old]
+        _stop_all_but(handles, label)
         decision, reason, url = "deployed", f"{label} serves all traffic", router.url
     else:
         stable = ServedVersion(stable_label, list(handles[stable_label]))

@@ -54,8 +54,7 @@ def test_deploy_then_canary_promote_then_unchanged(
     home = tmp_path / "home"
     monkeypatch.setenv("MLX_HOME", str(home))
     platform = Platform()
-    lc = Lifecycle(SPEC, platform)
-    lc.serving = True
+    lc = Lifecycle(SPEC, platform, serving=True)
     versions = [register(tiny_registry, tiny_model)]
     test_rows = tiny_frames[1].with_columns(pl.lit("test").alias("split"))
     features = test_rows.select("x", "noise", "cat")
