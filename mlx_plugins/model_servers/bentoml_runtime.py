@@ -604,6 +604,13 @@ class Metrics:
             names,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )
+        self.shed = prom.Counter(
+            "mlx_serving_shed_requests",
+            "Prediction requests refused with 503 to shed load (also in mlx_serving_requests "
+            "status 503), by reason: inflight (the worker's max_inflight limit, before BentoML's "
+            "middlewares) or queue (the expected wait exceeded max_latency_ms).",
+            [*names, "reason"],
+        )
         self.info = prom.Gauge(
             "mlx_serving_model_info",
             "1 for the model version this server serves (labels: package tag, sha256).",
@@ -622,6 +629,11 @@ class Metrics:
         child[1].observe(seconds)
         if rows:
             self.rows.labels(**self.labels).inc(rows)
+
+    def observe_shed(self, reason: str, seconds: float = 0.0) -> None:
+        """Count one request shed for ``reason`` (``inflight`` or ``queue``) as a 503."""
+        self.shed.labels(**self.labels, reason=reason).inc()
+        self.observe(503, seconds)
 
     def observe_batches(self, sizes: list[int]) -> None:
         hist = self.batch.labels(**self.labels)
@@ -757,7 +769,7 @@ def build_app(state: ServingState = STATE) -> Any:
         if not admission.enter():
             status = 503
             if state.metrics is not None:
-                state.metrics.observe(503, time.perf_counter() - start)
+                state.metrics.observe_shed("queue", time.perf_counter() - start)
             wait_ms = admission.expected_wait_s() * 1000
             return _json(
                 {
@@ -776,6 +788,8 @@ def build_app(state: ServingState = STATE) -> Any:
         finally:
             admission.leave(start)
             if state.metrics is not None:
+                if status == 503:
+                    state.metrics.shed.labels(**state.metrics.labels, reason="queue").inc()
                 state.metrics.observe(status, time.perf_counter() - start, rows)
                 if state.batcher is not None and state.batcher.batch_rows:
                     state.metrics.observe_batches(state.batcher.batch_rows)

@@ -157,6 +157,14 @@ class BentoMLServer(ModelServer):
         "stays bounded. Measured on a loaded 2-core machine, 50 ms shed most requests of the "
         "wide model already at 16 concurrent (docs/serving.md); set it to your latency goal.",
     )
+    max_inflight: int | None = Field(
+        default=8,
+        ge=1,
+        description="Prediction requests one worker holds at once; one more is answered 503 "
+        "with Retry-After at once, before BentoML's middlewares (a refusal costs a fraction of "
+        "an answer), and counted (mlx_serving_shed_requests_total, reason inflight). Bounds "
+        "the tail under overload: wait <= max_inflight x time per answer. None: no limit.",
+    )
     unknown_category: UnknownCategory = Field(
         default="missing",
         description="A category not seen in training: 'missing' scores it as a null, as the "
@@ -385,9 +393,12 @@ class BentoMLServer(ModelServer):
             "timeout_s": self.request_timeout_s,
             "unknown_category": self.unknown_category,
             "max_request_rows": self.max_request_rows,
+            "max_inflight": self.max_inflight,
         }
         out: list[str] = []
         for key, value in args.items():
+            if value is None:
+                continue
             out += ["--arg", f"{key}={value}"]
         return out
 

@@ -14,13 +14,15 @@ Arguments (``--arg KEY=VALUE``): ``model`` (the BentoML model tag, required), ``
 (processes, default 1), ``max_batch_rows`` (rows per forward pass, default 64),
 ``max_latency_ms`` (shed a request expected to wait longer, default 250), ``torch_threads``
 (per worker, default 1), ``timeout_s`` (per request, default 30), ``unknown_category`` and
-``max_request_rows`` (override the package's request schema).
+``max_request_rows`` (override the package's request schema), ``max_inflight`` (prediction
+requests a worker holds at once; one more is answered 503 before BentoML's middlewares see it,
+see :mod:`mlx_plugins.model_servers.inflight`; default: no limit).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import bentoml
 from bentoml.models import BentoModel
@@ -28,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlx_plugins.kernel.process_identity import PARENT_ENV, die_with_parent
 from mlx_plugins.model_servers.bentoml_runtime import STATE, build_app
+from mlx_plugins.model_servers.inflight import InflightLimit
 
 
 class ServiceArgs(BaseModel):
@@ -41,6 +44,7 @@ class ServiceArgs(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0)
     unknown_category: Literal["missing", "reject"] | None = None
     max_request_rows: int | None = Field(default=None, ge=1)
+    max_inflight: int | None = Field(default=None, ge=1)
 
 
 if os.environ.get(PARENT_ENV):  # started with die_with_caller: the arbiter and every worker
@@ -75,3 +79,24 @@ class MLXModelService:
 
     def __is_ready__(self) -> bool:
         return STATE.ready
+
+
+def _shed_by_limit() -> None:
+    if STATE.metrics is not None:
+        STATE.metrics.observe_shed("inflight")
+
+
+class _LimitedService(type(MLXModelService)):  # type: ignore[misc]
+    """The service whose server app is wrapped in the in-flight limit, outside BentoML's own
+    middlewares (``Service.middlewares`` would put it inside them)."""
+
+    __slots__ = ()
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        app = super().to_asgi(is_main)
+        if ARGS.max_inflight is None:
+            return app
+        return InflightLimit(app, limit=ARGS.max_inflight, on_shed=_shed_by_limit)
+
+
+MLXModelService.__class__ = _LimitedService
