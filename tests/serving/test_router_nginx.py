@@ -201,6 +201,31 @@ def test_weighted_split_and_reload_lose_no_request(
 
 
 @needs_nginx
+def test_once_apply_returns_every_new_request_follows_the_new_table(
+    backends: tuple[_Backend, _Backend], router_dir: Path
+) -> None:
+    """Seen in CI under load: a request sent after a rollback's switch still reached the old
+    version, because an old worker had not yet closed its listening socket. ``apply`` returns
+    only when no old worker can accept a connection, even without waiting for the drain."""
+    a, b = backends
+    router = NginxRouter(router_dir).start(RoutingTable.single("v1", [a.address]))
+    table = router.table.with_version("v2", [b.address])
+    with LoadDriver(router.url, threads=4, max_requests=20_000, max_seconds=60) as load:
+        load.wait_for(50, timeout_s=20)
+        for i in range(10):
+            only = "v2" if i % 2 == 0 else "v1"
+            router.apply(table.with_weights({only: 100}), wait_drained=False)
+            with httpx.Client(timeout=5) as client:
+                versions = {
+                    client.post(router.url + "/predict", content=b"{}").headers[VERSION_HEADER]
+                    for _ in range(10)
+                }
+            assert versions == {only}, (i, versions)
+        outcomes = load.stop()
+    assert [o for o in outcomes if o.status != 200] == []
+    router.stop()
+
+@needs_nginx
 def test_refused_config_names_file_and_line_and_keeps_routing(
     backends: tuple[_Backend, _Backend], router_dir: Path
 ) -> None:

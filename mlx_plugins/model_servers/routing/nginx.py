@@ -541,7 +541,12 @@ class NginxRouter:
             while True:
                 workers = self._workers()
                 fresh = workers - old
-                if len(fresh) >= self.settings.worker_processes:
+                # switched: the new workers are up AND no old worker still holds the listening
+                # socket (an old worker closes it when it takes the graceful-shutdown signal;
+                # until then it may still accept a connection and route it by the old table)
+                if len(fresh) >= self.settings.worker_processes and not self._listening(
+                    old & workers
+                ):
                     break
                 if time.monotonic() > deadline:
                     raise RouterError(
@@ -682,6 +687,26 @@ class NginxRouter:
             }
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return set()
+
+    def _listening(self, pids: set[int]) -> set[int]:
+        """Those of ``pids`` that still hold the router's listening socket."""
+        import psutil
+
+        holding = set()
+        for pid in pids:
+            try:
+                conns = psutil.Process(pid).net_connections(kind="tcp")
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+            except psutil.AccessDenied:  # cannot look: assume it still listens until it exits
+                holding.add(pid)
+                continue
+            if any(
+                c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port
+                for c in conns
+            ):
+                holding.add(pid)
+        return holding
 
     def _accepts(self) -> bool:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
