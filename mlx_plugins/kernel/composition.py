@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -586,6 +587,8 @@ def _instantiate(
         _check_nested_keys(
             source, f"{key}.config.{field}", fields[field].annotation, entry.config[field]
         )
+        if is_secret_field(fields[field].json_schema_extra):
+            _refuse_literal_secret(source, f"{key}.config.{field}", entry, entry.config[field])
     values: dict[str, Any] = {}
     carried: dict[str, Any] = {}
     for field, value in entry.config.items():
@@ -648,6 +651,35 @@ def _instantiate(
             "correct or remove that key (see the plugin's config fields: mlx plugins list and "
             "its docs)",
         ) from None
+
+
+# keys of a secret mapping (fsspec storage_options, connection options) that hold credentials
+_CREDENTIAL_KEY = re.compile(
+    r"(secret|password|passwd|passphrase|token|credential|private_key|api_key|access_key|^key$)",
+    re.IGNORECASE,
+)
+
+
+def _refuse_literal_secret(source: str, key: str, entry: Any, value: Any) -> None:
+    """Refuse a secret written into the file: a secret field (``api_key``, ``password``,
+    ``token``...) given as text, or a credential key of a secret mapping (``storage_options:
+    {secret: ...}``) given as text, instead of ``{env: NAME}``. The value is never shown."""
+    if _is_env_ref(value) or value is None:
+        return
+    if isinstance(value, str):
+        var = re.sub(r"[^A-Z0-9]+", "_", f"{entry.plugin}_{key.rsplit('.', 1)[-1]}".upper())
+        raise CompositionError(
+            source,
+            key,
+            "a secret is written in the file (its value is not shown); secrets are read only "
+            "from the environment",
+            f"write {key.rsplit('.', 1)[-1]}: {{env: {var}}} and export {var}",
+        )
+    if isinstance(value, dict):
+        for k, v in value.items():
+            credential = isinstance(v, str) and _CREDENTIAL_KEY.search(str(k))
+            if credential or isinstance(v, dict):
+                _refuse_literal_secret(source, f"{key}.{k}", entry, v)
 
 
 def _check_nested_keys(source: str, key: str, annotation: Any, value: Any) -> None:

@@ -244,3 +244,57 @@ def test_credentials_written_into_storage_options_are_not_echoed_in_the_error(tm
         load_composition(path, environ={})
     assert err.value.key == "plugins.data_source[1].config.storage_options"
     assert "hunter2xyz" not in str(err.value) and "AKIA" not in str(err.value)
+
+
+SNOWFLAKE = (
+    "{name: wh, plugin: snowflake, config: {account: acct, user: U, database: DB, "
+    "read_tables: {t: {table: T}}, password: %s}}"
+)
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "var"),
+    [
+        # a secret field given as text (Snowflake's password)
+        (
+            SNOWFLAKE % "'hunter2-literal'",
+            "plugins.data_source[1].config.password",
+            "SNOWFLAKE_PASSWORD",
+        ),
+        # a credential key inside a secret mapping (fsspec storage_options)
+        (
+            "{name: lake, plugin: files, config: {files: {t: {path: 's3://b/t/'}}, "
+            "storage_options: {endpoint_url: 'http://127.0.0.1:9', secret: 'hunter2-literal'}}}",
+            "plugins.data_source[1].config.storage_options.secret",
+            "FILES_SECRET",
+        ),
+    ],
+)
+def test_a_secret_written_in_the_file_is_refused_without_echoing_it(tmp_path, entry, key, var):
+    err = _error(
+        tmp_path,
+        BASE.replace(
+            "[{name: flights, plugin: nycflights13}]",
+            f"[{{name: flights, plugin: nycflights13}}, {entry}]",
+        ),
+    )
+    assert err.key == key
+    assert "secret is written in the file" in err.problem
+    assert f"{{env: {var}}}" in err.fix
+    assert "hunter2-literal" not in str(err)
+
+
+def test_secrets_from_the_environment_and_plain_options_are_accepted(tmp_path):
+    path = tmp_path / "mlx.yaml"
+    path.write_text(
+        BASE.replace(
+            "[{name: flights, plugin: nycflights13}]",
+            "[{name: flights, plugin: nycflights13}, "
+            + SNOWFLAKE % "{env: SF_PW}"
+            + ", {name: lake, plugin: files, config: {files: {t: {path: 's3://b/t/'}}, "
+            "storage_options: {endpoint_url: 'http://127.0.0.1:9', region: eu-west-1, "
+            "secret: {env: S3_SECRET}}}}]",
+        )
+    )
+    comp = load_composition(path, environ={"SF_PW": "pw-from-env", "S3_SECRET": "s3-from-env"})
+    assert [e.plugin for e in comp.of_kind("data_source")] == ["nycflights13", "snowflake", "files"]
