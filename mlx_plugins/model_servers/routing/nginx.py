@@ -113,6 +113,14 @@ class NginxSettings(BaseModel):
     """A version whose every replica refuses connections (it died) has its requests served by
     the other routed versions (nginx ``backup`` servers) instead of answered 502; its 5xx
     answers are never retried elsewhere."""
+    max_inflight_per_replica: int | None = Field(default=None, ge=1)
+    """Load shedding at the router: a version holds at most this many requests per replica
+    (nginx ``limit_conn`` keyed by the version the split chose; client connections carry one
+    request each by default); one more is answered at once by nginx itself with ``503``,
+    ``Retry-After: 1``, ``X-MLX-Shed: router`` and a JSON body, without reaching Python (a
+    fraction of the cost of a refusal by the worker). Shed requests are in the access log
+    (status 503, no upstream). None (default): no limit; the workers' own ``max_inflight``
+    still sheds."""
     extra_http_directives: tuple[str, ...] = ()
     """Extra directives for the ``http`` block, each one line ending in ``;`` (e.g.
     ``client_max_body_size 8m;``)."""
@@ -250,6 +258,20 @@ def render_nginx_conf(
             lines.append(f"        keepalive {s.upstream_keepalive};")
             lines.append("        keepalive_timeout 2s;")  # below uvicorn's 5 s idle close
         lines.append("    }")
+    limits: list[str] = []
+    if s.max_inflight_per_replica is not None:
+        # one zone per version, keyed by "1" when the split chose it and "" otherwise (nginx
+        # does not count an empty key), so each version's limit follows its replica count
+        for r in table.routes:
+            if not r.servers:
+                continue
+            name = upstream[r.version]
+            lines.append(f'    map $mlx_upstream $limit_{name} {{ {name} 1; default ""; }}')
+            lines.append(f"    limit_conn_zone $limit_{name} zone=limit_{name}:1m;")
+            limits.append(
+                f"            limit_conn limit_{name} "
+                f"{s.max_inflight_per_replica * len(r.servers)};"
+            )
     weighted = [r for r in table.routes if r.weight > 0]
     lines.append("    split_clients $request_id $mlx_upstream {")
     for r in weighted[:-1]:
@@ -273,7 +295,34 @@ def render_nginx_conf(
         "    server {",
         f"        listen {listen};",
         f"        location = {STATUS_PATH} {{ stub_status; access_log off; }}",
+    ]
+    if limits:
+        shed = _q(
+            '{"error":"overloaded: every replica of this version holds '
+            f"{s.max_inflight_per_replica} requests (router max_inflight_per_replica); "
+            'retry after 1 s"}'
+        )
+        lines += [
+            "        location @mlx_shed {",
+            "            default_type application/json;",
+            "            add_header Retry-After 1 always;",
+            "            add_header X-MLX-Shed router always;",
+            f"            add_header {VERSION_HEADER} $mlx_version always;",
+            f"            return 503 {shed};",
+            "        }",
+        ]
+    lines += [
         "        location / {",
+        *limits,
+        *(
+            [
+                "            limit_conn_status 503;",
+                "            limit_conn_log_level info;",  # below error_log's warn
+                "            error_page 503 @mlx_shed;",  # nginx's own 503s only (no intercept)
+            ]
+            if limits
+            else []
+        ),
         "            proxy_pass http://$mlx_upstream;",
         "            proxy_http_version 1.1;",
         '            proxy_set_header Connection "";',
