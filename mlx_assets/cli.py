@@ -64,13 +64,21 @@ def _config_validate(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from mlx_assets.build import plugin_resources
+    from mlx_assets.build import platform_resources, plugin_resources
 
     comp = _load(args)
     ok = True
-    for key, plugin in plugin_resources(comp).items():
+    platform = platform_resources(comp)
+    for key, plugin in plugin_resources(comp, platform).items():
         with plugin.session():
             status = plugin.check_health()
+        ok &= status.healthy
+        mark = "ok " if status.healthy else "FAIL"
+        print(f"{mark} {key:<14} {status.detail} ({status.latency_ms:.0f} ms)")
+    # where the assets' frames are stored (plugins.io_manager): a wrong bucket or credential
+    # shows here, not in the middle of the first materialization
+    for key in ("io_manager",):
+        status = platform[key].check_health()  # type: ignore[attr-defined]
         ok &= status.healthy
         mark = "ok " if status.healthy else "FAIL"
         print(f"{mark} {key:<14} {status.detail} ({status.latency_ms:.0f} ms)")

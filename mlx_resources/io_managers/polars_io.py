@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
     from upath import UPath
 
+    from mlx_plugins.kernel.base import HealthStatus
+
 
 def _files() -> ModuleType:
     """The file machinery (pyarrow, fsspec), imported on first IO, not at code-location load."""
@@ -312,6 +314,48 @@ class PolarsIOManager(dg.ConfigurableIOManager):
                 _set_partition_data_versions(
                     context, {key: h for key, _, _, h in plan if key is not None and h}
                 )
+
+    def check_health(self) -> HealthStatus:
+        """Write, read back and delete a 2-byte probe object under ``base_path``
+        (``<base_path>/.mlx-health/<uuid>``), as ``mlx health`` does for every plugin.
+
+        Returns
+        -------
+        HealthStatus
+            ``healthy`` and a one-line ``detail`` naming the location (the URL without any
+            ``user:password@``, and ``endpoint_url`` when given); an S3 credential, bucket or
+            permission error names the bucket and the fix. Never raises; secrets are redacted.
+        """
+        import uuid
+
+        from mlx_plugins.kernel.base import HealthStatus
+        from mlx_plugins.kernel.object_store import describe_s3_error
+        from mlx_plugins.kernel.secrets import redact
+
+        where = _public_location(self.base_path, self.storage_options)
+        start = time.perf_counter()
+        try:
+            probe = self._base() / ".mlx-health" / uuid.uuid4().hex
+            if "://" not in self.base_path or self.base_path.startswith("file://"):
+                probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"ok")
+            if probe.read_bytes() != b"ok":
+                raise OSError(f"read back something else than was written to {probe}")
+            probe.unlink()
+            healthy, detail = True, f"io_manager {where}: write, read and delete ok"
+        except Exception as exc:
+            described = describe_s3_error(exc, self.base_path)
+            healthy = False
+            detail = described or (
+                f"io_manager {where}: cannot write there ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}). Fix: create the folder or "
+                "bucket and grant write access, or change plugins.io_manager.config.base_path"
+            )
+        return HealthStatus(
+            healthy=healthy,
+            detail=redact(detail),
+            latency_ms=(time.perf_counter() - start) * 1000,
+        )
 
     def _refuse_unstorable(self, df: pl.DataFrame, label: str) -> None:
         """Refuse, before any file or data version is written, what could not be read back."""
@@ -768,3 +812,17 @@ def _log(context: dg.OutputContext | dg.InputContext, level: str, msg: str) -> N
     log = getattr(context, "log", None)
     if log is not None:
         getattr(log, level)(msg)
+
+
+def _public_location(base_path: str, storage_options: Mapping[str, Any]) -> str:
+    """``base_path`` without ``user:password@``, with the endpoint of an S3-compatible store."""
+    import re
+
+    userinfo = re.compile(r"(?<=://)[^/@]*@")
+    where = userinfo.sub("", base_path)
+    endpoint = storage_options.get("endpoint_url") or (
+        storage_options.get("client_kwargs") or {}
+    ).get("endpoint_url")
+    if isinstance(endpoint, str):
+        where += f" (endpoint {userinfo.sub('', endpoint)})"
+    return where

@@ -314,3 +314,33 @@ def test_loading_with_wrong_credentials_names_the_bucket(s3):
     assert f"S3 refused access to bucket '{s3.bucket}'" in text
     assert "Fix: check storage_options key and secret" in text
     assert "wrong-secret-load" not in text
+
+
+def test_health_writes_reads_and_deletes_a_probe_and_names_the_bucket_when_refused(s3, tmp_path):
+    """``mlx health`` checks where frames are stored: a wrong secret or a missing bucket is a
+    failed check naming the bucket and the endpoint, never the secret, before any run."""
+    base = s3.prefix()
+    good = PolarsIOManager(base_path=base, storage_options=s3.options()).check_health()
+    assert good.healthy, good.detail
+    assert f"io_manager {base} (endpoint {s3.endpoint})" in good.detail
+    assert _objects(s3, base) == []  # the probe is deleted
+
+    bad = PolarsIOManager(
+        base_path=base, storage_options=s3.options(secret="wrong-secret-health")
+    ).check_health()
+    assert not bad.healthy
+    assert f"S3 refused the credentials for bucket '{s3.bucket}'" in bad.detail
+    assert "wrong-secret-health" not in bad.detail
+
+    missing = PolarsIOManager(
+        base_path="s3://no-such-bucket-mlx/x", storage_options=s3.options()
+    ).check_health()
+    assert not missing.healthy and "'no-such-bucket-mlx'" in missing.detail
+
+    local = PolarsIOManager(base_path=str(tmp_path / "frames")).check_health()
+    assert local.healthy and str(tmp_path / "frames") in local.detail
+    unwritable = tmp_path / "file-not-folder"
+    unwritable.write_text("x")
+    refused = PolarsIOManager(base_path=str(unwritable)).check_health()
+    assert not refused.healthy
+    assert "cannot write there" in refused.detail and "base_path" in refused.detail

@@ -39,9 +39,10 @@ def test_config_validate_rejects_a_bad_file_with_the_key(tmp_path, capsys):
 def test_health_runs_each_plugin_check(capsys):
     assert main(["health"]) == 0
     out = capsys.readouterr().out
-    # flights, seattle, ml_platform, drift_detector, model_registry
-    assert out.count("ok ") == 5
+    # flights, seattle, ml_platform, drift_detector, model_registry, and the io_manager
+    assert sum(line.startswith("ok ") for line in out.splitlines()) == 6
     assert "ok  model_registry registry at " in out  # placed in the MLX home
+    assert "ok  io_manager     io_manager " in out and "write, read and delete ok" in out
 
 
 # ---- clear errors, no traceback (issue 9 item 13, CLI part) ----------------------------------

@@ -172,5 +172,6 @@ def test_builtin_source_seed_scale_and_dir_from_env(tmp_path, monkeypatch, capsy
     assert main(["health", str(path)]) == 0
     out = capsys.readouterr().out
     assert "secrets from env: MLX_T_SEED, MLX_T_SCALE, MLX_T_DIR" in out
-    assert out.count("ok ") == 4  # the three plugins named and the default model_registry
+    # the three plugins named, the default model_registry and the io_manager
+    assert sum(line.startswith("ok ") for line in out.splitlines()) == 5
     assert "Attempted to directly retrieve" not in out
