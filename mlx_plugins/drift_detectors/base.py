@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict
 from mlx_plugins.kernel.base import MLXPlugin
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import polars as pl
 
 
@@ -184,6 +186,16 @@ class DriftDetector(MLXPlugin):
             None if prepared.numeric is None else list(prepared.numeric),
             None if prepared.categorical is None else list(prepared.categorical),
         )
+
+    def compare_prepared_many(
+        self,
+        prepared: PreparedReference,
+        currents: Sequence[pl.DataFrame | pl.LazyFrame],
+    ) -> list[DriftReport]:
+        """``[compare_prepared(prepared, c) for c in currents]``: one report per current, in
+        order (e.g. one per day of a backfill). Detectors override it to compare all the
+        currents of a column at once; the reports are those of :meth:`compare_prepared`."""
+        return [self.compare_prepared(prepared, current) for current in currents]
 
     @classmethod
     def detector_id(cls) -> str:

@@ -283,12 +283,7 @@ class PolarsDriftDetector(DriftDetector):
                 "compare_prepared needs what PolarsDriftDetector.prepare_reference returned, "
                 f"not a {type(prepared).__name__} (from {prepared.detector})"
             )
-        if prepared.binning != self._binning():
-            raise ValueError(
-                f"the reference was prepared with numeric_bins={prepared.binning[0]}, "
-                f"numeric_binning={prepared.binning[1]!r}; this detector has "
-                f"numeric_bins={self.numeric_bins}, numeric_binning={self.numeric_binning!r}"
-            )
+        self._check_binning(prepared)
         current = _collect(current)
         plan, skipped = self.plan_columns(
             prepared.frame,
@@ -322,7 +317,91 @@ class PolarsDriftDetector(DriftDetector):
         results = self._map(one, plan, current.height)
         return self._report(results, prepared.reference_rows, current.height, skipped)
 
+    def compare_prepared_many(
+        self,
+        prepared: PreparedReference,
+        currents: Sequence[pl.DataFrame | pl.LazyFrame],
+    ) -> list[DriftReport]:
+        """``[compare_prepared(prepared, c) for c in currents]`` (one report per current, in
+        order), each column compared for all the currents at once (see
+        :mod:`mlx_plugins.drift_detectors.batch`): the same reports, with every integer, the
+        KS statistic and the verdicts identical and the floating-point statistics equal to a
+        few ulps (the sums over a current's values are added in another order, the p-values
+        are scipy's arithmetic on arrays). Currents are grouped by schema; errors are those of
+        :meth:`compare_prepared`, raised for the first current that has them. For the
+        ``feature_drift`` asset's year of days about 100x faster than the loop.
+        """
+        from mlx_plugins.drift_detectors import batch
+
+        if not isinstance(prepared, PolarsPreparedReference):
+            return super().compare_prepared_many(prepared, currents)
+        self._check_binning(prepared)
+        frames = [_collect(c) for c in currents]
+        numeric = None if prepared.numeric is None else list(prepared.numeric)
+        categorical = None if prepared.categorical is None else list(prepared.categorical)
+        groups: dict[tuple[object, ...], list[int]] = {}
+        for i, frame in enumerate(frames):
+            groups.setdefault(tuple(frame.schema.items()), []).append(i)
+        results: list[list[ColumnDrift | _Pending]] = [[] for _ in frames]
+        skipped_of: list[list[str]] = [[] for _ in frames]
+        pvalues = batch.PValues(self.ks_method)
+        for members in groups.values():
+            plan, skipped = self.plan_columns(
+                prepared.frame, frames[members[0]], numeric, categorical
+            )
+            for i in members:
+                skipped_of[i] = skipped
+            for name, kind in plan:
+                series = [frames[i].get_column(name) for i in members]
+                if kind == "categorical":
+                    ref_cat = prepared.categorical_columns[name]
+                    rc, cc = batch.category_matrix(ref_cat, series)
+                    many = batch.categorical_stats_many(rc, cc, psi_epsilon=self.psi_epsilon)
+                    n_ref = int(rc.sum())
+                    for i, s, values, row in zip(members, series, many, cc, strict=True):
+                        results[i].append(
+                            self._categorical_values_result(
+                                name, values, n_ref, int(row.sum()), ref_cat.rows, len(s)
+                            )
+                        )
+                    continue
+                ref = prepared.numeric_columns[name]
+                _check_numeric_dtype(name, "current", series[0])
+                with prepared.workspace() as workspace:
+                    stats_of = batch.numeric_stats_many(
+                        ref,
+                        series,
+                        psi_epsilon=self.psi_epsilon,
+                        wasserstein_min_std=self.wasserstein_min_std,
+                        ks_method=self.ks_method,
+                        workspace=workspace,
+                        pvalues=pvalues,
+                    )
+                for i, s, (values, n_ref, n_cur) in zip(members, series, stats_of, strict=True):
+                    results[i].append(_Pending(name, values, n_ref, n_cur, ref.rows, len(s)))
+        pvalues.resolve()  # every column's KS p-values at once
+        return [
+            self._report(
+                [
+                    self._numeric_result(*r.args) if isinstance(r, _Pending) else r
+                    for r in results[i]
+                ],
+                prepared.reference_rows,
+                frame.height,
+                skipped_of[i],
+            )
+            for i, frame in enumerate(frames)
+        ]
+
     # -- shared by compare and compare_prepared ------------------------------------------------
+    def _check_binning(self, prepared: PolarsPreparedReference) -> None:
+        if prepared.binning != self._binning():
+            raise ValueError(
+                f"the reference was prepared with numeric_bins={prepared.binning[0]}, "
+                f"numeric_binning={prepared.binning[1]!r}; this detector has "
+                f"numeric_bins={self.numeric_bins}, numeric_binning={self.numeric_binning!r}"
+            )
+
     def _binning(self) -> tuple[int, Binning]:
         return self.numeric_bins, self.numeric_binning
 
@@ -522,6 +601,17 @@ class PolarsDriftDetector(DriftDetector):
 
         values = st.categorical_stats(ref_counts, cur_counts, psi_epsilon=self.psi_epsilon)
         n_ref, n_cur = int(ref_counts.sum()), int(cur_counts.sum())
+        return self._categorical_values_result(column, values, n_ref, n_cur, ref_total, cur_total)
+
+    def _categorical_values_result(
+        self,
+        column: str,
+        values: dict[str, float],
+        n_ref: int,
+        n_cur: int,
+        ref_total: int,
+        cur_total: int,
+    ) -> ColumnDrift:
         notes = []
         if n_ref and n_cur and values["new_categories"]:
             share = values["new_category_share"]
@@ -532,6 +622,17 @@ class PolarsDriftDetector(DriftDetector):
         return self._result(
             column, "categorical", values, n_ref, n_cur, ref_total, cur_total, notes
         )
+
+
+class _Pending:
+    """A numeric column's result waiting for its KS p-value (``_numeric_result``'s args)."""
+
+    __slots__ = ("args",)
+
+    def __init__(
+        self, name: str, values: dict[str, float], n_ref: int, n_cur: int, rt: int, ct: int
+    ) -> None:
+        self.args = (name, values, n_ref, n_cur, rt, ct)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,422 @@
+"""One prepared reference column against many currents at once (a daily backfill), vectorised
+across the currents.
+
+:func:`numeric_stats_many` and :func:`categorical_stats_many` return, for each current, the
+dict that :func:`~mlx_plugins.drift_detectors.stats.numeric_stats_prepared` /
+:func:`~mlx_plugins.drift_detectors.stats.categorical_stats` return for it alone: the same keys,
+integers (KS gap, counts, distinct values, bins) and hence the KS statistic identical, the
+floating-point sums (means, standard deviations, Wasserstein, PSI, Jensen-Shannon, chi-square)
+summed in another order (within a few ulps, far inside 1e-12), the p-values from
+:mod:`~mlx_plugins.drift_detectors.pvalues` (scipy's arithmetic on arrays).
+
+How: the currents of a column are concatenated once; missing values become +inf and each
+current's values are sorted in one call (a matrix of one row per current, padded with +inf,
+sorted along the rows); every per-value quantity of
+:func:`~mlx_plugins.drift_detectors.stats.ecdf_distances_blocks` (binary searches into the
+sorted reference, the quantile-block Wasserstein terms over its split prefix sums) is computed
+for all currents' values in one pass, and reduced per current along the padded rows. Bin counts
+are one ``bincount`` of (current, bin). Currents that are large against the reference (more
+than 1/:data:`~mlx_plugins.drift_detectors.stats.BLOCK_RATIO` of it) or empty go through the
+one-current function, so the result never depends on the batching.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from mlx_plugins.drift_detectors import stats as st
+from mlx_plugins.drift_detectors.dtypes import comparable_float64
+from mlx_plugins.drift_detectors.options import KSMethod
+from mlx_plugins.drift_detectors.pvalues import chi2_sf, ks_pvalues
+
+
+class PValues:
+    """KS p-values requested by :func:`numeric_stats_many` calls (all the columns of a batch)
+    and computed in one :func:`~mlx_plugins.drift_detectors.pvalues.ks_pvalues` call by
+    :meth:`resolve`, which writes each into its stats dict (key ``ks_p_value``): scipy's
+    slower branches (Durbin's matrix, the Smirnov sum) then run once over every column."""
+
+    def __init__(self, method: KSMethod = "auto") -> None:
+        self.method: KSMethod = method
+        self._gaps: list[np.ndarray] = []
+        self._n: list[np.ndarray] = []
+        self._m: list[np.ndarray] = []
+        self._targets: list[dict[str, float]] = []
+
+    def add(
+        self, gaps: np.ndarray, n: int, ms: np.ndarray, targets: list[dict[str, float]]
+    ) -> None:
+        self._gaps.append(np.asarray(gaps, dtype=np.int64))
+        self._n.append(np.full(len(ms), n, dtype=np.int64))
+        self._m.append(np.asarray(ms, dtype=np.int64))
+        self._targets.extend(targets)
+
+    def resolve(self) -> None:
+        if not self._targets:
+            return
+        values = ks_pvalues(
+            np.concatenate(self._gaps),
+            np.concatenate(self._n),
+            np.concatenate(self._m),
+            self.method,
+        )
+        for target, value in zip(self._targets, values.tolist(), strict=True):
+            target["ks_p_value"] = value
+        self.__init__(self.method)  # type: ignore[misc]
+
+
+def _float_values(currents: Sequence[pl.Series]) -> np.ndarray:
+    """The currents concatenated, as float64 on the comparable scale; nulls as NaN."""
+    dtypes = {s.dtype for s in currents}
+    if len(dtypes) == 1:
+        joined = pl.concat(list(currents), rechunk=True)
+        return comparable_float64(joined).to_numpy(allow_copy=True).astype(np.float64, copy=False)
+    parts = [comparable_float64(s).to_numpy(allow_copy=True) for s in currents]
+    return np.concatenate(parts).astype(np.float64, copy=False)
+
+
+def sorted_rows(currents: Sequence[pl.Series]) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, counts)``: row i of ``rows`` (float64, ``len(currents) x max length``) holds
+    current i's finite values sorted, then +inf; ``counts[i]`` how many are finite."""
+    lengths = np.fromiter((len(s) for s in currents), np.int64, len(currents))
+    width = int(lengths.max()) if len(lengths) else 0
+    values = _float_values(currents) if width else np.empty(0)
+    finite = np.isfinite(values)
+    values = np.where(finite, values, np.inf)
+    starts = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    rows = np.full((len(lengths), max(width, 1)), np.inf)
+    day = np.repeat(np.arange(len(lengths)), lengths)
+    col = np.arange(len(values)) - starts[day]
+    rows[day, col] = values
+    rows.sort(axis=1)
+    cum = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(finite, out=cum[1:])
+    counts = cum[starts[1:]] - cum[starts[:-1]]
+    return rows, counts
+
+
+def _row_sums(values: np.ndarray) -> np.ndarray:
+    """Pairwise sums along the rows (as ``np.sum`` of each row)."""
+    out: np.ndarray = np.add.reduce(values, axis=1)
+    return out
+
+
+def numeric_stats_many(
+    reference: st.NumericReference,
+    currents: Sequence[pl.Series],
+    *,
+    psi_epsilon: float = 1e-4,
+    wasserstein_min_std: float = 1e-3,
+    ks_method: KSMethod = "auto",
+    workspace: st.Workspace | None = None,
+    pvalues: PValues | None = None,
+) -> list[tuple[dict[str, float], int, int]]:
+    """``[numeric_stats_prepared(reference, s, ...) for s in currents]``, vectorised across
+    the currents (see the module docstring for what is identical and what agrees to ulps).
+    With ``pvalues``, the batched currents' ``ks_p_value`` is NaN until ``pvalues.resolve()``
+    (so that many columns share one evaluation); without, it is computed here.
+
+    ``currents``: polars series of one numeric family (the detector checks dtypes first).
+    Returns one ``(stats, reference values, current values)`` per current, in order.
+    """
+    out: list[tuple[dict[str, float], int, int] | None] = [None] * len(currents)
+    if not currents:
+        return []
+    xs = reference.values
+    n = len(xs)
+    rows, counts = sorted_rows(currents)
+    batched = (counts > 0) & (counts * st.BLOCK_RATIO <= n) if n else np.zeros(len(counts), bool)
+    for i in np.flatnonzero(~batched):
+        out[i] = st.numeric_stats_prepared(
+            reference,
+            currents[i],
+            psi_epsilon=psi_epsilon,
+            wasserstein_min_std=wasserstein_min_std,
+            ks_method=ks_method,
+            workspace=workspace,
+        )
+    idx = np.flatnonzero(batched)
+    sink = PValues(ks_method) if pvalues is None else pvalues
+    # a chunk of currents at a time, so the ~60 temporary arrays stay in cache
+    cum = np.cumsum(counts[idx])
+    start = 0
+    while start < len(idx):
+        stop = int(np.searchsorted(cum, (cum[start - 1] if start else 0) + _CHUNK_VALUES))
+        stop = min(max(stop, start + 1), len(idx))
+        part = idx[start:stop]
+        _numeric_batch(
+            reference,
+            rows[part, : int(counts[part].max())],
+            counts[part],
+            part,
+            out,
+            psi_epsilon,
+            wasserstein_min_std,
+            sink,
+        )
+        start = stop
+    if pvalues is None:
+        sink.resolve()
+    return [o for o in out if o is not None]
+
+
+_CHUNK_VALUES = 1 << 15
+"""Current values per vectorised chunk (about 256 KiB per float64 temporary)."""
+
+
+def _numeric_batch(
+    reference: st.NumericReference,
+    rows: np.ndarray,
+    ms: np.ndarray,
+    where: np.ndarray,
+    out: list[tuple[dict[str, float], int, int] | None],
+    psi_epsilon: float,
+    wasserstein_min_std: float,
+    pvalues: PValues,
+) -> None:
+    xs = reference.values
+    n = len(xs)
+    prefix = reference.prefix
+    days, width = rows.shape
+    valid = np.arange(width)[None, :] < ms[:, None]
+    ys = rows[valid]  # day after day, each sorted
+    day = np.repeat(np.arange(days), ms)
+    starts = np.zeros(days, dtype=np.int64)
+    np.cumsum(ms[:-1], out=starts[1:])
+    m = ms[day]
+    j = np.arange(len(ys), dtype=np.int64) - starts[day]
+    mf = ms.astype(np.float64)
+    # -- means and population standard deviations, per row ------------------------------------
+    padded = np.where(valid, rows, 0.0)
+    cur_mean = _row_sums(padded) / mf
+    dev = np.where(valid, rows - cur_mean[:, None], 0.0)
+    dev *= dev
+    cur_std = np.sqrt(_row_sums(dev) / mf)
+    # -- KS gap and distinct values (ecdf_distances_blocks, every day at once) ----------------
+    rx = np.searchsorted(xs, ys, side="right")
+    last = np.ones(len(ys), dtype=bool)
+    np.not_equal(ys[1:], ys[:-1], out=last[:-1])
+    ends = starts + ms - 1
+    last[ends] = True
+    first = np.empty(len(ys), dtype=bool)
+    first[0] = True
+    first[1:] = last[:-1]
+    below = xs[np.maximum(rx - 1, 0)]
+    equal = first & (rx > 0) & (below == ys)
+    lx = rx.copy()
+    if equal.any():
+        lx[equal] = np.searchsorted(xs, ys[equal], side="left")
+    gap_at = np.where(last, np.abs(m * rx - n * (j + 1)), 0)
+    gap_below = np.where(first, np.abs(m * lx - n * j), 0)
+    max_gap = np.maximum(
+        np.maximum.reduceat(gap_at, starts), np.maximum.reduceat(gap_below, starts)
+    )
+    new_values = np.add.reduceat((first & (lx == rx)).astype(np.int64), starts)
+    n_unique = prefix.n_unique + new_values
+    # -- Wasserstein over the quantile blocks ---------------------------------------------------
+    lo = j * n
+    i_first = lo // m
+    i_last = (lo + n + m - 1) // m - 1
+    single = i_first == i_last
+    w_first = np.where(single, n, (i_first + 1) * m - lo).astype(np.float64)
+    w_last = np.where(single, 0, lo + n - i_last * m).astype(np.float64)
+    a = i_first + 1
+    b = np.maximum(i_last, a)
+    k = np.clip(rx, a, b)
+    total = w_first * np.abs(xs[i_first] - ys)
+    total += w_last * np.abs(xs[i_last] - ys)
+    inside = np.clip(ys, xs[0], xs[-1])
+    outside = ys - inside
+    yh, yg, yl = prefix.split(inside)
+    left = (k - a).astype(np.float64)
+    right = (b - k).astype(np.float64)
+    hk, gk, lk = prefix.h[k], prefix.g[k], prefix.low[k]
+    below_y = (left * yh - (hk - prefix.h[a])) + (left * yg - (gk - prefix.g[a]))
+    below_y += left * yl - (lk - prefix.low[a])
+    above_y = ((prefix.h[b] - hk) - right * yh) + ((prefix.g[b] - gk) - right * yg)
+    above_y += (prefix.low[b] - lk) - right * yl
+    runs = below_y + above_y
+    if prefix.exponent:
+        runs = np.ldexp(runs, prefix.exponent)
+    runs += left * outside - right * outside
+    total += m.astype(np.float64) * runs
+    blocks = np.zeros((days, width))
+    blocks[valid] = total
+    nm = float(n) * mf
+    wasserstein = _row_sums(blocks) / nm
+    ks_statistic = max_gap / nm
+    # -- bins fixed on the reference -------------------------------------------------------------
+    edges = reference.edges
+    bins = len(edges) + 1
+    which = np.searchsorted(edges, ys, side="left")
+    cur_counts = np.bincount(day * bins + which, minlength=days * bins).reshape(days, bins)
+    psi_values = psi_rows(reference.counts, cur_counts, psi_epsilon)
+    js_values = jensenshannon_rows(reference.counts, cur_counts)
+    norm = max(reference.std, wasserstein_min_std)
+    columns = zip(
+        cur_mean.tolist(),
+        cur_std.tolist(),
+        ks_statistic.tolist(),
+        wasserstein.tolist(),
+        psi_values.tolist(),
+        js_values.tolist(),
+        n_unique.tolist(),
+        ms.tolist(),
+        strict=True,
+    )
+    targets = []
+    for pos, (mean, std, ks, w, psi, js, uniq, size) in zip(where, columns, strict=True):
+        values = {
+            "reference_mean": reference.mean,
+            "reference_std": reference.std,
+            "current_mean": mean,
+            "current_std": std,
+            "ks_statistic": ks,
+            "ks_p_value": math.nan,
+            "wasserstein": w,
+            "wasserstein_norm": w / norm,
+            "psi": psi,
+            "jensenshannon": js,
+            "bins": float(bins),
+            "n_unique": float(uniq),
+        }
+        out[pos] = (values, n, size)
+        targets.append(values)
+    pvalues.add(max_gap, n, ms, targets)
+
+
+def psi_rows(ref_counts: np.ndarray, cur_counts: np.ndarray, epsilon: float) -> np.ndarray:
+    """:func:`~mlx_plugins.drift_detectors.stats.psi` of ``ref_counts`` (K,) against each row
+    of ``cur_counts`` (D, K); 0.0 where either side is empty."""
+    ref_total, cur_total = ref_counts.sum(), cur_counts.sum(axis=1)
+    if ref_total == 0:
+        return np.zeros(len(cur_counts))
+    p = np.maximum(ref_counts / ref_total, epsilon)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.maximum(cur_counts / cur_total[:, None], epsilon)
+        out = _row_sums((q - p) * np.log(q / p))
+    return np.where(cur_total > 0, out, 0.0)
+
+
+def jensenshannon_rows(ref_counts: np.ndarray, cur_counts: np.ndarray) -> np.ndarray:
+    """:func:`~mlx_plugins.drift_detectors.stats.jensenshannon` of ``ref_counts`` (K,) or
+    (D, K) against each row of ``cur_counts`` (D, K); 0.0 where either side is empty."""
+    ref_total = np.asarray(ref_counts.sum(axis=-1))
+    cur_total = cur_counts.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = ref_counts / (ref_total[..., None] if ref_total.ndim else ref_total)
+        q = cur_counts / cur_total[:, None]
+        mid = (p + q) / 2.0
+        left = np.where(p > 0, p * np.log(p / mid), 0.0)
+        right = np.where(q > 0, q * np.log(q / mid), 0.0)
+    js = (_row_sums(np.broadcast_to(left, right.shape)) + _row_sums(right)) / 2.0
+    out = np.sqrt(np.maximum(js, 0.0))
+    return np.where((cur_total > 0) & (ref_total > 0), out, 0.0)
+
+
+# -- categorical ----------------------------------------------------------------------------------
+def category_matrix(
+    reference: st.CategoricalReference, currents: Sequence[pl.Series]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ref_counts (K,), cur_counts (D, K))`` over the categories seen in the reference or
+    any current (sorted as strings, as :func:`~mlx_plugins.drift_detectors.stats.
+    category_counts` sorts them); nulls dropped."""
+    lengths = [len(s) for s in currents]
+    joined = (
+        pl.concat([s.cast(pl.String) for s in currents], rechunk=True)
+        if len({s.dtype for s in currents}) > 1 or currents[0].dtype != pl.String
+        else pl.concat(list(currents), rechunk=True)
+    )
+    frame = pl.DataFrame(
+        {"day": np.repeat(np.arange(len(currents), dtype=np.int32), lengths), "c": joined}
+    ).drop_nulls("c")
+    counted = frame.group_by("day", "c").len()
+    mapping = reference.mapping
+    names = sorted(mapping.keys() | set(counted.get_column("c").to_list()))
+    index = {c: i for i, c in enumerate(names)}
+    ref_counts = np.fromiter((mapping.get(c, 0) for c in names), np.int64, len(names))
+    cur = np.zeros((len(currents), len(names)), dtype=np.int64)
+    cols = np.fromiter(
+        (index[c] for c in counted.get_column("c").to_list()), np.int64, counted.height
+    )
+    cur[counted.get_column("day").to_numpy(), cols] = counted.get_column("len").to_numpy()
+    return ref_counts, cur
+
+
+def categorical_stats_many(
+    ref_counts: np.ndarray, cur_counts: np.ndarray, *, psi_epsilon: float = 1e-4
+) -> list[dict[str, float]]:
+    """``[stats.categorical_stats(ref_counts, row, psi_epsilon=...) for row in cur_counts]``
+    for one reference (K,) and D currents (D, K) over the same categories, vectorised (sums in
+    another order: equal to a few ulps)."""
+    ref = ref_counts.astype(np.float64)
+    cur = cur_counts.astype(np.float64)
+    keep = (ref_counts[None, :] + cur_counts) > 0
+    dof = keep.sum(axis=1) - 1
+    ra = float(ref.sum())
+    rb = cur.sum(axis=1)
+    ok = (ra > 0) & (rb > 0) & (dof > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # homogeneity (chi2_homogeneity)
+        total = ra + rb
+        col = ref[None, :] + cur
+        ea = ra * col / total[:, None]
+        eb = rb[:, None] * col / total[:, None]
+        terms_a = np.where(keep, (ref[None, :] - ea) ** 2 / ea, 0.0)
+        terms_b = np.where(keep, (cur - eb) ** 2 / eb, 0.0)
+        chi2 = _row_sums(terms_a) + _row_sums(terms_b)
+        # goodness of fit (chi2_goodness_of_fit / gof_expected), over the kept categories
+        kept_ref = np.where(keep, ref[None, :], 0.0)
+        kept_total = _row_sums(kept_ref)
+        shares = np.where(keep, np.maximum(kept_ref / kept_total[:, None], psi_epsilon), 0.0)
+        expected = shares / _row_sums(shares)[:, None] * rb[:, None]
+        gof = _row_sums(np.where(keep, (cur - expected) ** 2 / expected, 0.0))
+    chi2 = np.where(ok, chi2, 0.0)
+    gof = np.where(ok, gof, 0.0)
+    dof_ok = np.where(ok, dof, 0)
+    chi2_p = np.where(ok, chi2_sf(chi2, np.maximum(dof_ok, 1)), 1.0)
+    gof_p = np.where(ok, chi2_sf(gof, np.maximum(dof_ok, 1)), 1.0)
+    psi_values = psi_rows(ref_counts, cur_counts, psi_epsilon)
+    js_values = jensenshannon_rows(ref_counts, cur_counts)
+    new = (ref_counts[None, :] == 0) & (cur_counts > 0)
+    new_rows = np.where(new, cur_counts, 0).sum(axis=1)
+    cur_total = cur_counts.sum(axis=1)
+    new_share = np.where(cur_total > 0, new_rows / np.maximum(cur_total, 1), 0.0)
+    categories = keep.sum(axis=1)
+    new_categories = new.sum(axis=1)
+    missing = ((ref_counts[None, :] > 0) & (cur_counts == 0)).sum(axis=1)
+    rows = zip(
+        chi2.tolist(),
+        chi2_p.tolist(),
+        dof_ok.tolist(),
+        gof.tolist(),
+        gof_p.tolist(),
+        psi_values.tolist(),
+        js_values.tolist(),
+        categories.tolist(),
+        new_categories.tolist(),
+        new_share.tolist(),
+        missing.tolist(),
+        strict=True,
+    )
+    return [
+        {
+            "chi2": c,
+            "chi2_p_value": cp,
+            "chi2_dof": float(d),
+            "chi2_gof": g,
+            "chi2_gof_p_value": gp,
+            "psi": ps,
+            "jensenshannon": js,
+            "categories": float(cat),
+            "new_categories": float(nc),
+            "new_category_share": ns,
+            "missing_categories": float(mi),
+        }
+        for c, cp, d, g, gp, ps, js, cat, nc, ns, mi in rows
+    ]
