@@ -20,6 +20,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mlx_plugins.kernel.sandbox import SandboxSpec
 from mlx_resources.platform import DriftPolicy, Platform, TrainingWindow
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -113,6 +114,14 @@ class FeatureSpec(_Strict):
         "the time column, the feature columns and the target. Default: the first partitioned "
         "table as it is.",
     )
+    sandbox: SandboxSpec | None = Field(
+        default=None,
+        description="Run ``function`` in a sandboxed child process with these limits (the "
+        "shape of a plugin entry's ``sandbox:`` key: memory_mb, cpu_seconds, open_files, "
+        "file_size_mb, wall_seconds, network, env); the tables go in and the frame comes out "
+        "as Arrow IPC files in its private working directory. A limit hit fails the step "
+        "naming the limit and its value; nothing is stored.",
+    )
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
     not_monitored: tuple[str, ...] = Field(
@@ -148,6 +157,11 @@ class FeatureSpec(_Strict):
             raise ValueError(f"features.not_monitored names no feature: {sorted(unknown)}")
         if self.slice_by is not None and self.slice_by not in self.categorical:
             raise ValueError(f"features.slice_by {self.slice_by!r} is not a categorical feature")
+        if self.sandbox is not None and self.function is None:
+            raise ValueError(
+                "features.sandbox needs features.function (only a function can be sandboxed); "
+                "fix: set features.function: 'package.module:function' or remove the sandbox"
+            )
         return self
 
     @property

@@ -47,13 +47,26 @@ def load_function(lc: Lifecycle) -> Callable[..., pl.DataFrame] | None:
     return fn  # type: ignore[no-any-return]
 
 
-def build_frame(lc: Lifecycle, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+def build_frame(
+    lc: Lifecycle, tables: dict[str, pl.DataFrame], context: dg.AssetExecutionContext | None = None
+) -> pl.DataFrame:
     """The feature frame of ``tables`` (table name -> frame): the function's output, or the first
-    partitioned table; then checked by :func:`check_frame`."""
-    fn = load_function(lc)
-    if fn is None:
+    partitioned table; then checked by :func:`check_frame`.
+
+    With ``features.sandbox`` the function runs in a sandboxed child
+    (:func:`mlx_resources.sandbox.run_function`; ``context``: the asset's, for its log lines).
+
+    Raises:
+        dg.Failure: the function cannot be imported, returns no polars frame, or (sandboxed)
+            hits a limit: the message names the limit, its value and the YAML key to raise.
+    """
+    if lc.spec.features.function is None:
         out = tables[lc.spec.data.daily[0].name]
+    elif lc.spec.features.sandbox is not None:  # its module is imported in the child only
+        out = _sandboxed(lc, tables, context)
     else:
+        fn = load_function(lc)
+        assert fn is not None
         out = fn(**tables)
         if not isinstance(out, pl.DataFrame):
             raise dg.Failure(
@@ -62,6 +75,22 @@ def build_frame(lc: Lifecycle, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
                 allow_retries=False,
             )
     return check_frame(lc, out)
+
+
+def _sandboxed(
+    lc: Lifecycle, tables: dict[str, pl.DataFrame], context: dg.AssetExecutionContext | None
+) -> pl.DataFrame:
+    from mlx_resources.sandbox import SandboxLimitError, run_function
+
+    spec, target = lc.spec.features.sandbox, lc.spec.features.function
+    assert spec is not None and target is not None
+    where = f"{lc.source_file or 'the defs.yaml'} (lifecycle {lc.name!r})"
+    try:
+        return run_function(
+            target, tables, spec, key="features.sandbox", where=where, context=context
+        )
+    except SandboxLimitError as exc:  # a bigger day will not fit on a retry either
+        raise dg.Failure(str(exc), allow_retries=False) from None
 
 
 def check_frame(lc: Lifecycle, df: pl.DataFrame) -> pl.DataFrame:
@@ -183,7 +212,7 @@ def build_features_asset(lc: Lifecycle) -> dg.AssetsDefinition:
     def _features(context: dg.AssetExecutionContext, **inputs: Any) -> dg.Output[pl.DataFrame]:
         refuse_failed_inputs(context, lc)
         tables = {name.removeprefix("in_"): frame for name, frame in inputs.items()}
-        df = build_frame(lc, tables)
+        df = build_frame(lc, tables, context)
         meta: dict[str, Any] = {"rows": dg.MetadataValue.int(df.height)}
         if target.kind == "binary" and df.height:
             rate = float(df.get_column(target.column).cast(pl.Float64).mean() or 0.0)

@@ -10,6 +10,7 @@ See ``docs/observability.md`` ("Sandbox").
 from __future__ import annotations
 
 from mlx_plugins.kernel.sandbox import SandboxPlan, SandboxSpec, set_call_runner
+from mlx_resources.sandbox.functions import run_function
 from mlx_resources.sandbox.runner import (
     ALLOWED_ENV,
     SandboxError,
@@ -37,4 +38,5 @@ __all__ = [
     "netns_available",
     "network_mode",
     "run_call",
+    "run_function",
 ]

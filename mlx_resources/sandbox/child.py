@@ -57,12 +57,14 @@ def set_limits(limits: dict[str, Any]) -> None:
         cap(resource.RLIMIT_FSIZE, int(limits["file_size_mb"]) * MIB)
 
 
-def block_network(plugin: str, key: str) -> None:
+def block_network(plugin: str, key: str, subject: str | None = None) -> None:
     """Make every internet socket (IPv4/IPv6) fail at creation with a clear error naming the
-    plugin and the config key. Unix sockets stay allowed (local IPC)."""
+    plugin (or ``subject``, e.g. ``features.function '...'``) and the config key. Unix sockets
+    stay allowed (local IPC)."""
     original = socket.socket
     message = (
-        f"network is disabled in the sandbox of plugin {plugin!r} ({key}.network: false); "
+        f"network is disabled in the sandbox of {subject or f'plugin {plugin!r}'} "
+        f"({key}.network: false); "
         f"fix: set {key}.network: true in the composition (mlx.yaml) if it needs the network"
     )
 
@@ -147,11 +149,13 @@ def main() -> int:
         job = pipes.extras["mlx_sandbox"]
         workdir = Path(job["workdir"])
         if job["network"] != "on":
-            block_network(job["plugin"], job["key"])
+            block_network(job["plugin"], job["key"], job.get("subject"))
         root = logging.getLogger()
         root.addHandler(_PipesHandler(pipes))
         root.setLevel(logging.INFO)
         set_limits(job["limits"])
+        if job.get("function"):
+            return _call_function(pipes, job, workdir)
         return _call(pipes, job, workdir)
 
 
@@ -187,18 +191,65 @@ def _call(pipes: Any, job: dict[str, Any], workdir: Path) -> int:
         _write(workdir / "result.pkl", cloudpickle.dumps(result))
         return 0
     except BaseException as exc:
-        limit = _limit_of(exc, job["limits"])
-        if limit:
-            status["limit"] = limit
-        else:
-            with contextlib.suppress(Exception):  # an unpicklable exception: stderr tells
-                _write(workdir / "error.pkl", cloudpickle.dumps(exc))
-            import traceback
+        return _failed(exc, job, workdir, status)
+    finally:
+        pipes.report_custom_message(status)
 
-            from mlx_plugins.kernel.secrets import redact
 
-            sys.stderr.write(redact(traceback.format_exc()))
-        return 1
+def _failed(exc: BaseException, job: dict[str, Any], workdir: Path, status: dict[str, Any]) -> int:
+    """Record why the call failed: the limit in ``status``, else the exception pickled to
+    ``error.pkl`` and its redacted traceback on stderr. Returns the exit code (1)."""
+    import cloudpickle
+
+    limit = _limit_of(exc, job["limits"])
+    if limit:
+        status["limit"] = limit
+    else:
+        with contextlib.suppress(Exception):  # an unpicklable exception: stderr tells
+            _write(workdir / "error.pkl", cloudpickle.dumps(exc))
+        import traceback
+
+        from mlx_plugins.kernel.secrets import redact
+
+        sys.stderr.write(redact(traceback.format_exc()))
+    return 1
+
+
+def _call_function(pipes: Any, job: dict[str, Any], workdir: Path) -> int:
+    """``module:function`` of ``job`` called with its Arrow IPC inputs (one polars frame per
+    table, by name); its frame written to ``job["output"]`` (temporary name, then renamed)."""
+    import importlib
+
+    import polars as pl
+
+    from mlx_plugins.kernel import telemetry
+
+    status: dict[str, Any] = {"mlx_sandbox": True, "network": job["network"]}
+    try:
+        module, _, attr = job["function"].partition(":")
+        fn = getattr(importlib.import_module(module), attr)
+        tables = {name: pl.read_ipc(workdir / file) for name, file in job["inputs"].items()}
+        telemetry.configure(force=True)
+        token = telemetry.attach_parent_from_env()
+        try:
+            with telemetry.tracer().start_as_current_span(f"sandbox.function.{job['function']}"):
+                status["trace_id"] = telemetry.current_trace_id() or ""
+                out = fn(**tables)
+        finally:
+            if token is not None:
+                telemetry.detach(token)
+            telemetry.shutdown()
+        if not isinstance(out, pl.DataFrame):
+            raise TypeError(
+                f"features.function {job['function']!r} returned {type(out).__name__}, not a "
+                "polars DataFrame; fix: return a polars DataFrame"
+            )
+        tmp = workdir / f"{job['output']}.tmp"
+        out.write_ipc(tmp)
+        os.replace(tmp, workdir / job["output"])
+        return 0
+    except BaseException as exc:
+        return _failed(exc, job, workdir, status)
     finally:
         pipes.report_custom_message(status)
 

@@ -72,12 +72,22 @@ class SandboxLimitError(SandboxError):
     ``plugins.data_source[0].sandbox.memory_mb``).
     """
 
-    def __init__(self, plugin: str, method: str, limit: str, value: Any, key: str) -> None:
+    def __init__(
+        self,
+        plugin: str,
+        method: str,
+        limit: str,
+        value: Any,
+        key: str,
+        *,
+        subject: str | None = None,
+        where: str = "the composition (mlx.yaml)",
+    ) -> None:
         self.plugin, self.limit, self.value, self.key = plugin, limit, value, key
         super().__init__(
-            f"plugin {plugin!r} hit its sandbox limit {limit}={value} in {method}(): "
-            f"{LIMIT_HINTS.get(limit, 'limit exceeded')}; fix: raise {key} in the composition "
-            "(mlx.yaml), or remove the limit"
+            f"{subject or f'plugin {plugin!r}'} hit its sandbox limit {limit}={value} in "
+            f"{method}(): {LIMIT_HINTS.get(limit, 'limit exceeded')}; fix: raise {key} in "
+            f"{where}, or remove the limit"
         )
 
 
@@ -159,8 +169,6 @@ def run_call(plugin: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, 
     """
     import cloudpickle
 
-    from mlx_plugins.kernel import telemetry
-
     plan = SandboxPlan.from_field(plugin.__dict__[SANDBOX_FIELD])
     spec = plan.spec
     meta = type(plugin).metadata
@@ -194,18 +202,74 @@ def run_call(plugin: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, 
             "env_fields": plan.env_fields,
             "workdir": workdir,
         }
-        env = child_env(plan, workdir, telemetry.traceparent_env())
-        env["MLX_SANDBOX_PARENT"] = str(os.getpid())  # the child dies with this process
-        command = [sys.executable, "-m", "mlx_resources.sandbox.child"]
-        if job["network"] == "netns+socket":
-            command = [shutil.which("unshare") or "unshare", "-n", "--", *command]
-        with _session(context, {"mlx_sandbox": job}) as session:
-            env.update(session.bootstrap_env())
-            returncode, stderr_tail = _run(command, env, workdir, spec.wall_seconds)
-        messages = session.custom_messages()
+        returncode, stderr_tail, messages = launch(job, plan, context)
         return _outcome(plugin, method, plan, workdir, returncode, stderr_tail, messages)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def launch(
+    job: dict[str, Any], plan: SandboxPlan, context: Any = None
+) -> tuple[int | str, str, list[Any]]:
+    """Start ``python -m mlx_resources.sandbox.child`` for ``job`` (its ``workdir`` holds the
+    inputs) under ``plan``'s limits, through a Pipes session (``context``: the Dagster context,
+    ``None`` outside a run); wait for it (at most ``wall_seconds``).
+
+    Returns ``(exit code or "wall", the redacted end of its stderr, its Pipes custom
+    messages)``."""
+    from mlx_plugins.kernel import telemetry
+
+    workdir = job["workdir"]
+    env = child_env(plan, workdir, telemetry.traceparent_env())
+    env["MLX_SANDBOX_PARENT"] = str(os.getpid())  # the child dies with this process
+    command = [sys.executable, "-m", "mlx_resources.sandbox.child"]
+    if job["network"] == "netns+socket":
+        command = [shutil.which("unshare") or "unshare", "-n", "--", *command]
+    with _session(context, {"mlx_sandbox": job}) as session:
+        env.update(session.bootstrap_env())
+        returncode, stderr_tail = _run(command, env, workdir, plan.spec.wall_seconds)
+    return returncode, stderr_tail, session.custom_messages()
+
+
+def status_of(messages: list[Any]) -> dict[str, Any]:
+    """The child's status message (``limit``, ``trace_id``, ``network``) among ``messages``;
+    records the child's trace id on the current span."""
+    from mlx_plugins.kernel import telemetry
+
+    status: dict[str, Any] = {}
+    for m in messages:
+        if isinstance(m, dict) and m.get("mlx_sandbox"):
+            status.update(m)
+    if status.get("trace_id"):
+        telemetry.trace_api().get_current_span().set_attribute(
+            "mlx.sandbox.child_trace_id", status["trace_id"]
+        )
+    return status
+
+
+def limit_hit(
+    spec: SandboxSpec, returncode: int | str, status: dict[str, Any], stderr_tail: str
+) -> str | None:
+    """The limit a finished child hit (a ``SandboxSpec`` field name), if any."""
+    if returncode == "wall":
+        return "wall_seconds"
+    if status.get("limit"):
+        return str(status["limit"])
+    if isinstance(returncode, int) and returncode < 0:
+        sig = -returncode
+        if sig in (signal.SIGXCPU, signal.SIGKILL) and spec.cpu_seconds is not None:
+            return "cpu_seconds"
+        if sig == signal.SIGXFSZ and spec.file_size_mb is not None:
+            return "file_size_mb"
+        # native code (polars, numpy's C side) aborts when an allocation fails under RLIMIT_AS:
+        # Rust prints "memory allocation of N bytes failed" before aborting
+        if (
+            spec.memory_mb is not None
+            and sig == signal.SIGABRT
+            and "memory allocation of" in stderr_tail
+        ):
+            return "memory_mb"
+    return None
 
 
 def _run(
@@ -241,32 +305,14 @@ def _outcome(
 ) -> Any:
     import cloudpickle
 
-    from mlx_plugins.kernel import telemetry
-
     name = type(plugin).metadata.name
     spec = plan.spec
-    status: dict[str, Any] = {}
-    for m in messages:
-        if isinstance(m, dict) and m.get("mlx_sandbox"):
-            status.update(m)
-    if status.get("trace_id"):
-        telemetry.trace_api().get_current_span().set_attribute(
-            "mlx.sandbox.child_trace_id", status["trace_id"]
-        )
-
-    def limit_error(limit: str) -> SandboxLimitError:
-        return SandboxLimitError(name, method, limit, getattr(spec, limit), f"{plan.key}.{limit}")
-
-    if returncode == "wall":
-        raise limit_error("wall_seconds")
-    if status.get("limit"):
-        raise limit_error(status["limit"])
+    status = status_of(messages)
+    limit = limit_hit(spec, returncode, status, stderr_tail)
+    if limit is not None:
+        raise SandboxLimitError(name, method, limit, getattr(spec, limit), f"{plan.key}.{limit}")
     if isinstance(returncode, int) and returncode < 0:
         sig = -returncode
-        if sig in (signal.SIGXCPU, signal.SIGKILL) and spec.cpu_seconds is not None:
-            raise limit_error("cpu_seconds")
-        if sig == signal.SIGXFSZ and spec.file_size_mb is not None:
-            raise limit_error("file_size_mb")
         if spec.memory_mb is not None and sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS):
             raise SandboxError(
                 f"plugin {name!r}: its sandboxed child died of signal {sig} in {method}(), "
