@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from mlx_plugins.kernel.base import PluginConfig
 from mlx_plugins.kernel.metadata import PluginMetadata
 from mlx_plugins.kernel.secrets import redact
 from mlx_plugins.ml_platforms.base import (
@@ -76,7 +77,7 @@ class DatabricksAuthError(DatabricksError):
     """The workspace refused the token (HTTP 401/403)."""
 
 
-class ClusterSpec(dg.Config):
+class ClusterSpec(PluginConfig):
     """A job cluster (``new_cluster`` of the submitted task), created for the run and gone after.
 
     ``spark_version`` must be a Databricks ML runtime (``15.4.x-cpu-ml-scala2.12``,
@@ -531,18 +532,25 @@ class DatabricksPlatform(MLPlatform):
         on_epoch: EpochCallback | None,
         context: Any,
     ) -> _Outcome:
-        import dagster as dg
 
+        from mlx_plugins.kernel import telemetry
         from mlx_plugins.ml_platforms.databricks_trainer import (
             EXTRA,
+            TRACEPARENT_EXTRA,
             ErrorMessage,
             ResultMessage,
         )
 
+        # the cluster continues this call's trace: the W3C traceparent travels as a Pipes extra
+        # (the cluster's environment is its own) and it reports the trace id it joined
+        traceparent = telemetry.traceparent_env().get("TRACEPARENT")
+        call_span = telemetry.trace_api().get_current_span()
         payloads: list[dict[str, Any]] = []
 
         def on_message(payload: dict[str, Any]) -> None:
             payloads.append(payload)
+            if payload.get("kind") == "trace" and payload.get("trace_id"):
+                call_span.set_attribute("mlx.databricks_trace_id", str(payload["trace_id"]))
             if payload.get("kind") == "epoch" and on_epoch is not None:
                 on_epoch(EpochStats.model_validate(payload["epoch"]))
 
@@ -564,7 +572,10 @@ class DatabricksPlatform(MLPlatform):
             client.run(
                 context=ctx,
                 task=task,
-                extras={EXTRA: job.model_dump(mode="json")},
+                extras={
+                    EXTRA: job.model_dump(mode="json"),
+                    **({TRACEPARENT_EXTRA: traceparent} if traceparent else {}),
+                },
                 submit_args={
                     "run_name": f"mlx-train-{job.artifact_path.rsplit('/', 2)[-2]}",
                     "timeout_seconds": self.timeout_s,
