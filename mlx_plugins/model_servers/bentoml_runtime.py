@@ -18,6 +18,7 @@ imports this one for :func:`request_schema` without loading a server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -690,6 +691,8 @@ class ServingState:
     metrics: Metrics | None = None
     admission: Admission = field(default_factory=lambda: Admission(250.0))
     decoder: RequestDecoder | None = None
+    tracer: Any = None
+    """The platform's tracer when an exporter is configured (``OTEL_*``), else None: no span."""
     max_body_bytes: int = 1 << 20
     ready: bool = False
     error: str = ""
@@ -726,6 +729,7 @@ class ServingState:
             model, max_batch_rows=max_batch_rows, max_latency_ms=max_latency_ms
         )
         self.admission = Admission(max_latency_ms)
+        self.tracer = request_tracer()
         if metrics:
             self.metrics = Metrics(model.meta["model"], model.meta["version_label"])
             self.metrics.info.labels(
@@ -742,6 +746,79 @@ class ServingState:
 
 STATE = ServingState()
 """This worker's state (one per process)."""
+
+SPAN_NAME = "mlx.serving.predict"
+"""The span of one prediction request (see :func:`trace_request`)."""
+
+
+def request_tracer() -> Any:
+    """The platform's tracer (:mod:`mlx_plugins.kernel.telemetry`, configured from the
+    ``OTEL_*`` variables) when it exports spans, else None: without an exporter the request
+    path makes no span at all (one ``is None`` check per request).
+
+    Raises
+    ------
+    RuntimeError
+        OTLP export is asked for but its exporter package is not installed (the message names
+        it).
+    """
+    from mlx_plugins.kernel import telemetry
+
+    tracer = telemetry.configure()
+    return tracer if telemetry._STATE.exporting else None
+
+
+def trace_request(
+    tracer: Any,
+    headers: Any,
+    start_ns: int,
+    *,
+    model: str,
+    version: str,
+    rows: int,
+    status: int,
+) -> None:
+    """Record one prediction request as a SERVER span ``mlx.serving.predict`` from
+    ``start_ns`` (Unix ns) to now, continuing the caller's trace: its parent is the W3C
+    ``traceparent`` header (and ``tracestate``) of the request when present, else it starts a
+    trace. Attributes: ``mlx.model``, ``mlx.version`` (``v0003``), ``mlx.rows`` (rows predicted,
+    0 unless 200) and ``http.response.status_code``; a 5xx other than 503 (shed load) marks the
+    span as an error."""
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    carrier: dict[str, str] = {}
+    parent = headers.get("traceparent")
+    if parent:
+        carrier["traceparent"] = parent
+        state = headers.get("tracestate")
+        if state:
+            carrier["tracestate"] = state
+    context = _propagator().extract(carrier) if carrier else None
+    span = tracer.start_span(
+        SPAN_NAME,
+        context=context,
+        kind=SpanKind.SERVER,
+        start_time=start_ns,
+        attributes={
+            "mlx.model": model,
+            "mlx.version": version,
+            "mlx.rows": rows,
+            "http.request.method": "POST",
+            "url.path": "/predict",
+            "http.response.status_code": status,
+        },
+    )
+    if status >= 500 and status != 503:
+        span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+    span.end()
+
+
+@functools.cache
+def _propagator() -> Any:
+    """W3C trace context (imported on first use: the plugin module imports this one)."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator()
 
 
 def _json(body: Any, status: int = 200) -> Any:
@@ -764,12 +841,24 @@ def build_app(state: ServingState = STATE) -> Any:
 
     async def predict(request: Request) -> Any:
         start = time.perf_counter()
+        start_ns = time.time_ns()
         status, rows = 500, 0
         admission = state.admission
         if not admission.enter():
             status = 503
             if state.metrics is not None:
                 state.metrics.observe_shed("queue", time.perf_counter() - start)
+            if state.tracer is not None and state.model is not None:
+                meta = state.model.meta
+                trace_request(
+                    state.tracer,
+                    request.headers,
+                    start_ns,
+                    model=str(meta.get("model", "")),
+                    version=str(meta.get("version_label", "")),
+                    rows=0,
+                    status=503,
+                )
             wait_ms = admission.expected_wait_s() * 1000
             return _json(
                 {
@@ -791,6 +880,17 @@ def build_app(state: ServingState = STATE) -> Any:
                 if status == 503:
                     state.metrics.shed.labels(**state.metrics.labels, reason="queue").inc()
                 state.metrics.observe(status, time.perf_counter() - start, rows)
+            if state.tracer is not None:
+                meta = state.model.meta if state.model is not None else {}
+                trace_request(
+                    state.tracer,
+                    request.headers,
+                    start_ns,
+                    model=str(meta.get("model", "")),
+                    version=str(meta.get("version_label", "")),
+                    rows=rows,
+                    status=status,
+                )
                 if state.batcher is not None and state.batcher.batch_rows:
                     state.metrics.observe_batches(state.batcher.batch_rows)
 
