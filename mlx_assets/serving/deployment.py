@@ -12,7 +12,13 @@ atomically, and the router's folder).
   traffic (10% -> 50% -> 100% by default) while held-out test rows are replayed through the
   router (the local lifecycle has no live traffic), judging each step on the servers' own
   ``/metrics``: ``promoted`` (the old version is stopped) or ``rolled_back`` (the canary is).
-- The version already serving: nothing changes (``unchanged``).
+- The version already serving, on the same server configuration: nothing changes
+  (``unchanged``).
+- The version already serving, but the composition's ``model_server`` (its plugin or its
+  config, e.g. ``workers``) changed since it was started: the same version is started on the
+  new configuration and swapped in behind the router (the router's graceful reload waits until
+  the old workers finished their requests), then the old servers stop (``reconfigured``): no
+  request fails during the swap.
 - Without nginx on the machine there is no router: the new version replaces the old one
   (blue-green without a canary) and the metadata says how to get canary rollouts.
 
@@ -20,6 +26,7 @@ The blocking ``rollout_healthy`` check fails on a rollback, so the UI shows a re
 version that was refused while the stable one keeps serving.
 """
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -50,14 +57,48 @@ class Deployment(BaseModel):
     url: str
     """Where to send ``POST /predict`` (the router's URL, or the server's without a router)."""
     decision: str
-    """``deployed``, ``promoted``, ``rolled_back``, ``unchanged`` or ``replaced``."""
+    """``deployed``, ``promoted``, ``rolled_back``, ``unchanged``, ``reconfigured`` or
+    ``replaced``."""
     reason: str
     curl: str
     rollout: dict[str, Any] = {}
+    server: str = ""
+    """The ``model_server`` plugin serving ``served_version`` (``bentoml``)."""
+    workers: int = 0
+    """Worker processes per server of ``served_version``."""
 
 
 def _servers_file(platform: Platform, lc: Lifecycle) -> Path:
     return platform.path("serving", lc.model_name) / "servers.json"
+
+
+def _configs_file(platform: Platform, lc: Lifecycle) -> Path:
+    return platform.path("serving", lc.model_name) / "server_config.json"
+
+
+def server_fingerprint(server: Any) -> str:
+    """A digest of the ``model_server`` plugin's name and config (16 hex characters): equal
+    digests, same server configuration. Only the digest is stored, never a config value (a
+    config may hold a secret)."""
+    body = {
+        "plugin": server.metadata.name,
+        "config": server.model_dump(mode="json") if hasattr(server, "model_dump") else {},
+    }
+    raw = json.dumps(body, sort_keys=True, default=str).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _load_configs(path: Path) -> dict[str, str]:
+    """Version label -> the fingerprint of the server config its servers were started with."""
+    if not path.exists():
+        return {}
+    raw = json.loads(path.read_text())
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def _save_configs(path: Path, configs: dict[str, str], handles: dict[str, list[Any]]) -> None:
+    body = {k: v for k, v in configs.items() if k in handles}
+    atomic_write_text(path, json.dumps(body, indent=2, sort_keys=True) + "\n")
 
 
 def _load_handles(path: Path) -> dict[str, list[Any]]:
@@ -147,6 +188,8 @@ def build_deployment(lc: Lifecycle) -> dg.AssetsDefinition:
             "reason": deployment.reason,
             "url": dg.MetadataValue.url(deployment.url),
             "curl": dg.MetadataValue.md(f"```\n{deployment.curl}\n```"),
+            "server": deployment.server,
+            "workers": deployment.workers,
         }
         for k, v in deployment.rollout.items():
             if isinstance(v, (int, float, str)) and not isinstance(v, bool):
@@ -214,17 +257,29 @@ def deploy(
             stable_label = None  # its servers died: nothing serves
     elif not has_nginx and handles:
         stable_label = next(iter(handles))
+    configs_path = _configs_file(platform, lc)
+    configs = _load_configs(configs_path)
+    fingerprint = server_fingerprint(server)
+    plugin = str(server.metadata.name)
     if stable_label == label:
-        url = router.url if router is not None else handles[label][0].url
-        return Deployment(
-            model=lc.model_name,
-            served_version=label,
-            url=url,
-            decision="unchanged",
-            reason=f"{label} already serves all traffic",
-            curl=curl_example(handles[label][0], package.request_schema).replace(
-                handles[label][0].url, url
-            ),
+        if configs.get(label, fingerprint) == fingerprint:
+            url = router.url if router is not None else handles[label][0].url
+            configs[label] = fingerprint
+            _save_configs(configs_path, configs, handles)
+            return Deployment(
+                model=lc.model_name,
+                served_version=label,
+                url=url,
+                decision="unchanged",
+                reason=f"{label} already serves all traffic",
+                curl=curl_example(handles[label][0], package.request_schema).replace(
+                    handles[label][0].url, url
+                ),
+                server=plugin,
+                workers=handles[label][0].workers,
+            )
+        return _reconfigure(
+            context, lc, server, package, router, handles, state, configs, configs_path
         )
 
     context.log.info(f"starting {lc.model_name} {label}")
@@ -265,6 +320,9 @@ def deploy(
         decision, reason, url = result.decision, result.reason, router.url
         rollout = result.metadata()
     _save_handles(state, handles)
+    if decision != "rolled_back":
+        configs[label] = fingerprint
+    _save_configs(configs_path, configs, handles)
     served = label if decision != "rolled_back" else str(stable_label)
     example = handles[served][0]
     return Deployment(
@@ -275,4 +333,68 @@ def deploy(
         reason=reason,
         curl=curl_example(example, package.request_schema).replace(example.url, url),
         rollout=rollout,
+        server=plugin if served == label else "",
+        workers=example.workers,
+    )
+
+
+def _reconfigure(
+    context: dg.AssetExecutionContext,
+    lc: Lifecycle,
+    server: Any,
+    package: Any,
+    router: Any,
+    handles: dict[str, list[Any]],
+    state: Path,
+    configs: dict[str, str],
+    configs_path: Path,
+) -> Deployment:
+    """Serve the version already serving on the composition's new server configuration: start
+    it there, point the router's route for it at the new server (a graceful reload that waits
+    until the old workers finished their requests), then stop the old servers.
+
+    Raises:
+        mlx_plugins.model_servers.base.ServingError: the new server did not start (the old ones
+            keep serving, nothing changed).
+    """
+    from mlx_plugins.model_servers.base import curl_example
+
+    label = package.version_label
+    old = handles[label]
+    context.log.info(
+        f"the model_server configuration changed since {lc.model_name} {label} was started: "
+        f"starting it on the new one ({server.metadata.name})"
+    )
+    fresh = server.start(package)
+    handles[label] = [*old, fresh]
+    _save_handles(state, handles)  # recorded before anything else can fail
+    if router is not None:
+        router.apply(router.table.with_servers(label, [_address(fresh)]), wait_drained=True)
+        url = router.url
+        reason = (
+            f"{label} now serves from {server.metadata.name} with the composition's new "
+            f"config ({fresh.workers} worker(s)); the router switched to it gracefully and "
+            f"the {len(old)} old server(s) stopped"
+        )
+    else:
+        url = fresh.url
+        reason = (
+            f"{label} now serves from {server.metadata.name} with the composition's new "
+            f"config at {fresh.url} (no router on this machine: its URL changed)"
+        )
+    for h in old:
+        h.stop()
+    handles[label] = [fresh]
+    _save_handles(state, handles)
+    configs[label] = server_fingerprint(server)
+    _save_configs(configs_path, configs, handles)
+    return Deployment(
+        model=lc.model_name,
+        served_version=label,
+        url=url,
+        decision="reconfigured",
+        reason=reason,
+        curl=curl_example(fresh, package.request_schema).replace(fresh.url, url),
+        server=str(server.metadata.name),
+        workers=fresh.workers,
     )
