@@ -110,6 +110,12 @@ class DriftPolicy(dg.Config):
         description="Retraining runs requested for one drift event before the sensor gives up "
         "on it (a failed run makes its event eligible again until then).",
     )
+    min_rows: int = Field(
+        default=0,
+        ge=0,
+        description="A day with fewer rows than this is reported as 'insufficient_data' (never "
+        "as drift: no warning, no retraining, no incident); 0 turns the rule off.",
+    )
 
 
 class Platform(dg.ConfigurableResource):

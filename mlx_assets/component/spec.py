@@ -238,7 +238,12 @@ class LifecycleSpec(_Strict):
         "1; regression rmse_ratio < 1.",
     )
     window: TrainingWindow | None = Field(default=None, description="Default: settings.window.")
-    drift: DriftPolicy | None = Field(default=None, description="Default: settings.drift.")
+    drift: DriftPolicy | None = Field(
+        default=None,
+        description="Drift policy (warn_share, retrain_on_dataset_drift, cooldown_minutes, "
+        "min_rows: a day with fewer rows is 'insufficient_data', not drift, ...). "
+        "Default: settings.drift.",
+    )
     arrival_cron: str | None = Field(default=None, description="Default: settings.arrival_cron.")
     default_run: bool = Field(
         default=True,

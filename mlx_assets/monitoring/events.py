@@ -14,7 +14,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field
 
-Severity = Literal["ok", "warn", "retrain"]
+Severity = Literal["ok", "warn", "retrain", "insufficient_data"]
 
 
 class DriftObservation(BaseModel):
@@ -24,7 +24,8 @@ class DriftObservation(BaseModel):
         day: the partition key, ISO date ``YYYY-MM-DD``.
         drift_share: share of monitored columns that drifted, in [0, 1].
         dataset_drift: whether the detector's dataset rule fired.
-        severity: ``ok`` | ``warn`` | ``retrain`` under the composition's drift policy.
+        severity: ``ok`` | ``warn`` | ``retrain`` | ``insufficient_data`` (fewer rows than the
+            policy's ``min_rows``) under the composition's drift policy.
         drifted_columns: names of the drifted columns, in report order.
         rows: rows of the day that were compared (0 for an empty day).
         report: path (or URL) of the standalone HTML report of that day.

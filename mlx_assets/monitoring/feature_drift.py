@@ -6,7 +6,7 @@ import polars as pl
 from mlx_assets.component.spec import Lifecycle
 from mlx_assets.features.flight_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from mlx_assets.monitoring.events import DriftObservation
-from mlx_assets.monitoring.policy import severity
+from mlx_assets.monitoring.policy import DRIFT_SEVERITIES, severity
 from mlx_assets.partitions import SINGLE_RUN
 from mlx_assets.training.training_set import SPLIT
 from mlx_assets.versioning import code_version
@@ -107,19 +107,23 @@ def build_feature_drift(lc: Lifecycle) -> dg.AssetsDefinition:
         )
         frames: list[pl.DataFrame] = []
         flagged: list[str] = []
-        for day in context.partition_keys:
-            current = by_day.get(day, features.clear())
-            report = drift_detector.compare_prepared(prepared, current.select(columns))
+        currents = [by_day.get(day, features.clear()) for day in context.partition_keys]
+        # every day at once: the detector vectorises each column across the days
+        reports = drift_detector.compare_prepared_many(
+            prepared, [current.select(columns) for current in currents]
+        )
+        for day, current, report in zip(context.partition_keys, currents, reports, strict=True):
             level = severity(report, lc.drift)
+            insufficient = level == "insufficient_data"
             html = atomic_write_text(
                 reports_dir / f"{day}.html", render_html(report, title=f"Feature drift on {day}")
             )
             observation = DriftObservation(
                 day=day,
                 drift_share=report.drift_share,
-                dataset_drift=report.dataset_drift,
+                dataset_drift=report.dataset_drift and not insufficient,
                 severity=level,
-                drifted_columns=report.drifted_columns,
+                drifted_columns=[] if insufficient else report.drifted_columns,
                 rows=current.height,
                 report=str(html),
                 reference_data_version=reference_version,
@@ -132,7 +136,7 @@ def build_feature_drift(lc: Lifecycle) -> dg.AssetsDefinition:
                 },
                 partition_key=day,
             )
-            if level != "ok":
+            if level in DRIFT_SEVERITIES:
                 flagged.append(f"{day} ({level}, {report.drift_share:.0%})")
             frames.append(report_rows(day, report, level))
         if flagged:

@@ -186,7 +186,7 @@ def build_incident_summary(
         incidents: dict[str, str] = {}
         for day in days:
             obs = seen.get(day)
-            if obs is not None and obs.severity != "ok":
+            if obs is not None and obs.severity in ("warn", "retrain"):
                 incidents[day] = facts(obs, top_columns(by_day.get(day, pl.DataFrame())), metrics)
         written, group_meta = _summaries(context, provider_keys, platform, incidents)
         out_dir = platform.path("reports", "incidents", *lc.prefix)

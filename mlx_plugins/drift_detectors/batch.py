@@ -131,7 +131,14 @@ def numeric_stats_many(
     n = len(xs)
     rows, counts = sorted_rows(currents)
     batched = (counts > 0) & (counts * st.BLOCK_RATIO <= n) if n else np.zeros(len(counts), bool)
-    for i in np.flatnonzero(~batched):
+    empty = counts == 0
+    if empty.any():
+        # numeric_stats_prepared of an empty current, without its pass over the reference
+        n_unique = st._n_unique(xs)
+        for i in np.flatnonzero(empty):
+            values = st._numeric_values(reference.mean, reference.std, 0.0, 0.0, n_unique=n_unique)
+            out[i] = (values, n, 0)
+    for i in np.flatnonzero(~batched & ~empty):
         out[i] = st.numeric_stats_prepared(
             reference,
             currents[i],

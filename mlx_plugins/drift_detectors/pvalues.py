@@ -93,9 +93,23 @@ def ks_pvalues(
     todo &= ~zero
     t = size * d
     nxsq = t * d
-    # Ruben-Gambino ends, exact Smirnov for x >= 1/2, small n: the scalar kernel
-    scalar |= todo & ((t <= 1.0) | (t >= size - 1) | (d >= 0.5) | (size <= 140))
+    # Ruben-Gambino ends, exact Smirnov for x >= 1/2: the scalar kernel
+    scalar |= todo & ((t <= 1.0) | (t >= size - 1) | (d >= 0.5))
     todo &= ~scalar
+    # n <= 140: Durbin's matrix, Pomeranz's recursion (scalar) or Smirnov's sum
+    small_n = todo & (size <= 140)
+    if small_n.any():
+        durbin = small_n & (nxsq <= 0.754693)
+        if durbin.any():
+            out[durbin] = _durbin_sf(size[durbin].astype(np.int64), d[durbin])
+        pomeranz = small_n & ~durbin & (nxsq <= 4)
+        scalar |= pomeranz
+        miller = small_n & ~durbin & ~pomeranz
+        if miller.any():
+            from scipy.special import smirnov
+
+            out[miller] = np.clip(2 * smirnov(size[miller].astype(np.int64), d[miller]), 0, 1)
+        todo &= ~small_n
     none = todo & (nxsq >= 370.0)
     out[none] = 0.0
     todo &= ~none

@@ -1,0 +1,150 @@
+"""``compare_prepared_many`` gives the reports ``compare_prepared`` gives one current at a time:
+the same columns, tests, verdicts, notes, counts and integers, the KS statistic and p-value bit
+for bit, every other statistic within 1e-12 (relative above 1, absolute below)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mlx_plugins.drift_detectors import stats as st
+from mlx_plugins.drift_detectors.base import DriftReport, ReferenceFrame
+from mlx_plugins.drift_detectors.polars_drift import PolarsDriftDetector
+from tests.drift.test_prepared import _noisy
+
+EXACT = {"ks_statistic", "ks_p_value", "bins", "n_unique", "chi2_dof", "categories"}
+EXACT |= {"new_categories", "missing_categories", "reference_mean", "reference_std"}
+
+
+def assert_many_matches(
+    detector: PolarsDriftDetector,
+    reference: pl.DataFrame,
+    currents: list[pl.DataFrame],
+    numeric: list[str] | None = None,
+    categorical: list[str] | None = None,
+) -> list[DriftReport]:
+    prepared = detector.prepare_reference(reference, numeric=numeric, categorical=categorical)
+    many = detector.compare_prepared_many(prepared, currents)
+    st.clear_caches()
+    one_by_one = [detector.compare_prepared(prepared, current) for current in currents]
+    assert len(many) == len(one_by_one)
+    for got, want in zip(many, one_by_one, strict=True):
+        assert (got.reference_rows, got.current_rows) == (want.reference_rows, want.current_rows)
+        assert got.skipped_columns == want.skipped_columns
+        assert (got.drift_share, got.dataset_drift) == (want.drift_share, want.dataset_drift)
+        assert got.detector == want.detector
+        for g, w in zip(got.columns, want.columns, strict=True):
+            same = ("column", "kind", "test", "drifted", "note", "threshold")
+            same += ("reference_rows", "current_rows")
+            same += ("reference_null_share", "current_null_share")
+            assert [getattr(g, a) for a in same] == [getattr(w, a) for a in same]
+            assert list(g.stats) == list(w.stats)
+            for key, value in g.stats.items():
+                expected = w.stats[key]
+                if key in EXACT:
+                    assert value == expected, (g.column, key)
+                else:
+                    assert abs(value - expected) <= 1e-12 * max(1.0, abs(expected)), (key, g)
+            assert g.p_value == w.p_value or abs(g.p_value - w.p_value) <= 1e-12  # type: ignore[operator]
+            assert abs(g.statistic - w.statistic) <= 1e-12 * max(1.0, abs(w.statistic))
+    return many
+
+
+def test_nulls_nan_inf_ties_both_kinds_and_large_currents() -> None:
+    ref = _noisy(20_000, seed=1)  # asymptotic KS p-values
+    sizes = (900, 50, 1, 3000, 900, 0, 120)  # 3000 > 20,000 / 8: the merge path
+    currents = [_noisy(n, seed=10 + i, shift=0.05 * i) for i, n in enumerate(sizes)]
+    reports = assert_many_matches(PolarsDriftDetector(), ref, currents)
+    assert {c.column for c in reports[0].columns} == {"x", "t", "k", "cat"}
+    # named columns; a smaller reference (exact KS p-values)
+    assert_many_matches(PolarsDriftDetector(), ref, currents, numeric=["x", "t"], categorical=["k"])
+    assert_many_matches(PolarsDriftDetector(), ref.head(5000), currents, numeric=["x"])
+
+
+def test_many_days_with_statistics_in_every_p_value_branch() -> None:
+    rng = np.random.default_rng(5)
+    ref = pl.DataFrame({"x": rng.normal(0, 1, 30_000), "d": rng.integers(0, 7, 30_000)})
+    days = []
+    for i in range(120):
+        n = int(rng.choice([3, 20, 100, 400, 900, 2000]))
+        shift = float(rng.choice([0.0, 0.0, 0.02, 0.1, 0.3, 2.0]))
+        days.append(
+            pl.DataFrame({"x": rng.normal(shift, 1, n), "d": rng.integers(0, 7 + i % 3, n)})
+        )
+    reports = assert_many_matches(PolarsDriftDetector(), ref, days)
+    p = [r.column("x").stats["ks_p_value"] for r in reports]
+    assert min(p) < 1e-16 and max(p) > 0.5  # far tail and body both exercised
+
+
+def test_constant_empty_and_all_null_currents() -> None:
+    ref = pl.DataFrame({"x": [5.0] * 300 + [6.0] * 10, "k": ["a"] * 310})
+    currents = [
+        pl.DataFrame({"x": [5.0] * 20, "k": ["a"] * 20}),
+        pl.DataFrame({"x": [5.2] * 20, "k": ["b"] * 20}),
+        ref.clear(),
+        pl.DataFrame({"x": [None, None], "k": [None, "a"]}, schema=ref.schema),
+    ]
+    assert_many_matches(PolarsDriftDetector(), ref, currents)
+    varied = pl.DataFrame({"x": np.linspace(0, 1, 5000), "k": ["a", "b"] * 2500})
+    assert_many_matches(PolarsDriftDetector(), varied, currents)
+    assert_many_matches(PolarsDriftDetector(), ref.clear(), currents)
+
+
+def test_currents_of_different_schemas_are_grouped() -> None:
+    ref = pl.DataFrame({"x": [None] * 20, "k": ["a", "b"] * 10, "n": list(range(20))})
+    currents = [
+        pl.DataFrame({"x": [1.0, 2.0, 3.0], "k": ["a", "b", "c"], "n": [1, 2, 3]}),
+        pl.DataFrame({"x": ["u", "v", "u"], "k": ["a", "a", "a"], "n": [1.5, 2.0, 9.0]}),
+        pl.DataFrame({"x": [4.0], "k": pl.Series(["b"], dtype=pl.Categorical), "n": [4]}),
+    ]
+    reports = assert_many_matches(PolarsDriftDetector(), ref, currents)
+    assert [r.column("x").kind for r in reports] == ["numeric", "categorical", "numeric"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"small_sample_max_rows": 10},
+        {"categorical_test": "evidently_chisquare_gof"},
+        {"numeric_binning": "equal_width", "numeric_bins": 4},
+        {"ks_method": "exact"},
+        {"ks_method": "asymp", "column_tests": {"x": "psi"}},
+    ],
+)
+def test_configurations(config: dict[str, Any]) -> None:
+    ref = _noisy(4000, seed=7)
+    currents = [_noisy(n, seed=70 + n, shift=0.2) for n in (30, 400, 10)]
+    assert_many_matches(PolarsDriftDetector(**config), ref, currents)
+
+
+def test_unseen_and_missing_categories() -> None:
+    ref = pl.DataFrame({"k": ["a", "b"] * 100})
+    currents = [
+        pl.DataFrame({"k": ["c", "d", "e"] * 50}),
+        pl.DataFrame({"k": ["a"] * 45 + ["b"] * 45 + ["z"] * 10}),
+        pl.DataFrame({"k": ["a"]}),
+    ]
+    reports = assert_many_matches(PolarsDriftDetector(), ref, currents)
+    assert reports[0].column("k").note.startswith("all current values are in 3 categories")
+
+
+def test_no_currents_and_errors_like_compare_prepared() -> None:
+    detector = PolarsDriftDetector()
+    ref = _noisy(300, seed=9)
+    prepared = detector.prepare_reference(ref)
+    assert detector.compare_prepared_many(prepared, []) == []
+    other = ReferenceFrame(
+        reference_rows=1, numeric=None, categorical=None, detector="x", frame=ref
+    )
+    with pytest.raises(TypeError, match="prepare_reference"):
+        detector.compare_prepared_many(other, [ref])
+    with pytest.raises(ValueError, match="numeric_bins"):
+        PolarsDriftDetector(numeric_bins=5).compare_prepared_many(prepared, [ref])
+    bad = ref.with_columns(pl.col("x").cast(pl.String))
+    with pytest.raises(TypeError, match="'x'"):
+        detector.compare_prepared_many(
+            detector.prepare_reference(ref, numeric=["x"], categorical=[]), [ref, bad]
+        )
