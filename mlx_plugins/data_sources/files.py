@@ -33,11 +33,11 @@ import re
 from datetime import date
 from typing import Any, ClassVar, Literal, cast, get_args
 
-import dagster as dg
 import polars as pl
 from pydantic import Field, PrivateAttr, field_validator
 
 from mlx_plugins.data_sources.base import DataSource, TableInfo
+from mlx_plugins.kernel.base import PluginConfig
 from mlx_plugins.kernel.metadata import PluginMetadata
 
 Format = Literal["parquet", "csv", "ipc"]
@@ -88,7 +88,7 @@ class FileReadError(ValueError):
     the table, the file and the format."""
 
 
-class FileTable(dg.Config):
+class FileTable(PluginConfig):
     """One table of the ``files`` source."""
 
     path: str = Field(

@@ -47,11 +47,11 @@ from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import dagster as dg
 import polars as pl
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from mlx_plugins.data_sources.base import DataSource, TableInfo
+from mlx_plugins.kernel.base import PluginConfig
 from mlx_plugins.kernel.metadata import PluginMetadata
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def _output_name(name: str, lowercase: bool) -> str:
 # -- config -----------------------------------------------------------------------------------
 
 
-class SnowflakeTable(dg.Config):
+class SnowflakeTable(PluginConfig):
     """One table of the ``snowflake`` source: a table (or view) or a query."""
 
     table: str | None = Field(
@@ -192,7 +192,7 @@ class SnowflakeTable(dg.Config):
         return value.strip().rstrip(";") if value is not None else None
 
 
-class SnowflakeWriteTable(dg.Config):
+class SnowflakeWriteTable(PluginConfig):
     """A table that :meth:`SnowflakeSource.write` replaces day ranges of."""
 
     table: str = Field(description="table, schema.table or database.schema.table.")

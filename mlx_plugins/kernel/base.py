@@ -94,6 +94,32 @@ def _strict_ok(expected: type, value: Any) -> bool:
     return isinstance(value, str)
 
 
+def _check_strict_scalar(model: type[BaseModel], value: Any, info: ValidationInfo) -> None:
+    """Refuse a scalar of the wrong kind for a field (``"2"`` or ``true`` for an ``int``)."""
+    field = model.model_fields.get(info.field_name or "")
+    if field is not None and value is not None:
+        expected = scalar_type(field.annotation)
+        if expected is not None and not _strict_ok(expected, value):
+            raise PydanticCustomError("strict_scalar", _STRICT_MESSAGES[expected])
+
+
+class PluginConfig(dg.Config):
+    """Base of a plugin's nested config models (``new_cluster: {num_workers: 2}``,
+    ``read_tables: {t: {...}}``): the same strict scalars as a plugin's own fields, so
+    ``num_workers: "2"`` or ``lowercase: 1`` is refused naming the key, not coerced."""
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _strict(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Any:
+        from dagster._config.field_utils import is_dagster_env_var
+
+        if not is_dagster_env_var(value):
+            _check_strict_scalar(cls, value, info)
+        return handler(value)
+
+
 class MLXPlugin(dg.ConfigurableResource):  # type: ignore[type-arg]
     """A swappable platform part.
 
@@ -164,13 +190,11 @@ class MLXPlugin(dg.ConfigurableResource):  # type: ignore[type-arg]
                 os.environ.get(value.env_var_name),
             )
             return value
+        _check_strict_scalar(cls, value, info)
         field = cls.model_fields.get(info.field_name or "")
-        if field is not None and value is not None:
-            expected = scalar_type(field.annotation)
-            if expected is not None and not _strict_ok(expected, value):
-                raise PydanticCustomError("strict_scalar", _STRICT_MESSAGES[expected])
-            if is_secret_field(field.json_schema_extra) and isinstance(value, str):
-                register_secret(value)
+        secret = field is not None and is_secret_field(field.json_schema_extra)
+        if secret and isinstance(value, str):
+            register_secret(value)
         return handler(value)
 
     # -- secrets in errors -----------------------------------------------------------------
@@ -495,6 +519,7 @@ __all__ = [
     "ENV_FIELD",
     "HealthStatus",
     "MLXPlugin",
+    "PluginConfig",
     "dagster_reads_env",
     "is_secret_field",
     "parse_env_value",

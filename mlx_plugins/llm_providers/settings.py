@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import dagster as dg
 from pydantic import ConfigDict, Field, model_validator
 
+from mlx_plugins.kernel.base import PluginConfig
 
-class LLMGroupSettings(dg.Config):
+
+class LLMGroupSettings(PluginConfig):
     """How a provider group runs (``settings.llm``). Times in seconds, sizes in MiB.
 
     Every field has a default; a misspelled key, a value of the wrong type (``true`` for a

@@ -298,3 +298,29 @@ def test_secrets_from_the_environment_and_plain_options_are_accepted(tmp_path):
     )
     comp = load_composition(path, environ={"SF_PW": "pw-from-env", "S3_SECRET": "s3-from-env"})
     assert [e.plugin for e in comp.of_kind("data_source")] == ["nycflights13", "snowflake", "files"]
+
+
+@pytest.mark.parametrize(
+    ("nested", "key"),
+    [
+        ("new_cluster: {num_workers: '2'}", "plugins.ml_platform.config.new_cluster.num_workers"),
+        ("new_cluster: {num_workers: true}", "plugins.ml_platform.config.new_cluster.num_workers"),
+        ("new_cluster: {node_type_id: 5}", "plugins.ml_platform.config.new_cluster.node_type_id"),
+    ],
+)
+def test_scalars_inside_nested_plugin_config_are_strict(tmp_path, nested, key):
+    """Seen: `new_cluster: {num_workers: "2"}` was coerced to 2 while the same text for a
+    plugin's own `epochs` was refused: nested config models follow the same rule now."""
+    pytest.importorskip("dagster_databricks")
+    err = _error(
+        tmp_path,
+        BASE.replace(
+            "{plugin: local_torch, config: {epochs: 2}}",
+            "{plugin: databricks, config: {host: 'https://adb-1.2.azuredatabricks.net', "
+            f"token: {{env: DBX}}, {nested}}}}}",
+        ),
+        environ={"DBX": "dapi-not-shown"},
+    )
+    assert err.key == key
+    assert "(got " in err.problem
+    assert "dapi-not-shown" not in str(err)
