@@ -76,8 +76,7 @@ def _save(snapshot: Path, served: Path) -> None:
     if snapshot.is_file() and snapshot.read_bytes() == text:
         return
     snapshot.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(snapshot, text)
-    os.chmod(snapshot, 0o600)
+    atomic_write_bytes(snapshot, text, perms=0o600)  # never readable by others, even briefly
 
 
 def _last_good(
