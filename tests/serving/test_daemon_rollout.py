@@ -12,10 +12,9 @@ database, the local run launcher) with the ``serving`` profile (``model_server: 
    ``training`` run (``drift:2013-01-29``), the retrained v0002 passes its gate, is registered
    and ``model_deployment`` (part of the training job when the composition serves) rolls it
    out as a canary: promoted, the router's table ends on v0002, v0001's server is stopped.
-
-A retraining that fails its gate rolls nothing out: ``beats_baseline`` is a blocking check on
-``model_evaluation``, upstream of ``registered_model`` and ``model_deployment`` in the same run
-(``test_a_failed_gate_stops_the_training_job_before_the_rollout``).
+4. The same training job with a gate no model passes: the run fails at ``beats_baseline`` (a
+   blocking check on ``model_evaluation``, upstream of ``registered_model`` and
+   ``model_deployment``), nothing is registered or rolled out, v0002 keeps serving.
 """
 
 from __future__ import annotations
@@ -154,7 +153,9 @@ def _retrain(instance: dg.DagsterInstance) -> dg.DagsterRun | None:
     return finished[0] if finished else None
 
 
-def test_drift_rolls_out_a_retrained_version_under_the_daemon(prod_home: ProdHome, tmp_path):
+def test_drift_rolls_out_a_retrained_version_under_the_daemon(
+    prod_home: ProdHome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     pytest.importorskip("bentoml")
     from mlx_plugins.model_servers.base import ServerHandle, example_row
     from mlx_plugins.model_servers.bentoml_server import BentoMLServer
@@ -252,6 +253,37 @@ def test_drift_rolls_out_a_retrained_version_under_the_daemon(prod_home: ProdHom
         assert list(json.loads((folder / "servers.json").read_text())) == ["v0002"]
         assert not v1.alive()
         package = BentoMLServer(home=str(home / "bentoml")).package(versions[1])
+        status, answer = post(url + "/predict", {"rows": [example_row(package.request_schema)]})
+        assert status == 200 and answer["version"] == "v0002", answer
+
+        # 4. A retraining whose model fails its gate rolls nothing out: the same training job
+        # (in-process, the daemon stopped) with a gate no model passes.
+        stop(daemon)
+        daemon = None
+        strict = tmp_path / "mlx.strict.yaml"
+        strict.write_text(composition.read_text().replace("min_roc_auc: 0.0", "min_roc_auc: 0.999"))
+        monkeypatch.setenv("MLX_COMPOSITION", str(strict))
+        monkeypatch.setenv("MLX_PROFILE", "serving")
+        from mlx_assets.build import build_definitions
+        from mlx_plugins.kernel.composition import load_composition
+
+        job = build_definitions(load_composition(strict)).resolve_job_def("training")
+        with prod_home.instance() as instance:
+            result = job.execute_in_process(instance=instance, raise_on_error=False)
+            assert not result.success
+            gate_record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                [gate]
+            )[gate]
+            assert gate_record.run_id == result.run_id
+            assert gate_record.status.value == "FAILED"
+            last = instance.get_latest_materialization_event(dg.AssetKey("model_deployment"))
+            assert last is not None and last.run_id == run.run_id  # not materialized again
+        assert [v.version for v in ModelRegistry(root=str(home / "registry")).versions(MODEL)] == [
+            1,
+            2,
+        ]
+        assert NginxRouter.attach(folder / "router").table.weights == {"v0002": 100}
+        assert list(json.loads((folder / "servers.json").read_text())) == ["v0002"]
         status, answer = post(url + "/predict", {"rows": [example_row(package.request_schema)]})
         assert status == 200 and answer["version"] == "v0002", answer
     finally:
