@@ -880,6 +880,10 @@ def build_app(state: ServingState = STATE) -> Any:
                 if status == 503:
                     state.metrics.shed.labels(**state.metrics.labels, reason="queue").inc()
                 state.metrics.observe(status, time.perf_counter() - start, rows)
+                if state.batcher is not None and state.batcher.batch_rows:
+                    state.metrics.observe_batches(state.batcher.batch_rows)
+            elif state.batcher is not None:
+                state.batcher.batch_rows.clear()  # no metrics: keep the list from growing
             if state.tracer is not None:
                 meta = state.model.meta if state.model is not None else {}
                 trace_request(
@@ -891,8 +895,6 @@ def build_app(state: ServingState = STATE) -> Any:
                     rows=rows,
                     status=status,
                 )
-                if state.batcher is not None and state.batcher.batch_rows:
-                    state.metrics.observe_batches(state.batcher.batch_rows)
 
     async def _predict(request: Request) -> tuple[Any, int, int]:
         model, batcher = state.model, state.batcher
