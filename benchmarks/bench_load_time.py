@@ -10,8 +10,10 @@ How it measures, so that a shared, loaded machine still gives a usable ratio:
 
 - the baseline and the code location run alternately (baseline, ours, baseline, ours, ...), so a
   load spike hits both; the ratio is of the medians;
-- wall time and CPU time (user + system of the child) are both reported: CPU time is what the
-  import costs, and moves far less with other processes' load than wall time does;
+- each is timed from the process's start to the moment it has loaded (a code server is ready
+  then), not to its exit: the interpreter's tear-down is left out of both;
+- wall time and CPU time (the child's ``process_time()``) are both reported: CPU time is what
+  loading costs, and moves far less with other processes' load than wall time does;
 - before timing, the project's modules are byte-compiled (``__pycache__``, as Python does on a
   first import; site-packages were compiled by pip): with ``PYTHONDONTWRITEBYTECODE=1`` in the
   environment (this machine's shells, the Dockerfile) they would otherwise be compiled from
@@ -19,7 +21,7 @@ How it measures, so that a shared, loaded machine still gives a usable ratio:
 - ``import dagster, polars`` is timed too: the asset functions' inputs and outputs are typed
   ``polars.DataFrame`` / ``LazyFrame`` (Dagster resolves those annotations into the ops' types
   when the assets are defined), so polars is part of what the definitions need;
-- ``--breakdown`` times each stage in-process (median over fresh processes): import dagster,
+- ``--breakdown`` times each stage's CPU in-process (median over fresh processes): import dagster,
   import polars, the MLX modules, the composition, the definitions, the asset graph (with the
   garbage collector paused after ``import dagster``, as the definitions module loads).
 """
@@ -30,7 +32,6 @@ import argparse
 import compileall
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -46,22 +47,22 @@ FLOOR = "import dagster, polars"
 OURS = "import mlx_assets.definitions as d; d.defs.resolve_asset_graph()"
 
 STAGES = r"""
-import gc, json, time
-t = [time.perf_counter()]
+import atexit, gc, json, time
+t = [time.process_time()]
 import dagster
-t.append(time.perf_counter())
+t.append(time.process_time())
 gc.disable()  # as mlx_assets/definitions.py does after import dagster
 import polars
-t.append(time.perf_counter())
+t.append(time.process_time())
 import mlx_assets.build, mlx_plugins.kernel.composition as c
-t.append(time.perf_counter())
+t.append(time.process_time())
 comp = c.load_composition()
-t.append(time.perf_counter())
+t.append(time.process_time())
 defs = mlx_assets.build.build_definitions(comp)
-t.append(time.perf_counter())
+t.append(time.process_time())
 defs.resolve_asset_graph()
-t.append(time.perf_counter())
-print(json.dumps([b - a for a, b in zip(t, t[1:])]))
+t.append(time.process_time())
+atexit.register(print, json.dumps([b - a for a, b in zip(t, t[1:])]))  # after timed()'s line
 """
 STAGE_NAMES = (
     "import dagster",
@@ -74,16 +75,24 @@ STAGE_NAMES = (
 
 
 def timed(code: str) -> tuple[float, float, str]:
-    """(wall s, CPU s of the child, stdout) of ``python -c code`` in a fresh interpreter."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """(wall s, CPU s, stdout) of loading ``code`` in a fresh interpreter, up to the moment it
+    is loaded (what a code server waits for), not its exit: interpreter start-up counts,
+    tear-down (which frees the whole heap) does not. CPU is the child's own ``process_time()``
+    at that moment, printed as its first line."""
     start = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True
-    ).stdout
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"{code}\nimport time; print(time.process_time(), flush=True)"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    first = child.stdout.readline()
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, out
+    rest = child.stdout.read()
+    if child.wait() != 0 or not first:
+        raise RuntimeError(f"{code!r} failed (exit {child.returncode})")
+    return wall, float(first), rest
 
 
 def compile_project() -> None:
@@ -134,7 +143,7 @@ def main() -> None:
     if args.breakdown:
         runs = [json.loads(timed(STAGES)[2]) for _ in range(args.repeats)]
         dagster_s = median([r[0] for r in runs])
-        print(f"\nbreakdown (in-process, median of {args.repeats}; share of import dagster)")
+        print(f"\nbreakdown (CPU in-process, median of {args.repeats}; share of import dagster)")
         for i, name in enumerate(STAGE_NAMES):
             s = median([r[i] for r in runs])
             print(row(name, f"{s * 1000:.0f} ms", f"{s / dagster_s:.2f}", widths=(40, 10, 6)))
