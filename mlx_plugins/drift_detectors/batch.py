@@ -23,6 +23,7 @@ one-current function, so the result never depends on the batching.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,14 +47,19 @@ class PValues:
         self._n: list[np.ndarray] = []
         self._m: list[np.ndarray] = []
         self._targets: list[dict[str, float]] = []
+        self._lock = threading.Lock()
 
     def add(
         self, gaps: np.ndarray, n: int, ms: np.ndarray, targets: list[dict[str, float]]
     ) -> None:
-        self._gaps.append(np.asarray(gaps, dtype=np.int64))
-        self._n.append(np.full(len(ms), n, dtype=np.int64))
-        self._m.append(np.asarray(ms, dtype=np.int64))
-        self._targets.extend(targets)
+        """Ask for the p-values of ``len(ms)`` tests (gaps, one reference size, current
+        sizes), to be written into ``targets`` (one stats dict each). Thread-safe."""
+        gaps, sizes = np.asarray(gaps, dtype=np.int64), np.asarray(ms, dtype=np.int64)
+        with self._lock:
+            self._gaps.append(gaps)
+            self._n.append(np.full(len(sizes), n, dtype=np.int64))
+            self._m.append(sizes)
+            self._targets.extend(targets)
 
     def resolve(self) -> None:
         if not self._targets:
@@ -66,7 +72,7 @@ class PValues:
         )
         for target, value in zip(self._targets, values.tolist(), strict=True):
             target["ks_p_value"] = value
-        self.__init__(self.method)  # type: ignore[misc]
+        self._gaps, self._n, self._m, self._targets = [], [], [], []
 
 
 def _float_values(currents: Sequence[pl.Series]) -> np.ndarray:

@@ -54,6 +54,7 @@ CategoricalTest = Literal["chi2", "psi", "jensenshannon"]
 Kind = Literal["numeric", "categorical"]
 
 _T = TypeVar("_T")
+_I = TypeVar("_I")
 _THREADED_MIN_ROWS = 50_000
 """Columns are compared in threads only when a side has at least this many rows."""
 
@@ -345,40 +346,51 @@ class PolarsDriftDetector(DriftDetector):
         results: list[list[ColumnDrift | _Pending]] = [[] for _ in frames]
         skipped_of: list[list[str]] = [[] for _ in frames]
         pvalues = batch.PValues(self.ks_method)
+        tasks: list[tuple[list[int], str, Kind]] = []
         for members in groups.values():
             plan, skipped = self.plan_columns(
                 prepared.frame, frames[members[0]], numeric, categorical
             )
             for i in members:
                 skipped_of[i] = skipped
-            for name, kind in plan:
-                series = [frames[i].get_column(name) for i in members]
-                if kind == "categorical":
-                    ref_cat = prepared.categorical_columns[name]
-                    rc, cc = batch.category_matrix(ref_cat, series)
-                    many = batch.categorical_stats_many(rc, cc, psi_epsilon=self.psi_epsilon)
-                    n_ref = int(rc.sum())
-                    for i, s, values, row in zip(members, series, many, cc, strict=True):
-                        results[i].append(
-                            self._categorical_values_result(
-                                name, values, n_ref, int(row.sum()), ref_cat.rows, len(s)
-                            )
-                        )
-                    continue
-                ref = prepared.numeric_columns[name]
-                _check_numeric_dtype(name, "current", series[0])
-                with prepared.workspace() as workspace:
-                    stats_of = batch.numeric_stats_many(
-                        ref,
-                        series,
-                        psi_epsilon=self.psi_epsilon,
-                        wasserstein_min_std=self.wasserstein_min_std,
-                        ks_method=self.ks_method,
-                        workspace=workspace,
-                        pvalues=pvalues,
+            tasks.extend((members, name, kind) for name, kind in plan)
+
+        def one(task: tuple[list[int], str, Kind]) -> list[ColumnDrift | _Pending]:
+            members, name, kind = task
+            series = [frames[i].get_column(name) for i in members]
+            if kind == "categorical":
+                ref_cat = prepared.categorical_columns[name]
+                rc, cc = batch.category_matrix(ref_cat, series)
+                many = batch.categorical_stats_many(rc, cc, psi_epsilon=self.psi_epsilon)
+                n_ref = int(rc.sum())
+                return [
+                    self._categorical_values_result(
+                        name, values, n_ref, int(row.sum()), ref_cat.rows, len(s)
                     )
-                for i, s, (values, n_ref, n_cur) in zip(members, series, stats_of, strict=True):
-                    results[i].append(_Pending(name, values, n_ref, n_cur, ref.rows, len(s)))
+                    for s, values, row in zip(series, many, cc, strict=True)
+                ]
+            ref = prepared.numeric_columns[name]
+            _check_numeric_dtype(name, "current", series[0])
+            with prepared.workspace() as workspace:
+                stats_of = batch.numeric_stats_many(
+                    ref,
+                    series,
+                    psi_epsilon=self.psi_epsilon,
+                    wasserstein_min_std=self.wasserstein_min_std,
+                    ks_method=self.ks_method,
+                    workspace=workspace,
+                    pvalues=pvalues,
+                )
+            return [
+                _Pending(name, values, n_ref, n_cur, ref.rows, len(s))
+                for s, (values, n_ref, n_cur) in zip(series, stats_of, strict=True)
+            ]
+
+        # columns in max_workers threads (numpy releases the GIL in its loops over the days)
+        outcomes = self._map(one, tasks, sum(frame.height for frame in frames))
+        for (members, _, _), outcome in zip(tasks, outcomes, strict=True):
+            for i, result in zip(members, outcome, strict=True):
+                results[i].append(result)
         pvalues.resolve()  # every column's KS p-values at once
         return [
             self._report(
@@ -405,9 +417,7 @@ class PolarsDriftDetector(DriftDetector):
     def _binning(self) -> tuple[int, Binning]:
         return self.numeric_bins, self.numeric_binning
 
-    def _map(
-        self, fn: Callable[[tuple[str, Kind]], _T], items: Sequence[tuple[str, Kind]], rows: int
-    ) -> list[_T]:
+    def _map(self, fn: Callable[[_I], _T], items: Sequence[_I], rows: int) -> list[_T]:
         """``[fn(item) for item in items]``, in ``max_workers`` threads when ``rows`` (the
         larger side) is at least 50,000."""
         workers = min(self.max_workers, len(items))
