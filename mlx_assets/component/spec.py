@@ -199,11 +199,13 @@ class TargetSpec(_Strict):
 
 GATE_METRICS = {
     "binary": ("roc_auc", "log_loss", "brier", "log_loss_ratio"),
-    "multiclass": ("accuracy", "macro_f1", "log_loss", "log_loss_ratio"),
+    "multiclass": ("accuracy", "macro_f1", "log_loss", "log_loss_ratio", "accuracy_lift"),
     "regression": ("rmse", "mae", "r2", "rmse_ratio"),
 }
 """Metrics a gate may name, by task. ``*_ratio`` is the model's value over the baseline's (the
-training rows' base rate or class frequencies; the training mean for regression)."""
+training rows' base rate or class frequencies; the training mean for regression);
+``accuracy_lift`` is the model's accuracy minus the baseline's (always the training rows' most
+frequent class), e.g. ``min: {accuracy_lift: 0.0}`` to require beating it."""
 
 
 class GateSpec(_Strict):

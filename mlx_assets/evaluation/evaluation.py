@@ -112,6 +112,10 @@ class TaskEvaluation(BaseModel):
             if name in self.metrics and name in self.baseline:
                 base = self.baseline[name]
                 out[f"{name}_ratio"] = self.metrics[name] / base if base else float("inf")
+        if "accuracy" in self.metrics and "accuracy" in self.baseline:
+            # over always answering the training rows' most frequent class: a model can beat
+            # the class frequencies in log loss and still be right less often than that
+            out["accuracy_lift"] = self.metrics["accuracy"] - self.baseline["accuracy"]
         return out
 
     def headline(self) -> dict[str, float]:

@@ -129,3 +129,26 @@ def test_every_returned_metric_has_a_direction() -> None:
     assert METRIC_DIRECTIONS["roc_auc"] == "max" and METRIC_DIRECTIONS["log_loss"] == "min"
     assert METRIC_DIRECTIONS["r2"] == "max" and METRIC_DIRECTIONS["rmse"] == "min"
     assert set(METRIC_DIRECTIONS.values()) == {"max", "min"}
+
+
+def test_accuracy_lift_is_over_always_answering_the_majority_class() -> None:
+    """Seen: seattle_weather passed its log-loss gate with accuracy 0.533 against the majority
+    class's 0.549. ``accuracy_lift`` lets a gate require beating it."""
+    from mlx_assets.component.spec import GATE_METRICS, GateSpec
+    from mlx_assets.evaluation.evaluation import TaskEvaluation, gate_result
+
+    y = np.array([0, 0, 0, 1, 2])
+    model = np.array([[0.2, 0.7, 0.1]] * 3 + [[0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])  # 2 of 5 right
+    majority = np.tile([0.6, 0.2, 0.2], (5, 1))  # 3 of 5 right
+    ev = TaskEvaluation(
+        task="multiclass",
+        rows=5,
+        metrics=task_metrics("multiclass", y, model, ("a", "b", "c")),
+        baseline=task_metrics("multiclass", y, majority, ("a", "b", "c")),
+    )
+    values = ev.gate_metrics()
+    assert values["accuracy_lift"] == pytest.approx(0.4 - 0.6)
+    assert "accuracy_lift" in GATE_METRICS["multiclass"]
+    passed, meta, failures = gate_result(GateSpec(min={"accuracy_lift": 0.0}), values)
+    assert not passed and failures == ["accuracy_lift -0.2000 < 0.0"]
+    assert meta["min_accuracy_lift"] == 0.0
