@@ -252,6 +252,14 @@ class LifecycleSpec(_Strict):
         description="``mlx lifecycle`` without ``--model`` runs this instance (false: only when "
         "named, ``-m NAME``, or with ``--all``); the UI, sensor and schedule have it either way.",
     )
+    rollout: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The canary rollout of ``model_deployment`` (when the composition has a "
+        "model_server): keys of mlx_plugins.model_servers.rollout.RolloutPolicy: steps "
+        "([10, 50, 100]), hold_requests (200), hold_seconds, max_step_seconds (600), rule "
+        "{max_error_rate: 0.01, max_p99_ms: 1000, max_shed_rate, min_requests: 20}. Checked "
+        "when the definitions are built with a model_server.",
+    )
     ml_platform: dict[str, Any] = Field(
         default_factory=dict,
         description="Overrides of the composition's ml_platform plugin config for this model "

@@ -29,7 +29,7 @@ version that was refused while the stable one keeps serving.
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import polars as pl
@@ -41,6 +41,9 @@ from mlx_assets.versioning import code_version
 from mlx_plugins.model_registries.base import ModelRegistry, ModelVersion
 from mlx_resources.atomic import atomic_write_text
 from mlx_resources.platform import Platform
+
+if TYPE_CHECKING:
+    from mlx_plugins.model_servers.rollout import RolloutPolicy
 
 TRAFFIC_ROWS = 500
 """Held-out test rows replayed through the router during a rollout (cycled)."""
@@ -140,8 +143,14 @@ def _address(handle: Any) -> str:
 
 
 def build_deployment(lc: Lifecycle) -> dg.AssetsDefinition:
-    """The instance's ``model_deployment`` asset (see the module doc)."""
+    """The instance's ``model_deployment`` asset (see the module doc).
+
+    Raises:
+        CompositionError: the instance's ``rollout`` policy is invalid, naming the file, the
+            key (``attributes.rollout.<key>``) and the fix.
+    """
     key = lc.key("model_deployment")
+    policy = rollout_policy(lc)
 
     @dg.asset(
         key=key,
@@ -181,6 +190,7 @@ def build_deployment(lc: Lifecycle) -> dg.AssetsDefinition:
             r.model_registry,
             registered_model,
             training_set,
+            policy,
         )
         meta: dict[str, Any] = {
             "served_version": deployment.served_version,
@@ -208,6 +218,33 @@ def build_deployment(lc: Lifecycle) -> dg.AssetsDefinition:
     return _deployment
 
 
+def rollout_policy(lc: Lifecycle) -> "RolloutPolicy":
+    """The instance's ``rollout`` attributes as a :class:`RolloutPolicy` (defaults for keys
+    not given).
+
+    Raises:
+        CompositionError: an unknown key or a bad value, naming ``attributes.rollout.<key>``
+            of the instance's file.
+    """
+    from pydantic import ValidationError
+
+    from mlx_plugins.kernel.errors import CompositionError
+    from mlx_plugins.model_servers.rollout import RolloutPolicy
+
+    try:
+        return RolloutPolicy.model_validate(lc.spec.rollout)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CompositionError(
+            lc.source_file or lc.name,
+            "attributes.rollout" + (f".{where}" if where else ""),
+            first["msg"].removeprefix("Value error, "),
+            "use the keys steps, hold_requests, hold_seconds, max_step_seconds, rule "
+            "{max_error_rate, max_p99_ms, max_shed_rate, min_requests} (docs/serving.md)",
+        ) from None
+
+
 def deploy(
     context: dg.AssetExecutionContext,
     lc: Lifecycle,
@@ -216,8 +253,10 @@ def deploy(
     registry: ModelRegistry,
     version: ModelVersion,
     training_set: pl.DataFrame,
+    policy: "RolloutPolicy | None" = None,
 ) -> Deployment:
-    """Serve ``version`` (see the module doc); returns what serves afterwards.
+    """Serve ``version`` (see the module doc); returns what serves afterwards. ``policy``: the
+    canary rollout's (None: :class:`RolloutPolicy`'s defaults).
 
     Raises:
         mlx_plugins.model_servers.base.ServingError: the new version's server did not start
@@ -311,7 +350,9 @@ def deploy(
         # held-out rows; without any, the schema's example row (a body of no rows is a 422)
         bodies = _bodies(lc, training_set) or [{"rows": [example_row(package.request_schema)]}]
         controller = RolloutController(
-            router, on_event=lambda e: context.log.info(f"rollout: {e.event} {e.detail}")
+            router,
+            policy,
+            on_event=lambda e: context.log.info(f"rollout: {e.event} {e.detail}"),
         )
         with TrafficGenerator(router.url, bodies, threads=4, max_seconds=600):
             result = controller.run(stable, new)

@@ -18,7 +18,25 @@ from mlx_assets.serving.deployment import build_deployment
 from mlx_resources.platform import Platform
 from tests.serving.conftest import post, register
 
-pytestmark = pytest.mark.slow
+
+@pytest.mark.parametrize(
+    ("rollout", "key", "problem"),
+    [
+        ({"step": [50, 100]}, "attributes.rollout.step", "Extra inputs"),
+        ({"steps": [50, 10]}, "attributes.rollout", "increasing percentages"),
+        ({"rule": {"max_p99": 50}}, "attributes.rollout.rule.max_p99", "Extra inputs"),
+    ],
+)
+def test_a_bad_rollout_policy_is_refused_when_the_definitions_are_built(rollout, key, problem):
+    from mlx_plugins.kernel.errors import CompositionError
+
+    spec = SPEC.model_copy(update={"rollout": rollout})
+    lc = Lifecycle(spec, Platform(), serving=True, source_file="defs/tiny/defs.yaml")
+    with pytest.raises(CompositionError) as info:
+        build_deployment(lc)
+    assert info.value.key == key and problem in info.value.problem
+    assert "defs/tiny/defs.yaml" in str(info.value) and "rule {max_error_rate" in info.value.fix
+
 
 SPEC = LifecycleSpec.model_validate(
     {
@@ -26,6 +44,8 @@ SPEC = LifecycleSpec.model_validate(
         "data": {"source": "s", "start": "2024-01-01", "tables": [{"name": "t"}]},
         "features": {"numeric": ["x", "noise"], "categorical": ["cat"]},
         "target": {"column": "y", "kind": "binary"},
+        # the instance's own rollout policy reaches the controller: two steps, short holds
+        "rollout": {"steps": [50, 100], "hold_requests": 40},
     }
 )
 
@@ -44,6 +64,7 @@ def _stop_everything(home: Path, model: str = "tiny") -> None:
         NginxRouter.attach(folder / "router").stop()
 
 
+@pytest.mark.slow
 def test_deploy_then_canary_promote_then_unchanged(
     tmp_path, monkeypatch, tiny_registry, tiny_model, tiny_frames, bentoml_server
 ):
@@ -102,7 +123,7 @@ def test_deploy_then_canary_promote_then_unchanged(
         assert check.passed
         assert second.url == first.url  # the router stays; clients keep their URL
         assert second.served_version != label
-        assert second.rollout["steps_run"] == 3
+        assert second.rollout["steps_run"] == 2  # the instance's steps: [50, 100]
         status, body = post(second.url + "/predict", {"rows": [features.row(1, named=True)]})
         assert status == 200 and body["version"] == second.served_version
         servers = json.loads((home / "serving" / "tiny" / "servers.json").read_text())
