@@ -29,7 +29,7 @@ import re
 from typing import Any
 
 import yaml
-from yaml.constructor import ConstructorError
+from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
@@ -49,7 +49,7 @@ _CORE_TAGS = {
 }
 
 
-class _Yaml12Rules:
+class _Yaml12Rules(SafeConstructor):
     """The YAML 1.2 constructors and the repeated-key check, shared by both loaders below."""
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -67,7 +67,7 @@ class _Yaml12Rules:
                     key_node.start_mark,
                 )
             seen[key] = key_node
-        return super().construct_mapping(node, deep=deep)  # type: ignore[misc,no-any-return]
+        return super().construct_mapping(node, deep=deep)
 
     def construct_yaml12_bool(self, node: ScalarNode) -> bool:
         return str(self.construct_scalar(node)).lower() == "true"
@@ -97,7 +97,7 @@ _CSafeLoader: Any = getattr(yaml, "CSafeLoader", None)  # PyYAML built with liby
 _LOADERS: list[Any] = [Yaml12Loader]
 if _CSafeLoader is not None:
 
-    class _Yaml12CLoader(_Yaml12Rules, _CSafeLoader):  # type: ignore[misc,valid-type]
+    class _Yaml12CLoader(_Yaml12Rules, _CSafeLoader):  # type: ignore[misc]
         """The same rules over libyaml's parser (about 20x faster than PyYAML's pure-Python
         one: the code location parses mlx.yaml and every instance's defs.yaml at load)."""
 
