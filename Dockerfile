@@ -41,8 +41,9 @@ RUN pip install --no-cache-dir -e ".[${EXTRAS}]" \
     && python -c "import torch, dagster_postgres; print('torch', torch.__version__)"
 # The project's own bytecode (pip compiled site-packages; an editable install's sources are not,
 # and PYTHONDONTWRITEBYTECODE keeps the code server from caching them): without it every process
-# that loads the code location compiles MLX's modules first (~0.06x of `import dagster`).
-RUN python -m compileall -q mlx_plugins mlx_resources mlx_assets
+# that loads the code location first compiles MLX's modules (~0.12x of `import dagster`).
+# Checked by source hash, not mtime, so the copy into the runtime stage cannot make them stale.
+RUN python -m compileall -q --invalidation-mode checked-hash mlx_plugins mlx_resources mlx_assets
 
 # ---- runtime: no compilers, a non-root user ------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime
