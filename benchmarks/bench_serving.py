@@ -103,7 +103,9 @@ end
 
 
 # -- the models --------------------------------------------------------------------------------
-def build_package(home: Path, name: str, n_in: int, hidden: list[int], workers: int) -> Any:
+def build_package(
+    home: Path, name: str, n_in: int, hidden: list[int], workers: int, **config: Any
+) -> Any:
     """A random-weight ``local_torch`` MLP, registered and packaged by the bentoml plugin."""
     import torch
 
@@ -132,7 +134,9 @@ def build_package(home: Path, name: str, n_in: int, hidden: list[int], workers: 
         },
         lineage=ModelLineage(training_data_version=None, partitions=[]),
     )
-    server = BentoMLServer(home=str(home / "bentoml"), workers=workers, ready_timeout_s=180.0)
+    server = BentoMLServer(
+        home=str(home / "bentoml"), workers=workers, ready_timeout_s=180.0, **config
+    )
     return server, server.package(version, registry)
 
 
@@ -383,6 +387,12 @@ def main() -> None:
         choices=["stock", "mlx", "mlx-nolimit", "router", "router-shed", "fastapi"],
     )
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument(
+        "--max-inflight",
+        type=int,
+        default=None,
+        help="the MLX workers' max_inflight (default: the plugin's default)",
+    )
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: ./dev bench serving installs it (apt-get)")
@@ -406,7 +416,10 @@ def main() -> None:
     try:
         for model in args.models:
             n_in, hidden = MODELS[model]
-            server, package = build_package(home, model, n_in, hidden, args.workers)
+            config = {} if args.max_inflight is None else {"max_inflight": args.max_inflight}
+            server, package = build_package(home, model, n_in, hidden, args.workers, **config)
+            if model == args.models[0]:
+                print(f"MLX workers' max_inflight: {server.max_inflight}", flush=True)
             body = bodies(home, n_in)
             results[model] = {}
             for kind in args.servers:
