@@ -3,21 +3,22 @@ across the currents.
 
 :func:`numeric_stats_many` and :func:`categorical_stats_many` return, for each current, the
 dict that :func:`~mlx_plugins.drift_detectors.stats.numeric_stats_prepared` /
-:func:`~mlx_plugins.drift_detectors.stats.categorical_stats` return for it alone: the same keys,
-integers (KS gap, counts, distinct values, bins) and hence the KS statistic identical, the
-floating-point sums (means, standard deviations, Wasserstein, PSI, Jensen-Shannon, chi-square)
-summed in another order (within a few ulps, far inside 1e-12), the p-values from
-:mod:`~mlx_plugins.drift_detectors.pvalues` (scipy's arithmetic on arrays).
+:func:`~mlx_plugins.drift_detectors.stats.categorical_stats` return for it alone, bit for bit
+(``tests/drift/test_many.py``), and independent of which other currents share the batch.
 
-How: the currents of a column are concatenated once; missing values become +inf and each
-current's values are sorted in one call (a matrix of one row per current, padded with +inf,
-sorted along the rows); every per-value quantity of
-:func:`~mlx_plugins.drift_detectors.stats.ecdf_distances_blocks` (binary searches into the
-sorted reference, the quantile-block Wasserstein terms over its split prefix sums) is computed
-for all currents' values in one pass, and reduced per current along the padded rows. Bin counts
-are one ``bincount`` of (current, bin). Currents that are large against the reference (more
-than 1/:data:`~mlx_plugins.drift_detectors.stats.BLOCK_RATIO` of it) or empty go through the
-one-current function, so the result never depends on the batching.
+How: the currents of a column are concatenated once; missing values become +inf and the
+currents' values are sorted in one call (a matrix of one row per current, padded with +inf,
+sorted along the rows; currents grouped shortest first so the padding stays small); every
+per-value quantity of :func:`~mlx_plugins.drift_detectors.stats.ecdf_distances_blocks`
+(binary searches into the sorted reference, the quantile-block Wasserstein terms over its split
+prefix sums) is computed for all currents' values in one pass, in the same arithmetic. Sums
+per current run over exactly that current's values (rows of equal length summed together:
+numpy's pairwise sum depends on the length) or, for categories, over that current's own
+categories, so they round as the one-current code rounds. Bin counts are one ``bincount`` of
+(current, bin); KS p-values are collected (:class:`PValues`) and computed for all columns in
+one :func:`~mlx_plugins.drift_detectors.pvalues.ks_pvalues` call. Currents that are large
+against the reference (more than 1/:data:`~mlx_plugins.drift_detectors.stats.BLOCK_RATIO` of
+it) go through the one-current function.
 """
 
 from __future__ import annotations
@@ -112,6 +113,27 @@ def _row_sums(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _prefix_sums(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``[np.sum(values[i, :lengths[i]]) for i in rows]``, bit for bit: the rows of one length
+    summed together (numpy's pairwise sum depends on the length summed, so padding a row with
+    zeros would change the last bits, and with them a day's result with its batch)."""
+    out = np.empty(len(values))
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        out[rows] = np.add.reduce(values[rows, :length], axis=1)
+    return out
+
+
+def _masked_sums(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``[np.sum(values[i][keep[i]]) for i in rows]``: each row summed over its kept entries
+    only, as the one-current functions sum them."""
+    return np.fromiter(
+        (np.add.reduce(row[mask]) for row, mask in zip(values, keep, strict=True)),
+        np.float64,
+        len(values),
+    )
+
+
 def numeric_stats_many(
     reference: st.NumericReference,
     currents: Sequence[pl.Series],
@@ -135,16 +157,11 @@ def numeric_stats_many(
         return []
     xs = reference.values
     n = len(xs)
-    rows, counts = sorted_rows(currents)
-    batched = (counts > 0) & (counts * st.BLOCK_RATIO <= n) if n else np.zeros(len(counts), bool)
-    empty = counts == 0
-    if empty.any():
-        # numeric_stats_prepared of an empty current, without its pass over the reference
-        n_unique = st._n_unique(xs)
-        for i in np.flatnonzero(empty):
-            values = st._numeric_values(reference.mean, reference.std, 0.0, 0.0, n_unique=n_unique)
-            out[i] = (values, n, 0)
-    for i in np.flatnonzero(~batched & ~empty):
+    lengths = np.fromiter((len(c) for c in currents), np.int64, len(currents))
+    # a current longer than 1/BLOCK_RATIO of the reference (or any, against an empty one) is
+    # merged by numeric_stats_prepared; it would make the same choice from its finite count
+    small = (lengths * st.BLOCK_RATIO <= n) if n else np.zeros(len(currents), dtype=bool)
+    for i in np.flatnonzero(~small):
         out[i] = st.numeric_stats_prepared(
             reference,
             currents[i],
@@ -153,8 +170,57 @@ def numeric_stats_many(
             ks_method=ks_method,
             workspace=workspace,
         )
-    idx = np.flatnonzero(batched)
     sink = PValues(ks_method) if pvalues is None else pvalues
+    # shortest first, in groups whose padded matrix of sorted rows stays below _SORT_VALUES
+    order = np.flatnonzero(small)
+    order = order[np.argsort(lengths[order], kind="stable")]
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and (stop + 1 - start) * lengths[order[stop]] <= _SORT_VALUES:
+            stop += 1
+        group = order[start:stop]
+        _numeric_group(
+            reference,
+            [currents[i] for i in group],
+            group,
+            out,
+            psi_epsilon,
+            wasserstein_min_std,
+            sink,
+        )
+        start = stop
+    if pvalues is None:
+        sink.resolve()
+    return [o for o in out if o is not None]
+
+
+_SORT_VALUES = 1 << 22
+"""Padded values per row-sorted group of currents (32 MiB of float64)."""
+
+
+def _numeric_group(
+    reference: st.NumericReference,
+    currents: list[pl.Series],
+    where: np.ndarray,
+    out: list[tuple[dict[str, float], int, int] | None],
+    psi_epsilon: float,
+    wasserstein_min_std: float,
+    sink: PValues,
+) -> None:
+    """The small currents ``currents`` (positions ``where`` in ``out``): empty ones as
+    ``numeric_stats_prepared`` reports them, the others by :func:`_numeric_batch`."""
+    xs = reference.values
+    n = len(xs)
+    rows, counts = sorted_rows(currents)
+    empty = counts == 0
+    if empty.any():
+        # numeric_stats_prepared of an empty current, without its pass over the reference
+        n_unique = st._n_unique(xs)
+        for i in np.flatnonzero(empty):
+            values = st._numeric_values(reference.mean, reference.std, 0.0, 0.0, n_unique=n_unique)
+            out[where[i]] = (values, n, 0)
+    idx = np.flatnonzero(~empty)
     # a chunk of currents at a time, so the ~60 temporary arrays stay in cache
     cum = np.cumsum(counts[idx])
     start = 0
@@ -166,16 +232,13 @@ def numeric_stats_many(
             reference,
             rows[part, : int(counts[part].max())],
             counts[part],
-            part,
+            where[part],
             out,
             psi_epsilon,
             wasserstein_min_std,
             sink,
         )
         start = stop
-    if pvalues is None:
-        sink.resolve()
-    return [o for o in out if o is not None]
 
 
 _CHUNK_VALUES = 1 << 15
@@ -206,10 +269,10 @@ def _numeric_batch(
     mf = ms.astype(np.float64)
     # -- means and population standard deviations, per row ------------------------------------
     padded = np.where(valid, rows, 0.0)
-    cur_mean = _row_sums(padded) / mf
+    cur_mean = _prefix_sums(padded, ms) / mf
     dev = np.where(valid, rows - cur_mean[:, None], 0.0)
     dev *= dev
-    cur_std = np.sqrt(_row_sums(dev) / mf)
+    cur_std = np.sqrt(_prefix_sums(dev, ms) / mf)
     # -- KS gap and distinct values (ecdf_distances_blocks, every day at once) ----------------
     rx = np.searchsorted(xs, ys, side="right")
     last = np.ones(len(ys), dtype=bool)
@@ -261,7 +324,7 @@ def _numeric_batch(
     blocks = np.zeros((days, width))
     blocks[valid] = total
     nm = float(n) * mf
-    wasserstein = _row_sums(blocks) / nm
+    wasserstein = _prefix_sums(blocks, ms) / nm
     ks_statistic = max_gap / nm
     # -- bins fixed on the reference -------------------------------------------------------------
     edges = reference.edges
@@ -303,22 +366,35 @@ def _numeric_batch(
     pvalues.add(max_gap, n, ms, targets)
 
 
-def psi_rows(ref_counts: np.ndarray, cur_counts: np.ndarray, epsilon: float) -> np.ndarray:
+def _sums(values: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    return _row_sums(values) if keep is None else _masked_sums(values, keep)
+
+
+def psi_rows(
+    ref_counts: np.ndarray,
+    cur_counts: np.ndarray,
+    epsilon: float,
+    keep: np.ndarray | None = None,
+) -> np.ndarray:
     """:func:`~mlx_plugins.drift_detectors.stats.psi` of ``ref_counts`` (K,) against each row
-    of ``cur_counts`` (D, K); 0.0 where either side is empty."""
+    of ``cur_counts`` (D, K), summed over each row's ``keep`` entries (default: all); 0.0 where
+    either side is empty."""
     ref_total, cur_total = ref_counts.sum(), cur_counts.sum(axis=1)
     if ref_total == 0:
         return np.zeros(len(cur_counts))
     p = np.maximum(ref_counts / ref_total, epsilon)
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.maximum(cur_counts / cur_total[:, None], epsilon)
-        out = _row_sums((q - p) * np.log(q / p))
+        out = _sums((q - p) * np.log(q / p), keep)
     return np.where(cur_total > 0, out, 0.0)
 
 
-def jensenshannon_rows(ref_counts: np.ndarray, cur_counts: np.ndarray) -> np.ndarray:
-    """:func:`~mlx_plugins.drift_detectors.stats.jensenshannon` of ``ref_counts`` (K,) or
-    (D, K) against each row of ``cur_counts`` (D, K); 0.0 where either side is empty."""
+def jensenshannon_rows(
+    ref_counts: np.ndarray, cur_counts: np.ndarray, keep: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`~mlx_plugins.drift_detectors.stats.jensenshannon` of ``ref_counts`` (K,)
+    against each row of ``cur_counts`` (D, K), summed over each row's ``keep`` entries
+    (default: all); 0.0 where either side is empty."""
     ref_total = np.asarray(ref_counts.sum(axis=-1))
     cur_total = cur_counts.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -327,7 +403,7 @@ def jensenshannon_rows(ref_counts: np.ndarray, cur_counts: np.ndarray) -> np.nda
         mid = (p + q) / 2.0
         left = np.where(p > 0, p * np.log(p / mid), 0.0)
         right = np.where(q > 0, q * np.log(q / mid), 0.0)
-    js = (_row_sums(np.broadcast_to(left, right.shape)) + _row_sums(right)) / 2.0
+    js = (_sums(np.broadcast_to(left, right.shape), keep) + _sums(right, keep)) / 2.0
     out = np.sqrt(np.maximum(js, 0.0))
     return np.where((cur_total > 0) & (ref_total > 0), out, 0.0)
 
@@ -365,8 +441,9 @@ def categorical_stats_many(
     ref_counts: np.ndarray, cur_counts: np.ndarray, *, psi_epsilon: float = 1e-4
 ) -> list[dict[str, float]]:
     """``[stats.categorical_stats(ref_counts, row, psi_epsilon=...) for row in cur_counts]``
-    for one reference (K,) and D currents (D, K) over the same categories, vectorised (sums in
-    another order: equal to a few ulps)."""
+    for one reference (K,) and D currents (D, K) over the same categories, vectorised; each
+    row's sums run over its own categories (those seen in the reference or that current), in
+    their order, as ``categorical_stats`` sums them: the same bits."""
     ref = ref_counts.astype(np.float64)
     cur = cur_counts.astype(np.float64)
     keep = (ref_counts[None, :] + cur_counts) > 0
@@ -382,20 +459,20 @@ def categorical_stats_many(
         eb = rb[:, None] * col / total[:, None]
         terms_a = np.where(keep, (ref[None, :] - ea) ** 2 / ea, 0.0)
         terms_b = np.where(keep, (cur - eb) ** 2 / eb, 0.0)
-        chi2 = _row_sums(terms_a) + _row_sums(terms_b)
+        chi2 = _masked_sums(terms_a, keep) + _masked_sums(terms_b, keep)
         # goodness of fit (chi2_goodness_of_fit / gof_expected), over the kept categories
         kept_ref = np.where(keep, ref[None, :], 0.0)
-        kept_total = _row_sums(kept_ref)
+        kept_total = _masked_sums(kept_ref, keep)
         shares = np.where(keep, np.maximum(kept_ref / kept_total[:, None], psi_epsilon), 0.0)
-        expected = shares / _row_sums(shares)[:, None] * rb[:, None]
-        gof = _row_sums(np.where(keep, (cur - expected) ** 2 / expected, 0.0))
+        expected = shares / _masked_sums(shares, keep)[:, None] * rb[:, None]
+        gof = _masked_sums(np.where(keep, (cur - expected) ** 2 / expected, 0.0), keep)
     chi2 = np.where(ok, chi2, 0.0)
     gof = np.where(ok, gof, 0.0)
     dof_ok = np.where(ok, dof, 0)
     chi2_p = np.where(ok, chi2_sf(chi2, np.maximum(dof_ok, 1)), 1.0)
     gof_p = np.where(ok, chi2_sf(gof, np.maximum(dof_ok, 1)), 1.0)
-    psi_values = psi_rows(ref_counts, cur_counts, psi_epsilon)
-    js_values = jensenshannon_rows(ref_counts, cur_counts)
+    psi_values = psi_rows(ref_counts, cur_counts, psi_epsilon, keep)
+    js_values = jensenshannon_rows(ref_counts, cur_counts, keep)
     new = (ref_counts[None, :] == 0) & (cur_counts > 0)
     new_rows = np.where(new, cur_counts, 0).sum(axis=1)
     cur_total = cur_counts.sum(axis=1)
