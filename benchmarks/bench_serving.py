@@ -368,8 +368,8 @@ def profile(pid: int, url: str, body: Path, script: Path, out: Path) -> dict[str
     total = sum(counts.values()) or 1
     shares = {k: v / total for k, v in counts.most_common()}
     shares["_ok_rps"] = result["ok_rps"]
-    for leaf, n in leaves.most_common(12):
-        shares[f"  leaf: {leaf[:90]}"] = n / total
+    for leaf, samples in leaves.most_common(12):
+        shares[f"  leaf: {leaf[:90]}"] = samples / total
     return shares
 
 
