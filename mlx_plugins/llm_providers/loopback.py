@@ -22,8 +22,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
+
+from mlx_plugins.kernel.loopback_http import LoopbackHTTPServer
 
 Wire = Literal["openai", "anthropic"]
 FaultKind = Literal[
@@ -57,7 +59,7 @@ def default_answer(prompt: str) -> str:
     return "answer to: " + " ".join(prompt.split()[:12])
 
 
-class LoopbackLLMServer:
+class LoopbackLLMServer(LoopbackHTTPServer):
     """One server on 127.0.0.1 (an ephemeral port) in a background thread.
 
     Attributes:
@@ -77,6 +79,8 @@ class LoopbackLLMServer:
         api_key: str | None = None,
         models: tuple[str, ...] = ("loopback-model",),
     ) -> None:
+        super().__init__()
+        self.poll_interval_s = 0.02
         self.wire = wire
         self.api_key = api_key
         self.models = models
@@ -89,49 +93,13 @@ class LoopbackLLMServer:
         self.auth_headers: list[str] = []
         self.served = 0
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- lifecycle ------------------------------------------------------------------------
-    def start(self) -> LoopbackLLMServer:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def do_POST(self) -> None:
-                server._handle(self)
-
-            def do_GET(self) -> None:
-                server._handle_get(self)
-
-        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> LoopbackLLMServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None, "start the server first"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+    # -- one request (LoopbackHTTPServer hands each here) ----------------------------------
+    def _dispatch(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        if method == "GET":
+            self._handle_get(h)
+        else:
+            self._handle(h)
 
     @property
     def base_url(self) -> str:
@@ -378,24 +346,6 @@ class LoopbackLLMServer:
         h.send_header("content-length", str(len(data)))
         h.end_headers()
         h.wfile.write(data)
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """Clients that hang up (timeouts, cancelled hedges, closed keep-alives) are normal here.
-
-    The listen backlog is 128, not ``socketserver``'s 5: a batch opening a few dozen
-    connections at once would otherwise overflow it, and the kernel drops the extra SYNs,
-    which the client resends only after 1 s, then 3 s (a delay that is the test server's, not
-    the group's).
-    """
-
-    request_queue_size = 128
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
 
 
 def _prompt_of(body: dict[str, Any]) -> str:

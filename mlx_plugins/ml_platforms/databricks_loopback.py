@@ -50,10 +50,12 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from mlx_plugins.kernel.loopback_http import LoopbackHTTPServer
 
 FUSE_ROOT_ENV = "MLX_DBFS_FUSE_ROOT"
 """Where the task process finds DBFS mounted (``/dbfs`` on a Databricks cluster)."""
@@ -111,7 +113,7 @@ class LoopbackRun:
         return ""
 
 
-class LoopbackDatabricks:
+class LoopbackDatabricks(LoopbackHTTPServer):
     """One server on 127.0.0.1 (an ephemeral port) in a background thread.
 
     Parameters
@@ -153,6 +155,7 @@ class LoopbackDatabricks:
         max_run_s: float = 600.0,
         python: str = sys.executable,
     ) -> None:
+        super().__init__()
         self.token = token
         self._own_root = dbfs_root is None
         self.dbfs_root = Path(dbfs_root or tempfile.mkdtemp(prefix="mlx-dbfs-")).resolve()
@@ -168,37 +171,12 @@ class LoopbackDatabricks:
         self._handles: dict[int, tuple[Path, Path]] = {}
         self._next_id = 1000
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
         self._work = Path(tempfile.mkdtemp(prefix="mlx-dbx-cluster-"))
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self) -> LoopbackDatabricks:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:
-                server._dispatch(self, "GET")
-
-            def do_POST(self) -> None:
-                server._dispatch(self, "POST")
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
     def stop(self) -> None:
         """Stop serving, kill every task process still running, remove temporary folders."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        super().stop()
         for run in list(self.runs.values()):
             _kill(run.process)
         for run in list(self.runs.values()):
@@ -208,18 +186,6 @@ class LoopbackDatabricks:
         shutil.rmtree(self._work, ignore_errors=True)
         if self._own_root:
             shutil.rmtree(self.dbfs_root, ignore_errors=True)
-
-    def __enter__(self) -> LoopbackDatabricks:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None, "start the server first"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     # -- test hooks -------------------------------------------------------------------------
     def forget_run(self, run_id: int) -> None:
