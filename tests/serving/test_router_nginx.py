@@ -225,6 +225,7 @@ def test_once_apply_returns_every_new_request_follows_the_new_table(
     assert [o for o in outcomes if o.status != 200] == []
     router.stop()
 
+
 @needs_nginx
 def test_refused_config_names_file_and_line_and_keeps_routing(
     backends: tuple[_Backend, _Backend], router_dir: Path
