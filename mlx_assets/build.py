@@ -121,10 +121,10 @@ def config_fingerprints(composition: Composition, lc: Lifecycle) -> dict[dg.Asse
     ``features`` and ``target`` -> the features; the window -> ``training_set``; the
     ``ml_platform`` plugin, its config and the instance's ``ml_platform`` -> ``model``; the gate ->
     ``model_evaluation``; the registry and the instance's name -> ``registered_model``; the
-    drift detector and the severity rule (``warn_share``, ``retrain_on_dataset_drift``) ->
-    ``feature_drift``. Settings that only steer the sensor or schedule (cooldown, cron) are
-    left out. A drift-triggered retraining moves the window through run config, not here, so it
-    does not make the configured window look stale.
+    drift detector and the severity rule (``warn_share``, ``retrain_on_dataset_drift``,
+    ``min_rows`` when set) -> ``feature_drift``. Settings that only steer the sensor or schedule
+    (cooldown, cron) are left out. A drift-triggered retraining moves the window through run
+    config, not here, so it does not make the configured window look stale.
     """
 
     def plugins(kind: str, name: str | None = None) -> list[list[Any]]:
@@ -139,6 +139,8 @@ def config_fingerprints(composition: Composition, lc: Lifecycle) -> dict[dg.Asse
         [plugins("data_source", spec.data.source), spec.data.model_dump(mode="json")]
     )
     drift_rule = lc.drift.model_dump(include={"warn_share", "retrain_on_dataset_drift"})
+    if lc.drift.min_rows:  # 0 (off) leaves the versions of homes made before min_rows existed
+        drift_rule["min_rows"] = lc.drift.min_rows
     out = {key: source for key in lc.raw_keys.values()}
     out.update(
         {

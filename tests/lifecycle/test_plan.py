@@ -247,3 +247,6 @@ def test_sensor_only_settings_change_nothing_and_source_config_changes_the_raw_t
     scale = load_composition(environ={"MLX__PLUGINS__DATA_SOURCE__0__CONFIG__SCALE": "2.0"})
     changed = {k for k, v in prints(scale).items() if prints(base)[k] != v}
     assert changed == {"raw_flights", "raw_weather", "planes"}
+    # the drift rule's min_rows makes feature_drift stale (and only it)
+    min_rows = load_composition(environ={"MLX__SETTINGS__DRIFT__MIN_ROWS": "50"})
+    assert {k for k, v in prints(min_rows).items() if prints(base)[k] != v} == {"feature_drift"}
