@@ -1,7 +1,7 @@
 """Code-location load time: importing the definitions module (and resolving its asset graph) in a
 fresh process, as a ratio to ``python -c "import dagster"`` measured in the same run.
 
-    ./dev bench load_time [--repeats 9] [--breakdown]
+    ./dev bench load_time [--repeats 9] [--breakdown] [--before OTHER_CHECKOUT]
 
 Goal (issues #10, #15): under 1.2x with every plugin installed and the two lifecycle instances
 of ``mlx_assets/defs`` (flight_delay, seattle_weather).
@@ -18,12 +18,12 @@ How it measures, so that a shared, loaded machine still gives a usable ratio:
   first import; site-packages were compiled by pip): with ``PYTHONDONTWRITEBYTECODE=1`` in the
   environment (this machine's shells, the Dockerfile) they would otherwise be compiled from
   source in every process, which ``import dagster`` never pays;
-- ``import dagster, polars`` is timed too: the asset functions' inputs and outputs are typed
-  ``polars.DataFrame`` / ``LazyFrame`` (Dagster resolves those annotations into the ops' types
-  when the assets are defined), so polars is part of what the definitions need;
+- ``--before`` times another checkout's code location alternately with this one's (run from that
+  folder, so its modules shadow this editable install's), for a before/after under one load;
 - ``--breakdown`` times each stage's CPU in-process (median over fresh processes): import dagster,
-  import polars, the MLX modules, the composition, the definitions, the asset graph (with the
-  garbage collector paused after ``import dagster``, as the definitions module loads).
+  the MLX modules, the composition, the definitions, the asset graph (with the garbage collector
+  paused after ``import dagster``, as the definitions module loads); it fails if polars was
+  imported (the definitions load without it: ``mlx_resources/io_managers/frames.py``).
 """
 
 from __future__ import annotations
@@ -43,17 +43,14 @@ from _common import load, machine, median, row
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("mlx_assets", "mlx_resources", "mlx_plugins")
 BASELINE = "import dagster"
-FLOOR = "import dagster, polars"
 OURS = "import mlx_assets.definitions as d; d.defs.resolve_asset_graph()"
 
 STAGES = r"""
-import atexit, gc, json, time
+import atexit, gc, json, sys, time
 t = [time.process_time()]
 import dagster
 t.append(time.process_time())
 gc.disable()  # as mlx_assets/definitions.py does after import dagster
-import polars
-t.append(time.process_time())
 import mlx_assets.build, mlx_plugins.kernel.composition as c
 t.append(time.process_time())
 comp = c.load_composition()
@@ -62,11 +59,11 @@ defs = mlx_assets.build.build_definitions(comp)
 t.append(time.process_time())
 defs.resolve_asset_graph()
 t.append(time.process_time())
+assert "polars" not in sys.modules, "loading the definitions imported polars"
 atexit.register(print, json.dumps([b - a for a, b in zip(t, t[1:])]))  # after timed()'s line
 """
 STAGE_NAMES = (
     "import dagster",
-    "import polars",
     "import MLX modules (build, composition)",
     "load_composition() (plugins imported)",
     "build_definitions() (assets, resources)",
@@ -74,7 +71,7 @@ STAGE_NAMES = (
 )
 
 
-def timed(code: str) -> tuple[float, float, str]:
+def timed(code: str, cwd: Path = REPO) -> tuple[float, float, str]:
     """(wall s, CPU s, stdout) of loading ``code`` in a fresh interpreter, up to the moment it
     is loaded (what a code server waits for), not its exit: interpreter start-up counts,
     tear-down (which frees the whole heap) does not. CPU is the child's own ``process_time()``
@@ -82,7 +79,7 @@ def timed(code: str) -> tuple[float, float, str]:
     start = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-c", f"{code}\nimport time; print(time.process_time(), flush=True)"],
-        cwd=REPO,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -95,27 +92,36 @@ def timed(code: str) -> tuple[float, float, str]:
     return wall, float(first), rest
 
 
-def compile_project() -> None:
+def compile_project(root: Path = REPO) -> None:
     """Byte-compile the project's packages into ``__pycache__`` (git-ignored)."""
     for pkg in PACKAGES:
-        compileall.compile_dir(str(REPO / pkg), quiet=1)
+        compileall.compile_dir(str(root / pkg), quiet=1)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--breakdown", action="store_true", help="time each stage in-process")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout of the project (e.g. `git worktree add /tmp/before <commit>`): "
+        "its code location is timed alternately with this one's, as 'before'",
+    )
     args = ap.parse_args()
     compile_project()
-    codes = {"import dagster (baseline)": BASELINE, "import dagster, polars": FLOOR}
-    codes["import mlx_assets.definitions"] = OURS
-    for code in codes.values():  # warm the OS file cache for each
-        timed(code)
+    codes = {"import dagster (baseline)": (BASELINE, REPO)}
+    if args.before:
+        compile_project(args.before)
+        codes[f"before ({args.before})"] = (OURS, args.before)
+    codes["import mlx_assets.definitions"] = (OURS, REPO)
+    for code, cwd in codes.values():  # warm the OS file cache for each
+        timed(code, cwd)
     walls: dict[str, list[float]] = {k: [] for k in codes}
     cpus: dict[str, list[float]] = {k: [] for k in codes}
     for _ in range(args.repeats):
-        for name, code in codes.items():
-            wall, cpu, _out = timed(code)
+        for name, (code, cwd) in codes.items():
+            wall, cpu, _out = timed(code, cwd)
             walls[name].append(wall)
             cpus[name].append(cpu)
     base_wall = median(walls["import dagster (baseline)"])

@@ -3,7 +3,6 @@
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from mlx_assets.component.spec import GateSpec, Lifecycle
@@ -14,9 +13,11 @@ from mlx_assets.training.target import encode_target
 from mlx_assets.training.training_set import SPLIT
 from mlx_assets.versioning import code_version
 from mlx_plugins.ml_platforms.base import MLPlatform, TrainedModel
+from mlx_resources.io_managers.frames import DataFrame
 
 if TYPE_CHECKING:
     import numpy as np
+    import polars as pl
 
 
 class SliceMetrics(BaseModel):
@@ -64,7 +65,7 @@ class Evaluation(BaseModel):
 
 def evaluate(
     y: "np.ndarray", p: "np.ndarray", carriers: "np.ndarray", base_rate: float
-) -> "Evaluation":
+) -> Evaluation:
     import numpy as np
 
     bins, ece = calibration(y, p)
@@ -146,9 +147,10 @@ def gate_result(gate: GateSpec, values: dict[str, float]) -> tuple[bool, dict[st
 
 
 def _evaluate_task(
-    lc: Lifecycle, ml_platform: MLPlatform, model: TrainedModel, training_set: pl.DataFrame
+    lc: Lifecycle, ml_platform: MLPlatform, model: TrainedModel, training_set: "pl.DataFrame"
 ) -> TaskEvaluation:
     import numpy as np
+    import polars as pl
 
     from mlx_assets.evaluation.metrics import task_metrics
 
@@ -216,7 +218,7 @@ def build_evaluation(lc: Lifecycle) -> dg.AssetsDefinition:
         + ", and its quality gate.",
     )
     def _evaluation(
-        context: dg.AssetExecutionContext, model: TrainedModel, training_set: pl.DataFrame
+        context: dg.AssetExecutionContext, model: TrainedModel, training_set: DataFrame
     ):
         ml_platform: MLPlatform = getattr(context.resources, platform_key)
         ev: Evaluation | TaskEvaluation
@@ -256,9 +258,10 @@ def build_evaluation(lc: Lifecycle) -> dg.AssetsDefinition:
 
 
 def _evaluate_binary(
-    lc: Lifecycle, ml_platform: MLPlatform, model: TrainedModel, training_set: pl.DataFrame
+    lc: Lifecycle, ml_platform: MLPlatform, model: TrainedModel, training_set: "pl.DataFrame"
 ) -> Evaluation:
     import numpy as np
+    import polars as pl
 
     target = lc.spec.target.column
     encoded = encode_target(lc, training_set)

@@ -10,21 +10,25 @@ declared columns before it is stored.
 import importlib
 import importlib.util
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import polars as pl
 
 from mlx_assets.component.spec import Lifecycle
 from mlx_assets.ingest.check_guard import describe_failed, failed_check_partitions
 from mlx_assets.partitions import SINGLE_RUN
 from mlx_assets.versioning import code_version
+from mlx_resources.io_managers.frames import DataFrame
+
+if TYPE_CHECKING:
+    import polars as pl
+
 
 SOURCE_CHECKS = ("schema_matches_source", "no_null_keys")
 """The blocking checks of the daily inputs: a day whose newest evaluation failed is not used."""
 
 
-def load_function(lc: Lifecycle) -> Callable[..., pl.DataFrame] | None:
+def load_function(lc: Lifecycle) -> "Callable[..., pl.DataFrame] | None":
     """The instance's feature function, imported; None when it declares none.
 
     Raises:
@@ -48,8 +52,10 @@ def load_function(lc: Lifecycle) -> Callable[..., pl.DataFrame] | None:
 
 
 def build_frame(
-    lc: Lifecycle, tables: dict[str, pl.DataFrame], context: dg.AssetExecutionContext | None = None
-) -> pl.DataFrame:
+    lc: Lifecycle,
+    tables: "dict[str, pl.DataFrame]",
+    context: dg.AssetExecutionContext | None = None,
+) -> "pl.DataFrame":
     """The feature frame of ``tables`` (table name -> frame): the function's output, or the first
     partitioned table; then checked by :func:`check_frame`.
 
@@ -60,6 +66,8 @@ def build_frame(
         dg.Failure: the function cannot be imported, returns no polars frame, or (sandboxed)
             hits a limit: the message names the limit, its value and the YAML key to raise.
     """
+    import polars as pl
+
     if lc.spec.features.function is None:
         out = tables[lc.spec.data.daily[0].name]
     elif lc.spec.features.sandbox is not None:  # its module is imported in the child only
@@ -78,8 +86,8 @@ def build_frame(
 
 
 def _sandboxed(
-    lc: Lifecycle, tables: dict[str, pl.DataFrame], context: dg.AssetExecutionContext | None
-) -> pl.DataFrame:
+    lc: Lifecycle, tables: "dict[str, pl.DataFrame]", context: dg.AssetExecutionContext | None
+) -> "pl.DataFrame":
     from mlx_resources.sandbox import SandboxLimitError, run_function
 
     spec, target = lc.spec.features.sandbox, lc.spec.features.function
@@ -93,7 +101,7 @@ def _sandboxed(
         raise dg.Failure(str(exc), allow_retries=False) from None
 
 
-def check_frame(lc: Lifecycle, df: pl.DataFrame) -> pl.DataFrame:
+def check_frame(lc: Lifecycle, df: "pl.DataFrame") -> "pl.DataFrame":
     """``df`` restricted to the time column, the features and the target, in that order, and
     to the rows that have a target and a date (numeric features cast to Float64, categorical
     ones to String).
@@ -102,6 +110,8 @@ def check_frame(lc: Lifecycle, df: pl.DataFrame) -> pl.DataFrame:
         dg.Failure: a declared column is missing, or a numeric feature is not numeric; the
             message names the columns, the dtypes found and the YAML keys to fix.
     """
+    import polars as pl
+
     spec = lc.spec
     time_col, target = spec.data.time_column, spec.target.column
     wanted = [time_col, *spec.features.columns, target]
@@ -209,7 +219,9 @@ def build_features_asset(lc: Lifecycle) -> dg.AssetsDefinition:
         + (f", computed by {spec.features.function}" if spec.features.function else "")
         + ".",
     )
-    def _features(context: dg.AssetExecutionContext, **inputs: Any) -> dg.Output[pl.DataFrame]:
+    def _features(context: dg.AssetExecutionContext, **inputs: Any) -> dg.Output[DataFrame]:
+        import polars as pl
+
         refuse_failed_inputs(context, lc)
         tables = {name.removeprefix("in_"): frame for name, frame in inputs.items()}
         df = build_frame(lc, tables, context)

@@ -3,7 +3,13 @@ than 15 minutes late). ``mlx_assets/defs/flight_delay/defs.yaml`` names it as
 ``features.function``; the generic features asset (``mlx_assets.features.features``) calls it
 with one frame per table of the instance's data source."""
 
-import polars as pl
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import polars as pl
+
 
 DELAY_MINUTES = 15
 TARGET = "delayed"
@@ -53,6 +59,8 @@ def build_features(
 
     Pure polars, so the benchmark's plain script calls exactly this.
     """
+    import polars as pl
+
     # Cancelled and diverted flights have no arrival delay; they are not labelled.
     labelled = flights.filter(pl.col("arr_delay").is_not_null())
     wx = weather.select("origin", "time_hour", *WEATHER_FEATURES).unique(

@@ -7,15 +7,20 @@ are returned: a failed blocking check stores nothing.
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import polars as pl
 
 from mlx_assets.component.spec import Lifecycle, TableSpec
 from mlx_assets.ingest.source_errors import read_or_fail
 from mlx_assets.partitions import SINGLE_RUN
 from mlx_assets.versioning import code_version
 from mlx_plugins.data_sources.base import DataSource
+from mlx_resources.io_managers.frames import DataFrame
+
+if TYPE_CHECKING:
+    import polars as pl
+
 
 CODE_VERSION = code_version(__file__)
 SOURCE_RETRY = dg.RetryPolicy(
@@ -48,10 +53,12 @@ def _checks(asset: dg.AssetKey, keys: tuple[str, ...]) -> list[dg.AssetCheckSpec
 
 
 def _null_keys_by_day(
-    df: pl.DataFrame, key_cols: tuple[str, ...]
+    df: "pl.DataFrame", key_cols: tuple[str, ...]
 ) -> tuple[int, dict[str, dict[str, int]]]:
     """``(rows without a date, {day: {key column: null count}})`` for the key columns; the
     first of ``key_cols`` is the time column."""
+    import polars as pl
+
     date_col = key_cols[0]
     keys = [c for c in key_cols[1:] if c in df.columns]
     if date_col not in df.columns:
@@ -84,8 +91,8 @@ def _describe_days(per_day: dict[str, dict[str, int]], limit: int = 10) -> str:
 def validate_source_frame(
     context: dg.AssetExecutionContext,
     asset: dg.AssetKey,
-    df: pl.DataFrame,
-    expected: dict[str, pl.DataType],
+    df: "pl.DataFrame",
+    expected: "dict[str, pl.DataType]",
     source: str,
     key_cols: tuple[str, ...],
     table: str,
@@ -97,6 +104,8 @@ def validate_source_frame(
     the fix. Rows without a date belong to no day: that is a source error, and the fix says
     so (dropping rows would hide it).
     """
+    import polars as pl
+
     actual = dict(df.schema)
     diff = {
         c: f"{actual.get(c)} != {expected.get(c)}"
@@ -173,7 +182,9 @@ def _source_label(lc: Lifecycle, plugin: DataSource) -> str:
 
 def _read_window(
     context: dg.AssetExecutionContext, lc: Lifecycle, table: TableSpec
-) -> Iterator[dg.Output[pl.DataFrame] | dg.AssetCheckResult]:
+) -> "Iterator[dg.Output[pl.DataFrame] | dg.AssetCheckResult]":
+    import polars as pl
+
     plugin: DataSource = getattr(context.resources, lc.spec.data.source)
     asset = lc.raw_keys[table.name]
     window = context.partition_time_window
@@ -279,7 +290,7 @@ def _reference_asset(lc: Lifecycle, table: TableSpec) -> dg.AssetsDefinition:
         or f"Table {table.name!r} of data source {lc.spec.data.source!r} (reference table).",
         required_resource_keys={lc.spec.data.source},
     )
-    def _reference(context: dg.AssetExecutionContext) -> pl.DataFrame:
+    def _reference(context: dg.AssetExecutionContext) -> DataFrame:
         plugin: DataSource = getattr(context.resources, lc.spec.data.source)
         return read_or_fail(
             lambda: plugin.read(table.name),

@@ -1,7 +1,8 @@
 """Drift of each day's features against the current model's training rows (its reference)."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
-import polars as pl
 
 from mlx_assets.component.spec import Lifecycle
 from mlx_assets.features.flight_features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
@@ -12,7 +13,12 @@ from mlx_assets.training.training_set import SPLIT
 from mlx_assets.versioning import code_version
 from mlx_plugins.drift_detectors.base import DriftDetector, DriftReport
 from mlx_resources.atomic import atomic_write_text
+from mlx_resources.io_managers.frames import DataFrame
 from mlx_resources.platform import Platform
+
+if TYPE_CHECKING:
+    import polars as pl
+
 
 # The flights instance's monitored columns (its defs.yaml lists the calendar features under
 # features.not_monitored): calendar features are functions of the date, so one day against months
@@ -24,8 +30,10 @@ FEATURES = [*MONITORED_NUMERIC, *MONITORED_CATEGORICAL]
 DRIFT_ASSET = "feature_drift"
 
 
-def report_rows(day: str, report: DriftReport, level: str) -> pl.DataFrame:
+def report_rows(day: str, report: DriftReport, level: str) -> "pl.DataFrame":
     """One row per monitored column of ``day``'s report (``date`` is a polars Date)."""
+    import polars as pl
+
     return pl.DataFrame(
         {
             "date": [day] * len(report.columns),
@@ -85,13 +93,15 @@ def build_feature_drift(lc: Lifecycle) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext,
         platform: Platform,
         drift_detector: DriftDetector,
-        features: pl.DataFrame,
-        training_set: pl.DataFrame,
-    ) -> dg.Output[pl.DataFrame]:
+        features: DataFrame,
+        training_set: DataFrame,
+    ) -> dg.Output[DataFrame]:
         """One row per (day, monitored column); per-partition metadata is a
         ``DriftObservation``. Every partition of a multi-day run gets its own metadata
         (``context.add_asset_metadata`` with ``partition_key``) and, through the IO manager,
         its own data version (content hash)."""
+        import polars as pl
+
         from mlx_plugins.drift_detectors.report import render_html, render_markdown
 
         reference = training_set.filter(pl.col(SPLIT) == "train").select(columns)

@@ -13,16 +13,20 @@ configured, gets a deterministic template summary labelled ``template (no LLM pr
 the lifecycle never needs an API key.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import polars as pl
 
 from mlx_assets.component.spec import Lifecycle
 from mlx_assets.monitoring.events import DriftObservation
 from mlx_assets.partitions import SINGLE_RUN
 from mlx_assets.versioning import code_version
+from mlx_resources.io_managers.frames import DataFrame
 from mlx_resources.platform import Platform
+
+if TYPE_CHECKING:
+    import polars as pl
+
 
 INCIDENT_ASSET = "drift_incident_summary"
 TOP_COLUMNS = 5
@@ -73,7 +77,7 @@ def model_metrics(instance: dg.DagsterInstance, evaluation_key: dg.AssetKey) -> 
     return out
 
 
-def top_columns(rows: pl.DataFrame, n: int = TOP_COLUMNS) -> list[dict[str, Any]]:
+def top_columns(rows: "pl.DataFrame", n: int = TOP_COLUMNS) -> list[dict[str, Any]]:
     """The day's drifted columns first, then by statistic, at most ``n``."""
     if rows.is_empty():
         return []
@@ -172,8 +176,10 @@ def build_incident_summary(
         "template labelled as such. Files in <home>/reports/incidents/<day>.md.",
     )
     def drift_incident_summary(
-        context: dg.AssetExecutionContext, feature_drift: pl.DataFrame
+        context: dg.AssetExecutionContext, feature_drift: DataFrame
     ) -> dg.MaterializeResult:
+        import polars as pl
+
         from mlx_resources.atomic import atomic_write_text
 
         platform: Platform = context.resources.platform

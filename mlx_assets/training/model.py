@@ -1,10 +1,9 @@
 """The model, trained by whichever ``ml_platform`` the composition picks."""
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import polars as pl
 
 from mlx_assets.component.spec import Lifecycle
 from mlx_assets.markdown import md_table
@@ -12,7 +11,12 @@ from mlx_assets.training.target import encode_target
 from mlx_assets.training.training_set import SPLIT
 from mlx_assets.versioning import code_version
 from mlx_plugins.ml_platforms.base import EpochStats, MLPlatform, TrainedModel, TrainingSpec
+from mlx_resources.io_managers.frames import DataFrame
 from mlx_resources.platform import Platform
+
+if TYPE_CHECKING:
+    import polars as pl
+
 
 GPU_TAGS = {"mlx/gpu": "1"}
 TASK_NOUNS = {"binary": "Binary classifier", "multiclass": "Classifier", "regression": "Regressor"}
@@ -64,7 +68,7 @@ def build_model(lc: Lifecycle) -> dg.AssetsDefinition:
         "observations over time.",
     )
     def _model(
-        context: dg.AssetExecutionContext, training_set: pl.DataFrame
+        context: dg.AssetExecutionContext, training_set: DataFrame
     ) -> dg.Output[TrainedModel]:
         platform: Platform = context.resources.platform
         ml_platform: MLPlatform = getattr(context.resources, platform_key)
@@ -78,8 +82,10 @@ def _train(
     lc: Lifecycle,
     platform: Platform,
     ml_platform: MLPlatform,
-    training_set: pl.DataFrame,
+    training_set: "pl.DataFrame",
 ) -> dg.Output[TrainedModel]:
+    import polars as pl
+
     folder = f"{context.run.run_id}-{uuid.uuid4().hex[:6]}"
     parts = ("artifacts", "models") if not lc.prefix else ("artifacts", "models", *lc.prefix)
     spec = training_spec(lc, str(platform.path(*parts, folder)))

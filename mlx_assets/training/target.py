@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
-import polars as pl
 
 from mlx_assets.component.spec import Lifecycle
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def encode_target(lc: Lifecycle, frame: pl.DataFrame) -> pl.DataFrame:
@@ -19,6 +23,8 @@ def encode_target(lc: Lifecycle, frame: pl.DataFrame) -> pl.DataFrame:
         dg.Failure: a multiclass label not in ``target.classes``, or a binary value other than
             0/1; the message names the values, the lifecycle's YAML key and the fix.
     """
+    import polars as pl
+
     target = lc.spec.target
     col = pl.col(target.column)
     if frame.height == 0:

@@ -2,21 +2,28 @@
 
 from collections.abc import Iterable
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import polars as pl
 
 from mlx_assets.component.spec import Lifecycle
 from mlx_assets.versioning import code_version
+from mlx_resources.io_managers.frames import DataFrame, LazyFrame
 from mlx_resources.platform import TrainingWindow
+
+if TYPE_CHECKING:
+    import polars as pl
+
 
 SPLIT = "split"
 
 
 def split_by_time(
-    features: pl.LazyFrame, window: TrainingWindow, time_column: str = "date"
-) -> pl.DataFrame:
+    features: "pl.LazyFrame", window: TrainingWindow, time_column: str = "date"
+) -> "pl.DataFrame":
     """Rows of the window labelled train/valid/test by date; days outside are dropped."""
+    import polars as pl
+
     train_start, valid_start, train_end, test_start, test_end = window.dates()
     d = pl.col(time_column)
     return (
@@ -153,8 +160,10 @@ def build_training_set(lc: Lifecycle) -> dg.AssetsDefinition:
     def _training_set(
         context: dg.AssetExecutionContext,
         config: TrainingSetConfig,
-        features: pl.LazyFrame,
-    ) -> dg.Output[pl.DataFrame]:
+        features: LazyFrame,
+    ) -> dg.Output[DataFrame]:
+        import polars as pl
+
         base = lc.window
         window = base.shifted(config.test_end) if config.test_end else base
         if config.test_end:

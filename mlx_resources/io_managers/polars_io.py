@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import polars as pl
 from pydantic import Field, PrivateAttr
 
 from mlx_resources.io_managers._formats import EXTENSIONS, Compression, Format
@@ -29,10 +28,12 @@ from mlx_resources.io_managers._partition_split import (
     assign_partition_keys,
     missing_partition_values,
 )
+from mlx_resources.io_managers.frames import is_lazy_frame_type
 
 if TYPE_CHECKING:
     from types import ModuleType
 
+    import polars as pl
     from upath import UPath
 
     from mlx_plugins.kernel.base import HealthStatus
@@ -129,6 +130,8 @@ def polars_output(
     ``PolarsIOManager`` already does this by itself; use this from assets stored by another IO
     manager (or with ``data_version_from_content=False``) to get content-based data versions.
     """
+    import polars as pl
+
     frame = df.collect() if isinstance(df, pl.LazyFrame) else df
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)  # Output(data_version=...) is "beta"
@@ -142,7 +145,9 @@ class PolarsIOManager(dg.ConfigurableIOManager):
 
     Asset contract:
       * return a ``pl.DataFrame`` (a ``pl.LazyFrame`` is collected);
-      * annotate an input ``pl.LazyFrame`` to get a lazy scan, anything else gets a DataFrame;
+      * annotate an input ``LazyFrame`` (``mlx_resources.io_managers.frames``, which keeps
+        polars out of code-location load) or ``pl.LazyFrame`` to get a lazy scan, anything else
+        gets a DataFrame;
         an input spanning several upstream partitions is one concatenated frame (in key order);
       * an output covering several partitions (a single-run backfill) needs
         ``metadata={"partition_expr": "<column>"}`` (``{dim: column}`` for multi-dimensional
@@ -229,6 +234,8 @@ class PolarsIOManager(dg.ConfigurableIOManager):
     # ------------------------------------------------------------------ output
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        import polars as pl
+
         label = _label(context)
         if isinstance(obj, pl.LazyFrame):
             obj = obj.collect()
@@ -444,6 +451,8 @@ class PolarsIOManager(dg.ConfigurableIOManager):
                     "context.partition_time_window) before returning it"
                 ),
             )
+        import polars as pl
+
         row_hashes = df.hash_rows(seed=0) if df.width else pl.Series(dtype=pl.UInt64)
         whole = _files().digest(df.schema, df.height, row_hashes)
         tagged = df.with_columns(assigned.alias(_KEY_COL), row_hashes.alias(_HASH_COL))
@@ -504,6 +513,8 @@ class PolarsIOManager(dg.ConfigurableIOManager):
     # ------------------------------------------------------------------ input
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame | pl.LazyFrame:
+        import polars as pl
+
         label = _label(context)
         if context.has_asset_key:
             key_path = list(context.asset_key.path)
@@ -586,6 +597,8 @@ class PolarsIOManager(dg.ConfigurableIOManager):
 
     def _open(self, key: str | None, path: UPath, label: str) -> pl.DataFrame | pl.LazyFrame:
         """Open one file: a DataFrame for Arrow IPC (zero-copy mmap), a LazyFrame for parquet."""
+        import polars as pl
+
         try:
             lf = _files().open_lazy(path)
             if _files().format_of(path) == "ipc" or not _files().is_local(path):
@@ -643,8 +656,8 @@ def _op_identifier(context: dg.OutputContext | dg.InputContext) -> list[str]:
 
 
 def _wants_lazy(context: dg.InputContext) -> bool:
-    typing_type = context.dagster_type.typing_type
-    return isinstance(typing_type, type) and issubclass(typing_type, pl.LazyFrame)
+    """An input typed ``LazyFrame`` (``mlx_resources.io_managers.frames``) or ``pl.LazyFrame``."""
+    return is_lazy_frame_type(context.dagster_type)
 
 
 def materialize_command(label: str, key: str | None) -> str:
