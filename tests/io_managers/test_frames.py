@@ -64,7 +64,8 @@ def test_a_non_frame_output_fails_its_type_check(tmp_path: Path, instance: dg.Da
         if e.event_type_value == "STEP_OUTPUT"
     ]
     failed = [c for c in checks if not c.success]
-    assert failed and "expected a polars.DataFrame, got builtins.dict" in failed[0].description
+    assert failed
+    assert "expected a polars.DataFrame, got builtins.dict" in (failed[0].description or "")
 
 
 def test_is_lazy_frame_type():
