@@ -12,12 +12,15 @@ time-zone-aware datetime, a date and a datetime, a number and a timestamp, ...) 
 :func:`check_numeric_pair` before anything is computed, with the column, both dtypes and the
 fix.
 
-Imports polars only.
+Imports polars only, when a function is called (not when the module is loaded).
 """
 
 from __future__ import annotations
 
-import polars as pl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import polars as pl
 
 _NS_PER: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000}
 _NS_PER_DAY = 86_400 * 1_000_000_000
@@ -28,6 +31,8 @@ def numeric_family(dtype: pl.DataType) -> str | None:
     numeric: ``"number"`` (integers, floats, decimals, booleans as 0/1), ``"naive datetime"``,
     ``"time-zone-aware datetime"`` (any zone: the instants are compared), ``"date"``,
     ``"duration"``, ``"time of day"``, ``"null"`` (an all-null column, compatible with any)."""
+    import polars as pl
+
     if dtype == pl.Null:
         return "null"
     if isinstance(dtype, pl.Datetime):
@@ -91,6 +96,8 @@ def check_numeric_pair(column: str, reference: pl.DataType, current: pl.DataType
 
 
 def _string_like(dtype: pl.DataType) -> bool:
+    import polars as pl
+
     return dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)
 
 
@@ -101,6 +108,8 @@ def check_categorical_pair(column: str, reference: pl.DataType, current: pl.Data
     of any width on both sides; anything else (``Datetime("us")`` vs ``Datetime("ns")``,
     ``Int64`` vs ``Float64``, ``Boolean`` vs ``String``, ...) names the column, both dtypes and
     the fix."""
+    import polars as pl
+
     if reference == current or pl.Null in (reference, current):
         return
     if _string_like(reference) and _string_like(current):
@@ -124,6 +133,8 @@ def comparable_float64(series: pl.Series) -> pl.Series:
     The scaling multiplies the float of the stored integer by a power of ten, so the same
     instant stored in ms, us or ns gives the same float64 (exactly, for values within about
     285 years of 1970 in us and 285,000 years in ms)."""
+    import polars as pl
+
     dtype = series.dtype
     if isinstance(dtype, pl.Datetime | pl.Duration):
         factor = _NS_PER[dtype.time_unit or "us"]

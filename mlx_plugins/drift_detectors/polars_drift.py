@@ -13,8 +13,8 @@ One reference compared with many currents (a daily backfill): ``prepare_referenc
 bins and counts the reference once, and ``compare_prepared`` gives the same reports as
 ``compare`` from then on, doing only the current side's work and a merge.
 
-This module imports polars and pydantic only: numpy and scipy (through ``stats``) are
-imported when something is compared, so that loading the code location stays cheap.
+This module imports pydantic only: polars, numpy and scipy (through ``stats``) are imported
+when something is compared, so that loading the code location stays cheap.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar, get_args
 
-import polars as pl
 from pydantic import Field, field_validator
 
 from mlx_plugins.drift_detectors.base import (
@@ -46,6 +45,7 @@ from mlx_plugins.kernel.metadata import PluginMetadata
 
 if TYPE_CHECKING:
     import numpy as np
+    import polars as pl
 
     from mlx_plugins.drift_detectors import stats as st
 
@@ -64,6 +64,8 @@ _P_VALUE_TESTS = {"ks", "chi2", "chi2_gof"}
 def infer_column_kind(dtype: pl.DataType) -> Kind | None:
     """``"numeric"`` for integer, float and decimal dtypes; ``"categorical"`` for string,
     categorical, enum and boolean; ``None`` (not compared unless named) for anything else."""
+    import polars as pl
+
     if dtype == pl.Boolean or isinstance(dtype, pl.String | pl.Categorical | pl.Enum):
         return "categorical"
     if dtype.is_numeric():
@@ -163,6 +165,8 @@ class PolarsDriftDetector(DriftDetector):
         return value
 
     def _probe(self) -> str:
+        import polars as pl
+
         return f"polars {pl.__version__}"
 
     # -- API -------------------------------------------------------------------------------------
@@ -221,6 +225,8 @@ class PolarsDriftDetector(DriftDetector):
         ``compare_prepared``. The result depends on ``numeric_bins`` and ``numeric_binning``;
         any detector with the same two settings can use it (thresholds and tests may differ).
         """
+        import polars as pl
+
         from mlx_plugins.drift_detectors import stats as st
 
         reference = _collect(reference)
@@ -713,6 +719,8 @@ def _check_plan(
 
 def _common_kind(a: pl.DataType, b: pl.DataType) -> Kind | None:
     """The kind both sides agree on; an all-null side (dtype ``Null``) agrees with anything."""
+    import polars as pl
+
     if a == pl.Null:
         a, b = b, a
     kind = infer_column_kind(a)
@@ -727,4 +735,6 @@ def _common_kind(a: pl.DataType, b: pl.DataType) -> Kind | None:
 
 
 def _collect(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    import polars as pl
+
     return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
