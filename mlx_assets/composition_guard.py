@@ -32,8 +32,9 @@ from pathlib import Path
 import dagster as dg
 
 from mlx_plugins.kernel.errors import CompositionError
+from mlx_resources.hot_swap import LAST_GOOD_ENV
 
-ENV = "MLX_LAST_GOOD_COMPOSITION"
+ENV = LAST_GOOD_ENV
 """Environment variable naming the file that keeps the last composition that loaded."""
 ALARM_SENSOR = "composition_error"
 """The sensor added to the definitions served from the saved composition."""
@@ -65,7 +66,14 @@ def guarded_definitions(environ: Mapping[str, str] | None = None) -> dg.Definiti
             raise
         return _last_good(snapshot, served, exc, environ)
     if keep:
-        _save(Path(keep), served)
+        try:
+            _save(Path(keep), served)
+        except OSError as exc:  # a read-only or missing folder must not fail a good load
+            LOG.warning(
+                f"{ENV}={keep}: cannot save the composition there ({type(exc).__name__}: "
+                f"{exc.strerror or exc}); a later composition that does not load will be a load "
+                f"error instead of falling back. Fix: point {ENV} at a writable file"
+            )
     return defs
 
 

@@ -29,9 +29,11 @@ reload. Exit status 0: reloaded; 1: refused or the reload failed, with the reaso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import urllib.parse
 import warnings
 from collections.abc import Mapping
@@ -40,6 +42,10 @@ from pathlib import Path
 
 DEFAULT_MODULE = "mlx_assets.definitions"
 CHECK_TIMEOUT_S = 600.0
+LAST_GOOD_ENV = "MLX_LAST_GOOD_COMPOSITION"
+"""The variable naming the file where the code location keeps its last composition that loaded
+(``mlx_assets.composition_guard``). A check never sees it: with it, a candidate that does not
+load would be checked as the saved composition instead, and pass."""
 
 # Imports the module and builds its repository (Dagster resolves the asset graph, jobs, sensors
 # and schedules then), in a fresh interpreter. Prints one line on failure: the exception's
@@ -91,10 +97,12 @@ def check_code_location(
     Returns:
         ``None`` when the definitions load, else the error as one message (no traceback).
     """
+    check_env = {k: v for k, v in (os.environ if env is None else env).items()}
+    check_env.pop(LAST_GOOD_ENV, None)  # the candidate itself must load, not the saved one
     try:
         done = subprocess.run(
             [sys.executable, "-c", _CHECK, module, attribute],
-            env=dict(os.environ if env is None else env),
+            env=check_env,
             cwd=working_directory,
             capture_output=True,
             text=True,
@@ -197,7 +205,16 @@ def reload_code_location(
     swap = candidate.resolve() != served.resolve()
     previous = served.read_bytes() if swap and served.exists() else None
     if swap:
-        atomic_write_bytes(served, candidate.read_bytes())  # temp file + rename: never half
+        try:
+            atomic_write_bytes(served, candidate.read_bytes())  # temp file + rename: never half
+        except OSError as exc:
+            raise HotSwapError(
+                f"{candidate} loads, but it cannot be installed over {served} "
+                f"({type(exc).__name__}: {exc.strerror or exc}); nothing was reloaded. A "
+                "read-only served file (a Kubernetes ConfigMap mount) is changed by applying the "
+                "ConfigMap instead: check the candidate with --check-only, apply it, then run "
+                "this command without --composition (docs/deployment.md)"
+            ) from None
     try:
         _reload(url, location, timeout_s)
     except HotSwapError as exc:
@@ -253,12 +270,19 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m mlx_resources.hot_swap",
         description="Reload a code location after checking that its definitions load.",
     )
-    parser.add_argument("--url", required=True, help="webserver URL, e.g. http://127.0.0.1:3000")
+    parser.add_argument("--url", help="webserver URL, e.g. http://127.0.0.1:3000")
     parser.add_argument("--location", default="mlx", help="code location name (default mlx)")
     parser.add_argument(
         "--composition",
         default=None,
-        help="candidate composition file, installed over the served one once it loads",
+        help="candidate composition file, installed over the served one once it loads "
+        "('-': read it from standard input)",
+    )
+    parser.add_argument(
+        "--check-only",
+        action="store_true",
+        help="only check that the definitions load with the candidate (or the served file); "
+        "change nothing, reload nothing (no --url needed)",
     )
     parser.add_argument("--module", default=DEFAULT_MODULE, help="module with the Definitions")
     parser.add_argument("--attribute", default="defs", help="Definitions attribute (defs)")
@@ -267,19 +291,57 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=int, default=300, help="seconds (default 300)")
     args = parser.parse_args(argv)
-    try:
-        done = reload_code_location(
-            args.url,
-            args.location,
-            composition=args.composition,
-            module=None if args.no_check else args.module,
-            attribute=args.attribute,
-            timeout_s=args.timeout,
-        )
-    except HotSwapError as exc:
-        print(f"hot swap: {exc}", file=sys.stderr)
+    if not args.check_only and not args.url:
+        parser.error("--url is required (unless --check-only)")
+    with contextlib.ExitStack() as stack:
+        composition = args.composition
+        if composition == "-":  # e.g. kubectl exec -i ... --composition - < mlx.next.yaml
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="mlx-candidate-"))
+            composition = os.path.join(folder, "mlx.yaml")
+            Path(composition).write_text(sys.stdin.read())
+        try:
+            if args.check_only:
+                return _check_only(composition, args.module, args.attribute, args.timeout)
+            done = reload_code_location(
+                args.url,
+                args.location,
+                composition=composition,
+                module=None if args.no_check else args.module,
+                attribute=args.attribute,
+                timeout_s=args.timeout,
+            )
+        except HotSwapError as exc:
+            print(f"hot swap: {exc}", file=sys.stderr)
+            return 1
+    origin = (
+        "MLX_COMPOSITION"
+        if os.environ.get("MLX_COMPOSITION")
+        else "./mlx.yaml: MLX_COMPOSITION is not set here"
+    )
+    print(
+        f"hot swap: code location {done.location!r} reloaded at {done.url}; served file "
+        f"{done.served} ({origin}; it must be the file the code server reads)"
+    )
+    return 0
+
+
+def _check_only(composition: str | None, module: str, attribute: str, timeout_s: int) -> int:
+    """``--check-only``: load the definitions with ``composition`` (or the served file)."""
+    target = Path(composition) if composition else served_composition(os.environ)
+    if not target.is_file():
+        print(f"hot swap: composition file {target} does not exist", file=sys.stderr)
         return 1
-    print(f"hot swap: code location {done.location!r} reloaded at {done.url} ({done.served})")
+    problem = check_code_location(
+        module,
+        attribute,
+        env={**os.environ, "MLX_COMPOSITION": str(target.resolve())},
+        timeout_s=timeout_s,
+    )
+    if problem is not None:
+        problem = "\n  ".join(problem.splitlines())
+        print(f"hot swap: the definitions do not load with {target}:\n  {problem}", file=sys.stderr)
+        return 1
+    print(f"hot swap: the definitions load with {target}; nothing was changed")
     return 0
 
 

@@ -263,6 +263,11 @@ def test_the_composition_config_map_is_a_valid_composition(tmp_path: Path):
     path.write_text(doc["data"]["mlx.yaml"])
     composition = load_composition(path, profile="prod", environ={})
     assert [e.plugin for e in composition.of_kind("ml_platform")] == ["local_torch"]
+    # all of it, settings and instances included, as the code server builds it (a trial found
+    # `settings.model_name`, gone from Platform, passing load_composition alone)
+    from mlx_assets.build import build_definitions, lifecycles_of
+
+    assert [lc.name for lc in lifecycles_of(build_definitions(composition))] == ["flight_delay"]
 
 
 # --------------------------------------------------------------------------- image

@@ -65,3 +65,13 @@ def test_without_the_variable_or_a_saved_one_the_error_is_raised(tmp_path: Path)
     with pytest.raises(CompositionError, match=r"plugins\.ml_platform\.config\.epochs"):
         guarded_definitions(_env(served, missing))
     assert not missing.exists()
+
+
+def test_an_unwritable_snapshot_folder_does_not_fail_a_good_load(tmp_path: Path, caplog):
+    """Seen in a trial: MLX_LAST_GOOD_COMPOSITION in a read-only or missing folder turned a
+    good composition into a load error (FileNotFoundError / PermissionError traceback)."""
+    served = tmp_path / "mlx.yaml"
+    served.write_text(small_composition_text())
+    defs = guarded_definitions(_env(served, Path("/sys/mlx-nope/last_good.yaml")))
+    assert _epochs(defs) == 2
+    assert "cannot save the composition there" in caplog.text and "Fix:" in caplog.text

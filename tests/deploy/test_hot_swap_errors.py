@@ -122,3 +122,53 @@ def test_a_failed_reload_puts_the_served_file_back(served, webserver, tmp_path):
     (post,) = _Webserver.posts
     assert "reloadRepositoryLocation" in post["query"]
     assert post["variables"] == {"repositoryLocationName": "mlx"}
+
+
+def test_the_check_ignores_the_last_good_fallback(served, webserver, tmp_path, capsys, monkeypatch):
+    """Seen in a trial: with MLX_LAST_GOOD_COMPOSITION in hot_swap's environment (the
+    Kubernetes code-server pod has it), a candidate that does not load was checked as the saved
+    composition, passed, and was installed."""
+    snapshot = tmp_path / "last_good.yaml"
+    snapshot.write_text(served.read_text())
+    monkeypatch.setenv("MLX_COMPOSITION", str(served))
+    monkeypatch.setenv("MLX_LAST_GOOD_COMPOSITION", str(snapshot))
+    before = served.read_text()
+    candidate = tmp_path / "next.yaml"
+    candidate.write_text(before.replace("epochs: 2", "epochs: true"))
+    assert main(["--url", webserver, "--composition", str(candidate)]) == 1
+    assert "plugins.ml_platform.config.epochs" in capsys.readouterr().err
+    assert served.read_text() == before and _Webserver.posts == []
+    assert main(["--check-only", "--composition", str(candidate)]) == 1
+    assert "do not load with" in capsys.readouterr().err
+
+
+def test_check_only_changes_nothing_and_reads_a_candidate_from_stdin(
+    served, tmp_path, capsys, monkeypatch
+):
+    import io
+
+    monkeypatch.setenv("MLX_COMPOSITION", str(served))
+    before = served.read_text()
+    monkeypatch.setattr("sys.stdin", io.StringIO(before.replace("epochs: 2", "epochs: 3")))
+    assert main(["--check-only", "--composition", "-"]) == 0
+    assert "the definitions load with" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO(before.replace("epochs: 2", "epoch: 3")))
+    assert main(["--check-only", "--composition", "-"]) == 1
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+    assert served.read_text() == before
+
+
+def test_a_read_only_served_file_is_a_clear_refusal(served, webserver, tmp_path):
+    """A ConfigMap mount cannot be written: the swap says how to change it instead. sysfs is
+    a real read-only place here, for root too."""
+    import os
+
+    candidate = tmp_path / "next.yaml"
+    candidate.write_text(served.read_text().replace("scale: 0.05", "scale: 0.04"))
+    env = {**os.environ, "MLX_COMPOSITION": "/sys/mlx.yaml"}
+    with pytest.raises(HotSwapError) as refused:
+        reload_code_location(webserver, composition=candidate, env=env)
+    message = str(refused.value)
+    assert "cannot be installed over /sys/mlx.yaml" in message and "--check-only" in message
+    assert "Traceback" not in message
+    assert not os.path.exists("/sys/mlx.yaml") and _Webserver.posts == []
