@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from typing import Any
@@ -31,6 +32,21 @@ class PluginNotFoundError(LookupError):
     pass
 
 
+# Well-known credential shapes: OpenAI/Anthropic/Stripe-style keys, AWS access key ids,
+# Databricks, GitHub and Slack tokens, JWTs, PEM blocks.
+_CREDENTIAL_SHAPE = re.compile(
+    r"^(?:sk-|sk_|pk_|rk_|AKIA|ASIA|dapi|dkea|ghp_|gho_|ghs_|github_pat_|xox[abprs]-|eyJ)"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"
+)
+
+
+def looks_like_credential(value: Any) -> bool:
+    """Whether ``value`` is text shaped like a well-known credential (``sk-...``, ``AKIA...``,
+    ``dapi...``, a JWT, a PEM private key): such a value pasted into a non-secret field is not
+    echoed in an error either."""
+    return isinstance(value, str) and bool(_CREDENTIAL_SHAPE.search(value.strip()))
+
+
 def from_validation_error(
     file: str,
     key: str,
@@ -55,11 +71,12 @@ def from_validation_error(
     annotation = getattr(info, "annotation", None)
     secret = field in secret_fields
     value = err.get("input")
-    given = (
-        "a value not shown (a secret field, or read from the environment)"
-        if secret
-        else repr(value)
-    )
+    if secret:
+        given = "a value not shown (a secret field, or read from the environment)"
+    elif looks_like_credential(value):
+        given = "a value not shown (it looks like a credential: never write one in the file)"
+    else:
+        given = repr(value)
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     where = ".".join([key, *loc]) if loc else key
 

@@ -324,3 +324,15 @@ def test_scalars_inside_nested_plugin_config_are_strict(tmp_path, nested, key):
     assert err.key == key
     assert "(got " in err.problem
     assert "dapi-not-shown" not in str(err)
+
+
+@pytest.mark.parametrize(
+    "pasted",
+    ["sk-proj-abcdefghijklmnop0123", "AKIAABCDEFGHIJKLMNOP", "dapi0123456789abcdef0123456789ab"],
+)
+def test_a_credential_pasted_into_a_non_secret_field_is_not_echoed(tmp_path, pasted):
+    """Seen in a trial: `batch_size: "sk-proj-..."` printed the key back in the error (and in
+    the composition_error sensor's description)."""
+    err = _error(tmp_path, BASE.replace("{epochs: 2}", f"{{batch_size: '{pasted}'}}"))
+    assert err.key == "plugins.ml_platform.config.batch_size"
+    assert pasted not in str(err) and "looks like a credential" in err.problem
