@@ -52,7 +52,8 @@ def load_spec(path: Path) -> LifecycleSpec:
     try:
         doc = yaml12.load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise CompositionError(file, "", f"cannot be read: {exc}", "fix the YAML") from None
+        where = str(exc).replace('in "<unicode string>"', f'in "{file}"')
+        raise CompositionError(file, "", f"cannot be read: {where}", "fix the YAML") from None
     if not isinstance(doc, dict) or doc.get("type") not in COMPONENT_TYPES:
         raise CompositionError(
             file,

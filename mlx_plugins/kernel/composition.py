@@ -155,8 +155,9 @@ def load_composition(
     try:
         raw = yaml12.load(text) or {}
     except yaml.YAMLError as exc:
+        where = str(exc).replace('in "<unicode string>"', f'in "{file}"')
         raise CompositionError(
-            str(file), "(file)", f"not valid YAML: {exc}", "fix the syntax at the line shown"
+            str(file), "(file)", f"not valid YAML: {where}", "fix the syntax at the line shown"
         ) from None
     return parse_composition(
         raw, source=str(file), profile=profile, environ=environ, registry=registry

@@ -174,6 +174,9 @@ def test_unknown_top_level_key(tmp_path):
 def test_invalid_yaml(tmp_path):
     err = _error(tmp_path, "plugins: [unclosed\n")
     assert "not valid YAML" in err.problem
+    # the parser's marks name the file, not PyYAML's "<unicode string>"
+    assert f'in "{tmp_path / "mlx.yaml"}", line' in err.problem
+    assert "<unicode string>" not in err.problem
 
 
 def test_missing_file_names_the_variable(tmp_path):
