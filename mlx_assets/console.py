@@ -197,6 +197,12 @@ def summary_lines(instance: Any, defs: Any, lc: Any = None) -> list[str]:
         lines.append(f"data       {data_root} (one file per asset and day)")
     if registry_root:
         lines.append(f"registry   {registry_root} (numbered versions with lineage)")
-    lines.append(f"instance   {instance.root_directory} (runs and events, DAGSTER_HOME)")
+    storage = type(instance.run_storage).__name__
+    where = (
+        f"runs and events in PostgreSQL ({storage}); dagster.yaml"
+        if "Postgres" in storage
+        else "runs and events"
+    )
+    lines.append(f"instance   {instance.root_directory} ({where}, DAGSTER_HOME)")
     lines.append("ui         ./dev ui, then open http://127.0.0.1:3000 (PORT=... to change)")
     return lines

@@ -190,6 +190,7 @@ def test_wiped_partitions_re_arrive(instance, done):
     out = _wait(proc, log, LIFECYCLE_TIMEOUT_S)
     assert proc.returncode == 0, out[-3000:]
     assert "drift monitoring: 28 days 2013-01-01..2013-01-28" in out, out[-3000:]
+    assert "runs and events in PostgreSQL" in out, out[-3000:]  # the summary says where
     assert {k: instance.get_materialized_partitions(k) for k in keys} == before
     new = [r for r in instance.get_runs() if r.run_id not in runs_before]
     assert "monitoring" in {r.job_name for r in new}
