@@ -315,6 +315,13 @@ class LifecycleRunFailed(RuntimeError):
 
 
 def _failure_detail(instance: dg.DagsterInstance, run_id: str) -> str:
+    """`` at step <key>: <what failed>`` for the run's first step (or run) failure.
+
+    <what failed> is the error's meaningful chain, from Dagster's ``SerializableErrorInfo``
+    (``message`` and ``cause``/``context``): Dagster's own wrappers ("Error occurred while
+    executing op ...") are skipped, so the real cause shows, e.g. ``RuntimeError: feature
+    function failed; cause: ValueError: bad column x (in my_pkg.features:build)``. Each part
+    is the first line of its message (a child traceback adds its last line), redacted."""
     from dagster._core.events import DagsterEventType
 
     records = instance.get_records_for_run(
@@ -326,15 +333,87 @@ def _failure_detail(instance: dg.DagsterInstance, run_id: str) -> str:
         if event is None:
             continue
         where = f" at step {event.step_key}" if event.step_key else ""
-        message = (error.message if error else record.event_log_entry.user_message) or ""
-        first = message.strip().splitlines()[0] if message.strip() else ""
-        # "dagster._core.definitions.events.Failure: planes: ..." -> "planes: ..."
-        first = re.sub(r"^(?:[A-Za-z_]\w*\.)*\w*(?:Error|Failure|Exception): ", "", first)
-        first = first.rstrip(":; ")
+        if error is not None:
+            first = _error_chain_text(error)
+        else:
+            message = record.event_log_entry.user_message or ""
+            first = _one_line(message)
         if "blocking asset check" in first:
             first += _failed_checks(instance, run_id)
         return f"{where}: {first}" if first else where
     return ""
+
+
+_WRAPPER = re.compile(r"^(?:\w+: )?Error occurred while (?:executing|resolving|loading|handling)")
+
+
+def _error_chain(error: Any) -> list[Any]:
+    """``error`` and its causes (``cause``, else ``context``), outermost first."""
+    chain: list[Any] = []
+    while error is not None and len(chain) < 20:
+        chain.append(error)
+        error = getattr(error, "cause", None) or getattr(error, "context", None)
+    return chain
+
+
+def _one_line(message: str) -> str:
+    """The first line of ``message`` without its exception module path (``Failure: `` dropped:
+    a Failure's description says it all); a child traceback in it adds its last line."""
+    from mlx_plugins.kernel.secrets import redact
+
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    # "dagster._core.definitions.events.Failure: planes: ..." -> "planes: ..."
+    first = re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+: )", "", lines[0])
+    first = re.sub(r"^Failure: ", "", first).rstrip(":; ")
+    if "Traceback (most recent call last)" in message and len(lines) > 1:
+        first += f" [child: {lines[-1]}]"
+    return redact(first[:500])
+
+
+def _where_raised(error: Any) -> str:
+    """`` (in module:function)`` of the frame that raised ``error``, when it is user code (not
+    Dagster's, a library's or the sandbox parent's re-raise)."""
+    import sys
+    from pathlib import Path
+
+    stack = getattr(error, "stack", None) or []
+    if not stack:
+        return ""
+    found = re.search(r'File "([^"]+)", line (\d+), in (\S+)', stack[-1])
+    if found is None:
+        return ""
+    file, line, func = found.groups()
+    if "site-packages" in file or "dist-packages" in file or "sandbox/runner.py" in file:
+        return ""
+    path = Path(file)
+    module = path.stem
+    roots = sorted((p for p in sys.path if p), key=len, reverse=True)
+    for root in roots:
+        try:
+            rel = path.with_suffix("").relative_to(Path(root).resolve())
+        except ValueError:
+            continue
+        module = ".".join(rel.parts)
+        break
+    return f" (in {module}:{func}, line {line})"
+
+
+def _error_chain_text(error: Any) -> str:
+    """The meaningful errors of ``error``'s chain: the outermost one and, when it is another,
+    the innermost (the root cause), each ``Type: first line``."""
+    chain = [e for e in _error_chain(error) if not _WRAPPER.match(_one_line(e.message or ""))]
+    if not chain:
+        return _one_line(error.message or "")
+    outer, inner = chain[0], chain[-1]
+    text = _one_line(outer.message or "")
+    if inner is outer:
+        return text + _where_raised(outer)
+    inner_text = _one_line(inner.message or "")
+    if inner_text and inner_text not in text:
+        text += f"; cause: {inner_text}{_where_raised(inner)}"
+    return text
 
 
 def _failed_checks(instance: dg.DagsterInstance, run_id: str) -> str:

@@ -121,3 +121,55 @@ def test_interrupt_is_one_line_and_exit_130(monkeypatch, capsys):
     monkeypatch.setattr(lifecycle, "run_lifecycle", interrupted)
     assert main(["lifecycle"]) == 130
     assert capsys.readouterr().err.strip() == "mlx lifecycle: interrupted"
+
+
+# -- the real cause of a failed run (issue #10: only "Error occurred while executing op") ------
+def _build_features() -> None:
+    raise ValueError("bad column x, token s3cr3t-T0KEN-value")
+
+
+def _failed_run_detail(asset_fn) -> str:
+    import dagster as dg
+
+    from mlx_assets.lifecycle import _failure_detail
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [dg.asset(name="my_model__features")(asset_fn)], instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    return _failure_detail(instance, result.run_id)
+
+
+def test_failure_detail_shows_the_wrapped_cause_redacted():
+    from mlx_plugins.kernel.secrets import register_secret
+
+    register_secret("s3cr3t-T0KEN-value")
+
+    def my_model__features() -> None:
+        try:
+            _build_features()
+        except ValueError as exc:
+            raise RuntimeError("feature function failed") from exc
+
+    detail = _failed_run_detail(my_model__features)
+    assert detail.startswith(" at step my_model__features: RuntimeError: feature function failed")
+    assert "cause: ValueError: bad column x" in detail
+    assert "tests.kernel.test_cli:_build_features" in detail
+    assert "Error occurred while executing op" not in detail
+    assert "s3cr3t-T0KEN-value" not in detail and "***" in detail
+
+
+def test_failure_detail_shows_a_sandbox_child_traceback_end():
+    from mlx_resources.sandbox.runner import SandboxError
+
+    def my_model__features() -> None:
+        raise SandboxError(
+            "plugin 'f': its sandboxed child failed in call() (exit 1) without a result; its "
+            'stderr ends with:\nTraceback (most recent call last):\n  File "x.py", line 1\n'
+            "polars.exceptions.InvalidOperationError: conversion from `str` to `i64` failed"
+        )
+
+    detail = _failed_run_detail(my_model__features)
+    assert "SandboxError: plugin 'f': its sandboxed child failed in call()" in detail
+    assert "InvalidOperationError: conversion from `str` to `i64` failed" in detail
