@@ -29,16 +29,19 @@ Example composition entry::
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import date
-from typing import Any, ClassVar, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast, get_args
 
-import polars as pl
 from pydantic import Field, PrivateAttr, field_validator
 
 from mlx_plugins.data_sources.base import DataSource, TableInfo
 from mlx_plugins.kernel.base import PluginConfig
 from mlx_plugins.kernel.metadata import PluginMetadata
+
+if TYPE_CHECKING:
+    import polars as pl
 
 Format = Literal["parquet", "csv", "ipc"]
 _EXTENSIONS: dict[str, Format] = {
@@ -52,30 +55,36 @@ _EXTENSIONS: dict[str, Format] = {
 _GLOB = re.compile(r"[*?\[]")
 _HIVE = re.compile(r"^([^/=]+)=([^/]*)$")
 
-_DTYPES: dict[str, pl.DataType] = {
-    "Boolean": pl.Boolean(),
-    "Int8": pl.Int8(),
-    "Int16": pl.Int16(),
-    "Int32": pl.Int32(),
-    "Int64": pl.Int64(),
-    "UInt8": pl.UInt8(),
-    "UInt16": pl.UInt16(),
-    "UInt32": pl.UInt32(),
-    "UInt64": pl.UInt64(),
-    "Float32": pl.Float32(),
-    "Float64": pl.Float64(),
-    "String": pl.String(),
-    "Utf8": pl.String(),
-    "Categorical": pl.Categorical(),
-    "Date": pl.Date(),
-    "Datetime": pl.Datetime("us"),
-    "Datetime(ms)": pl.Datetime("ms"),
-    "Datetime(us)": pl.Datetime("us"),
-    "Datetime(ns)": pl.Datetime("ns"),
-    "Datetime(us, UTC)": pl.Datetime("us", "UTC"),
-    "Duration": pl.Duration("us"),
-    "Time": pl.Time(),
-}
+
+@functools.cache
+def _dtypes() -> dict[str, pl.DataType]:
+    """Schema dtype names -> polars dtypes (polars is imported when a schema is first read)."""
+    import polars as pl
+
+    return {
+        "Boolean": pl.Boolean(),
+        "Int8": pl.Int8(),
+        "Int16": pl.Int16(),
+        "Int32": pl.Int32(),
+        "Int64": pl.Int64(),
+        "UInt8": pl.UInt8(),
+        "UInt16": pl.UInt16(),
+        "UInt32": pl.UInt32(),
+        "UInt64": pl.UInt64(),
+        "Float32": pl.Float32(),
+        "Float64": pl.Float64(),
+        "String": pl.String(),
+        "Utf8": pl.String(),
+        "Categorical": pl.Categorical(),
+        "Date": pl.Date(),
+        "Datetime": pl.Datetime("us"),
+        "Datetime(ms)": pl.Datetime("ms"),
+        "Datetime(us)": pl.Datetime("us"),
+        "Datetime(ns)": pl.Datetime("ns"),
+        "Datetime(us, UTC)": pl.Datetime("us", "UTC"),
+        "Duration": pl.Duration("us"),
+        "Time": pl.Time(),
+    }
 
 
 class FileSchemaError(ValueError):
@@ -122,11 +131,11 @@ class FileTable(PluginConfig):
 
 def _dtype(table: str, column: str, name: str) -> pl.DataType:
     try:
-        return _DTYPES[name]
+        return _dtypes()[name]
     except KeyError:
         raise ValueError(
             f"files table {table!r}: column {column!r} has unknown dtype {name!r}; use one of: "
-            f"{', '.join(_DTYPES)}"
+            f"{', '.join(_dtypes())}"
         ) from None
 
 
@@ -191,6 +200,8 @@ class FilesSource(DataSource):
         """:meth:`read` as a polars ``LazyFrame``: select columns or filter further before
         ``collect()``, and only those columns and rows are read. The files of the days asked
         for (hive) are opened, and their schema checked, here; the rest never are."""
+        import polars as pl
+
         info = self.table_info(table)
         spec = self.files[table]
         expected = self.schema(table)
@@ -317,6 +328,8 @@ class FilesSource(DataSource):
         Raises:
             FileReadError: the file can't be read as its format; names table, file, format.
         """
+        import polars as pl
+
         fmt = self._format(table, path)
         try:
             return self._read_schema(table, path, fmt)
@@ -330,6 +343,8 @@ class FilesSource(DataSource):
             ) from exc
 
     def _read_schema(self, table: str, path: str, fmt: Format) -> dict[str, pl.DataType]:
+        import polars as pl
+
         opts = self._polars_options(path)
         if fmt == "parquet":
             return dict(pl.scan_parquet(path, storage_options=opts).collect_schema())
@@ -344,11 +359,15 @@ class FilesSource(DataSource):
         )
 
     def _hive_dtypes(self, table: str) -> dict[str, pl.DataType]:
+        import polars as pl
+
         spec = self.files[table]
         keys = self._files(table)[0][1] if spec.hive else {}
         return {k: (pl.Date() if k == spec.date_column else pl.String()) for k in keys}
 
     def _make_schema(self, table: str) -> dict[str, pl.DataType]:
+        import polars as pl
+
         spec = self.files[table]
         if spec.columns:
             schema = {c: _dtype(table, c, t) for c, t in spec.columns.items()}
@@ -367,6 +386,8 @@ class FilesSource(DataSource):
     def _scan_file(
         self, table: str, path: str, keys: dict[str, str], expected: dict[str, pl.DataType]
     ) -> pl.LazyFrame:
+        import polars as pl
+
         spec = self.files[table]
         hive = {k for k in keys if k in expected} if spec.hive else set()
         found = self._file_schema(table, path)

