@@ -69,10 +69,13 @@ def classify(exc: BaseException) -> tuple[Kind, str]:
 
     Permanent: OSErrors of no space, quota, permission, read-only file system, missing or
     wrong-kind paths; polars schema/column/shape errors; ``KeyError``/``TypeError``/
-    ``ValueError`` raised by the source for bad arguments (an unknown table). Transient:
+    ``ValueError`` raised by the source for bad arguments (an unknown table); any error whose
+    ``retryable`` attribute is ``False`` (a sandbox limit hit). Transient:
     ``TimeoutError``, ``ConnectionError``, OSErrors of timeouts, refused/reset connections and
     "try again". Anything else is transient (retried, as the ``RetryPolicy`` says).
     """
+    if getattr(exc, "retryable", None) is False:  # e.g. a sandbox limit hit: its message says
+        return "permanent", "do what the error says"  # the fix
     if isinstance(exc, TimeoutError | ConnectionError):
         return "transient", ""
     if isinstance(exc, OSError):

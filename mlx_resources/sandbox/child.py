@@ -43,6 +43,7 @@ def set_limits(limits: dict[str, Any]) -> None:
 
     if limits.get("memory_mb"):
         cap(resource.RLIMIT_AS, int(limits["memory_mb"]) * MIB)
+        _watch_native_loads()
     if limits.get("cpu_seconds"):
 
         def on_xcpu(signum: int, frame: Any) -> None:
@@ -102,8 +103,34 @@ class _PipesHandler(logging.Handler):
             self.handleError(record)
 
 
+NATIVE_LOAD_FAILURES: list[str] = []
+"""Messages of native extension modules that failed to load for want of address space; some
+libraries swallow that ImportError (polars warns "binary is missing" and fails later with a
+NameError), so it is recorded here and makes any failure of the call a ``memory_mb`` hit."""
+
+
+def _watch_native_loads() -> None:
+    import importlib.machinery
+
+    loader = importlib.machinery.ExtensionFileLoader
+    create = loader.create_module
+
+    def create_module(self: Any, spec: Any) -> Any:
+        try:
+            return create(self, spec)
+        except ImportError as exc:
+            text = str(exc)
+            if "failed to map segment" in text or "Cannot allocate memory" in text:
+                NATIVE_LOAD_FAILURES.append(f"{spec.name}: {text}")
+            raise
+
+    loader.create_module = create_module  # type: ignore[method-assign]
+
+
 def _limit_of(exc: BaseException, limits: dict[str, Any]) -> str | None:
     """The limit ``exc`` shows was hit, if any."""
+    if NATIVE_LOAD_FAILURES and limits.get("memory_mb"):
+        return "memory_mb"
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

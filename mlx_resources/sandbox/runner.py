@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -72,6 +73,8 @@ class SandboxLimitError(SandboxError):
     ``plugins.data_source[0].sandbox.memory_mb``).
     """
 
+    retryable = False
+
     def __init__(
         self,
         plugin: str,
@@ -89,6 +92,15 @@ class SandboxLimitError(SandboxError):
             f"{method}(): {LIMIT_HINTS.get(limit, 'limit exceeded')}; fix: raise {key} in "
             f"{where}, or remove the limit"
         )
+
+
+_MEMORY_SIGNS = re.compile(
+    r"\bMemoryError\b|failed to map segment from shared object|Cannot allocate memory"
+    r"|memory allocation of \d+ bytes failed",
+    re.MULTILINE,
+)
+"""What a child's stderr shows when its address space (``memory_mb``) was too small, even to
+start (a ``MemoryError`` while importing, a native library that cannot be mapped)."""
 
 
 @functools.cache
@@ -269,6 +281,8 @@ def limit_hit(
             and "memory allocation of" in stderr_tail
         ):
             return "memory_mb"
+    if spec.memory_mb is not None and returncode != 0 and _MEMORY_SIGNS.search(stderr_tail):
+        return "memory_mb"
     return None
 
 

@@ -125,3 +125,33 @@ def test_bad_sandbox_keys_are_composition_errors(probe):
         probe({"memory_gb": 2})
     with pytest.raises(CompositionError, match=r"sandbox\.cpu_seconds"):
         probe({"cpu_seconds": 0})
+
+
+@pytest.mark.parametrize("memory_mb", [60, 150])
+def test_memory_too_small_to_start_the_child_is_the_memory_limit(probe, memory_mb):
+    # 60: the interpreter cannot even import (MemoryError, native libraries unmappable);
+    # 150: polars swallows its binary's failed load and fails later with a NameError
+    boxed = probe({"memory_mb": memory_mb}, {"rows": 7})
+    with pytest.raises(SandboxLimitError) as info:
+        boxed.read("t")
+    err = info.value
+    assert (err.limit, err.value) == ("memory_mb", memory_mb)
+    assert "fix: raise plugins.data_source[0].sandbox.memory_mb" in str(err)
+
+
+def test_a_limit_hit_is_not_retried(probe):
+    from mlx_assets.ingest.source_errors import read_or_fail
+
+    boxed = probe({"memory_mb": 60}, {"rows": 7})
+    with pytest.raises(dg.Failure) as info:
+        read_or_fail(
+            lambda: boxed.read("t"),
+            asset="raw_t",
+            source="sandbox_probe",
+            table="t",
+            what="all days",
+        )
+    failure = info.value
+    assert failure.allow_retries is False
+    assert "memory_mb=60" in failure.description
+    assert "raise plugins.data_source[0].sandbox.memory_mb" in failure.description
