@@ -83,6 +83,19 @@ def io_manager_from_slot(composition: Composition, home: Path, default: type) ->
         )
     cls: Any = default
     config = dict(slot.get("config") or {})
+    known = sorted(f for f in getattr(cls, "model_fields", {}) if not f.startswith("_"))
+    for field in config:
+        if known and field not in known:
+            import difflib
+
+            close = difflib.get_close_matches(str(field), known, n=1)
+            raise CompositionError(
+                composition.source,
+                f"{key}.config.{field}",
+                f"unknown config key for io_manager {name!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else ""),
+                f"use one of its keys: {', '.join(known)}",
+            )
     base = str(config.get("base_path", "data"))
     if "://" not in base and not Path(base).expanduser().is_absolute():
         base = str(home / base)  # a local folder of the home (the default: <home>/data)
@@ -177,13 +190,31 @@ def lifecycle_specs(composition: Composition, platform: Any) -> list[tuple[Lifec
     """The instances the composition's settings select (``settings.lifecycles``) from its defs
     folder (``settings.defs_folder``, relative to the composition file; default
     ``mlx_assets/defs``)."""
-    from mlx_assets.component.loader import load_specs
+    from mlx_assets.component.loader import DEFS_FILE, instance_files, load_specs
 
     folder = None
     if platform.defs_folder:
         folder = Path(platform.defs_folder).expanduser()
         if not folder.is_absolute():
             folder = Path(composition.source).resolve().parent / folder
+        # a folder that is not there, or has no instance, would load no model without a word
+        if not folder.is_dir():
+            raise CompositionError(
+                composition.source,
+                "settings.defs_folder",
+                f"{platform.defs_folder!r} is {folder}, which is not a folder",
+                "create it with one <name>/defs.yaml per lifecycle instance, or correct the "
+                "path (relative to the composition file)",
+            )
+        if not instance_files(folder):
+            raise CompositionError(
+                composition.source,
+                "settings.defs_folder",
+                f"{platform.defs_folder!r} ({folder}) holds no <name>/{DEFS_FILE} lifecycle "
+                "instance",
+                "scaffold one there with `dg scaffold defs mlx_assets.component.MLLifecycle "
+                "<name>`, or point settings.defs_folder at the folder that has them",
+            )
     return load_specs(folder, platform.lifecycles)
 
 

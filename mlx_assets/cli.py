@@ -45,8 +45,11 @@ def _config_validate(args: argparse.Namespace) -> int:
     try:
         comp = _load(args)
         from mlx_assets.build import build_definitions, lifecycles_of
+        from mlx_assets.component.loader import check_feature_functions
 
         defs = build_definitions(comp)
+        # the explicit check imports the feature functions (loading the code location does not)
+        check_feature_functions([(lc.spec, lc.source_file) for lc in lifecycles_of(defs)])
     except CompositionError as exc:
         print(f"invalid: {exc}", file=sys.stderr)
         return 1

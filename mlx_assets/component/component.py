@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
+from pydantic import StrictBool
 
 from mlx_assets.component.spec import LifecycleSpec
 
@@ -62,7 +63,7 @@ class MLLifecycle(dg.Component, dg.Resolvable, dg.Model):
     window: dict[str, Any] | None = None
     drift: dict[str, Any] | None = None
     arrival_cron: str | None = None
-    default_run: bool = True
+    default_run: StrictBool = True
     ml_platform: dict[str, Any] = {}
 
     def spec(self) -> LifecycleSpec:

@@ -18,46 +18,115 @@ from functools import cached_property
 from typing import Any, Literal
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from mlx_plugins.kernel.sandbox import SandboxSpec
 from mlx_resources.platform import DriftPolicy, Platform, TrainingWindow
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_DAGSTER_NAME = re.compile(r"[A-Za-z0-9_]+")
+"""Dagster's rule for names (``dagster._core.definitions.utils.VALID_NAME_REGEX``)."""
+_DAGSTER_RESERVED = frozenset(
+    {"context", "conf", "config", "meta", "arg_dict", "dict", "input_arg_dict"}
+    | {"output_arg_dict", "int", "str", "float", "bool", "input", "output", "type"}
+    | set(__import__("keyword").kwlist)
+)
+"""Names Dagster refuses for ops (``DISALLOWED_NAMES``): an asset's name becomes its op's."""
+_TARGET = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*")
 TaskKind = Literal["binary", "multiclass", "regression"]
 
 
+class SpecValueError(ValueError):
+    """A mistake in an instance, at ``key`` (dotted, relative to the model that raised it):
+    ``problem`` and ``fix``. The loader names the file and the full key under ``attributes``;
+    elsewhere its text is ``<problem>\nfix: <fix>`` (the shape ``from_validation_error`` reads).
+    """
+
+    def __init__(self, key: str, problem: str, fix: str) -> None:
+        self.key = key
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem}\nfix: {fix}")
+
+
 def _identifier(value: str, what: str) -> str:
-    if not _NAME.match(value):
+    """``value`` if it is lower-case letters, digits and underscores starting with a letter
+    (a subset of Dagster's names: it becomes part of asset keys, op and job names)."""
+    if not _NAME.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} must be lower-case letters, digits and underscores, starting "
-            "with a letter (it becomes part of asset keys and job names)"
+            "with a letter (it becomes part of asset keys and job names, and Dagster allows "
+            "only letters, digits and underscores in those)\nfix: write e.g. "
+            f"{_suggest(value)!r}"
         )
     return value
 
 
+def _asset_name(value: str, what: str) -> str:
+    """``value`` checked as an asset name: :func:`_identifier` and not a name Dagster reserves."""
+    _identifier(value, what)
+    if value in _DAGSTER_RESERVED:
+        raise ValueError(
+            f"{what} {value!r} is a name Dagster reserves (a Python keyword or one of its own)"
+            f"\nfix: write another name, e.g. {value + '_table'!r}"
+        )
+    return value
+
+
+def _suggest(value: str) -> str:
+    """A valid lower-case identifier close to ``value`` (for the fix of a bad name)."""
+    out = re.sub(r"[^a-z0-9_]+", "_", value.strip().lower()).strip("_") or "name"
+    return out if out[0].isalpha() else f"m_{out}"
+
+
+def _real_date(value: object, key: str) -> object:
+    """``value`` unchanged, unless it is ISO-shaped text that is not a real day (2024-02-30)."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        try:
+            date.fromisoformat(value)
+        except ValueError as exc:
+            raise SpecValueError(
+                key,
+                f"{value!r} is written as an ISO date but is not a real day ({exc})",
+                "write a day that exists in the calendar, YYYY-MM-DD",
+            ) from None
+    return value
+
+
 class _Strict(BaseModel):
+    """Unknown keys refused; scalars strict (``"no"``/``0`` are no bool, ``"10"`` no number)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TableSpec(_Strict):
     """One table of the data source, materialized as one raw asset."""
 
-    name: str = Field(description="The table's name in the data source (DataSource.tables()).")
-    asset: str | None = Field(
+    name: StrictStr = Field(
+        description="The table's name in the data source (DataSource.tables())."
+    )
+    asset: StrictStr | None = Field(
         default=None, description="Asset name (default ``raw_<name>``), under the key prefix."
     )
-    partitioned: bool = Field(
+    partitioned: StrictBool = Field(
         default=True,
         description="Daily partitions by the time column (False: a reference table read whole).",
     )
-    key_columns: tuple[str, ...] = Field(
+    key_columns: tuple[StrictStr, ...] = Field(
         default=(),
         description="Columns that must not be null (the blocking ``no_null_keys`` check); the "
         "time column is always one.",
     )
-    description: str | None = None
+    description: StrictStr | None = None
 
     @property
     def asset_name(self) -> str:
@@ -66,15 +135,31 @@ class TableSpec(_Strict):
     @field_validator("asset")
     @classmethod
     def _asset(cls, v: str | None) -> str | None:
-        return None if v is None else _identifier(v, "data.tables[].asset")
+        return None if v is None else _asset_name(v, "data.tables[].asset")
+
+    @model_validator(mode="after")
+    def _default_asset(self) -> TableSpec:
+        if self.asset is None and not (
+            _NAME.fullmatch(self.asset_name) and _DAGSTER_NAME.fullmatch(self.asset_name)
+        ):
+            raise SpecValueError(
+                "name",
+                f"table {self.name!r} gives the asset name {self.asset_name!r}, which is not a "
+                "valid name (Dagster allows only letters, digits and underscores; MLX asks for "
+                "lower-case)",
+                f"name the asset: add asset: {_suggest(self.asset_name)} to this table",
+            )
+        return self
 
 
 class DataSpec(_Strict):
     """Where the rows come from and how they are cut into daily partitions."""
 
-    source: str = Field(description="Name of a data_source entry in the composition (mlx.yaml).")
+    source: StrictStr = Field(
+        description="Name of a data_source entry in the composition (mlx.yaml)."
+    )
     tables: tuple[TableSpec, ...] = Field(min_length=1)
-    time_column: str = Field(
+    time_column: StrictStr = Field(
         default="date", description="Date column (polars Date) that assigns a row to its day."
     )
     start: date = Field(description="First daily partition (ISO date).")
@@ -83,15 +168,32 @@ class DataSpec(_Strict):
         description="Day after the last partition (exclusive); default: partitions up to today.",
     )
 
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _days(cls, v: object) -> object:
+        return _real_date(v, "")
+
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
         if not any(t.partitioned for t in self.tables):
-            raise ValueError("data.tables needs at least one partitioned table (the daily data)")
+            raise SpecValueError(
+                "tables",
+                "data.tables needs at least one partitioned table (the daily data)",
+                "set partitioned: true on the table that has a row per day",
+            )
         names = [t.asset_name for t in self.tables]
         if len(set(names)) != len(names):
-            raise ValueError(f"data.tables: two tables have the same asset name: {names}")
+            raise SpecValueError(
+                "tables",
+                f"two tables have the same asset name: {names}",
+                "give each table its own asset: name",
+            )
         if self.end is not None and self.end <= self.start:
-            raise ValueError(f"data.end ({self.end}) must be after data.start ({self.start})")
+            raise SpecValueError(
+                "end",
+                f"data.end ({self.end}) must be after data.start ({self.start})",
+                "make data.end a later day than data.start (it is exclusive)",
+            )
         return self
 
     @property
@@ -106,8 +208,8 @@ class DataSpec(_Strict):
 class FeatureSpec(_Strict):
     """The model's inputs: columns of the features asset."""
 
-    asset: str = Field(default="features", description="Asset name, under the key prefix.")
-    function: str | None = Field(
+    asset: StrictStr = Field(default="features", description="Asset name, under the key prefix.")
+    function: StrictStr | None = Field(
         default=None,
         description="``module:function`` called with one polars DataFrame per table, by table "
         "name (``fn(flights=..., weather=..., planes=...)``), returning the feature frame with "
@@ -122,45 +224,65 @@ class FeatureSpec(_Strict):
         "as Arrow IPC files in its private working directory. A limit hit fails the step "
         "naming the limit and its value; nothing is stored.",
     )
-    numeric: tuple[str, ...] = ()
-    categorical: tuple[str, ...] = ()
-    not_monitored: tuple[str, ...] = Field(
+    numeric: tuple[StrictStr, ...] = ()
+    categorical: tuple[StrictStr, ...] = ()
+    not_monitored: tuple[StrictStr, ...] = Field(
         default=(),
         description="Features left out of drift monitoring (e.g. calendar features, which "
         "always differ between one day and months of reference).",
     )
-    slice_by: str | None = Field(
+    slice_by: StrictStr | None = Field(
         default=None, description="A categorical column the evaluation reports metrics by."
     )
 
     @field_validator("asset")
     @classmethod
     def _asset(cls, v: str) -> str:
-        return _identifier(v, "features.asset")
+        return _asset_name(v, "features.asset")
 
     @field_validator("function")
     @classmethod
     def _function(cls, v: str | None) -> str | None:
-        if v is not None and not _TARGET.match(v):
-            raise ValueError(f"features.function {v!r} must be 'package.module:function'")
+        if v is not None and not _TARGET.fullmatch(v):
+            raise ValueError(
+                f"features.function {v!r} is not of the form 'package.module:function'"
+                "\nfix: write e.g. mlx_assets.features.flight_features:build_features"
+            )
         return v
 
     @model_validator(mode="after")
     def _check(self) -> FeatureSpec:
         if not (self.numeric or self.categorical):
-            raise ValueError("features needs at least one numeric or categorical column")
+            raise SpecValueError(
+                "",
+                "features needs at least one numeric or categorical column",
+                "list the model's input columns under features.numeric or features.categorical",
+            )
         both = set(self.numeric) & set(self.categorical)
         if both:
-            raise ValueError(f"features: {sorted(both)} are both numeric and categorical")
+            raise SpecValueError(
+                "categorical",
+                f"{sorted(both)} are both numeric and categorical",
+                "list each column under one of features.numeric and features.categorical",
+            )
         unknown = set(self.not_monitored) - set(self.numeric) - set(self.categorical)
         if unknown:
-            raise ValueError(f"features.not_monitored names no feature: {sorted(unknown)}")
+            raise SpecValueError(
+                "not_monitored",
+                f"names no feature: {sorted(unknown)}",
+                f"list only features: {', '.join(self.columns)}",
+            )
         if self.slice_by is not None and self.slice_by not in self.categorical:
-            raise ValueError(f"features.slice_by {self.slice_by!r} is not a categorical feature")
+            raise SpecValueError(
+                "slice_by",
+                f"{self.slice_by!r} is not a categorical feature",
+                f"use one of features.categorical: {', '.join(self.categorical) or 'none'}",
+            )
         if self.sandbox is not None and self.function is None:
-            raise ValueError(
-                "features.sandbox needs features.function (only a function can be sandboxed); "
-                "fix: set features.function: 'package.module:function' or remove the sandbox"
+            raise SpecValueError(
+                "sandbox",
+                "features.sandbox needs features.function (only a function can be sandboxed)",
+                "set features.function: 'package.module:function' or remove the sandbox",
             )
         return self
 
@@ -180,20 +302,42 @@ class FeatureSpec(_Strict):
 class TargetSpec(_Strict):
     """What the model predicts."""
 
-    column: str
+    column: StrictStr
     kind: TaskKind = "binary"
-    classes: tuple[str, ...] = Field(
+    classes: tuple[StrictStr, ...] = Field(
         default=(),
-        description="Multiclass: the labels, in index order (the target column holds these "
-        "labels as strings, or their indices).",
+        description="Multiclass: the labels as text, in index order (a number is quoted: "
+        "``['0', '1']``); the target column holds these labels, or their indices.",
     )
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _labels(cls, v: object) -> object:
+        if isinstance(v, (list, tuple)):
+            for i, label in enumerate(v):
+                if not isinstance(label, str):
+                    raise SpecValueError(
+                        str(i),
+                        f"label {label!r} is not text: target.classes are the labels as text, "
+                        "in index order (the target column may hold them or their indices)",
+                        "quote it, e.g. classes: [" + ", ".join(repr(str(x)) for x in v) + "]",
+                    )
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
         if self.kind == "multiclass" and len(self.classes) < 2:
-            raise ValueError("target.classes must list at least two labels for kind multiclass")
+            raise SpecValueError(
+                "classes",
+                "target.classes must list at least two labels for kind multiclass",
+                "list the labels in index order, e.g. classes: [sun, rain, snow]",
+            )
         if self.kind != "multiclass" and self.classes:
-            raise ValueError(f"target.classes is for kind multiclass, not {self.kind}")
+            raise SpecValueError(
+                "classes",
+                f"target.classes is for kind multiclass, not {self.kind}",
+                "remove target.classes, or set target.kind: multiclass",
+            )
         return self
 
 
@@ -211,8 +355,21 @@ frequent class), e.g. ``min: {accuracy_lift: 0.0}`` to require beating it."""
 class GateSpec(_Strict):
     """The blocking quality gate: every rule must hold for the version to be registered."""
 
-    min: dict[str, float] = Field(default_factory=dict, description="metric >= value")
-    max: dict[str, float] = Field(default_factory=dict, description="metric < value")
+    min: dict[StrictStr, StrictFloat] = Field(default_factory=dict, description="metric >= value")
+    max: dict[StrictStr, StrictFloat] = Field(default_factory=dict, description="metric < value")
+
+    @field_validator("min", "max", mode="before")
+    @classmethod
+    def _numbers(cls, v: object) -> object:
+        if isinstance(v, dict):
+            for metric, bound in v.items():
+                if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+                    raise SpecValueError(
+                        str(metric),
+                        f"{bound!r} is not a number (the gate compares the metric with it)",
+                        f"write a number without quotes, e.g. {metric}: 0.7",
+                    )
+        return v
 
 
 DEFAULT_GATES: dict[str, GateSpec] = {
@@ -224,13 +381,17 @@ DEFAULT_GATES: dict[str, GateSpec] = {
 class LifecycleSpec(_Strict):
     """One model's lifecycle, as written in its ``defs.yaml`` (the component's attributes)."""
 
-    name: str = Field(description="The model's name: registry name, default key prefix.")
-    key_prefix: tuple[str, ...] | None = Field(
+    name: StrictStr = Field(description="The model's name: registry name, default key prefix.")
+    key_prefix: tuple[StrictStr, ...] | None = Field(
         default=None,
         description="Asset key prefix (default ``[name]``; ``[]`` for none: at most one "
         "instance of a code location may use none).",
     )
-    group: str | None = Field(default=None, description="Asset group (default: the name).")
+    group: StrictStr | None = Field(
+        default=None,
+        description="Asset group (default: the name): letters, digits and underscores "
+        "(Dagster's rule for names).",
+    )
     data: DataSpec
     features: FeatureSpec
     target: TargetSpec
@@ -246,8 +407,10 @@ class LifecycleSpec(_Strict):
         "min_rows: a day with fewer rows is 'insufficient_data', not drift, ...). "
         "Default: settings.drift.",
     )
-    arrival_cron: str | None = Field(default=None, description="Default: settings.arrival_cron.")
-    default_run: bool = Field(
+    arrival_cron: StrictStr | None = Field(
+        default=None, description="Default: settings.arrival_cron."
+    )
+    default_run: StrictBool = Field(
         default=True,
         description="``mlx lifecycle`` without ``--model`` runs this instance (false: only when "
         "named, ``-m NAME``, or with ``--all``); the UI, sensor and schedule have it either way.",
@@ -278,6 +441,26 @@ class LifecycleSpec(_Strict):
             _identifier(part, "key_prefix")
         return v
 
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None and not _DAGSTER_NAME.fullmatch(v):
+            good = re.sub(r"[^A-Za-z0-9_]+", "_", v).strip("_") or "my_group"
+            raise ValueError(
+                f"group {v!r} is not a valid Dagster group name: Dagster allows only letters, "
+                "digits and underscores in names"
+                f"\nfix: write e.g. group: {good}"
+            )
+        return v
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window_days(cls, v: object) -> object:
+        if isinstance(v, dict):
+            for k in ("train_start", "train_end", "test_start", "test_end"):
+                _real_date(v.get(k), k)
+        return v
+
     @field_validator("arrival_cron")
     @classmethod
     def _cron(cls, v: str | None) -> str | None:
@@ -294,22 +477,30 @@ class LifecycleSpec(_Strict):
             last = date.fromisoformat(self.window.test_end)
             end = self.data.end
             if first < self.data.start or (end is not None and last >= end):
-                raise ValueError(
+                raise SpecValueError(
+                    "window",
                     f"window {self.window.train_start}..{self.window.test_end} is not inside "
-                    f"the data's days {self.data.start}..{end - timedelta(days=1) if end else ''}"
-                    "; move the window or data.start/data.end"
+                    f"the data's days {self.data.start}..{end - timedelta(days=1) if end else ''}",
+                    "move the window or data.start/data.end",
                 )
         columns = set(self.features.columns)
         if self.target.column in columns:
-            raise ValueError(f"target.column {self.target.column!r} is also a feature")
+            raise SpecValueError(
+                "target.column",
+                f"{self.target.column!r} is also a feature",
+                "remove it from features.numeric/categorical (the model must not see its target)",
+            )
         if self.gate is not None:
             allowed = GATE_METRICS[self.target.kind]
-            for m in [*self.gate.min, *self.gate.max]:
-                if m not in allowed:
-                    raise ValueError(
-                        f"gate metric {m!r} is not a {self.target.kind} metric; use one of: "
-                        f"{', '.join(allowed)}"
-                    )
+            for side, rules in (("min", self.gate.min), ("max", self.gate.max)):
+                for m in rules:
+                    if m not in allowed:
+                        raise SpecValueError(
+                            f"gate.{side}.{m}",
+                            f"gate metric {m!r} is not a {self.target.kind} metric (target.kind "
+                            f"is {self.target.kind})",
+                            f"use one of the {self.target.kind} metrics: {', '.join(allowed)}",
+                        )
         return self
 
 
