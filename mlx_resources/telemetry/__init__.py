@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ def traced_execution(
             with contextlib.suppress(Exception):
                 plan_context.instance.add_run_tags(run_id, {kt.TRACE_TAG: trace_id})
         steps: dict[str, contextlib.ExitStack] = {}
+        step_spans: dict[str, Any] = {}
         try:
             for event in events:
                 kind = getattr(event, "event_type_value", None)
@@ -88,7 +90,7 @@ def traced_execution(
                 if kind == "STEP_START" and key and key not in steps:
                     stack = contextlib.ExitStack()
                     asset = _asset_of(plan_context, key)
-                    stack.enter_context(
+                    step_spans[key] = stack.enter_context(
                         tracer.start_as_current_span(
                             f"step {key}",
                             attributes={"mlx.step": key, "mlx.asset": asset, "mlx.run_id": run_id},
@@ -100,6 +102,10 @@ def traced_execution(
                 if kind in _STEP_END and key in steps:
                     if kind == "STEP_FAILURE":
                         run_span.set_attribute("mlx.outcome", "error")
+                        error = getattr(event.event_specific_data, "error", None)
+                        mark_failed(step_spans[key], error, key)
+                        mark_failed(run_span, error, key)
+                    step_spans.pop(key, None)
                     steps.pop(key).close()
                     flush_all()
         finally:
@@ -114,10 +120,48 @@ def traced_execution(
                     _log.warning("could not write the run's metrics under %s: %s", home, exc)
 
 
+def mark_failed(span: Any, error: Any, step: str | None = None) -> None:
+    """Set ``span``'s status to ERROR and record an ``exception`` event (OpenTelemetry's
+    semantic conventions: ``exception.type``, ``.message``, ``.stacktrace``) for ``error``, a
+    Dagster ``SerializableErrorInfo`` (``None``: status only). The root cause is recorded: the
+    innermost error of its ``cause``/``context`` chain, past Dagster's "Error occurred while
+    executing op" wrapper. Every text is redacted."""
+    from opentelemetry.trace import Status, StatusCode
+
+    from mlx_plugins.kernel.secrets import redact
+
+    root = error
+    seen = 0
+    while root is not None and seen < 20:
+        inner = getattr(root, "cause", None) or getattr(root, "context", None)
+        if inner is None:
+            break
+        root, seen = inner, seen + 1
+    if root is None:
+        span.set_status(Status(StatusCode.ERROR, f"step {step} failed" if step else "failed"))
+        return
+    lines = [line for line in (root.message or "").strip().splitlines() if line.strip()]
+    first = lines[0] if lines else root.cls_name
+    # "polars.exceptions.ComputeError: conversion failed" -> "conversion failed"
+    prefix = re.match(rf"^(?:\w+\.)*{re.escape(root.cls_name or '')}: ", first)
+    message = first[prefix.end() :] if prefix else first
+    where = f"step {step}: " if step else ""
+    span.set_status(Status(StatusCode.ERROR, redact(f"{where}{root.cls_name}: {message}")[:500]))
+    span.add_event(
+        "exception",
+        {
+            "exception.type": root.cls_name or "Exception",
+            "exception.message": redact(message),
+            "exception.stacktrace": redact("".join(root.stack or [])[-8000:]),
+            **({"mlx.step": step} if step else {}),
+        },
+    )
+
+
 def _asset_of(plan_context: Any, step_key: str) -> str:
     """The asset a step materializes: Dagster names an asset's step after its key
     (``flight_features``; ``a__b`` for ``a/b``)."""
     return step_key.replace("__", "/")
 
 
-__all__ = ["partition_of", "traced_execution", "who"]
+__all__ = ["mark_failed", "partition_of", "traced_execution", "who"]

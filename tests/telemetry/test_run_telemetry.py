@@ -197,3 +197,33 @@ def test_mlx_audit_cli_filters_and_json(spans, tmp_path, monkeypatch, capsys):
     assert main(["audit", "--since", "yesterday"]) == 2
     err = capsys.readouterr().err
     assert "--since 'yesterday'" in err and "2h" in err
+
+
+@pytest.mark.slow
+def test_a_failed_run_has_error_status_and_exception_on_run_and_step_spans(
+    spans, tmp_path, monkeypatch
+):
+    from opentelemetry.trace import StatusCode
+
+    secret = f"/nonexistent/mlx-secret-{uuid.uuid4().hex}"
+    monkeypatch.setenv(SECRET_VAR, secret)
+    _, _, ok = _run(tmp_path, monkeypatch, LEAKY)
+    assert not ok
+    named = _by_name(spans)
+    [run_span] = [s for name, found in named.items() if name.startswith("run ") for s in found]
+    failed_steps = [
+        s
+        for name, found in named.items()
+        if name.startswith("step ")
+        for s in found
+        if s.status.status_code is StatusCode.ERROR
+    ]
+    assert failed_steps, "the failed step's span has status ERROR"
+    for span in (run_span, *failed_steps):
+        assert span.status.status_code is StatusCode.ERROR
+        assert "step " in (span.status.description or "")
+        [event] = [e for e in span.events if e.name == "exception"]
+        assert event.attributes["exception.type"]
+        assert "Error occurred while executing op" not in event.attributes["exception.message"]
+        text = str(dict(event.attributes)) + (span.status.description or "")
+        assert secret not in text and "***" in text
