@@ -295,6 +295,8 @@ def _holds_env_var(value: Any) -> bool:
         return any(_holds_env_var(v) for v in value.values())
     if isinstance(value, (list, tuple)):
         return any(_holds_env_var(v) for v in value)
+    if isinstance(value, BaseModel):  # a nested config (files.<table>: FileTable)
+        return any(_holds_env_var(value.__dict__.get(n)) for n in type(value).model_fields)
     return False
 
 
@@ -313,13 +315,25 @@ def _env_text(value: Any, annotation: Any = None) -> Any:
     return text
 
 
-def _read_env_vars(value: Any) -> Any:
+def _read_env_vars(value: Any, annotation: Any = None) -> Any:
+    """``value`` with every ``{env:}`` reference in it read, also inside lists, dicts and
+    nested config models (each read as its nested field's type)."""
     if _is_env_var(value):
-        return _env_text(value)
+        text = _env_text(value, annotation)
+        return parse_env_value(annotation, text) if annotation is not None else text
     if isinstance(value, dict):
         return {k: _read_env_vars(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_read_env_vars(v) for v in value]
+    if isinstance(value, BaseModel) and _holds_env_var(value):
+        fields = type(value).model_fields
+        return type(value)(
+            **{
+                n: _read_env_vars(value.__dict__[n], info.annotation)
+                for n, info in fields.items()
+                if n in value.__dict__
+            }
+        )
     return value
 
 

@@ -173,3 +173,28 @@ def test_failure_detail_shows_a_sandbox_child_traceback_end():
     detail = _failed_run_detail(my_model__features)
     assert "SandboxError: plugin 'f': its sandboxed child failed in call()" in detail
     assert "InvalidOperationError: conversion from `str` to `i64` failed" in detail
+
+
+def test_health_resolves_an_env_reference_nested_in_a_files_table(tmp_path, monkeypatch, capsys):
+    # issue #12: `path: {env: T10_PATH}` under files.<table> failed `mlx health` only
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "part.csv").write_text("a,day\n1,2024-01-01\n")
+    comp = tmp_path / "mlx.yaml"
+    comp.write_text(
+        "plugins:\n"
+        "  data_source:\n"
+        "    - name: customers\n"
+        "      plugin: files\n"
+        "      config:\n"
+        "        files:\n"
+        "          t: {path: {env: T10_PATH}, date_column: day}\n"
+        "  ml_platform: local_torch\n"
+        "  drift_detector: polars\n"
+    )
+    monkeypatch.setenv("T10_PATH", str(data / "part.csv"))
+    code = main(["health", str(comp)])
+    out = capsys.readouterr().out
+    assert "EnvVar" not in out
+    assert "ok  customers      t: 1 files" in out
+    assert code == 0
