@@ -81,6 +81,58 @@ def safe_url(url: str) -> str:
         return "<audit database URL>"
 
 
+class AuditUrlError(ValueError):
+    """The audit database cannot be opened: the message names ``MLX_AUDIT_URL`` (password
+    hidden) or the default SQLite file, why, and the fix. Never includes credentials."""
+
+
+def _where(url: str) -> str:
+    if os.environ.get("MLX_AUDIT_URL") == url:
+        return f"MLX_AUDIT_URL={safe_url(url)}"
+    return f"the audit database {safe_url(url)}"
+
+
+def _open_error(url: str, exc: BaseException) -> AuditUrlError:
+    """``exc`` (raised opening ``url``) as one clear line; the URL's password is never in it
+    (SQLAlchemy repeats an unparseable URL whole in its message, so that one is not quoted)."""
+    where = _where(url)
+    example = "e.g. sqlite:////var/lib/mlx/audit.sqlite or postgresql+psycopg://mlx:...@db/mlx"
+    if isinstance(exc, sa.exc.ArgumentError) and not isinstance(exc, sa.exc.NoSuchModuleError):
+        return AuditUrlError(
+            f"{where} is not a database URL SQLAlchemy can parse; fix: set MLX_AUDIT_URL to a "
+            f"URL ({example}), or unset it for the default SQLite file under the MLX home"
+        )
+    try:
+        parsed = sa.make_url(url)
+    except Exception:
+        parsed = None
+    driver = parsed.drivername if parsed is not None else "?"
+    if isinstance(exc, sa.exc.NoSuchModuleError):
+        return AuditUrlError(
+            f"{where}: SQLAlchemy has no dialect {driver!r}; fix: use a known scheme ({example})"
+            ", or install the package that provides that dialect"
+        )
+    if isinstance(exc, ImportError):
+        module = getattr(exc, "name", None) or "its driver"
+        return AuditUrlError(
+            f"{where}: the database driver for {driver!r} is not installed ({module}); fix: "
+            f"pip install {module}, or use another URL ({example})"
+        )
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    text = reason[0] if reason else type(exc).__name__
+    if parsed is not None and parsed.password:
+        text = text.replace(str(parsed.password), "***")
+    text = redact(text)
+    if parsed is not None and parsed.get_backend_name() == "sqlite":
+        fix = (
+            f"point MLX_AUDIT_URL at a SQLite file whose folder exists and is writable "
+            f"(database: {parsed.database!r})"
+        )
+    else:
+        fix = "check the host, port, database name and credentials of MLX_AUDIT_URL"
+    return AuditUrlError(f"{where} cannot be opened ({type(exc).__name__}: {text}); fix: {fix}")
+
+
 class AuditLog:
     """Append-only access to the audit table at ``url`` (created on first use).
 
@@ -93,6 +145,12 @@ class AuditLog:
         self.url = url
         self._lock = threading.Lock()
         self._pending: list[dict[str, Any]] = []
+        try:
+            self._open(url)
+        except Exception as exc:
+            raise _open_error(url, exc) from None
+
+    def _open(self, url: str) -> None:
         self._engine = sa.create_engine(url, future=True)
         if self._engine.dialect.name == "sqlite":
 
@@ -166,7 +224,7 @@ class AuditLog:
         if plugin:
             q = q.where(AUDIT.c.plugin == plugin)
         if run_id:
-            q = q.where(AUDIT.c.run_id == run_id)
+            q = q.where(AUDIT.c.run_id == self.resolve_run(run_id))
         if outcome:
             q = q.where(AUDIT.c.outcome == outcome)
         if since is not None:
@@ -177,6 +235,33 @@ class AuditLog:
             q = q.limit(limit)
         with self._engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
+
+    def resolve_run(self, run_id: str) -> str:
+        """The full run id that ``run_id`` (whole, or a prefix such as the 8 characters the
+        console prints) names; ``run_id`` itself when no recorded run starts with it. Raises
+        ``ValueError`` listing the candidates when the prefix names several runs."""
+        with self._engine.connect() as conn:
+            exact = conn.execute(
+                sa.select(AUDIT.c.run_id).where(AUDIT.c.run_id == run_id).limit(1)
+            ).first()
+            if exact is not None:
+                return run_id
+            found = sorted(
+                r[0]
+                for r in conn.execute(
+                    sa.select(AUDIT.c.run_id)
+                    .where(AUDIT.c.run_id.startswith(run_id, autoescape=True))
+                    .distinct()
+                    .limit(6)
+                )
+            )
+        if len(found) > 1:
+            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            raise ValueError(
+                f"--run {run_id!r} is the start of several runs ({shown}); fix: give more of "
+                "the run id"
+            )
+        return found[0] if found else run_id
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.query())
@@ -248,8 +333,9 @@ def audit_command(
     limit: int | None = None,
     out: Any = None,
 ) -> int:
-    """``mlx audit``: print matching rows (a table, or JSON lines with ``--json``); exit code 0,
-    or 2 with a message for a bad ``--since``."""
+    """``mlx audit``: print matching rows (a table, or JSON lines with ``--json``); ``run`` may
+    be a unique prefix of the run id. Exit code 0, or 2 with one line for a bad ``--since``, an
+    ambiguous ``--run`` prefix or an audit database that cannot be opened (``MLX_AUDIT_URL``)."""
     import json
     import sys
 
@@ -259,9 +345,19 @@ def audit_command(
     except ValueError as exc:
         print(f"mlx audit: {exc}", file=sys.stderr)
         return 2
-    rows = AuditLog(default_url()).query(
-        plugin=plugin, run_id=run, since=when, outcome=outcome, limit=limit
-    )
+    try:
+        rows = AuditLog(default_url()).query(
+            plugin=plugin, run_id=run, since=when, outcome=outcome, limit=limit
+        )
+    except AuditUrlError as exc:
+        print(f"mlx audit: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # an ambiguous --run prefix
+        print(f"mlx audit: {exc}", file=sys.stderr)
+        return 2
+    except sa.exc.SQLAlchemyError as exc:
+        print(f"mlx audit: {_open_error(default_url(), exc)}", file=sys.stderr)
+        return 2
     if as_json:
         for r in rows:
             out.write(json.dumps({**r, "at": r["at"].isoformat()}) + "\n")
@@ -310,6 +406,7 @@ __all__ = [
     "AUDIT",
     "COLUMNS",
     "AuditLog",
+    "AuditUrlError",
     "audit_command",
     "default_url",
     "flush_all",
