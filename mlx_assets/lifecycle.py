@@ -385,7 +385,7 @@ def _where_raised(error: Any) -> str:
     if found is None:
         return ""
     file, line, func = found.groups()
-    if "site-packages" in file or "dist-packages" in file or "sandbox/runner.py" in file:
+    if "site-packages" in file or "dist-packages" in file or "mlx_resources/sandbox/" in file:
         return ""
     path = Path(file)
     module = path.stem

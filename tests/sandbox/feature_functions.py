@@ -23,3 +23,14 @@ def phone_home(flights: pl.DataFrame, port: pl.DataFrame) -> pl.DataFrame:
     with socket.create_connection(("127.0.0.1", int(port["port"][0])), timeout=5):
         pass
     return flights
+
+
+def bad_column(flights: pl.DataFrame) -> pl.DataFrame:
+    """Fails the way a user's feature function does."""
+    raise ValueError("bad column x")
+
+
+def returns_none(flights: pl.DataFrame) -> pl.DataFrame:
+    """Forgets to return its frame."""
+    flights.with_columns(pl.lit(1).alias("one"))
+    return None  # type: ignore[return-value]

@@ -125,3 +125,33 @@ def test_in_a_run_the_limit_fails_the_step_and_nothing_is_stored(tmp_path: Path)
         assert instance.get_materialized_partitions(key) == set()
         assert DAY.isoformat() in instance.get_materialized_partitions(lc.raw_keys["flights"])
     assert not (tmp_path / "data" / key.path[-1]).exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("tests.sandbox.feature_functions:bad_column", "ValueError: bad column x"),
+        (
+            "tests.sandbox.feature_functions:returns_none",
+            "TypeError: features.function 'tests.sandbox.feature_functions:returns_none' "
+            "returned NoneType, not a polars DataFrame; fix: return a polars DataFrame",
+        ),
+    ],
+)
+def test_a_failed_run_names_the_sandboxed_functions_real_error(target, expected):
+    # issue #10: the console showed only 'Error occurred while executing op "..."'
+    from mlx_assets.lifecycle import _failure_detail
+
+    frame = pl.DataFrame({"a": [1, 2]})
+
+    @dg.asset(name="my_model__features")
+    def features() -> pl.DataFrame:
+        return run_function(target, {"flights": frame}, SandboxSpec())
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([features], instance=instance, raise_on_error=False)
+        assert not result.success
+        detail = _failure_detail(instance, result.run_id)
+    assert detail.startswith(" at step my_model__features: ")
+    assert expected in detail
+    assert "Error occurred while executing op" not in detail
