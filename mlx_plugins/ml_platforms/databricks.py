@@ -569,6 +569,13 @@ class DatabricksPlatform(MLPlatform):
                 _submit(ctx)
 
         def _submit(ctx: Any) -> None:
+            try:
+                _run(ctx)
+            except BaseException:  # interrupted or failed: never leave the cluster run going
+                client.cancel_if_active(ctx)
+                raise
+
+        def _run(ctx: Any) -> None:
             client.run(
                 context=ctx,
                 task=task,
@@ -799,6 +806,24 @@ def _make_client(plugin: DatabricksPlatform, on_message: Any, interval: float) -
             if error and error not in text:
                 text += f"; error: {error}"
             return redact(f"{text}; run page: {self.run_url}")
+
+        def cancel_if_active(self, context: Any) -> None:
+            """Cancel this client's run unless it has ended: the safety net for an interruption
+            that surfaced outside ``_poll_til_success`` (Dagster may defer a SIGINT while it
+            handles an event, and raise it later, past dagster-databricks' own cancel)."""
+            if self.run_id is None:
+                return
+            try:
+                state = self._get_run_state(self.run_id)
+            except Exception:  # the run is gone or unreachable: nothing to cancel here
+                return
+            if state.life_cycle_state not in (
+                jobs.RunLifeCycleState.TERMINATING,
+                jobs.RunLifeCycleState.TERMINATED,
+                jobs.RunLifeCycleState.SKIPPED,
+                jobs.RunLifeCycleState.INTERNAL_ERROR,
+            ):
+                self._cancel_quietly(context, self.run_id)
 
         def _cancel_quietly(self, context: Any, run_id: int) -> None:
             try:

@@ -265,7 +265,9 @@ def test_step_termination_cancels_the_run(server: LoopbackDatabricks, tmp_path: 
     assert run.run_id in server.cancelled
     assert run.result_state == "CANCELED"
     assert run.process is not None and run.process.poll() is not None
-    assert any("canceling Databricks job" in m for m in messages)
+    # dagster-databricks' own cancel, or MLX's safety net when Dagster raised the interruption
+    # past it (it may defer a SIGINT while it handles an event)
+    assert any("canceling Databricks job" in m or "cancelling run" in m for m in messages)
 
 
 def test_timeout_cancels_the_run(server: LoopbackDatabricks, tmp_path: Path) -> None:
