@@ -512,15 +512,65 @@ def metrics_text() -> bytes:
     return generate_latest(REGISTRY)
 
 
-def write_run_metrics(home: str | os.PathLike[str], run_id: str) -> Path:
-    """Write :func:`metrics_text` to ``<home>/metrics/<run_id>.prom`` atomically; returns the
-    path. Values are this process's totals (one run per process for launched runs)."""
+MetricsSnapshot = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""Sample (name, sorted labels) -> value of the registry at one moment."""
+
+_CUMULATIVE = {"counter", "histogram", "summary"}
+
+
+def metrics_snapshot() -> MetricsSnapshot:
+    """The registry's cumulative samples now (counters, histograms, summaries), to take the
+    metrics of one run as the difference from its start (:func:`write_run_metrics`)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in REGISTRY.collect()
+        if family.type in _CUMULATIVE
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+def _run_registry(since: MetricsSnapshot) -> CollectorRegistry:
+    """A registry whose counters and histograms are the registry's minus ``since`` (gauges as
+    they are), so that several runs in one process (``mlx lifecycle``) each report their own."""
+    from prometheus_client.metrics_core import Metric
+
+    class _Delta:
+        def collect(self) -> Iterator[Metric]:
+            for family in REGISTRY.collect():
+                out = Metric(family.name, family.documentation, family.type, family.unit)
+                for sample in family.samples:
+                    if family.type in _CUMULATIVE and sample.name.endswith("_created"):
+                        continue
+                    value = sample.value
+                    if family.type in _CUMULATIVE:
+                        value -= since.get((sample.name, tuple(sorted(sample.labels.items()))), 0.0)
+                    out.add_sample(sample.name, sample.labels, value, sample.timestamp)
+                yield out
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Delta())
+    return registry
+
+
+def write_run_metrics(
+    home: str | os.PathLike[str], run_id: str, since: MetricsSnapshot | None = None
+) -> Path:
+    """Write the metrics of run ``run_id`` in the Prometheus text format (what a pushgateway
+    accepts) to ``<home>/metrics/<run_id>.prom`` atomically; returns the path.
+
+    ``since``: :func:`metrics_snapshot` taken when the run started; counters and histograms are
+    then this run's own (the registry's values minus the snapshot), so files of several runs of
+    one process add up to the process's totals and are never counted twice. None: the process's
+    totals. Gauges (drift shares) are their last value either way.
+    """
     from mlx_plugins.kernel.atomic import atomic_write_bytes
 
     if not run_id or "/" in run_id or run_id.startswith("."):
         raise ValueError(f"run_id {run_id!r} is not a plain file name; pass Dagster's run id")
     path = Path(home) / "metrics" / f"{run_id}.prom"
-    atomic_write_bytes(path, metrics_text())
+    text = metrics_text() if since is None else generate_latest(_run_registry(since))
+    atomic_write_bytes(path, text)
     return path
 
 
@@ -549,6 +599,7 @@ __all__ = [
     "current_trace_id",
     "detach",
     "epoch_span",
+    "metrics_snapshot",
     "metrics_text",
     "observe_drift_share",
     "observe_training",

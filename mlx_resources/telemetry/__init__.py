@@ -63,6 +63,7 @@ def traced_execution(
     tags = dict(run.tags)
     run_id = plan_context.run_id
     tracer = kt.tracer()
+    started = kt.metrics_snapshot()  # this run's metrics are the difference from here
     context = {
         "run_id": run_id,
         "job": run.job_name,
@@ -115,7 +116,7 @@ def traced_execution(
             flush_all()
             if home is not None:
                 try:
-                    kt.write_run_metrics(home, run_id)
+                    kt.write_run_metrics(home, run_id, since=started)
                 except Exception as exc:
                     _log.warning("could not write the run's metrics under %s: %s", home, exc)
 

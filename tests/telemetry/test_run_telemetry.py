@@ -227,3 +227,33 @@ def test_a_failed_run_has_error_status_and_exception_on_run_and_step_spans(
         assert "Error occurred while executing op" not in event.attributes["exception.message"]
         text = str(dict(event.attributes)) + (span.status.description or "")
         assert secret not in text and "***" in text
+
+
+def test_each_run_file_has_that_run_s_own_counts(spans, tmp_path, monkeypatch):
+    """Seen in a trial: `mlx lifecycle` runs several runs in one process, and each run's .prom
+    file held the process's totals, so pushing them per run counted the earlier runs again."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def calls(run_id: str) -> float:
+        text = (Path(os.environ["MLX_HOME"]) / "metrics" / f"{run_id}.prom").read_text()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "mlx_plugin_calls_total"
+            and s.labels.get("plugin") == "nycflights13"
+            and s.labels.get("method") == "read"
+        )
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, _, ok1 = _run(tmp_path / "a", monkeypatch, GOOD)
+    second, _, ok2 = _run(tmp_path / "b", monkeypatch, GOOD)
+    assert ok1 and ok2 and first != second
+    # one read per run, in each file, although the process's counter is at 2 (or more)
+    assert calls(first) == 1 and calls(second) == 1
+    process_total = _sample(
+        "mlx_plugin_calls_total",
+        {"plugin": "nycflights13", "kind": "data_source", "method": "read", "outcome": "ok"},
+    )
+    assert process_total >= 2
