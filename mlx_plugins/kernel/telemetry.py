@@ -102,6 +102,15 @@ def _otlp_requested() -> bool:
     )
 
 
+def _traces_exporters() -> set[str]:
+    """The exporters ``OTEL_TRACES_EXPORTER`` names (comma-separated, lower case)."""
+    return {
+        name.strip().lower()
+        for name in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",")
+        if name.strip()
+    }
+
+
 class _State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -147,6 +156,22 @@ def configure(span_exporter: Any = None, *, force: bool = False) -> trace.Tracer
             provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter()))
             _STATE.meter_provider = _otlp_meter_provider(resource)
             _STATE.exporting = True
+        if "console" in _traces_exporters() and span_exporter is None:
+            # OTEL_TRACES_EXPORTER=console (alone or beside otlp): each span as JSON on stdout
+            import sys
+
+            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+            # the stdout of now (its default is the one of when opentelemetry was imported)
+            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
+            _STATE.exporting = True
+        unknown = _traces_exporters() - {"otlp", "console", "none"}
+        if unknown:
+            _log.warning(
+                "OTEL_TRACES_EXPORTER names %s, which MLX does not export to; fix: use otlp "
+                "and/or console (or none)",
+                ", ".join(sorted(unknown)),
+            )
         _STATE.provider = provider
         _STATE.tracer = provider.get_tracer("mlx")
         return _STATE.tracer

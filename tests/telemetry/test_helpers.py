@@ -147,3 +147,26 @@ def test_generator_method_calls_are_counted_once_and_early_close_is_ok():
         "mlx_plugin_calls_total", {**labels, "outcome": "error"}
     )
     assert ok == 2 and not err
+
+
+def test_console_exporter_prints_spans_and_an_unknown_exporter_is_named(
+    monkeypatch, capsys, caplog
+):
+    """Seen in a trial: OTEL_TRACES_EXPORTER=console exported nothing, silently."""
+    import json
+
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console,zipkin")
+    telemetry.shutdown()
+    try:
+        with telemetry.traced_span("console_probe"):
+            pass
+        telemetry.shutdown()  # flushes
+        out = capsys.readouterr().out
+        printed = json.loads(out[out.index("{") : out.rindex("}") + 1])
+        assert printed["name"] == "console_probe"
+        assert "zipkin, which MLX does not export to" in caplog.text
+    finally:
+        monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+        telemetry.shutdown()
