@@ -36,8 +36,19 @@ def who(tags: Mapping[str, str]) -> str:
         return f"schedule:{tags['dagster/schedule_name']}"
     if tags.get("dagster/backfill"):
         return f"backfill:{tags['dagster/backfill']}"
-    user = tags.get("dagster/user") or os.environ.get("USER") or "unknown"
+    user = tags.get("dagster/user") or _login_name()
     return f"user:{user}"
+
+
+def _login_name() -> str:
+    """The process's user: ``$USER``/``$LOGNAME`` (what getpass reads), else the account of
+    the process's uid (a container or service often sets no ``$USER``), else ``uid:<n>``."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no variable and no passwd entry for the uid
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
 def partition_of(tags: Mapping[str, str]) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mlx_plugins.kernel import telemetry
@@ -170,3 +172,16 @@ def test_console_exporter_prints_spans_and_an_unknown_exporter_is_named(
     finally:
         monkeypatch.delenv("OTEL_TRACES_EXPORTER")
         telemetry.shutdown()
+
+
+def test_who_names_the_account_when_user_is_not_set(monkeypatch):
+    """Seen in a trial: audit rows said `user:unknown` in a shell without $USER."""
+    import pwd
+
+    from mlx_resources.telemetry import who
+
+    for name in ("USER", "LOGNAME", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert who({}) == f"user:{pwd.getpwuid(os.getuid()).pw_name}"
+    assert who({"dagster/user": "ada"}) == "user:ada"
+    assert who({"dagster/sensor_name": "drift_retrain_sensor"}) == "sensor:drift_retrain_sensor"
