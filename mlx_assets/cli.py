@@ -112,10 +112,18 @@ def _lifecycle(args: argparse.Namespace) -> int:
         os.environ["MLX_COMPOSITION"] = os.path.abspath(args.file)
     if args.profile:
         os.environ["MLX_PROFILE"] = args.profile
+    import importlib
+    import sys
+
     import dagster as dg
 
     from mlx_assets.build import lifecycles_of
     from mlx_assets.console import summary_lines
+
+    # the definitions of THIS composition and profile: a process that imported them before
+    # with other settings (main() called twice, as tests and notebooks do) builds them again
+    if "mlx_assets.definitions" in sys.modules:
+        importlib.reload(sys.modules["mlx_assets.definitions"])
     from mlx_assets.definitions import defs
     from mlx_assets.lifecycle import run_lifecycle
     from mlx_resources.run_liveness import recover
