@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def _plugins_list(_: argparse.Namespace) -> int:
@@ -100,7 +101,7 @@ def _lifecycle(args: argparse.Namespace) -> int:
     import time
 
     from mlx_assets.console import Console
-    from mlx_resources.instance_home import ensure_dagster_home, lifecycle_lock
+    from mlx_resources.instance_home import ensure_dagster_home
 
     started = time.perf_counter()
     console = Console(verbose=args.verbose)
@@ -108,17 +109,34 @@ def _lifecycle(args: argparse.Namespace) -> int:
     # A bad composition file fails here, before anything is created or imported.
     _load(args)
     home = ensure_dagster_home(log=log)  # safe under concurrent first use (issue 9.7)
-    if args.file:
-        os.environ["MLX_COMPOSITION"] = os.path.abspath(args.file)
-    if args.profile:
-        os.environ["MLX_PROFILE"] = args.profile
+    # the runs this command launches read the composition and profile from the environment;
+    # an in-process caller (tests, notebooks) gets its environment back afterwards
+    chosen = {"MLX_COMPOSITION": os.path.abspath(args.file) if args.file else None}
+    chosen["MLX_PROFILE"] = args.profile or None
+    before = {k: os.environ.get(k) for k, v in chosen.items() if v is not None}
+    os.environ.update({k: v for k, v in chosen.items() if v is not None})
+    try:
+        return _run_lifecycles(args, console, home, started)
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_lifecycles(args: argparse.Namespace, console: Any, home: Any, started: float) -> int:
+    """``mlx lifecycle``'s work once the composition and profile are in the environment."""
     import importlib
-    import sys
+    import time
 
     import dagster as dg
 
     from mlx_assets.build import lifecycles_of
     from mlx_assets.console import summary_lines
+    from mlx_resources.instance_home import lifecycle_lock
+
+    log = console.line
 
     # the definitions of THIS composition and profile: a process that imported them before
     # with other settings (main() called twice, as tests and notebooks do) builds them again

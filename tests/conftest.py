@@ -10,7 +10,10 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     home = tmp_path_factory.mktemp("mlx_home")
     monkeypatch.setenv("MLX_HOME", str(home))
     for var in ("MLX_PROFILE", "MLX_COMPOSITION"):
-        monkeypatch.delenv(var, raising=False)
+        # set, then delete: monkeypatch then restores the state before the test at its end,
+        # also when the code under test set the variable itself (mlx lifecycle does)
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     # The suite's compositions name the flights data source only: load the flights lifecycle
     # instance alone unless a test picks others (tests/lifecycle/test_component.py does).
     monkeypatch.setenv("MLX__SETTINGS__LIFECYCLES", "[flight_delay]")

@@ -118,6 +118,9 @@ def test_config_validate_and_lifecycle_print_no_dagster_traceback(
     assert main(["lifecycle", str(mlx)]) == 1
     err = capsys.readouterr().err
     assert key in err and "Traceback" not in err
+    # an in-process call leaves the environment as it found it (CI: a later module's
+    # fixtures ran with this test's composition)
+    assert "MLX_COMPOSITION" not in __import__("os").environ
 
 
 def test_a_valid_group_builds(tmp_path):
