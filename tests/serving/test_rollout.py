@@ -149,7 +149,7 @@ def test_slow_canary_is_rolled_back_on_p99(tmp_path: Path) -> None:
         assert "p99" in result.reason
 
 
-def test_canary_that_dies_is_rolled_back_and_no_request_fails(tmp_path: Path) -> None:
+def test_canary_that_dies_is_rolled_back_and_its_share_is_served_by_stable(tmp_path: Path) -> None:
     with _rollout_setup(tmp_path, FixtureServer(CANARY)) as (router, stable, canary):
         (victim,) = canary.replicas
         # a step that would only end by the rule: the canary dies in it
@@ -175,7 +175,11 @@ def test_canary_that_dies_is_rolled_back_and_no_request_fails(tmp_path: Path) ->
         assert [s.ended_by for s in result.steps] == ["scrape"]
         assert "not answering" in result.reason
         # the dead canary's share went to the stable replicas (nginx backup servers): every
-        # request was answered 200, none lost, none 502
-        _assert_nothing_lost(outcomes)
-        assert {o.status for o in outcomes} == {200}
+        # request was answered 200, none 502 - except one the canary was in the middle of
+        # answering when it was SIGKILLed (its header sent, its body not: nginx cannot retry
+        # an answer it has begun; seen once in CI). At most the load's 4 in flight, each such.
+        cut = [o for o in outcomes if o.status == 0]
+        assert len(cut) <= 4, cut
+        assert all("without sending complete message body" in o.error for o in cut), cut
+        assert {o.status for o in outcomes if o.status != 0} == {200}
         assert router.table.weights == {STABLE: 100.0}
