@@ -95,12 +95,14 @@ class SandboxLimitError(SandboxError):
 
 
 _MEMORY_SIGNS = re.compile(
-    r"\bMemoryError\b|failed to map segment from shared object|Cannot allocate memory"
+    r"\bMemoryError|failed to map segment from shared object|Cannot allocate memory"
     r"|memory allocation of \d+ bytes failed",
     re.MULTILINE,
 )
 """What a child's stderr shows when its address space (``memory_mb``) was too small, even to
-start (a ``MemoryError`` while importing, a native library that cannot be mapped)."""
+start (a ``MemoryError`` while importing, a native library that cannot be mapped). No word
+boundary after ``MemoryError``: an interpreter out of memory may print it with no newline, run
+together with the next message ("MemoryErrorException ignored in sys.unraisablehook")."""
 
 
 @functools.cache
