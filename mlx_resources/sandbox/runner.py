@@ -95,14 +95,15 @@ class SandboxLimitError(SandboxError):
 
 
 _MEMORY_SIGNS = re.compile(
-    r"\bMemoryError|failed to map segment from shared object|Cannot allocate memory"
-    r"|memory allocation of \d+ bytes failed",
+    r"MemoryError|failed to map segment from shared object|Cannot allocate memory"
+    r"|memory allocation of \d+ bytes failed|Unable to allocate|std::bad_alloc|[Oo]ut of memory",
     re.MULTILINE,
 )
 """What a child's stderr shows when its address space (``memory_mb``) was too small, even to
-start (a ``MemoryError`` while importing, a native library that cannot be mapped). No word
-boundary after ``MemoryError``: an interpreter out of memory may print it with no newline, run
-together with the next message ("MemoryErrorException ignored in sys.unraisablehook")."""
+start (a ``MemoryError`` while importing, a native library that cannot be mapped).
+``MemoryError`` is matched inside words: an interpreter out of memory may print it with no
+newline, run together with the next message ("MemoryErrorException ignored in
+sys.unraisablehook"), and numpy names its own ``_ArrayMemoryError`` ("Unable to allocate ...")."""
 
 
 @functools.cache

@@ -22,6 +22,9 @@ UNBOUNDED = SandboxSpec()
         "ImportError: libfoo.so: failed to map segment from shared object",
         "OSError: [Errno 12] Cannot allocate memory",
         "memory allocation of 1048576 bytes failed",
+        "numpy.core._exceptions._ArrayMemoryError: Unable to allocate 7.45 GiB for an array",
+        "terminate called after throwing an instance of 'std::bad_alloc'",
+        "Fatal Python error: _PyMem_DebugMalloc: Python memory allocator called: out of memory",
     ],
 )
 def test_every_out_of_memory_report_is_the_memory_limit(stderr_tail):
@@ -38,7 +41,7 @@ def test_an_unbounded_child_is_never_said_to_hit_a_memory_limit(stderr_tail):
 
 @pytest.mark.parametrize(
     "stderr_tail",
-    ["ValueError: NotAMemoryError here", "KeyError: 'memory'", "", "TooMuchMemoryErrorish"],
+    ["ValueError: bad value", "KeyError: 'memory'", "", "RuntimeError: allocation refused"],
 )
 def test_other_failures_are_not_a_limit(stderr_tail):
     assert limit_hit(BOUNDED, 1, {}, stderr_tail) is None
