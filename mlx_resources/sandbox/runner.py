@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -444,12 +445,21 @@ def _session(context: Any, extras: dict[str, Any]) -> Iterator[Any]:
             else None
         )
         try:
-            with dg.open_pipes_session(
-                context=context,
-                context_injector=dg.PipesTempFileContextInjector(),
-                message_reader=dg.PipesTempFileMessageReader(),
-                extras=extras,
-            ) as session:
+            with contextlib.ExitStack() as stack:
+                with warnings.catch_warnings():
+                    # Dagster's own Pipes handler reads its preview `expected_writer_count`
+                    # and warns on every session; only the opening is filtered, never the call
+                    warnings.filterwarnings(
+                        "ignore", message=".*expected_writer_count", category=Warning
+                    )
+                    session = stack.enter_context(
+                        dg.open_pipes_session(
+                            context=context,
+                            context_injector=dg.PipesTempFileContextInjector(),
+                            message_reader=dg.PipesTempFileMessageReader(),
+                            extras=extras,
+                        )
+                    )
                 yield _RunSession(session)
         finally:
             # open_pipes_session makes the asset return Pipes results (MaterializeResult);
