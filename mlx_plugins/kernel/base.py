@@ -381,9 +381,13 @@ def _call_scope(args: tuple[Any, ...], method: str, current: bool = True) -> Any
     return _telemetry.plugin_call(args[0], method, current=current)
 
 
-def _clean(exc: Exception) -> Exception:
-    clean = redact_exception(exc)
-    return exc if clean is exc else typing.cast(Exception, clean)
+def _failed(scope: Any, exc: BaseException) -> BaseException:
+    """End ``scope`` for a call that raised ``exc``; the exception to raise: ``exc`` itself, or
+    for an ``Exception`` whose message, arguments or causes hold a secret, its redacted copy
+    (an interruption such as ``KeyboardInterrupt`` is never rewritten)."""
+    clean = redact_exception(exc) if isinstance(exc, Exception) else exc
+    scope.finish(None, clean)
+    return clean
 
 
 class _NoScope:
@@ -453,15 +457,11 @@ def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
             scope.__enter__()
             try:
                 result = await fn(*args, **kwargs)
-            except Exception as exc:
-                clean = _clean(exc)
-                scope.finish(None, clean)
+            except BaseException as exc:
+                clean = _failed(scope, exc)
                 if clean is exc:
                     raise
                 raise clean from clean.__cause__
-            except BaseException as exc:
-                scope.finish(None, exc)
-                raise
             scope.finish(result, None)
             return result
 
@@ -477,18 +477,14 @@ def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 scope.__enter__()
                 result = yield from fn(*args, **kwargs)
-            except Exception as exc:
-                clean = _clean(exc)
-                scope.finish(None, clean)
-                if clean is exc:
-                    raise
-                raise clean from clean.__cause__
             except GeneratorExit:  # the consumer stopped early: not a failure of the plugin
                 scope.finish(None, None)
                 raise
             except BaseException as exc:
-                scope.finish(None, exc)
-                raise
+                clean = _failed(scope, exc)
+                if clean is exc:
+                    raise
+                raise clean from clean.__cause__
             scope.finish(result, None)
             return result
 
@@ -501,15 +497,11 @@ def _redacting(fn: Callable[..., Any]) -> Callable[..., Any]:
         scope.__enter__()
         try:
             result = _call(fn, method, args, kwargs)
-        except Exception as exc:
-            clean = _clean(exc)
-            scope.finish(None, clean)
+        except BaseException as exc:
+            clean = _failed(scope, exc)
             if clean is exc:
                 raise
             raise clean from clean.__cause__
-        except BaseException as exc:
-            scope.finish(None, exc)
-            raise
         scope.finish(result, None)
         return result
 
