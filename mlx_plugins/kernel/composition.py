@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from mlx_plugins.kernel import yaml12
 from mlx_plugins.kernel.base import (
@@ -86,6 +86,34 @@ class PluginEntry(BaseModel):
     """Where ``sandbox`` is written (``plugins.data_source[0].sandbox``), for limit errors."""
 
 
+class _Built:
+    """Plugin instances built while the composition was validated, by entry: the first
+    :meth:`Composition.resources` takes each one instead of building it again (Dagster infers a
+    resource's config schema in every constructor). Only entries without ``{env:}`` values are
+    kept (validation reads those from the environment, the definitions keep references). Each
+    instance is handed out once, so two builds of the definitions never share a plugin's
+    private state. Not part of the composition's value: compositions compare equal, copy and
+    pickle as if it were empty."""
+
+    def __init__(self, instances: dict[int, tuple[PluginEntry, Any]] | None = None) -> None:
+        self._instances = instances or {}
+
+    def take(self, entry: PluginEntry) -> Any | None:
+        kept = self._instances.pop(id(entry), None)
+        return kept[1] if kept is not None and kept[0] is entry else None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Built)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Built:
+        return _Built()
+
+    def __reduce__(self) -> tuple[type[_Built], tuple[()]]:
+        return (_Built, ())
+
+
 class Composition(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -96,6 +124,7 @@ class Composition(BaseModel):
     slots: dict[str, Any] = Field(default_factory=dict)
     """Platform slots (``kinds.SLOTS``, e.g. ``io_manager``) as written, after profiles and
     overrides; absent when the file names none."""
+    _built: _Built = PrivateAttr(default_factory=_Built)
 
     def of_kind(self, kind: str) -> tuple[PluginEntry, ...]:
         return tuple(e for e in self.entries if e.kind == kind)
@@ -107,10 +136,13 @@ class Composition(BaseModel):
         return _instantiate(self.source, entry, key)
 
     def resources(self) -> dict[str, Any]:
-        """Plugin instances by resource key. Imports each used plugin's module, no others."""
+        """Plugin instances by resource key, new ones on every call (the first call may return
+        those built while the composition was validated). Imports each used plugin's module,
+        no others."""
         out: dict[str, Any] = {}
         for entry in self.entries:
-            out[entry.name] = _instantiate(self.source, entry)
+            built = self._built.take(entry)
+            out[entry.name] = built if built is not None else _instantiate(self.source, entry)
         return out
 
 
@@ -199,6 +231,7 @@ def parse_composition(
             f"use kinds as keys: {', '.join(KINDS)}",
         )
     entries: list[PluginEntry] = []
+    built: dict[int, tuple[PluginEntry, Any]] = {}
     slots: dict[str, Any] = {}
     for kind_name, value in plugins.items():
         if kind_name in SLOTS:  # validated by the platform that fills it (mlx_assets.build)
@@ -214,10 +247,10 @@ def parse_composition(
                 f"unknown plugin kind{hint}",
                 f"use one of: {', '.join(KINDS)}",
             )
-        entries.extend(_parse_kind(source, kind_name, value, registry, environ))
+        entries.extend(_parse_kind(source, kind_name, value, registry, environ, built))
     for kind in KINDS.values():  # a kind the file leaves out gets its default plugin
         if kind.default and not any(e.kind == kind.name for e in entries):
-            entries.extend(_parse_kind(source, kind.name, kind.default, registry, environ))
+            entries.extend(_parse_kind(source, kind.name, kind.default, registry, environ, built))
 
     for kind in KINDS.values():
         found = [e for e in entries if e.kind == kind.name]
@@ -250,9 +283,11 @@ def parse_composition(
     settings = merged.get("settings") or {}
     if not isinstance(settings, dict):
         raise CompositionError(source, "settings", "must be a mapping", "use key: value pairs")
-    return Composition(
+    composition = Composition(
         source=source, profile=profile, entries=tuple(entries), settings=settings, slots=slots
     )
+    composition._built = _Built(built)
+    return composition
 
 
 # -- internals ---------------------------------------------------------------------------------
@@ -373,7 +408,12 @@ def _not_a_mapping(
 
 
 def _parse_kind(
-    source: str, kind: str, value: Any, registry: PluginRegistry, environ: Mapping[str, str]
+    source: str,
+    kind: str,
+    value: Any,
+    registry: PluginRegistry,
+    environ: Mapping[str, str],
+    built: dict[int, tuple[PluginEntry, Any]],
 ) -> list[PluginEntry]:
     if value is None:
         return []
@@ -392,7 +432,7 @@ def _parse_kind(
         )
     single = KINDS[kind].cardinality.singular
     return [
-        _parse_entry(source, key, kind, item, registry, environ, single)
+        _parse_entry(source, key, kind, item, registry, environ, single, built)
         for key, item in zip(keys, items, strict=True)
     ]
 
@@ -405,7 +445,10 @@ def _parse_entry(
     registry: PluginRegistry,
     environ: Mapping[str, str],
     single: bool,
+    built: dict[int, tuple[PluginEntry, Any]],
 ) -> PluginEntry:
+    """The validated entry; its plugin instance goes into ``built`` when the definitions can
+    use it as it is (no ``{env:}`` values: see :class:`_Built`)."""
     if isinstance(item, str):
         item = {"plugin": item}
     if not isinstance(item, dict):
@@ -478,7 +521,9 @@ def _parse_entry(
         sandbox_key=f"{key}.sandbox" if sandbox is not None else None,
     )
     # Validates the config now, env values included; cheap, no clients opened.
-    _instantiate(source, entry, key=key, environ=environ)
+    instance = _instantiate(source, entry, key=key, environ=environ)
+    if not env_vars:  # built exactly as the definitions would build it: used there
+        built[id(entry)] = (entry, instance)
     return entry
 
 

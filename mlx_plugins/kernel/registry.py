@@ -9,11 +9,17 @@ Third-party packages register plugins in their ``pyproject.toml``::
     "data_source.my_lake" = "my_pkg.lake:MyLakeSource"
 
 The entry-point name is ``<kind>.<plugin name>``.
+
+The default registry reads the entry points (a scan of every installed distribution's metadata,
+~6 ms) only when it needs them: a name that is not built in, or the whole list (``mlx plugins
+list``, error messages naming the installed plugins). A composition that names only built-in
+plugins loads without the scan (docs/lifecycle_component.md, "Load time").
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterable
 from functools import cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
@@ -137,10 +143,24 @@ def import_target(target: str) -> type:
 
 
 class PluginRegistry:
-    """All plugins known to this interpreter, by kind and name."""
+    """All plugins known to this interpreter, by kind and name.
 
-    def __init__(self, specs: tuple[PluginSpec, ...] | list[PluginSpec]) -> None:
+    ``discover`` (e.g. :func:`discover_entry_points`) is called at most once, the first time a
+    lookup misses or the whole list is asked for; its specs join ``specs`` under the same
+    checks. Raises ``ValueError`` (at construction, or when ``discover`` runs) for an unknown
+    kind or two different plugins registered under one ``<kind>.<name>``."""
+
+    def __init__(
+        self,
+        specs: Iterable[PluginSpec],
+        discover: Callable[[], Iterable[PluginSpec]] | None = None,
+    ) -> None:
         self._specs: dict[tuple[str, str], PluginSpec] = {}
+        self._add(self._specs, specs)
+        self._discover = discover
+
+    @staticmethod
+    def _add(into: dict[tuple[str, str], PluginSpec], specs: Iterable[PluginSpec]) -> None:
         for spec in specs:
             if spec.kind not in KINDS:
                 raise ValueError(
@@ -148,31 +168,45 @@ class PluginRegistry:
                     f"{spec.kind!r}; known kinds: {', '.join(KINDS)}"
                 )
             key = (spec.kind, spec.name)
-            if key in self._specs and self._specs[key].target != spec.target:
+            if key in into and into[key].target != spec.target:
                 raise ValueError(
                     f"two plugins are registered as {spec.kind}.{spec.name}: "
-                    f"{self._specs[key].target} ({self._specs[key].origin}) and "
+                    f"{into[key].target} ({into[key].origin}) and "
                     f"{spec.target} ({spec.origin}); uninstall one of them"
                 )
-            self._specs[key] = spec
+            into[key] = spec
+
+    def _complete(self) -> None:
+        """Add the discovered specs, once (again after a failure, which raises each time)."""
+        if self._discover is None:
+            return
+        specs = dict(self._specs)
+        self._add(specs, self._discover())
+        self._specs, self._discover = specs, None
 
     def __iter__(self):  # type: ignore[no-untyped-def]
+        self._complete()
         return iter(sorted(self._specs.values(), key=lambda s: (s.kind, s.name)))
 
     def names(self, kind: str) -> list[str]:
+        self._complete()
         return sorted(name for k, name in self._specs if k == kind)
 
     def kinds_of(self, name: str) -> list[str]:
+        self._complete()
         return sorted(k for k, n in self._specs if n == name)
 
     def get(self, kind: str, name: str) -> PluginSpec:
-        try:
-            return self._specs[(kind, name)]
-        except KeyError:
+        found = self._specs.get((kind, name))
+        if found is None:
+            self._complete()  # not built in: a third-party plugin, if one is installed
+            found = self._specs.get((kind, name))
+        if found is None:
             known = ", ".join(self.names(kind)) or "none installed"
             raise PluginNotFoundError(
                 f"no {kind} plugin named {name!r}; known {kind} plugins: {known}"
-            ) from None
+            )
+        return found
 
 
 def discover_entry_points() -> list[PluginSpec]:
@@ -188,4 +222,8 @@ def discover_entry_points() -> list[PluginSpec]:
 
 @cache
 def default_registry() -> PluginRegistry:
-    return PluginRegistry([*BUILTIN_PLUGINS, *discover_entry_points()])
+    """The built-in plugins, and the ``mlx.plugins`` entry points once a lookup needs them (see
+    the module doc). A third-party plugin registered under a built-in's name is refused when
+    the entry points are read (``mlx plugins list`` reads them); a composition that names only
+    built-in plugins does not read them, and uses the built-in."""
+    return PluginRegistry(BUILTIN_PLUGINS, discover=discover_entry_points)

@@ -7,11 +7,14 @@ import textwrap
 
 import pytest
 
-from mlx_plugins.kernel.errors import PluginNotFoundError
+import mlx_plugins.kernel.registry as registry_module
+from mlx_plugins.kernel.composition import load_composition
+from mlx_plugins.kernel.errors import CompositionError, PluginNotFoundError
 from mlx_plugins.kernel.registry import (
     BUILTIN_PLUGINS,
     PluginRegistry,
     PluginSpec,
+    default_registry,
     discover_entry_points,
 )
 
@@ -78,6 +81,94 @@ def test_third_party_plugin_is_usable_in_a_composition(third_party, mlx_composit
     )
     lake = comp.resources()["lake"]
     assert lake.read("t").height == 5
+
+
+REST = "  ml_platform: local_torch\n  drift_detector: polars\n"
+
+
+@pytest.fixture
+def scans(monkeypatch):
+    """Calls to importlib.metadata.entry_points (the file-system scan) from a fresh default
+    registry, as a list of the groups asked for."""
+    calls: list[str] = []
+    real = registry_module.entry_points
+
+    def counted(**kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs.get("group"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(registry_module, "entry_points", counted)
+    default_registry.cache_clear()
+    yield calls
+    default_registry.cache_clear()
+
+
+def test_builtin_plugins_load_without_an_entry_point_scan(scans):
+    comp = load_composition()  # the repository's mlx.yaml: built-in plugins only
+    assert {e.plugin for e in comp.entries} >= {"nycflights13", "local_torch", "polars"}
+    assert comp.resources()["flights"].metadata.name == "nycflights13"
+    assert scans == []
+
+
+def test_a_name_not_built_in_is_looked_up_in_the_entry_points(third_party, scans, mlx_composition):
+    comp = mlx_composition(
+        "plugins:\n  data_source:\n    - {name: flights, plugin: nycflights13}\n"
+        "    - {name: lake, plugin: acme_lake, config: {rows: 4}}\n" + REST
+    )
+    assert comp.resources()["lake"].read("t").height == 4
+    assert scans == ["mlx.plugins"]
+    mlx_composition("plugins:\n  data_source: {name: lake, plugin: acme_lake}\n" + REST)
+    assert scans == ["mlx.plugins"]  # read once per process
+
+
+def test_an_unknown_name_is_refused_after_the_scan(third_party, scans, mlx_composition):
+    with pytest.raises(
+        CompositionError,
+        match=r"(?s)unknown data_source plugin 'lakee'.*installed.*: acme_lake, files",
+    ):
+        mlx_composition("plugins:\n  data_source: {name: lake, plugin: lakee}\n" + REST)
+    assert scans == ["mlx.plugins"]
+
+
+def test_listing_the_registry_reads_the_entry_points_and_refuses_a_conflict(
+    tmp_path, monkeypatch, scans
+):
+    dist = tmp_path / "shadow-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shadow\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[mlx.plugins]\ndata_source.nycflights13 = x:Y\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(
+        ValueError, match=r"two plugins are registered as data_source\.nycflights13"
+    ):
+        list(default_registry())
+    assert scans == ["mlx.plugins"]
+
+
+def test_composition_builds_each_plugin_once_and_hands_it_out_once(monkeypatch, mlx_composition):
+    import mlx_plugins.kernel.composition as composition_module
+
+    built: list[str] = []
+    real = composition_module._instantiate
+
+    def counted(source, entry, key=None, environ=None):  # type: ignore[no-untyped-def]
+        built.append(entry.name)
+        return real(source, entry, key, environ)
+
+    monkeypatch.setattr(composition_module, "_instantiate", counted)
+    monkeypatch.setenv("FLIGHTS_SEED", "3")
+    comp = mlx_composition(
+        "plugins:\n  data_source:\n    - {name: flights, plugin: nycflights13}\n"
+        "    - {name: env_flights, plugin: nycflights13, config: {seed: {env: FLIGHTS_SEED}}}\n"
+        + REST
+    )
+    parsed = sorted(built)
+    first = comp.resources()
+    # validated while parsing and used as is; an {env:} entry is built again with references
+    assert sorted(built) == sorted([*parsed, "env_flights"])
+    second = comp.resources()
+    assert all(second[k] is not first[k] for k in first)  # never shared between two builds
+    assert comp == load_composition(comp.source)  # the kept instances are not part of its value
 
 
 def test_conflicting_registrations_are_refused():
