@@ -79,6 +79,12 @@ class SnowflakeCredentialsError(SnowflakeError):
     method and the fix."""
 
 
+class SnowflakeUnreachableError(SnowflakeError, ConnectionError):
+    """The login got no answer (wrong account or host, DNS, network) after every attempt; names
+    the account, the address tried and the fix. A ``ConnectionError``: a run's retry policy
+    may try again later."""
+
+
 class IdentifierError(ValueError):
     """A table, schema or column name that is not a Snowflake identifier; names the field, the
     value and the fix."""
@@ -620,8 +626,31 @@ class SnowflakeSource(DataSource):
     def _connection(self) -> SnowflakeConnection:
         with self._lock:
             if self._conn is None:
-                self._conn, self._stack = self._with_retries(self._connect)
+                try:
+                    self._conn, self._stack = self._with_retries(self._connect)
+                except SnowflakeError:
+                    raise
+                except Exception as exc:
+                    if not _transient(exc):
+                        raise
+                    raise SnowflakeUnreachableError(self._unreachable(exc)) from exc
             return self._conn
+
+    def _unreachable(self, exc: BaseException) -> str:
+        """The message for a login that never got an answer (DNS, refused, timed out)."""
+        args = self.connection_args
+        where = (
+            f"{args.get('protocol', 'https')}://{args['host']}:{args.get('port', 443)}"
+            if args.get("host")
+            else f"{self.account}.snowflakecomputing.com"
+        )
+        return (
+            f"snowflake: cannot reach account {self.account!r} at {where} after {self.retries} "
+            f"attempt(s): {type(exc).__name__}: {_message(exc)}. Fix: check account (the "
+            "account identifier, e.g. xy12345.eu-west-1 or myorg-myaccount), connection_args "
+            "host/port if set, and that this machine can reach Snowflake (proxy, firewall); "
+            "login_timeout_s bounds each attempt"
+        )
 
     def _connect(self) -> tuple[Any, contextlib.ExitStack]:
         from dagster_snowflake import SnowflakeResource
@@ -877,7 +906,7 @@ def _refused(exc: BaseException) -> bool:
 def _transient(exc: BaseException) -> bool:
     """Network trouble and the warehouse's 5xx / throttling: worth another attempt. A refused
     login, a SQL error or a bad value is not."""
-    if isinstance(exc, (SnowflakeCredentialsError, IdentifierError)):
+    if isinstance(exc, (SnowflakeCredentialsError, SnowflakeUnreachableError, IdentifierError)):
         return False
     try:
         from snowflake.connector import errors
@@ -912,6 +941,7 @@ __all__ = [
     "SnowflakeError",
     "SnowflakeSource",
     "SnowflakeTable",
+    "SnowflakeUnreachableError",
     "SnowflakeWriteTable",
     "quote_identifier",
     "quote_qualified",

@@ -278,6 +278,37 @@ def test_mlx_health_names_the_refused_login_without_a_traceback(
     assert "ok  warehouse" in capsys.readouterr().out
 
 
+def test_an_unreachable_account_names_the_address_and_the_fix() -> None:
+    """Nobody answers the login (a wrong account or host): one error naming the account, the
+    address tried and the fix, at health and at a read; no password in it."""
+    import socket
+
+    from mlx_plugins.data_sources.snowflake import SnowflakeUnreachableError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = {
+        "account": "xy12345",
+        "user": "MLX_TEST",
+        "password": "pw-never-shown-42",
+        "retries": 1,
+        "login_timeout_s": 1,
+        "connection_args": {"host": "127.0.0.1", "port": port, "protocol": "http"},
+        "read_tables": {"segments": {"table": "segments"}},
+    }
+    src = SnowflakeSource(**config)
+    with src.session():
+        status = src.check_health()
+    assert not status.healthy
+    assert status.detail.startswith("SnowflakeUnreachableError: snowflake: cannot reach account")
+    assert f"'xy12345' at http://127.0.0.1:{port}" in status.detail
+    assert "Fix: check account" in status.detail and "pw-never-shown-42" not in status.detail
+    with src.session(), pytest.raises(SnowflakeUnreachableError) as err:
+        src.read("segments")
+    assert isinstance(err.value, ConnectionError)  # a run's retry policy may try again
+
+
 def _rsa_pem() -> tuple[str, bytes]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
