@@ -250,12 +250,16 @@ class FilesSource(DataSource):
         options = resolve(self.storage_options)
         return polars_options(options) if is_s3(path) else {k: str(v) for k, v in options.items()}
 
-    def _access_error(self, table: str, exc: BaseException, url: str) -> PermissionError | None:
-        """An S3 credentials / bucket / permission error as one clear ``PermissionError``."""
-        from mlx_plugins.kernel.object_store import describe_s3_error
+    def _access_error(self, table: str, exc: BaseException, url: str) -> OSError | None:
+        """An S3 credentials / bucket / permission error as one clear ``PermissionError``; an
+        endpoint that does not answer as a ``ConnectionError`` (a retry may get through)."""
+        from mlx_plugins.kernel.object_store import describe_s3_error, describe_s3_unreachable
 
-        described = describe_s3_error(exc, url)
-        return PermissionError(f"files table {table!r}: {described}") if described else None
+        if described := describe_s3_error(exc, url):
+            return PermissionError(f"files table {table!r}: {described}")
+        if unreachable := describe_s3_unreachable(exc, url):
+            return ConnectionError(f"files table {table!r}: {unreachable}")
+        return None
 
     def _format(self, table: str, file: str) -> Format:
         spec = self.files[table]
@@ -274,7 +278,7 @@ class FilesSource(DataSource):
         spec = self.files[table]
         try:
             return self._list(table, spec)
-        except OSError as exc:
+        except Exception as exc:  # s3fs: OSErrors; botocore's EndpointConnectionError is not one
             clear = self._access_error(table, exc, spec.path)
             if clear is None:
                 raise

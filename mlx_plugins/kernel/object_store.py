@@ -8,7 +8,8 @@ A value may be ``{env: NAME}`` (or a Dagster ``EnvVar``): it is read from the en
 used and registered as a secret (never in logs or errors).
 
 :func:`describe_s3_error` turns the errors S3 gives for wrong credentials, a missing bucket or a
-refused permission into one sentence naming the bucket and the fix.
+refused permission into one sentence naming the bucket and the fix;
+:func:`describe_s3_unreachable` does the same for an endpoint that does not answer.
 """
 
 from __future__ import annotations
@@ -121,18 +122,47 @@ _NO_BUCKET = re.compile(r"NoSuchBucket|bucket does not exist", re.IGNORECASE)
 _DENIED = re.compile(r"AccessDenied|Forbidden|lacked the necessary privileges|403", re.IGNORECASE)
 
 
+_UNREACHABLE = re.compile(
+    r"EndpointConnectionError|Could not connect to the endpoint|ConnectTimeoutError|"
+    r"Connect timeout on endpoint|Cannot connect to host|error sending request|"
+    r"Connection refused|Name or service not known|nodename nor servname",
+    re.IGNORECASE,
+)
+
+
+def _chain_text(exc: BaseException) -> str:
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return " ".join(f"{type(e).__name__}: {e}" for e in chain)
+
+
+def describe_s3_unreachable(exc: BaseException, url: str) -> str | None:
+    """One sentence for an S3 endpoint that did not answer (refused, unresolvable, timed out),
+    naming the bucket and the fix; None for any other error (or a non-S3 URL). Not part of
+    :func:`describe_s3_error`: a connection failure may pass, so callers keep it retryable."""
+    if not is_s3(url):
+        return None
+    text = _chain_text(exc)
+    if not _UNREACHABLE.search(text):
+        return None
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"cannot reach the S3 endpoint for bucket '{bucket_of(url)}' ({first[:200]}). Fix: "
+        "check storage_options endpoint_url (scheme, host and port) and region, and that this "
+        "machine can reach it (proxy, firewall)"
+    )
+
+
 def describe_s3_error(exc: BaseException, url: str) -> str | None:
     """One sentence for an S3 error about credentials, a missing bucket or a refused
     permission, naming the bucket and the fix; None for any other error (or a non-S3 URL)."""
     if not is_s3(url):
         return None
     bucket = bucket_of(url)
-    chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(chain) < 8:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    text = " ".join(f"{type(e).__name__}: {e}" for e in chain)
+    text = _chain_text(exc)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if _CREDENTIAL_CODES.search(text):
         return (
@@ -156,4 +186,11 @@ def describe_s3_error(exc: BaseException, url: str) -> str | None:
     return None
 
 
-__all__ = ["bucket_of", "describe_s3_error", "is_s3", "polars_options", "resolve"]
+__all__ = [
+    "bucket_of",
+    "describe_s3_error",
+    "describe_s3_unreachable",
+    "is_s3",
+    "polars_options",
+    "resolve",
+]

@@ -331,12 +331,13 @@ class PolarsIOManager(dg.ConfigurableIOManager):
         HealthStatus
             ``healthy`` and a one-line ``detail`` naming the location (the URL without any
             ``user:password@``, and ``endpoint_url`` when given); an S3 credential, bucket or
-            permission error names the bucket and the fix. Never raises; secrets are redacted.
+            permission error, or an endpoint that does not answer, names the bucket and the
+            fix. Never raises; secrets are redacted.
         """
         import uuid
 
         from mlx_plugins.kernel.base import HealthStatus
-        from mlx_plugins.kernel.object_store import describe_s3_error
+        from mlx_plugins.kernel.object_store import describe_s3_error, describe_s3_unreachable
         from mlx_plugins.kernel.secrets import redact
 
         where = _public_location(self.base_path, self.storage_options)
@@ -351,7 +352,9 @@ class PolarsIOManager(dg.ConfigurableIOManager):
             probe.unlink()
             healthy, detail = True, f"io_manager {where}: write, read and delete ok"
         except Exception as exc:
-            described = describe_s3_error(exc, self.base_path)
+            described = describe_s3_error(exc, self.base_path) or describe_s3_unreachable(
+                exc, self.base_path
+            )
             healthy = False
             detail = described or (
                 f"io_manager {where}: cannot write there ({type(exc).__name__}: "

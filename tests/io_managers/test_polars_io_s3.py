@@ -337,6 +337,19 @@ def test_health_writes_reads_and_deletes_a_probe_and_names_the_bucket_when_refus
     ).check_health()
     assert not missing.healthy and "'no-such-bucket-mlx'" in missing.detail
 
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    unreachable = PolarsIOManager(
+        base_path=base, storage_options=s3.options(endpoint_url=dead, secret="secret-dead-end")
+    ).check_health()
+    assert not unreachable.healthy
+    assert f"cannot reach the S3 endpoint for bucket '{s3.bucket}'" in unreachable.detail
+    assert "Fix: check storage_options endpoint_url" in unreachable.detail
+    assert "secret-dead-end" not in unreachable.detail
+
     local = PolarsIOManager(base_path=str(tmp_path / "frames")).check_health()
     assert local.healthy and str(tmp_path / "frames") in local.detail
     unwritable = tmp_path / "file-not-folder"

@@ -108,6 +108,28 @@ def test_a_missing_bucket_is_named(s3):
         src.read("t")
 
 
+def test_an_unreachable_endpoint_names_the_bucket_and_endpoint_url(s3):
+    """Nobody answers at endpoint_url: a ConnectionError (a run's retry policy may try again)
+    naming the bucket and the field to fix, at health and at a read; never the secret."""
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    src = FilesSource(
+        files={"t": FileTable(path=s3.prefix() + "/events", date_column="day", hive=True)},
+        storage_options=s3.options(endpoint_url=dead, secret="secret-of-a-dead-end"),
+    )
+    status = src.check_health()
+    assert not status.healthy
+    assert status.detail.startswith("ConnectionError: files table 't': cannot reach the S3")
+    assert f"bucket '{s3.bucket}'" in status.detail
+    assert "Fix: check storage_options endpoint_url" in status.detail
+    assert "secret-of-a-dead-end" not in status.detail
+    with pytest.raises(ConnectionError, match="cannot reach the S3 endpoint"):
+        src.read("t", DAYS[0], DAYS[0])
+
+
 def test_credentials_from_env_through_the_composition(s3, tmp_path, monkeypatch, capsys):
     """``{env: NAME}`` in storage_options: read at use, never printed; mlx health says ok, and
     with a wrong secret FAIL naming the bucket (exit 1, no traceback)."""
