@@ -66,7 +66,9 @@ environment's versions unless ``libraries`` says otherwise."""
 GPU_NODE_PATTERN = re.compile(
     r"^(g4dn|g5|g6e?|p3|p4d|p4de|p5)\.|^Standard_N[CDV]|^a2-|^a3-|^g2-", re.IGNORECASE
 )
-SPARK_VERSION_PATTERN = re.compile(r"^\d+\.\d+\.x-(cpu-ml|gpu-ml)-scala\d+\.\d+$")
+SPARK_VERSION_PATTERN = re.compile(r"^\d+\.\d+\.x-(cpu-ml|gpu-ml)-scala\d+\.\d+\Z")
+NODE_TYPE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""A node type id as clouds spell them: i3.xlarge, Standard_NC6s_v3, n1-highmem-4, a2-highgpu-1g."""
 
 
 class DatabricksError(RuntimeError):
@@ -109,6 +111,17 @@ class ClusterSpec(PluginConfig):
                 f"spark_version {v!r} is not a Databricks ML runtime; use e.g. "
                 "'15.4.x-cpu-ml-scala2.12' or '15.4.x-gpu-ml-scala2.12' (torch is "
                 "preinstalled only on ML runtimes)"
+            )
+        return v
+
+    @field_validator("node_type_id", "driver_node_type_id")
+    @classmethod
+    def _node_type(cls, v: str | None, info: Any) -> str | None:
+        if v is not None and not NODE_TYPE_PATTERN.fullmatch(v):
+            raise ValueError(
+                f"{info.field_name} {v!r} is not a node type id; write one as the workspace lists "
+                "it (Compute > Create compute, or `databricks clusters list-node-types`), e.g. "
+                "i3.xlarge, g5.xlarge, Standard_DS3_v2, Standard_NC6s_v3, n1-standard-4"
             )
         return v
 
@@ -301,7 +314,42 @@ class DatabricksPlatform(MLPlatform):
                 cluster = client.clusters.get(cluster_id=self.existing_cluster_id)
                 state = getattr(cluster.state, "value", cluster.state)
                 detail += f", cluster {self.existing_cluster_id} {state}"
-        return detail
+                return detail
+        with self._api("listing the workspace's node types and runtimes"):
+            node_types = client.clusters.list_node_types().node_types or []
+            versions = client.clusters.spark_versions().versions or []
+        self._check_offered(
+            {n.node_type_id for n in node_types if n.node_type_id},
+            {v.key for v in versions if v.key},
+        )
+        c = self.new_cluster
+        return f"{detail}, new_cluster {c.node_type_id} on {c.spark_version} offered"
+
+    def _check_offered(self, node_types: set[str], versions: set[str]) -> None:
+        """Refuse a ``new_cluster`` whose node types or runtime the workspace does not offer
+        (an empty listing is not checked), naming the field, close matches and the fix."""
+        import difflib
+
+        c = self.new_cluster
+        wanted = [("node_type_id", c.node_type_id, node_types)]
+        if c.driver_node_type_id:
+            wanted.append(("driver_node_type_id", c.driver_node_type_id, node_types))
+        ml = {v for v in versions if SPARK_VERSION_PATTERN.match(v)}
+        wanted.append(("spark_version", c.spark_version, ml))
+        problems = []
+        for name, value, offered in wanted:
+            if offered and value not in offered:
+                close = difflib.get_close_matches(value, sorted(offered), n=3, cutoff=0.5)
+                hint = f" (close: {', '.join(close)})" if close else ""
+                problems.append(
+                    f"new_cluster.{name} {value!r} is not offered by this workspace{hint}"
+                )
+        if problems:
+            raise DatabricksError(
+                f"Databricks at {self.host}: {'; '.join(problems)}. Fix: set it in the "
+                "composition to one the workspace lists (`databricks clusters "
+                "list-node-types` / `databricks clusters spark-versions`, ML runtimes only)"
+            )
 
     @contextmanager
     def _api(self, doing: str) -> Iterator[None]:

@@ -25,7 +25,9 @@ error bodies ``{"error_code": ..., "message": ...}``):
 - DBFS 2.0: ``put``, ``create``/``add-block``/``close`` (the file appears on ``close``, written
   to a temporary name and renamed: never half-visible), ``read``, ``get-status``, ``list``,
   ``mkdirs``, ``delete``.
-- ``GET /api/2.0/preview/scim/v2/Me`` (the health check) and ``GET /api/2.0/clusters/get``.
+- ``GET /api/2.0/preview/scim/v2/Me`` (the health check), ``GET /api/2.0/clusters/get``, and
+  ``clusters/list-node-types`` and ``clusters/spark-versions`` (``node_types`` and
+  ``spark_versions``; the health check compares ``new_cluster`` with them).
 
 Every request must carry ``Authorization: Bearer <token>``; otherwise 403 ``Invalid access
 token.``, as Databricks answers. Bounded: at most ``max_active_runs`` runs at a time (429
@@ -58,6 +60,17 @@ from urllib.parse import parse_qs, urlsplit
 from mlx_plugins.kernel.loopback_http import LoopbackHTTPServer
 
 FUSE_ROOT_ENV = "MLX_DBFS_FUSE_ROOT"
+NODE_TYPES = ("i3.xlarge", "i3.2xlarge", "m5d.large", "g5.xlarge", "g5.2xlarge", "p3.2xlarge")
+"""What ``clusters/list-node-types`` offers by default (a few AWS node types)."""
+SPARK_VERSIONS = (
+    "14.3.x-scala2.12",
+    "14.3.x-cpu-ml-scala2.12",
+    "14.3.x-gpu-ml-scala2.12",
+    "15.4.x-scala2.12",
+    "15.4.x-cpu-ml-scala2.12",
+    "15.4.x-gpu-ml-scala2.12",
+)
+"""What ``clusters/spark-versions`` offers by default."""
 """Where the task process finds DBFS mounted (``/dbfs`` on a Databricks cluster)."""
 MAX_PUT_BYTES = 1 << 20
 MAX_BLOCK_BYTES = 1 << 20
@@ -151,6 +164,8 @@ class LoopbackDatabricks(LoopbackHTTPServer):
         token: str = "dapi-loopback-token",
         dbfs_root: str | Path | None = None,
         clusters: tuple[str, ...] = ("0000-000000-loopback",),
+        node_types: tuple[str, ...] = NODE_TYPES,
+        spark_versions: tuple[str, ...] = SPARK_VERSIONS,
         max_active_runs: int = 4,
         max_run_s: float = 600.0,
         python: str = sys.executable,
@@ -160,6 +175,8 @@ class LoopbackDatabricks(LoopbackHTTPServer):
         self._own_root = dbfs_root is None
         self.dbfs_root = Path(dbfs_root or tempfile.mkdtemp(prefix="mlx-dbfs-")).resolve()
         self.clusters = clusters
+        self.node_types = node_types
+        self.spark_versions = spark_versions
         self.max_active_runs = max_active_runs
         self.max_run_s = max_run_s
         self.python = python
@@ -390,6 +407,25 @@ class LoopbackDatabricks(LoopbackHTTPServer):
             "node_type_id": "loopback",
             "num_workers": 0,
         }
+
+    def list_node_types(self, _: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "node_types": [
+                {
+                    "node_type_id": n,
+                    "memory_mb": 32768,
+                    "num_cores": 4.0,
+                    "num_gpus": 1 if n.startswith(("g5", "p3")) else 0,
+                    "description": n,
+                    "instance_type_id": n,
+                    "category": "GPU Accelerated" if n.startswith(("g5", "p3")) else "General",
+                }
+                for n in self.node_types
+            ]
+        }
+
+    def list_spark_versions(self, _: dict[str, Any]) -> dict[str, Any]:
+        return {"versions": [{"key": v, "name": v} for v in self.spark_versions]}
 
     # -- jobs ---------------------------------------------------------------------------------
     def _validate_task(self, task: Any) -> dict[str, Any]:
@@ -635,6 +671,14 @@ _ROUTES: dict[tuple[str, str], Any] = {
     ("GET", "/api/2.0/preview/scim/v2/Me"): LoopbackDatabricks.me,
     # Jobs 2.1 and 2.2 (databricks-sdk 0.60 calls 2.2), clusters 2.0 and 2.1: the same shapes
     **{("GET", f"/api/{v}/clusters/get"): LoopbackDatabricks.cluster_get for v in ("2.0", "2.1")},
+    **{
+        ("GET", f"/api/{v}/clusters/list-node-types"): LoopbackDatabricks.list_node_types
+        for v in ("2.0", "2.1")
+    },
+    **{
+        ("GET", f"/api/{v}/clusters/spark-versions"): LoopbackDatabricks.list_spark_versions
+        for v in ("2.0", "2.1")
+    },
     **{
         route: handler
         for v in ("2.1", "2.2")

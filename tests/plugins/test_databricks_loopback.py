@@ -149,8 +149,48 @@ def test_a_gpu_node_needs_a_gpu_runtime() -> None:
 
 
 def test_the_runtime_must_be_an_ml_runtime() -> None:
-    with pytest.raises(ValidationError, match="not a Databricks ML runtime"):
-        ClusterSpec(spark_version="15.4.x-scala2.12")
+    for bad in ("15.4.x-scala2.12", "15.4.x-cpu-ml-scala2.12\n", ""):
+        with pytest.raises(ValidationError, match="not a Databricks ML runtime"):
+            ClusterSpec(spark_version=bad)
+
+
+@pytest.mark.parametrize("field", ["node_type_id", "driver_node_type_id"])
+@pytest.mark.parametrize("value", ["i3 xlarge", "i3.xlarge; rm -rf /", "-g5", "g5.xlarge\n"])
+def test_a_node_type_that_is_no_id_is_refused_naming_the_field(field: str, value: str) -> None:
+    with pytest.raises(ValidationError, match=rf"{field} .* is not a node type id; write one"):
+        ClusterSpec(**{field: value})
+    for good in ("i3.xlarge", "Standard_NC6s_v3", "n1-highmem-4", "a2-highgpu-1g"):
+        assert ClusterSpec(node_type_id=good, spark_version="15.4.x-gpu-ml-scala2.12")
+
+
+@pytest.mark.parametrize(
+    ("cluster", "message"),
+    [
+        ({"node_type_id": "i3.xlarg"}, "new_cluster.node_type_id 'i3.xlarg' is not offered"),
+        (
+            {"node_type_id": "i3.xlarge", "driver_node_type_id": "m5d.larg"},
+            "new_cluster.driver_node_type_id 'm5d.larg' is not offered",
+        ),
+        (
+            {"node_type_id": "g5.xlarge", "spark_version": "13.3.x-gpu-ml-scala2.12"},
+            "new_cluster.spark_version '13.3.x-gpu-ml-scala2.12' is not offered",
+        ),
+    ],
+)
+def test_health_checks_new_cluster_against_the_workspace(
+    server: LoopbackDatabricks, cluster: dict, message: str
+) -> None:
+    """A node type or runtime the workspace does not offer (a typo, a retired runtime) is a
+    failed health check naming the field, close matches and the fix, not a failed run."""
+    plugin = DatabricksPlatform(host=server.url, token=TOKEN, new_cluster=ClusterSpec(**cluster))
+    status = plugin.check_health()
+    assert not status.healthy
+    assert message in status.detail and "(close: " in status.detail
+    assert "Fix: set it in the composition" in status.detail and TOKEN not in status.detail
+    good = DatabricksPlatform(host=server.url, token=TOKEN).check_health()
+    assert good.healthy and "new_cluster i3.xlarge on 15.4.x-cpu-ml-scala2.12 offered" in (
+        good.detail
+    )
 
 
 def test_single_node_profile_is_set_for_zero_workers() -> None:
@@ -260,3 +300,10 @@ def test_a_bad_cluster_spec_in_the_composition_names_the_field(server, tmp_path)
     text = out.stdout + out.stderr
     assert "g5.xlarge" in text and "15.4.x-gpu-ml-scala2.12" in text
     assert "Traceback" not in text
+    # a node type the workspace does not offer: `mlx health` says so before any run
+    path.write_text(COMPOSITION.format(host=server.url).replace("g5.xlarge", "g5.xlargee"))
+    out = _mlx(["health", str(path)], {"MLX_TEST_DBX_TOKEN": TOKEN})
+    assert out.returncode == 1
+    line = next(x for x in out.stdout.splitlines() if "ml_platform" in x)
+    assert line.startswith("FAIL") and "new_cluster.node_type_id 'g5.xlargee'" in line
+    assert "close: g5.xlarge" in line and "Traceback" not in out.stdout + out.stderr
