@@ -76,6 +76,30 @@ def test_all_columns_are_named_and_an_open_range_has_one_bound(sf_server, sf_dat
     ]
 
 
+def test_results_come_as_arrow_batches_straight_into_polars(sf_server, sf_database, monkeypatch):
+    """The read fetches the connector's Arrow batches; neither the connector's pandas fetches
+    nor polars' pandas conversion is used (no pandas detour)."""
+    from snowflake.connector.cursor import SnowflakeCursor
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a pandas detour")
+
+    for name in ("fetch_pandas_all", "fetch_pandas_batches", "fetchall", "fetchmany"):
+        monkeypatch.setattr(SnowflakeCursor, name, refuse)
+    monkeypatch.setattr(pl, "from_pandas", refuse)
+    real = SnowflakeCursor.fetch_arrow_batches
+    calls: list[int] = []
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SnowflakeCursor, "fetch_arrow_batches", spy)
+    with _source(sf_server, sf_database).session() as src:
+        df = src.read("customer_features", DAYS[0], DAYS[1])
+    assert df.height == 8 and calls == [1]
+
+
 def test_a_query_table_gets_the_range_around_it(sf_server, sf_database):
     tables = {
         "spend_by_segment": {
