@@ -3,7 +3,8 @@
 1. Snowflake (fakesnow's server behind the official connector): rows and Arrow bytes that leave
    the warehouse to read ONE day of a DAYS-day table, with the day range pushed into the SQL
    (``SnowflakeSource.read``) and without (the whole table selected, filtered in polars), and
-   the median wall time of each.
+   the median wall time of each; then rows and bytes moved for 1, 7 and DAYS days read with
+   pushdown (per partition: constant if bytes moved are proportional to partitions read).
 2. PolarsIOManager storage: write (stage + commit) and read back a MB-sized frame on moto's S3
    server (multipart upload) and on local disk; median MB/s of each and the ratio.
 
@@ -28,6 +29,7 @@ from benchmarks._common import load, machine, median
 DAYS = 30
 ROWS_PER_DAY = 2_000
 REPEATS = 5
+SPANS = (1, 7, DAYS)  # partitions read with pushdown, for the proportionality check
 FRAME_ROWS = 2_000_000  # ~32 MB as uncompressed Arrow IPC
 
 
@@ -67,6 +69,7 @@ def bench_snowflake() -> None:
             },
         )
         day = start + dt.timedelta(days=DAYS // 2)
+        spans: dict[int, pl.DataFrame] = {}
         with src.session() as s:
             pushed, whole, t_pushed, t_whole = None, None, [], []
             for _ in range(REPEATS):
@@ -79,14 +82,25 @@ def bench_snowflake() -> None:
                 t_whole.append(time.perf_counter() - t0)
             assert pushed is not None and whole is not None
             assert pushed.sort("id").equals(filtered.sort("id"))
+            for n in SPANS:  # bytes moved proportional to the partitions read?
+                spans[n] = s.read("events", start, start + dt.timedelta(days=n - 1))
+                assert spans[n]["day"].n_unique() == n
     print(f"snowflake (fakesnow server): {DAYS} days x {ROWS_PER_DAY} rows, read 1 day")
     print(f"  {'':22}{'rows moved':>12}{'Arrow MB':>10}{'median s':>10}")
     for label, df, ts in (("pushdown", pushed, t_pushed), ("no pushdown", whole, t_whole)):
         print(f"  {label:22}{df.height:>12,}{df.estimated_size() / 1e6:>10.2f}{median(ts):>10.3f}")
     print(
-        f"  rows moved: {whole.height / pushed.height:.0f}x fewer with pushdown "
-        f"(= days in the table); time ratio {median(t_whole) / median(t_pushed):.1f}x"
+        f"  rows read per partition: {pushed.height:,} with pushdown, {whole.height:,} without "
+        f"({whole.height / pushed.height:.0f}x fewer with pushdown = days in the table); "
+        f"time ratio {median(t_whole) / median(t_pushed):.1f}x"
     )
+    print("  pushdown, partitions read -> rows and Arrow bytes moved (per partition):")
+    for n, df in spans.items():
+        mb = df.estimated_size() / 1e6
+        print(
+            f"    {n:>3} day(s): {df.height:>8,} rows {mb:>7.2f} MB "
+            f"({df.height / n:,.0f} rows, {mb / n:.3f} MB per partition)"
+        )
 
 
 def bench_s3() -> None:
@@ -129,7 +143,6 @@ def bench_s3() -> None:
 
 
 def main() -> None:
-    print(f"machine: {machine()}; load {load()}")
     bench_snowflake()
     bench_s3()
 
