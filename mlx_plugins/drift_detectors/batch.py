@@ -40,10 +40,12 @@ class PValues:
     """KS p-values requested by :func:`numeric_stats_many` calls (all the columns of a batch)
     and computed in one :func:`~mlx_plugins.drift_detectors.pvalues.ks_pvalues` call by
     :meth:`resolve`, which writes each into its stats dict (key ``ks_p_value``): scipy's
-    slower branches (Durbin's matrix, the Smirnov sum) then run once over every column."""
+    slower branches (Durbin's matrix, the Smirnov sum) then run once over every column, the
+    Smirnov sums in ``workers`` threads."""
 
-    def __init__(self, method: KSMethod = "auto") -> None:
+    def __init__(self, method: KSMethod = "auto", workers: int = 1) -> None:
         self.method: KSMethod = method
+        self.workers = workers
         self._gaps: list[np.ndarray] = []
         self._n: list[np.ndarray] = []
         self._m: list[np.ndarray] = []
@@ -70,6 +72,7 @@ class PValues:
             np.concatenate(self._n),
             np.concatenate(self._m),
             self.method,
+            workers=self.workers,
         )
         for target, value in zip(self._targets, values.tolist(), strict=True):
             target["ks_p_value"] = value
@@ -89,21 +92,17 @@ def _float_values(currents: Sequence[pl.Series]) -> np.ndarray:
 def sorted_rows(currents: Sequence[pl.Series]) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, counts)``: row i of ``rows`` (float64, ``len(currents) x max length``) holds
     current i's finite values sorted, then +inf; ``counts[i]`` how many are finite."""
+    from mlx_plugins.drift_detectors import _fused
+
     lengths = np.fromiter((len(s) for s in currents), np.int64, len(currents))
     width = int(lengths.max()) if len(lengths) else 0
     values = _float_values(currents) if width else np.empty(0)
-    finite = np.isfinite(values)
-    values = np.where(finite, values, np.inf)
     starts = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])
-    rows = np.full((len(lengths), max(width, 1)), np.inf)
-    day = np.repeat(np.arange(len(lengths)), lengths)
-    col = np.arange(len(values)) - starts[day]
-    rows[day, col] = values
+    rows = np.empty((len(lengths), max(width, 1)))
+    counts = np.empty(len(lengths), dtype=np.int64)
+    _fused.pad_rows(np.ascontiguousarray(values, dtype=np.float64), starts, rows, counts)
     rows.sort(axis=1)
-    cum = np.zeros(len(values) + 1, dtype=np.int64)
-    np.cumsum(finite, out=cum[1:])
-    counts = cum[starts[1:]] - cum[starts[:-1]]
     return rows, counts
 
 
@@ -255,82 +254,38 @@ def _numeric_batch(
     wasserstein_min_std: float,
     pvalues: PValues,
 ) -> None:
+    from mlx_plugins.drift_detectors import _fused
+
     xs = reference.values
     n = len(xs)
     prefix = reference.prefix
-    days, width = rows.shape
-    valid = np.arange(width)[None, :] < ms[:, None]
-    ys = rows[valid]  # day after day, each sorted
-    day = np.repeat(np.arange(days), ms)
-    starts = np.zeros(days, dtype=np.int64)
-    np.cumsum(ms[:-1], out=starts[1:])
-    m = ms[day]
-    j = np.arange(len(ys), dtype=np.int64) - starts[day]
-    mf = ms.astype(np.float64)
-    # -- means and population standard deviations, per row ------------------------------------
-    padded = np.where(valid, rows, 0.0)
-    cur_mean = _prefix_sums(padded, ms) / mf
-    dev = np.where(valid, rows - cur_mean[:, None], 0.0)
-    dev *= dev
-    cur_std = np.sqrt(_prefix_sums(dev, ms) / mf)
-    # -- KS gap and distinct values (ecdf_distances_blocks, every day at once) ----------------
-    rx = np.searchsorted(xs, ys, side="right")
-    last = np.ones(len(ys), dtype=bool)
-    np.not_equal(ys[1:], ys[:-1], out=last[:-1])
-    ends = starts + ms - 1
-    last[ends] = True
-    first = np.empty(len(ys), dtype=bool)
-    first[0] = True
-    first[1:] = last[:-1]
-    below = xs[np.maximum(rx - 1, 0)]
-    equal = first & (rx > 0) & (below == ys)
-    lx = rx.copy()
-    if equal.any():
-        lx[equal] = np.searchsorted(xs, ys[equal], side="left")
-    gap_at = np.where(last, np.abs(m * rx - n * (j + 1)), 0)
-    gap_below = np.where(first, np.abs(m * lx - n * j), 0)
-    max_gap = np.maximum(
-        np.maximum.reduceat(gap_at, starts), np.maximum.reduceat(gap_below, starts)
-    )
-    new_values = np.add.reduceat((first & (lx == rx)).astype(np.int64), starts)
-    n_unique = prefix.n_unique + new_values
-    # -- Wasserstein over the quantile blocks ---------------------------------------------------
-    lo = j * n
-    i_first = lo // m
-    i_last = (lo + n + m - 1) // m - 1
-    single = i_first == i_last
-    w_first = np.where(single, n, (i_first + 1) * m - lo).astype(np.float64)
-    w_last = np.where(single, 0, lo + n - i_last * m).astype(np.float64)
-    a = i_first + 1
-    b = np.maximum(i_last, a)
-    k = np.clip(rx, a, b)
-    total = w_first * np.abs(xs[i_first] - ys)
-    total += w_last * np.abs(xs[i_last] - ys)
-    inside = np.clip(ys, xs[0], xs[-1])
-    outside = ys - inside
-    yh, yg, yl = prefix.split(inside)
-    left = (k - a).astype(np.float64)
-    right = (b - k).astype(np.float64)
-    hk, gk, lk = prefix.h[k], prefix.g[k], prefix.low[k]
-    below_y = (left * yh - (hk - prefix.h[a])) + (left * yg - (gk - prefix.g[a]))
-    below_y += left * yl - (lk - prefix.low[a])
-    above_y = ((prefix.h[b] - hk) - right * yh) + ((prefix.g[b] - gk) - right * yg)
-    above_y += (prefix.low[b] - lk) - right * yl
-    runs = below_y + above_y
-    if prefix.exponent:
-        runs = np.ldexp(runs, prefix.exponent)
-    runs += left * outside - right * outside
-    total += m.astype(np.float64) * runs
-    blocks = np.zeros((days, width))
-    blocks[valid] = total
-    nm = float(n) * mf
-    wasserstein = _prefix_sums(blocks, ms) / nm
-    ks_statistic = max_gap / nm
-    # -- bins fixed on the reference -------------------------------------------------------------
+    days = len(rows)
     edges = reference.edges
     bins = len(edges) + 1
-    which = np.searchsorted(edges, ys, side="left")
-    cur_counts = np.bincount(day * bins + which, minlength=days * bins).reshape(days, bins)
+    sums = np.empty((days, 3))
+    ints = np.empty((days, 2), dtype=np.int64)
+    cur_counts = np.zeros((days, bins), dtype=np.int64)
+    _fused.numeric_rows(
+        np.ascontiguousarray(rows),
+        ms,
+        xs,
+        prefix.h,
+        prefix.g,
+        prefix.low,
+        prefix.qh,
+        prefix.qg,
+        prefix.exponent,
+        edges,
+        sums,
+        ints,
+        cur_counts,
+    )
+    cur_mean, cur_std = sums[:, 0], sums[:, 1]
+    max_gap = ints[:, 0]
+    n_unique = prefix.n_unique + ints[:, 1]
+    nm = float(n) * ms.astype(np.float64)
+    wasserstein = sums[:, 2] / nm
+    ks_statistic = max_gap / nm
     psi_values = psi_rows(reference.counts, cur_counts, psi_epsilon)
     js_values = jensenshannon_rows(reference.counts, cur_counts)
     norm = max(reference.std, wasserstein_min_std)

@@ -350,7 +350,7 @@ class PolarsDriftDetector(DriftDetector):
             groups.setdefault(tuple(frame.schema.items()), []).append(i)
         results: list[list[ColumnDrift | _Pending]] = [[] for _ in frames]
         skipped_of: list[list[str]] = [[] for _ in frames]
-        pvalues = batch.PValues(self.ks_method)
+        pvalues = batch.PValues(self.ks_method, workers=self.max_workers)
         tasks: list[tuple[list[int], str, Kind]] = []
         for members in groups.values():
             plan, skipped = self.plan_columns(

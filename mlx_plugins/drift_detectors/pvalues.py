@@ -19,7 +19,10 @@ the arrays against the scalar function and against ``scipy.stats.kstwo.sf``.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -47,12 +50,14 @@ def ks_pvalues(
     method: KSMethod = "auto",
     *,
     tail: float | None = None,
+    workers: int = 1,
 ) -> np.ndarray:
     """Two-sided two-sample KS p-values, ``stats.ks_pvalue(max_gap[i], n[i], m[i], method)``
     for every i, as a float64 array of ``len(max_gap)``.
 
     ``max_gap``, ``n``, ``m``: int64 arrays (``n`` may be one int): the statistic times n*m
     and the two sample sizes, all positive sizes. Raises ``ValueError`` for a size <= 0.
+    ``workers``: threads for scipy's Smirnov sums (the costly branch; see :func:`_smirnov`).
     """
     from mlx_plugins.drift_detectors import stats as st
 
@@ -106,19 +111,19 @@ def ks_pvalues(
         scalar |= pomeranz
         miller = small_n & ~durbin & ~pomeranz
         if miller.any():
-            from scipy.special import smirnov
-
-            out[miller] = np.clip(2 * smirnov(size[miller].astype(np.int64), d[miller]), 0, 1)
+            out[miller] = np.clip(
+                2 * _smirnov(size[miller].astype(np.int64), d[miller], workers), 0, 1
+            )
         todo &= ~small_n
     none = todo & (nxsq >= 370.0)
     out[none] = 0.0
     todo &= ~none
     smirnov_branch = todo & (nxsq >= 2.2)
     if smirnov_branch.any():
-        from scipy.special import smirnov
-
         out[smirnov_branch] = np.clip(
-            2 * smirnov(size[smirnov_branch].astype(np.int64), d[smirnov_branch]), 0.0, 1.0
+            2 * _smirnov(size[smirnov_branch].astype(np.int64), d[smirnov_branch], workers),
+            0.0,
+            1.0,
         )
     todo &= ~smirnov_branch
     # Durbin's matrix (n x**1.5 <= 1.4) stays scalar; the test in Python floats, as scipy's
@@ -136,6 +141,74 @@ def ks_pvalues(
     for i in np.flatnonzero(scalar):
         out[i] = st.ks_pvalue(int(gaps[i]), int(ns[i]), int(ms[i]), method, tail=tail)
     return out
+
+
+def _smirnov(n: np.ndarray, d: np.ndarray, workers: int = 1) -> np.ndarray:
+    """``scipy.special.smirnov(n, d)`` (int64 ``n``, float64 ``d``), bit for bit, each distinct
+    ``(n, d)`` pair evaluated once, in ``workers`` threads.
+
+    Evaluated by scipy's own C function (:func:`_smirnov_c`) where it can be found: the ufunc
+    holds the GIL for its whole loop (~340 us a value at n ~ 900: a sum of ~n terms in
+    double-double arithmetic), the C function called through ctypes releases it, so threads
+    run in parallel. Otherwise (a scipy without it), the ufunc, in one thread."""
+    pairs = np.empty(len(n), dtype=[("n", np.int64), ("d", np.float64)])
+    pairs["n"], pairs["d"] = n, d
+    distinct, inverse = np.unique(pairs, return_inverse=True)
+    kernel = _smirnov_c()
+    if kernel is None:
+        from scipy.special import smirnov
+
+        values = smirnov(distinct["n"], distinct["d"])
+    else:
+        ns, ds = distinct["n"].tolist(), distinct["d"].tolist()
+
+        def part(first: int) -> list[float]:
+            # every workers-th pair: the pairs are sorted by n, so the parts cost alike
+            return [kernel(k, x, 0) for k, x in zip(ns[first::step], ds[first::step], strict=True)]
+
+        step = max(1, min(workers, len(ns) // _SMIRNOV_PER_THREAD))
+        values = np.empty(len(ns))
+        if step == 1:
+            values[:] = part(0)
+        else:
+            with ThreadPoolExecutor(step, thread_name_prefix="mlx-smirnov") as pool:
+                for first, part_values in enumerate(pool.map(part, range(step))):
+                    values[first::step] = part_values
+    out: np.ndarray = values[inverse.reshape(-1)]
+    return out
+
+
+_SMIRNOV_PER_THREAD = 8
+"""At least this many Smirnov sums per thread (each costs 10 us to 1 ms)."""
+_SMIRNOV_C = "__pyx_fuse_1smirnov"
+_SMIRNOV_SIGNATURE = b"double (long, double, int __pyx_skip_dispatch)"
+
+
+@functools.cache
+def _smirnov_c() -> Callable[[int, float, int], float] | None:
+    """scipy's ``smirnov(long n, double d)`` from ``scipy.special.cython_special`` (the C
+    function its ufunc calls: the same bits, ``tests/drift/test_pvalues.py``) as a ctypes
+    function that releases the GIL while it runs; None where that scipy does not export it
+    with this signature."""
+    import ctypes
+
+    try:
+        from scipy.special import cython_special
+
+        capsule = cython_special.__pyx_capi__[_SMIRNOV_C]  # type: ignore[attr-defined]
+    except (ImportError, AttributeError, KeyError):  # pragma: no cover - another scipy
+        return None
+    # item access: new function objects (attribute access would change ctypes.pythonapi's)
+    get_name = ctypes.pythonapi["PyCapsule_GetName"]
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    name = get_name(capsule)
+    if name != _SMIRNOV_SIGNATURE:  # pragma: no cover - another scipy
+        return None
+    get_pointer = ctypes.pythonapi["PyCapsule_GetPointer"]
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    prototype = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_long, ctypes.c_double, ctypes.c_int)
+    kernel: Callable[[int, float, int], float] = prototype(get_pointer(capsule, name))
+    return kernel
 
 
 def _pelz_good_cdf(n: np.ndarray, x: np.ndarray) -> np.ndarray:

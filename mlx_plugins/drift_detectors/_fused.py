@@ -1,0 +1,262 @@
+"""Compiled (numba) loops for :mod:`~mlx_plugins.drift_detectors.batch`: the per-value work of
+:func:`~mlx_plugins.drift_detectors.stats.ecdf_distances_blocks` and the current's mean, std
+and bin counts, for every current of a column in one pass per value instead of ~40 numpy
+passes.
+
+Each loop replays the numpy arithmetic of the one-current functions operation by operation
+(no fast-math, so no reassociation or fused multiply-adds), and :func:`pairwise_sum` replays
+numpy's pairwise summation (``np.add.reduce`` of a contiguous float64 array), so the results
+are the same bits (``tests/drift/test_many.py`` compares the batched reports with the
+one-current ones). Imported lazily (numba's import costs ~0.3 s); the compiled code is cached
+on disk (``cache=True``), so only the first process after an install compiles (~2-3 s).
+The loops release the GIL, so columns run in parallel threads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_PW_BLOCKSIZE = 128  # numpy's PW_BLOCKSIZE
+
+
+@njit(cache=True, nogil=True)
+def _block(a: np.ndarray, lo: int, n: int) -> float:  # pragma: no cover - compiled
+    """numpy's ``pairwise_sum`` of at most ``_PW_BLOCKSIZE`` values: 8 accumulators."""
+    if n < 8:
+        res = -0.0
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    end = n - n % 8
+    while i < end:
+        p = lo + i
+        r0 += a[p]
+        r1 += a[p + 1]
+        r2 += a[p + 2]
+        r3 += a[p + 3]
+        r4 += a[p + 4]
+        r5 += a[p + 5]
+        r6 += a[p + 6]
+        r7 += a[p + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@njit(cache=True, nogil=True)
+def _pairwise(a: np.ndarray, lo: int, n: int) -> float:  # pragma: no cover - compiled
+    """numpy's recursive ``pairwise_sum`` (halves cut at a multiple of 8, blocks of at most
+    128 values), as a loop over an explicit stack: numba's cache cannot load recursive
+    functions (the loaded code crashes)."""
+    if n <= _PW_BLOCKSIZE:
+        return _block(a, lo, n)
+    frames = np.empty((64, 3), dtype=np.int64)  # (lo, n, children done); depth <= 58
+    values = np.empty(64)
+    top, depth = 0, 0
+    frames[0, 0], frames[0, 1], frames[0, 2] = lo, n, 0
+    while top >= 0:
+        f_lo, f_n, done = frames[top, 0], frames[top, 1], frames[top, 2]
+        if f_n <= _PW_BLOCKSIZE:
+            values[depth] = _block(a, f_lo, f_n)
+            depth += 1
+            top -= 1
+            continue
+        n2 = f_n // 2
+        n2 -= n2 % 8
+        if done == 0:
+            frames[top, 2] = 1
+            top += 1
+            frames[top, 0], frames[top, 1], frames[top, 2] = f_lo, n2, 0
+        elif done == 1:
+            frames[top, 2] = 2
+            top += 1
+            frames[top, 0], frames[top, 1], frames[top, 2] = f_lo + n2, f_n - n2, 0
+        else:
+            depth -= 1
+            values[depth - 1] = values[depth - 1] + values[depth]
+            top -= 1
+    return values[0]
+
+
+@njit(cache=True, nogil=True)
+def pairwise_sum(a: np.ndarray, n: int) -> float:  # pragma: no cover - compiled
+    """``np.add.reduce(a[:n])`` of a contiguous float64 array, bit for bit."""
+    return 0.0 + _pairwise(a, 0, n)
+
+
+@njit(cache=True, nogil=True)
+def _count_le(xs: np.ndarray, lo: int, hi: int, v: float) -> int:  # pragma: no cover
+    """``lo + #{xs[lo:hi] <= v}`` for sorted ``xs``: a branch-free binary search."""
+    size = hi - lo
+    if size <= 0:
+        return lo
+    base = lo
+    while size > 1:
+        half = size >> 1
+        base = base + half if xs[base + half] <= v else base
+        size -= half
+    return base + (1 if xs[base] <= v else 0)
+
+
+@njit(cache=True, nogil=True)
+def _upper_bound(xs: np.ndarray, lo: int, v: float) -> int:  # pragma: no cover - compiled
+    """``np.searchsorted(xs, v, "right")`` for sorted ``xs`` with ``xs[:lo] <= v``: galloping
+    from ``lo`` (the previous, smaller value's answer), so consecutive sorted values search
+    the few cache lines between them instead of the whole array."""
+    n = len(xs)
+    if lo >= n or xs[lo] > v:
+        return lo
+    known, step = lo, 1  # xs[known] <= v
+    while known + step < n and xs[known + step] <= v:
+        known += step
+        step <<= 1
+    return _count_le(xs, known + 1, min(known + step, n), v)
+
+
+@njit(cache=True, nogil=True)
+def _lower_bound(xs: np.ndarray, hi: int, v: float) -> int:  # pragma: no cover - compiled
+    """``#{xs[:hi] < v}`` for sorted ``xs`` (``np.searchsorted(xs, v, "left")`` when
+    ``xs[hi:] >= v``), branch-free."""
+    if hi <= 0:
+        return 0
+    base, size = 0, hi
+    while size > 1:
+        half = size >> 1
+        base = base + half if xs[base + half] < v else base
+        size -= half
+    return base + (1 if xs[base] < v else 0)
+
+
+@njit(cache=True, nogil=True)
+def numeric_rows(
+    rows: np.ndarray,
+    ms: np.ndarray,
+    xs: np.ndarray,
+    h: np.ndarray,
+    g: np.ndarray,
+    low: np.ndarray,
+    qh: float,
+    qg: float,
+    exponent: int,
+    edges: np.ndarray,
+    sums: np.ndarray,
+    ints: np.ndarray,
+    counts: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """For each row d of ``rows`` (float64, sorted, its first ``ms[d] > 0`` values finite)
+    against the sorted reference ``xs`` (n > 0 values, split prefix sums ``h``, ``g``,
+    ``low``, quanta ``qh``, ``qg``, ``exponent`` as in :class:`~mlx_plugins.drift_detectors.
+    stats.SplitPrefix`) writes ``sums[d] = (mean, population std, sum of the Wasserstein block
+    terms)``, ``ints[d] = (KS max gap, values not in the reference)`` and ``counts[d]`` (the
+    bin counts at the interior ``edges``, right-closed)."""
+    n = len(xs)
+    nf = float(n)
+    x_lo, x_hi = xs[0], xs[n - 1]
+    n_edges = len(edges)
+    buf = np.empty(rows.shape[1])
+    for d in range(rows.shape[0]):
+        m = ms[d]
+        y = rows[d]
+        mf = float(m)
+        # -- mean and population std (np.mean, np.std's two passes) --------------------------
+        mean = (0.0 + _pairwise(y, 0, m)) / mf
+        for j in range(m):
+            dev = y[j] - mean
+            buf[j] = dev * dev
+        std = math.sqrt((0.0 + _pairwise(buf, 0, m)) / mf)
+        # -- KS gap, distinct values, Wasserstein block terms, bins: one pass ---------------
+        max_gap = 0
+        new_values = 0
+        rx = 0
+        edge = 0
+        for j in range(m):
+            v = y[j]
+            first = j == 0 or v != y[j - 1]
+            last = j == m - 1 or v != y[j + 1]
+            # rx = #xs <= v (ys ascend, so rx never decreases)
+            rx = _upper_bound(xs, rx, v)
+            if last:
+                gap = abs(m * rx - n * (j + 1))
+                if gap > max_gap:
+                    max_gap = gap
+            if first:
+                lx = rx
+                if rx > 0 and xs[rx - 1] == v:
+                    lx = _lower_bound(xs, rx, v)
+                gap = abs(m * lx - n * j)
+                if gap > max_gap:
+                    max_gap = gap
+                if lx == rx:
+                    new_values += 1
+            # the quantile blocks (ecdf_distances_blocks, the same operations in order)
+            lo = j * n
+            i_first = lo // m
+            i_last = (lo + n + m - 1) // m - 1
+            if i_first == i_last:
+                w_first = nf
+                w_last = 0.0
+            else:
+                w_first = float((i_first + 1) * m - lo)
+                w_last = float(lo + n - i_last * m)
+            a = i_first + 1
+            b = max(i_last, a)
+            k = min(max(rx, a), b)
+            total = w_first * abs(xs[i_first] - v)
+            total = total + w_last * abs(xs[i_last] - v)
+            inside = min(max(v, x_lo), x_hi)
+            outside = v - inside
+            scaled = math.ldexp(inside, -exponent) if exponent else inside
+            yh = np.rint(scaled / qh) * qh
+            rest = scaled - yh
+            yg = np.rint(rest / qg) * qg
+            yl = rest - yg
+            left = float(k - a)
+            right = float(b - k)
+            hk, gk, lk = h[k], g[k], low[k]
+            below_y = (left * yh - (hk - h[a])) + (left * yg - (gk - g[a]))
+            below_y = below_y + (left * yl - (lk - low[a]))
+            above_y = ((h[b] - hk) - right * yh) + ((g[b] - gk) - right * yg)
+            above_y = above_y + ((low[b] - lk) - right * yl)
+            runs = below_y + above_y
+            if exponent:
+                runs = math.ldexp(runs, exponent)
+            runs = runs + (left * outside - right * outside)
+            buf[j] = total + mf * runs
+            # bins: #edges < v
+            while edge < n_edges and edges[edge] < v:
+                edge += 1
+            counts[d, edge] += 1
+        sums[d, 0] = mean
+        sums[d, 1] = std
+        sums[d, 2] = 0.0 + _pairwise(buf, 0, m)
+        ints[d, 0] = max_gap
+        ints[d, 1] = new_values
+
+
+@njit(cache=True, nogil=True)
+def pad_rows(
+    values: np.ndarray, starts: np.ndarray, rows: np.ndarray, counts: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Row d of ``rows`` (float64, D x width) receives the finite values of
+    ``values[starts[d]:starts[d + 1]]`` in order, then +inf; ``counts[d]`` how many are
+    finite."""
+    width = rows.shape[1]
+    for d in range(len(starts) - 1):
+        k = 0
+        for i in range(starts[d], starts[d + 1]):
+            v = values[i]
+            if math.isfinite(v):
+                rows[d, k] = v
+                k += 1
+        counts[d] = k
+        for i in range(k, width):
+            rows[d, i] = np.inf
