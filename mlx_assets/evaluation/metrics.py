@@ -122,7 +122,7 @@ def brier(y: np.ndarray, p: np.ndarray) -> float:
 
 
 class CalibrationBin(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     lower: float
     upper: float

@@ -25,7 +25,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import dagster as dg
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlx_assets.component.spec import Lifecycle
 from mlx_assets.monitoring.events import DriftObservation
@@ -44,6 +44,8 @@ AUTO_RETRY_RUN_ID_TAG = "dagster/auto_retry_run_id"
 class Pending(BaseModel):
     """A retraining requested for one day, not yet known to have succeeded."""
 
+    model_config = ConfigDict(defer_build=True)
+
     run_key: str
     attempt: int = Field(ge=1)
     share: float = 0.0
@@ -52,6 +54,8 @@ class Pending(BaseModel):
 
 class DriftCursor(BaseModel):
     """The sensor's state, stored as JSON in Dagster's cursor."""
+
+    model_config = ConfigDict(defer_build=True)
 
     after_storage_id: int | None = None
     """Storage id of the last ``feature_drift`` materialization read."""

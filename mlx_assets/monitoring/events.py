@@ -34,7 +34,7 @@ class DriftObservation(BaseModel):
             before it are not new to that model.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     day: str
     drift_share: float = Field(ge=0, le=1)

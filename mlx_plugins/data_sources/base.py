@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class TableInfo(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     name: str
     description: str = ""

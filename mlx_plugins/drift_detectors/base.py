@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class ColumnDrift(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     column: str
     kind: str  # "numeric" | "categorical"
@@ -39,7 +39,7 @@ class ColumnDrift(BaseModel):
 
 
 class DriftReport(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     columns: tuple[ColumnDrift, ...]
     reference_rows: int

@@ -34,7 +34,7 @@ ENV_FIELD = "mlx_env"
 
 
 class HealthStatus(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     healthy: bool
     detail: str = ""

@@ -58,7 +58,7 @@ class SandboxSpec(BaseModel):
     config reads with ``{env: NAME}``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(defer_build=True, frozen=True, extra="forbid")
 
     memory_mb: int | None = Field(default=None, gt=0)
     cpu_seconds: int | None = Field(default=None, gt=0)
@@ -75,7 +75,7 @@ class SandboxPlan(BaseModel):
     config fields read from the environment (``env_fields``: field -> variable) and every
     variable the config reads (``env_vars``), which alone of the secrets reach the child."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(defer_build=True, frozen=True, extra="forbid")
 
     spec: SandboxSpec
     key: str

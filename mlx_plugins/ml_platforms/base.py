@@ -76,7 +76,7 @@ class TrainingSpec(BaseModel):
         (:func:`check_spec`, raising :class:`TrainingDataError`).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     numeric_features: tuple[str, ...]
     categorical_features: tuple[str, ...] = ()
@@ -103,7 +103,7 @@ class EpochStats(BaseModel):
     target's variance: 1.0 is as good as predicting the mean).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     epoch: int
     train_loss: float
@@ -119,7 +119,7 @@ class TrainedModel(BaseModel):
     written before tasks existed validates as a binary model.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     platform: str
     artifact_path: str

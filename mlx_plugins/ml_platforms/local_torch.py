@@ -107,7 +107,7 @@ def save_artifact(
 class DDPJob(BaseModel):
     """Everything a DDP worker needs; sent as the ``mlx_ddp`` Pipes extra."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(defer_build=True, frozen=True, extra="forbid")
 
     train_path: str
     valid_path: str
@@ -127,12 +127,16 @@ class DDPJob(BaseModel):
 class DDPEpochMessage(BaseModel):
     """Custom Pipes message sent by rank 0 after each epoch."""
 
+    model_config = ConfigDict(defer_build=True)
+
     kind: Literal["epoch"] = "epoch"
     epoch: EpochStats
 
 
 class DDPResultMessage(BaseModel):
     """Custom Pipes message sent by rank 0 once the artifact is saved."""
+
+    model_config = ConfigDict(defer_build=True)
 
     kind: Literal["result"] = "result"
     artifact_path: str

@@ -30,7 +30,7 @@ _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 class ModelLineage(BaseModel):
     """Where a model version came from: the data, code and run that produced it."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     training_data_version: str | None
     partitions: list[str] = Field(description="Feature partitions the model was trained on.")
@@ -76,7 +76,7 @@ class Registration:
 class ModelVersion(BaseModel):
     """One registered, immutable version of a model."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     model: str
     version: int
