@@ -5,8 +5,9 @@
 
 The package is a BentoML model (``bentoml.models.create``) referenced at class level through
 ``BentoModel``, so ``bentoml build`` puts it in the Bento and ``bentoml serve`` resolves it from
-the store. Each worker loads it once in ``__init__`` and warms it up; ``/readyz`` answers 200
-only after that (``__is_ready__``). Predictions go through the lean ASGI app of
+the store. Each worker loads it once in ``__init__``, warms it up and freezes its heap out of
+the garbage collector's full collections (``ServingState.freeze_heap``); ``/readyz`` answers
+200 only after that (``__is_ready__``). Predictions go through the lean ASGI app of
 :mod:`mlx_plugins.model_servers.bentoml_runtime`, mounted on the BentoML server, which keeps its
 process supervision, ``/healthz``, ``/readyz`` and the multi-worker Prometheus ``/metrics``.
 
@@ -21,6 +22,7 @@ see :mod:`mlx_plugins.model_servers.inflight`; default: no limit).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Literal
 
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mlx_plugins.kernel.process_identity import PARENT_ENV, die_with_parent
 from mlx_plugins.model_servers.bentoml_runtime import STATE, build_app
 from mlx_plugins.model_servers.inflight import InflightLimit
+from mlx_plugins.model_servers.request_timeout import replace_bentoml_timeout
 
 
 class ServiceArgs(BaseModel):
@@ -76,6 +79,7 @@ class MLXModelService:
             unknown_category=ARGS.unknown_category,
             max_request_rows=ARGS.max_request_rows,
         )
+        STATE.freeze_heap()  # no 0.1-0.5 s full-collection pauses over the loaded libraries
 
     def __is_ready__(self) -> bool:
         return STATE.ready
@@ -88,12 +92,19 @@ def _shed_by_limit() -> None:
 
 class _LimitedService(type(MLXModelService)):  # type: ignore[misc]
     """The service whose server app is wrapped in the in-flight limit, outside BentoML's own
-    middlewares (``Service.middlewares`` would put it inside them)."""
+    middlewares (``Service.middlewares`` would put it inside them), and whose request timeout
+    ends with the request (:mod:`mlx_plugins.model_servers.request_timeout`: BentoML's leaves a
+    timer per request alive for the whole timeout, which the garbage collector then scans)."""
 
     __slots__ = ()
 
     def to_asgi(self, is_main: bool = True) -> Any:
         app = super().to_asgi(is_main)
+        if not replace_bentoml_timeout(app):
+            logging.getLogger(__name__).warning(
+                "BentoML's TimeoutMiddleware was not found in the worker's app: requests keep "
+                "BentoML's own timeout (a timer per request; see docs/serving.md)"
+            )
         if ARGS.max_inflight is None:
             return app
         return InflightLimit(app, limit=ARGS.max_inflight, on_shed=_shed_by_limit)
