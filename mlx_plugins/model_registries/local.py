@@ -14,13 +14,12 @@ import contextlib
 import json
 import os
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from pydantic import Field
 
@@ -32,6 +31,9 @@ from mlx_plugins.model_registries.base import (
     Registration,
     check_alias,
 )
+
+if TYPE_CHECKING:
+    import sqlite3  # imported on first use: not needed to load the code location
 
 
 class LocalModelRegistry(ModelRegistry):
@@ -77,6 +79,8 @@ class LocalModelRegistry(ModelRegistry):
         return f"registry at {self._root}"
 
     def _connect(self) -> sqlite3.Connection:
+        import sqlite3
+
         self._root.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self._db, timeout=30)
         conn.execute(
@@ -97,6 +101,8 @@ class LocalModelRegistry(ModelRegistry):
             OSError: the artifact can't be copied (nothing is registered then).
             sqlite3.OperationalError: the registry stayed locked for 30 s by another writer.
         """
+        import sqlite3
+
         (self._root / reg.model).mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as conn:
             conn.isolation_level = None  # explicit transactions below

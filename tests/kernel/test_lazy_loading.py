@@ -26,6 +26,8 @@ HEAVY = (
     "mlx_plugins.kernel.telemetry",
     "prometheus_client",
     "opentelemetry.trace",
+    # the local model registry's SQLite index is opened on first use
+    "sqlite3",
 )
 UNUSED_PLUGIN_MODULES = ("mlx_plugins.ml_platforms.torch_mlp",)
 
