@@ -22,7 +22,7 @@ from numba import njit
 _PW_BLOCKSIZE = 128  # numpy's PW_BLOCKSIZE
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _block(a: np.ndarray, lo: int, n: int) -> float:  # pragma: no cover - compiled
     """numpy's ``pairwise_sum`` of at most ``_PW_BLOCKSIZE`` values: 8 accumulators."""
     if n < 8:
@@ -52,7 +52,7 @@ def _block(a: np.ndarray, lo: int, n: int) -> float:  # pragma: no cover - compi
     return res
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _pairwise(a: np.ndarray, lo: int, n: int) -> float:  # pragma: no cover - compiled
     """numpy's recursive ``pairwise_sum`` (halves cut at a multiple of 8, blocks of at most
     128 values), as a loop over an explicit stack: numba's cache cannot load recursive
@@ -87,13 +87,13 @@ def _pairwise(a: np.ndarray, lo: int, n: int) -> float:  # pragma: no cover - co
     return values[0]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def pairwise_sum(a: np.ndarray, n: int) -> float:  # pragma: no cover - compiled
     """``np.add.reduce(a[:n])`` of a contiguous float64 array, bit for bit."""
     return 0.0 + _pairwise(a, 0, n)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _count_le(xs: np.ndarray, lo: int, hi: int, v: float) -> int:  # pragma: no cover
     """``lo + #{xs[lo:hi] <= v}`` for sorted ``xs``: a branch-free binary search."""
     size = hi - lo
@@ -107,7 +107,7 @@ def _count_le(xs: np.ndarray, lo: int, hi: int, v: float) -> int:  # pragma: no 
     return base + (1 if xs[base] <= v else 0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _upper_bound(xs: np.ndarray, lo: int, v: float) -> int:  # pragma: no cover - compiled
     """``np.searchsorted(xs, v, "right")`` for sorted ``xs`` with ``xs[:lo] <= v``: galloping
     from ``lo`` (the previous, smaller value's answer), so consecutive sorted values search
@@ -122,13 +122,14 @@ def _upper_bound(xs: np.ndarray, lo: int, v: float) -> int:  # pragma: no cover 
     return _count_le(xs, known + 1, min(known + step, n), v)
 
 
-@njit(cache=True, nogil=True)
-def _lower_bound(xs: np.ndarray, hi: int, v: float) -> int:  # pragma: no cover - compiled
-    """``#{xs[:hi] < v}`` for sorted ``xs`` (``np.searchsorted(xs, v, "left")`` when
-    ``xs[hi:] >= v``), branch-free."""
-    if hi <= 0:
-        return 0
-    base, size = 0, hi
+@njit(cache=True, nogil=True, error_model="numpy")
+def _lower_bound(xs: np.ndarray, lo: int, hi: int, v: float) -> int:  # pragma: no cover
+    """``lo + #{xs[lo:hi] < v}`` for sorted ``xs`` (``np.searchsorted(xs, v, "left")`` when
+    ``xs[:lo] < v <= xs[hi:]``), branch-free."""
+    size = hi - lo
+    if size <= 0:
+        return lo
+    base = lo
     while size > 1:
         half = size >> 1
         base = base + half if xs[base + half] < v else base
@@ -136,7 +137,7 @@ def _lower_bound(xs: np.ndarray, hi: int, v: float) -> int:  # pragma: no cover 
     return base + (1 if xs[base] < v else 0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def numeric_rows(
     rows: np.ndarray,
     ms: np.ndarray,
@@ -183,6 +184,7 @@ def numeric_rows(
             first = j == 0 or v != y[j - 1]
             last = j == m - 1 or v != y[j + 1]
             # rx = #xs <= v (ys ascend, so rx never decreases)
+            below = rx  # #xs <= the previous value < v (0 for the first): #xs < v >= it
             rx = _upper_bound(xs, rx, v)
             if last:
                 gap = abs(m * rx - n * (j + 1))
@@ -191,7 +193,7 @@ def numeric_rows(
             if first:
                 lx = rx
                 if rx > 0 and xs[rx - 1] == v:
-                    lx = _lower_bound(xs, rx, v)
+                    lx = _lower_bound(xs, below, rx, v)
                 gap = abs(m * lx - n * j)
                 if gap > max_gap:
                     max_gap = gap
@@ -242,7 +244,7 @@ def numeric_rows(
         ints[d, 1] = new_values
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def pad_rows(
     values: np.ndarray, starts: np.ndarray, rows: np.ndarray, counts: np.ndarray
 ) -> None:  # pragma: no cover - compiled

@@ -8,15 +8,17 @@ dict that :func:`~mlx_plugins.drift_detectors.stats.numeric_stats_prepared` /
 
 How: the currents of a column are concatenated once; missing values become +inf and the
 currents' values are sorted in one call (a matrix of one row per current, padded with +inf,
-sorted along the rows; currents grouped shortest first so the padding stays small); every
-per-value quantity of :func:`~mlx_plugins.drift_detectors.stats.ecdf_distances_blocks`
-(binary searches into the sorted reference, the quantile-block Wasserstein terms over its split
-prefix sums) is computed for all currents' values in one pass, in the same arithmetic. Sums
-per current run over exactly that current's values (rows of equal length summed together:
-numpy's pairwise sum depends on the length) or, for categories, over that current's own
-categories, so they round as the one-current code rounds. Bin counts are one ``bincount`` of
-(current, bin); KS p-values are collected (:class:`PValues`) and computed for all columns in
-one :func:`~mlx_plugins.drift_detectors.pvalues.ks_pvalues` call. Currents that are large
+sorted along the rows; currents grouped shortest first so the padding stays small); then one
+compiled loop (:func:`~mlx_plugins.drift_detectors._fused.numeric_rows`, numba) passes once
+over every current's values: the binary searches into the sorted reference (galloping from the
+previous value's position), the KS gaps, the distinct count, the quantile-block Wasserstein
+terms over the reference's split prefix sums, the bin counts, the mean and the std, in
+:func:`~mlx_plugins.drift_detectors.stats.ecdf_distances_blocks`' arithmetic, operation by
+operation. Sums per current run over exactly that current's values, in numpy's pairwise order
+(:func:`~mlx_plugins.drift_detectors._fused.pairwise_sum`), or, for categories, over that
+current's own categories, so they round as the one-current code rounds. KS p-values are
+collected (:class:`PValues`) and computed for all columns in one
+:func:`~mlx_plugins.drift_detectors.pvalues.ks_pvalues` call. Currents that are large
 against the reference (more than 1/:data:`~mlx_plugins.drift_detectors.stats.BLOCK_RATIO` of
 it) go through the one-current function.
 """
@@ -109,17 +111,6 @@ def sorted_rows(currents: Sequence[pl.Series]) -> tuple[np.ndarray, np.ndarray]:
 def _row_sums(values: np.ndarray) -> np.ndarray:
     """Pairwise sums along the rows (as ``np.sum`` of each row)."""
     out: np.ndarray = np.add.reduce(values, axis=1)
-    return out
-
-
-def _prefix_sums(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``[np.sum(values[i, :lengths[i]]) for i in rows]``, bit for bit: the rows of one length
-    summed together (numpy's pairwise sum depends on the length summed, so padding a row with
-    zeros would change the last bits, and with them a day's result with its batch)."""
-    out = np.empty(len(values))
-    for length in np.unique(lengths):
-        rows = np.flatnonzero(lengths == length)
-        out[rows] = np.add.reduce(values[rows, :length], axis=1)
     return out
 
 
@@ -220,7 +211,8 @@ def _numeric_group(
             values = st._numeric_values(reference.mean, reference.std, 0.0, 0.0, n_unique=n_unique)
             out[where[i]] = (values, n, 0)
     idx = np.flatnonzero(~empty)
-    # a chunk of currents at a time, so the ~60 temporary arrays stay in cache
+    # a chunk of currents at a time (the compiled loop needs no temporaries per value; the
+    # chunks only bound the per-current arrays and dicts built around it)
     cum = np.cumsum(counts[idx])
     start = 0
     while start < len(idx):
@@ -229,7 +221,7 @@ def _numeric_group(
         part = idx[start:stop]
         _numeric_batch(
             reference,
-            rows[part, : int(counts[part].max())],
+            rows if len(part) == len(rows) else rows[part, : int(counts[part].max())],
             counts[part],
             where[part],
             out,
@@ -240,8 +232,8 @@ def _numeric_group(
         start = stop
 
 
-_CHUNK_VALUES = 1 << 15
-"""Current values per vectorised chunk (about 256 KiB per float64 temporary)."""
+_CHUNK_VALUES = 1 << 20
+"""Current values per call of the compiled loop."""
 
 
 def _numeric_batch(
