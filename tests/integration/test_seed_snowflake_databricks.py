@@ -160,50 +160,55 @@ def test_snowflake_to_databricks_to_registry_by_composition_alone(servers, tmp_p
         env.pop(var, None)
     for var in [v for v in env if v.startswith("MLX__")]:  # the suite's overrides: not ours
         env.pop(var)
-    done = subprocess.run(
-        [sys.executable, "-m", "mlx_assets.cli", "lifecycle", str(composition)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-6000:]
-
-    # the data left the warehouse per day, pushed down: a WHERE on the day, bound values
-    reads = sf.sql('FROM "')
-    assert reads and any('"DAY" >= ' in s for s in reads), reads[:3]
-
-    # one training run on "Databricks", through Pipes, that succeeded
-    assert len(dbx.submitted) == 1
-    (run,) = dbx.runs.values()
-    assert run.result_state == "SUCCESS"
-    assert TOKEN not in output and sf.password not in output
-
-    # a registered version whose record names the Databricks run and cluster
-    (version_file,) = (home / "registry" / "churn").glob("v*/version.json")
-    version = json.loads(version_file.read_text())
-    params = version["config"]["params"]
-    assert params["databricks_run_id"] == run.run_id
-    assert params["databricks_run_url"].startswith(dbx.url)
-    assert params["cluster"]["new_cluster"]["node_type_id"] == "i3.xlarge"
-    assert version["config"]["platform"] == "databricks"
-    artifact = Path(version["artifact_path"])
-    assert artifact.is_file() and artifact.parent == version_file.parent
-    # ... and whose lineage names the Snowflake query its data came from
-    sources = version["lineage"]["sources"]
-    (read,) = sources.values()
-    assert '"DAY" >= ' in read["sql"] and 'FROM "' in read["sql"]
-    assert "query_id" in read and "password" not in json.dumps(read).lower()
-
-    # ... and that is served: the registered version answers behind the local router
-    from mlx_assets.serving.deployment import Deployment
-    from tests.serving.conftest import post
+    # a crash of the lifecycle process (SIGSEGV in drift monitoring was seen once) shows
+    # where it was in the output the failed assertion prints
+    env["PYTHONFAULTHANDLER"] = "1"
+    # the lifecycle deploys (servers and router outlive it): stopped whatever fails below
     from tests.serving.test_deployment_asset import _stop_everything
 
     try:
+        done = subprocess.run(
+            [sys.executable, "-m", "mlx_assets.cli", "lifecycle", str(composition)],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1500,
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-6000:]
+
+        # the data left the warehouse per day, pushed down: a WHERE on the day, bound values
+        reads = sf.sql('FROM "')
+        assert reads and any('"DAY" >= ' in s for s in reads), reads[:3]
+
+        # one training run on "Databricks", through Pipes, that succeeded
+        assert len(dbx.submitted) == 1
+        (run,) = dbx.runs.values()
+        assert run.result_state == "SUCCESS"
+        assert TOKEN not in output and sf.password not in output
+
+        # a registered version whose record names the Databricks run and cluster
+        (version_file,) = (home / "registry" / "churn").glob("v*/version.json")
+        version = json.loads(version_file.read_text())
+        params = version["config"]["params"]
+        assert params["databricks_run_id"] == run.run_id
+        assert params["databricks_run_url"].startswith(dbx.url)
+        assert params["cluster"]["new_cluster"]["node_type_id"] == "i3.xlarge"
+        assert version["config"]["platform"] == "databricks"
+        artifact = Path(version["artifact_path"])
+        assert artifact.is_file() and artifact.parent == version_file.parent
+        # ... and whose lineage names the Snowflake query its data came from
+        sources = version["lineage"]["sources"]
+        (read,) = sources.values()
+        assert '"DAY" >= ' in read["sql"] and 'FROM "' in read["sql"]
+        assert "query_id" in read and "password" not in json.dumps(read).lower()
+
+        # ... and that is served: the registered version answers behind the local router
         import pickle
+
+        from mlx_assets.serving.deployment import Deployment
+        from tests.serving.conftest import post
 
         (obj,) = (home / "objects" / "churn").glob("model_deployment")
         deployment: Deployment = pickle.loads(obj.read_bytes())
