@@ -15,6 +15,14 @@ from mlx_plugins.drift_detectors.polars_drift import PolarsDriftDetector
 from tests.drift.test_prepared import _noisy
 
 
+@pytest.fixture(autouse=True)
+def _compiled_loop_for_any_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These batches are small: send them through the compiled loop all the same."""
+    from mlx_plugins.drift_detectors import batch
+
+    monkeypatch.setattr(batch, "COMPILED_MIN_VALUES", 0)
+
+
 def assert_many_matches(
     detector: PolarsDriftDetector,
     reference: pl.DataFrame,
@@ -145,3 +153,21 @@ def test_how_the_days_are_grouped_does_not_change_a_bit(monkeypatch: pytest.Monk
     regrouped = detector.compare_prepared_many(prepared, days)
     assert [r.model_dump_json() for r in regrouped] == [r.model_dump_json() for r in default]
     assert_many_matches(detector, ref, days)
+
+
+def test_small_batches_go_one_by_one_with_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlx_plugins.drift_detectors import batch
+
+    rng = np.random.default_rng(12)
+    ref = pl.DataFrame({"x": rng.normal(0, 1, 20_000), "k": rng.integers(0, 5, 20_000)})
+    days = [
+        pl.DataFrame({"x": rng.normal(0.05 * i, 1, n), "k": rng.integers(0, 6, n)})
+        for i, n in enumerate((0, 3, 900, 1200, 50))
+    ]
+    detector = PolarsDriftDetector()
+    prepared = detector.prepare_reference(ref)
+    compiled = detector.compare_prepared_many(prepared, days)
+    monkeypatch.setattr(batch, "COMPILED_MIN_VALUES", 10**9)
+    st.clear_caches()
+    one_by_one = detector.compare_prepared_many(prepared, days)
+    assert [r.model_dump_json() for r in one_by_one] == [r.model_dump_json() for r in compiled]
