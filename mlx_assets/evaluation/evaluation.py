@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class SliceMetrics(BaseModel):
-    model_config = ConfigDict(defer_build=True, frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     rows: int
     positive_rate: float
@@ -30,7 +30,7 @@ class SliceMetrics(BaseModel):
 
 
 class Evaluation(BaseModel):
-    model_config = ConfigDict(defer_build=True, frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     rows: int
     positive_rate: float
@@ -99,7 +99,7 @@ class TaskEvaluation(BaseModel):
     ``by_slice``: metrics per value of ``features.slice_by``.
     """
 
-    model_config = ConfigDict(defer_build=True, frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     task: str
     rows: int
