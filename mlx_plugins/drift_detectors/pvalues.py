@@ -297,27 +297,47 @@ def _durbin_sf(n: np.ndarray, d: np.ndarray) -> np.ndarray:
         sel = np.flatnonzero(2 * k - 1 == size)
         p[sel], expnt[sel] = _durbin_power(n[sel], nd[sel], int(size))
     # p = prod over i of i * p / n, rescaled by 2**128 (then in long double, as scipy's
-    # np.float64 * np.longdouble) whenever it drops below 2**-128
+    # np.float64 * np.longdouble) whenever it drops below 2**-128. The elements go largest n
+    # first, so those still multiplying at step i are a prefix; once every one of them is in
+    # long double (after a few dozen steps), each step is a few in-place operations on it
+    order = np.argsort(-n, kind="stable")
+    ns = n[order]
+    live = np.searchsorted(-ns, -np.arange(1, int(ns[0]) + 1), side="right")
     wide = np.zeros(len(n), dtype=bool)
-    p64 = p.copy()
-    pld = p.astype(np.longdouble)
-    nf = n.astype(np.float64)
-    for i in range(1, int(n.max()) + 1):
-        active = i <= n
-        was_wide = active & wide
-        narrow = active & ~wide
-        p64 = np.where(narrow, i * p64 / nf, p64)
-        if was_wide.any():
-            pld = np.where(was_wide, i * pld / n, pld)
-            small = was_wide & (np.abs(pld) < _EM128)
+    p64 = p[order]
+    pld = p64.astype(np.longdouble)
+    ex = expnt[order]
+    nf, nl = ns.astype(np.float64), ns.astype(np.longdouble)
+    some_narrow = True
+    for i in range(1, int(ns[0]) + 1):
+        k = int(live[i - 1])
+        if some_narrow:
+            was_wide = wide[:k]
+            narrow = ~was_wide
+            p64[:k] = np.where(narrow, i * p64[:k] / nf[:k], p64[:k])
+            if was_wide.any():
+                pld[:k] = np.where(was_wide, i * pld[:k] / nl[:k], pld[:k])
+                small = was_wide & (np.abs(pld[:k]) < _EM128)
+                if small.any():
+                    pld[:k] = np.where(small, pld[:k] * _EP128, pld[:k])
+                    ex[:k] -= _E128 * small
+            small = narrow & (np.abs(p64[:k]) < _EM128)
             if small.any():
-                pld = np.where(small, pld * _EP128, pld)
-                expnt -= _E128 * small
-        small = narrow & (np.abs(p64) < _EM128)
-        if small.any():
-            pld = np.where(small, p64 * _EP128, pld)
-            wide |= small
-            expnt -= _E128 * small
+                pld[:k] = np.where(small, p64[:k] * _EP128, pld[:k])
+                wide[:k] |= small
+                ex[:k] -= _E128 * small
+            some_narrow = not wide[:k].all()
+        else:
+            seg = pld[:k]
+            np.multiply(seg, i, out=seg)
+            np.divide(seg, nl[:k], out=seg)
+            small = np.abs(seg) < _EM128
+            if small.any():
+                seg[small] *= _EP128
+                ex[:k][small] -= _E128
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    p64, pld, expnt, wide = p64[back], pld[back], ex[back], wide[back]
     # scipy: sf = clip(1 - clip(ldexp(p, expnt))), in the type p ended with
     p64 = np.clip(np.ldexp(p64, expnt), 0.0, 1.0)
     sf = np.clip(1.0 - p64, 0.0, 1.0)
