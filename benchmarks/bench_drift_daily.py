@@ -80,11 +80,67 @@ def _largest_difference(a: list[DriftReport], b: list[DriftReport]) -> float:
     return worst
 
 
+def _phases(reference: pl.DataFrame, currents: list[pl.DataFrame], columns: dict) -> str:
+    """One more year (prepare + compare_prepared_many) with ``max_workers=1``, its thread CPU
+    time split among the functions that do the work (each wrapped by a timer; polars' own
+    threads, which run the categorical counts' group_by, are not counted)."""
+    from mlx_plugins.drift_detectors import _fused, batch, pvalues
+
+    spent: dict[str, float] = {}
+    parts = [
+        (PolarsDriftDetector, "prepare_reference", "prepare"),
+        (batch, "sorted_rows", "days' values converted, padded, row-sorted"),
+        (_fused, "numeric_rows", "compiled per-value loop (numeric_rows)"),
+        (pvalues, "_smirnov", "KS p-values: scipy's Smirnov sums"),
+        (pvalues, "_durbin_sf", "KS p-values: Durbin's matrix"),
+        (batch.PValues, "resolve", "KS p-values: all"),
+        (batch, "category_matrix", "categorical counts"),
+        (batch, "categorical_stats_many", "categorical statistics"),
+    ]
+    originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in parts]
+
+    def timed(fn, label):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            start = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.thread_time() - start
+
+        return wrapper
+
+    for owner, name, label in parts:
+        setattr(owner, name, timed(getattr(owner, name), label))
+    try:
+        detector = PolarsDriftDetector(max_workers=1)
+        stats.clear_caches()
+        gc.collect()
+        start = time.thread_time()
+        detector.compare_prepared_many(detector.prepare_reference(reference, **columns), currents)
+        total = time.thread_time() - start
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+    top = ("prepare", "days' values", "compiled", "KS p-values: all", "categorical")
+    rest = total - sum(v for k, v in spent.items() if k.startswith(top))
+    lines = [f"  {k}: {v * 1e3:.0f} ms" for k, v in spent.items()]
+    return (
+        f"one year in one thread, thread CPU time {total * 1e3:.0f} ms:\n"
+        + "\n".join(lines)
+        + f"\n  the rest (frames, dicts, reports): {rest * 1e3:.0f} ms"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="nycflights13 scale")
     parser.add_argument("--repeat", type=int, default=3, help="best of N (interleaved)")
     parser.add_argument("--max-workers", type=int, default=2, help="detector threads")
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="then one more year in one thread, its CPU time split by phase",
+    )
     parser.add_argument(
         "--loop-repeat",
         type=int,
@@ -209,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {machine()}; load average after: {load()}",
         flush=True,
     )
+    if args.phases:
+        print(_phases(reference, selected, columns), flush=True)
     return 0
 
 
