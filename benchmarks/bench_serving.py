@@ -24,9 +24,12 @@ Models: ``tiny`` 40 -> 64 -> 32 -> 1 and ``wide`` 1024 -> 1024 -> 512 -> 1 (rand
 ``local_torch``'s artifact format, registered and packaged as the lifecycle does).
 
 For each server and concurrency (``--levels``, default 1 4 16 64) wrk runs ``--seconds``
-seconds (2 threads, 5 s request timeout) on the same cores as the servers. Reported:
-answered-200 throughput, p50/p99 latency (wrk's, over every response, 503s included), 503s
-(shed, counted apart), other failures, and for the MLX servers the p99 of the 200s alone from
+seconds (one keep-alive connection per wrk thread, 5 s request timeout) on the same cores as
+the servers. Reported: answered-200 throughput, p50/p99/max latency of every response (503s
+included) as the client saw it, timed per request in wrk's Lua script; wrk's own p99 beside it
+(``wrk p99``: inflated by wrk's coordinated-omission correction, which turns one pause of the
+server into hundreds of phantom samples; docs/serving.md); 503s (shed, counted apart), other
+failures, and for the MLX servers the p99 of the 200s alone from
 the server's own histogram (``mlx_serving_request_duration_seconds``, arrival in the worker ->
 answer, interpolated in its buckets as PromQL does). Goals, checked on the ``tiny`` model:
 
@@ -35,11 +38,17 @@ answer, interpolated in its buckets as PromQL does). Goals, checked on the ``tin
    checked for ``mlx`` and, when run, for ``router``);
 3. no 503 from MLX below its throughput knee (the first level within 90% of its best).
 
+``--check-client N`` cross-checks the latencies with a second, independent load generator:
+right after wrk, each level is run again by Python ``http.client`` keep-alive connections (one
+per thread, N requests each), timed per request. Python's client is itself slow (the GIL, on the
+same 2 cores): its figures bound the server's from above, notably at 64 threads.
+
 ``--profile`` records the stock and the MLX servers with py-spy (2 concurrent, 8 s) and prints
 where a worker's time goes, by package (the figures in ``docs/serving.md``).
 
     ./dev bench serving [--workers 2] [--seconds 5] [--levels 1 4 16 64] [--models tiny wide]
                         [--servers ...] [--trials 1] [--max-inflight N] [--profile]
+                        [--check-client N]
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -73,6 +83,22 @@ P99_GOAL_MS = 50.0
 READY_TIMEOUT_S = 180.0
 
 WRK_SCRIPT = r"""
+-- One connection per wrk thread (-t = -c), so request() and response() alternate in each
+-- thread's Lua state and time each request as the client saw it (CLOCK_MONOTONIC through
+-- LuaJIT's ffi). wrk's own latency statistics are "corrected" for coordinated omission before
+-- done() sees them: every answer slower than twice the mean interval between answers adds
+-- phantom samples down to that interval (wrk.c, stats_correct), so one 0.4 s pause in a
+-- 10,000-request run becomes ~1,000 samples and the p99 (docs/serving.md). Both are printed.
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } mlx_timespec;
+int clock_gettime(int clk_id, mlx_timespec *tp);
+]]
+local ts = ffi.new("mlx_timespec")
+local function now_us()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000000 + tonumber(ts.tv_nsec) / 1000
+end
 local f = assert(io.open(os.getenv("MLX_WRK_BODY"), "rb"))
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -80,23 +106,34 @@ wrk.body = f:read("*a")
 f:close()
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function init(args) statuses = {} end
+function init(args) statuses = {}; lat = {}; n = 0; t0 = 0; req = wrk.format() end
+function request() t0 = now_us(); return req end
 function response(status, headers, body)
+  n = n + 1
+  lat[n] = now_us() - t0
   statuses[status] = (statuses[status] or 0) + 1
 end
 function done(summary, latency, requests)
-  local all = {}
+  local all, sts = {}, {}
   for _, t in ipairs(threads) do
-    for k, v in pairs(t:get("statuses")) do all[k] = (all[k] or 0) + v end
+    for k, v in pairs(t:get("statuses")) do sts[k] = (sts[k] or 0) + v end
+    local l = t:get("lat")
+    for i = 1, t:get("n") do all[#all + 1] = l[i] end
+  end
+  table.sort(all)
+  local function q(p)
+    if #all == 0 then return 0 end
+    return all[math.max(1, math.ceil(p * #all))]
   end
   local parts = {}
-  for k, v in pairs(all) do table.insert(parts, string.format('"%d": %d', k, v)) end
+  for k, v in pairs(sts) do table.insert(parts, string.format('"%d": %d', k, v)) end
   local e = summary.errors
   io.write(string.format(
     'MLXWRK {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, ' ..
-    '"max_us": %d, "statuses": {%s}, "socket_errors": %d}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max, table.concat(parts, ", "),
+    '"max_us": %d, "wrk_p50_us": %d, "wrk_p99_us": %d, "statuses": {%s}, ' ..
+    '"socket_errors": %d}\n',
+    summary.requests, summary.duration, q(0.50), q(0.90), q(0.99), all[#all] or 0,
+    latency:percentile(50), latency:percentile(99), table.concat(parts, ", "),
     e.connect + e.read + e.write + e.timeout))
 end
 """
@@ -259,10 +296,13 @@ def start(
 
 # -- load --------------------------------------------------------------------------------------
 def wrk(url: str, body: Path, concurrency: int, seconds: float, script: Path) -> dict[str, Any]:
-    threads = min(2, concurrency)
+    """One wrk run: ``concurrency`` keep-alive connections, one per wrk thread, for ``seconds``.
+    ``p50_ms``/``p99_ms``/``max_ms`` are the latencies each request had (timed in the Lua
+    script); ``wrk_p99_ms`` is wrk's own figure, inflated by its coordinated-omission
+    correction (see ``WRK_SCRIPT``)."""
     command = [
-        "wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "5s",
-        "--latency", "-s", str(script), url,
+        "wrk", f"-t{concurrency}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "5s",
+        "-s", str(script), url,
     ]  # fmt: skip
     out = subprocess.run(
         command,
@@ -284,9 +324,66 @@ def wrk(url: str, body: Path, concurrency: int, seconds: float, script: Path) ->
         "ok_rps": ok / secs,
         "p50_ms": r["p50_us"] / 1000,
         "p99_ms": r["p99_us"] / 1000,
+        "max_ms": r["max_us"] / 1000,
+        "wrk_p99_ms": r["wrk_p99_us"] / 1000,
         "shed": statuses.get(503, 0),
         "failed": sum(v for k, v in statuses.items() if k not in (200, 503)) + r["socket_errors"],
         "requests": r["requests"],
+    }
+
+
+def keepalive_client(url: str, body: Path, concurrency: int, requests: int) -> dict[str, Any]:
+    """The cross-check load generator: ``concurrency`` threads, each one ``http.client``
+    keep-alive connection sending ``requests`` requests back to back (the body in one send,
+    TCP_NODELAY, as http.client does), each request timed; the same fields as :func:`wrk`."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    payload = body.read_bytes()
+    latencies: list[float] = []
+    statuses: collections.Counter[int] = collections.Counter()
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5.0)
+        mine, codes = [], collections.Counter()
+        try:
+            for _ in range(requests):
+                t = time.perf_counter()
+                conn.request("POST", parts.path, payload, {"Content-Type": "application/json"})
+                answer = conn.getresponse()
+                answer.read()
+                mine.append(time.perf_counter() - t)
+                codes[answer.status] += 1
+        except Exception as exc:  # counted as failures, reported below
+            errors.append(exc)
+        finally:
+            conn.close()
+            with lock:
+                latencies.extend(mine)
+                statuses.update(codes)
+
+    threads = [threading.Thread(target=run) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    ms = sorted(x * 1000 for x in latencies) or [0.0]
+    at = lambda p: ms[min(len(ms) - 1, max(0, math.ceil(p * len(ms)) - 1))]  # noqa: E731
+    return {
+        "c": concurrency,
+        "ok_rps": statuses.get(200, 0) / elapsed,
+        "p50_ms": at(0.5),
+        "p99_ms": at(0.99),
+        "max_ms": ms[-1],
+        "shed": statuses.get(503, 0),
+        "failed": sum(v for k, v in statuses.items() if k not in (200, 503)) + len(errors),
+        "requests": len(latencies),
     }
 
 
@@ -398,6 +495,14 @@ def main() -> None:
     )
     ap.add_argument("--profile", action="store_true")
     ap.add_argument(
+        "--check-client",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after wrk, run each level again with Python http.client keep-alive connections, "
+        "N requests per connection (the independent cross-check; 0: off)",
+    )
+    ap.add_argument(
         "--trials",
         type=int,
         default=1,
@@ -417,8 +522,9 @@ def main() -> None:
     if args.trials > 1:
         print(f"{args.trials} trials per level; each level shows the trial with the median p99")
     print(
-        f"workers per server: {args.workers}; {args.seconds:g} s per level; wrk (2 threads) "
-        "runs on the same cores as the servers"
+        f"workers per server: {args.workers}; {args.seconds:g} s per level; wrk (one thread per "
+        "connection) runs on the same cores as the servers; p99 = per-request latency as the "
+        "client saw it, wrk p99 = wrk's own (coordinated-omission corrected)"
     )
     if (
         "router" in args.servers
@@ -444,15 +550,17 @@ def main() -> None:
                 proc, url = start(kind, server, package, args.workers, home)
                 try:
                     wrk(url, body[kind], 4, 2, script)  # warm-up
-                    runs = [
-                        median_trial(
-                            [
-                                measure(proc, url, body[kind], c, args.seconds, script)
-                                for _ in range(args.trials)
-                            ]
-                        )
-                        for c in args.levels
-                    ]
+                    runs = []
+                    for c in args.levels:
+                        trials = [
+                            measure(proc, url, body[kind], c, args.seconds, script)
+                            for _ in range(args.trials)
+                        ]
+                        runs.append(median_trial(trials))
+                        if args.check_client:  # right after wrk's level, same conditions
+                            runs[-1]["check"] = keepalive_client(
+                                url, body[kind], c, args.check_client
+                            )
                     results[model][kind] = runs
                     if args.profile and model == "tiny" and kind in ("stock", "mlx"):
                         profiles[kind] = profile(proc.pid, url, body[kind], script, home / kind)
@@ -469,7 +577,11 @@ def _brief(r: dict[str, Any]) -> str:
     shed = f" 503x{r['shed']}" if r["shed"] else ""
     trials = r.get("p99_trials", [])
     each = f" (trials {'/'.join(f'{t:.0f}' for t in trials)})" if len(trials) > 1 else ""
-    return f"c={r['c']}: {r['ok_rps']:.0f}/s p99 {r['p99_ms']:.1f} ms{each}{shed}"
+    check = f" [http.client p99 {r['check']['p99_ms']:.1f}]" if r.get("check") else ""
+    return (
+        f"c={r['c']}: {r['ok_rps']:.0f}/s p99 {r['p99_ms']:.1f} ms (wrk's "
+        f"{r['wrk_p99_ms']:.0f}){each}{shed}{check}"
+    )
 
 
 def report(
@@ -482,14 +594,21 @@ def report(
             f"\n{model} ({' -> '.join(str(x) for x in [MODELS[model][0], *MODELS[model][1], 1])})"
         )
         print(f"{'server':11} {'conc':>4} {'ok req/s':>9} {'p50 ms':>7} {'p99 ms':>8} "
-              f"{'503':>6} {'shed %':>6} {'failed':>6} {'p99 200s (server) ms':>20}")  # fmt: skip
+              f"{'max ms':>7} {'wrk p99':>8} {'503':>6} {'shed %':>6} {'failed':>6} "
+              f"{'p99 200s (server) ms':>20}")  # fmt: skip
         for kind, runs in by_kind.items():
             for r in runs:
                 p99_200 = "-" if r.get("p99_200_ms") is None else f"{r['p99_200_ms']:.1f}"
                 share = 100 * r["shed"] / max(r["requests"], 1)
                 print(f"{kind:11} {r['c']:>4} {r['ok_rps']:>9.0f} {r['p50_ms']:>7.1f} "
-                      f"{r['p99_ms']:>8.1f} {r['shed']:>6} {share:>6.1f} {r['failed']:>6} "
+                      f"{r['p99_ms']:>8.1f} {r['max_ms']:>7.0f} {r['wrk_p99_ms']:>8.1f} "
+                      f"{r['shed']:>6} {share:>6.1f} {r['failed']:>6} "
                       f"{p99_200:>20}")  # fmt: skip
+            for r in [r for r in runs if r.get("check")]:
+                k = r["check"]
+                print(f"{'  http.client':13} {r['c']:>2} {k['ok_rps']:>9.0f} {k['p50_ms']:>7.1f} "
+                      f"{k['p99_ms']:>8.1f} {k['max_ms']:>7.0f} {'-':>8} {k['shed']:>6} "
+                      f"{'':>6} {k['failed']:>6}")  # fmt: skip
         best = {k: best_at_goal(v) for k, v in by_kind.items()}
         peak = {k: max(r["ok_rps"] for r in v) for k, v in by_kind.items()}
         print("best req/s at p99 <= 50 ms: " + ", ".join(f"{k} {v:.0f}" for k, v in best.items()))
