@@ -262,3 +262,37 @@ def pad_rows(
         counts[d] = k
         for i in range(k, width):
             rows[d, i] = np.inf
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def split_prefix(
+    xs: np.ndarray,
+    scaled: np.ndarray,
+    qh: float,
+    qg: float,
+    h: np.ndarray,
+    g: np.ndarray,
+    low: np.ndarray,
+) -> int:  # pragma: no cover - compiled
+    """:meth:`~mlx_plugins.drift_detectors.stats.SplitPrefix.of_sorted`'s passes in one: the
+    prefix sums (``np.cumsum``'s sequential adds, after a leading 0.0) of the parts of
+    ``scaled`` (``xs`` times a power of two) into ``h``, ``g``, ``low`` (``len(xs) + 1``
+    each); returns the number of distinct values of the sorted ``xs``."""
+    n = len(xs)
+    h[0], g[0], low[0] = 0.0, 0.0, 0.0
+    distinct = 1 if n else 0
+    for i in range(n):
+        v = scaled[i]
+        hv = np.rint(v / qh) * qh
+        rest = v - hv
+        gv = np.rint(rest / qg) * qg
+        rest = rest - gv
+        if i == 0:
+            h[1], g[1], low[1] = hv, gv, rest
+        else:
+            h[i + 1] = h[i] + hv
+            g[i + 1] = g[i] + gv
+            low[i + 1] = low[i] + rest
+            if xs[i] != xs[i - 1]:
+                distinct += 1
+    return distinct

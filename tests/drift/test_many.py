@@ -171,3 +171,30 @@ def test_small_batches_go_one_by_one_with_the_same_bits(monkeypatch: pytest.Monk
     st.clear_caches()
     one_by_one = detector.compare_prepared_many(prepared, days)
     assert [r.model_dump_json() for r in one_by_one] == [r.model_dump_json() for r in compiled]
+
+
+def test_compiled_split_prefix_sums_are_numpys_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlx_plugins.drift_detectors._fused  # noqa: F401  (loaded: of_sorted may use it)
+
+    rng = np.random.default_rng(13)
+    samples = [
+        rng.normal(0, 1, 5000),
+        np.round(rng.normal(0, 3, 5000)),  # ties
+        np.concatenate([[-0.0, 0.0, -0.0], rng.normal(0, 1, 40)]),  # signed zeros
+        rng.normal(0, 1, 300) * 1e300,  # scaled down by a power of two first
+        rng.normal(0, 1, 300) * 1e-300,
+        np.array([7.0]),
+        np.empty(0),
+    ]
+    for xs in map(np.sort, samples):
+        monkeypatch.setattr(st, "_COMPILED_PREFIX_MIN", 0)
+        compiled = st.SplitPrefix.of_sorted(xs)
+        monkeypatch.setattr(st, "_COMPILED_PREFIX_MIN", 10**12)
+        plain = st.SplitPrefix.of_sorted(xs)
+        pairs = zip(
+            (compiled.h, compiled.g, compiled.low), (plain.h, plain.g, plain.low), strict=True
+        )
+        for a, b in pairs:
+            assert np.array_equal(a.view(np.int64), b.view(np.int64))
+        assert (compiled.qh, compiled.qg, compiled.exponent) == (plain.qh, plain.qg, plain.exponent)
+        assert compiled.n_unique == plain.n_unique
