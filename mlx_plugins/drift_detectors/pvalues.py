@@ -103,33 +103,22 @@ def ks_pvalues(
     todo &= ~scalar
     # n <= 140: Durbin's matrix, Pomeranz's recursion (scalar) or Smirnov's sum
     small_n = todo & (size <= 140)
+    sums = np.zeros_like(todo)
+    durbin = small_n & (nxsq <= 0.754693)
     if small_n.any():
-        durbin = small_n & (nxsq <= 0.754693)
-        if durbin.any():
-            out[durbin] = _durbin_sf(size[durbin].astype(np.int64), d[durbin])
         pomeranz = small_n & ~durbin & (nxsq <= 4)
         scalar |= pomeranz
-        miller = small_n & ~durbin & ~pomeranz
-        if miller.any():
-            out[miller] = np.clip(
-                2 * _smirnov(size[miller].astype(np.int64), d[miller], workers), 0, 1
-            )
+        sums |= small_n & ~durbin & ~pomeranz
         todo &= ~small_n
     none = todo & (nxsq >= 370.0)
     out[none] = 0.0
     todo &= ~none
-    smirnov_branch = todo & (nxsq >= 2.2)
-    if smirnov_branch.any():
-        out[smirnov_branch] = np.clip(
-            2 * _smirnov(size[smirnov_branch].astype(np.int64), d[smirnov_branch], workers),
-            0.0,
-            1.0,
-        )
-    todo &= ~smirnov_branch
-    # Durbin's matrix (n x**1.5 <= 1.4) stays scalar; the test in Python floats, as scipy's
-    rest = np.flatnonzero(todo)
-    durbin = np.zeros_like(todo)
-    for i in rest:
+    sums |= todo & (nxsq >= 2.2)  # the Smirnov branch
+    todo &= ~sums
+    # Smirnov's sums, 2 * smirnov(n, D), run in threads while this one does the rest
+    smirnov = _smirnov_start(size[sums].astype(np.int64), d[sums], workers)
+    # Durbin's matrix (n <= 140 above, or n x**1.5 <= 1.4 tested in Python floats, as scipy's)
+    for i in np.flatnonzero(todo):
         nn, x = int(size[i]), float(d[i])
         if nn <= 100000 and nn * x**1.5 <= 1.4:
             durbin[i] = True
@@ -140,42 +129,57 @@ def ks_pvalues(
         out[todo] = np.clip(1.0 - _pelz_good_cdf(size[todo], d[todo]), 0.0, 1.0)
     for i in np.flatnonzero(scalar):
         out[i] = st.ks_pvalue(int(gaps[i]), int(ns[i]), int(ms[i]), method, tail=tail)
+    out[sums] = np.clip(2 * smirnov(), 0.0, 1.0)
     return out
 
 
 def _smirnov(n: np.ndarray, d: np.ndarray, workers: int = 1) -> np.ndarray:
     """``scipy.special.smirnov(n, d)`` (int64 ``n``, float64 ``d``), bit for bit, each distinct
-    ``(n, d)`` pair evaluated once, in ``workers`` threads.
+    ``(n, d)`` pair evaluated once, in ``workers`` threads (see :func:`_smirnov_start`)."""
+    return _smirnov_start(n, d, workers)()
+
+
+def _smirnov_start(n: np.ndarray, d: np.ndarray, workers: int = 1) -> Callable[[], np.ndarray]:
+    """Start :func:`_smirnov` and return the function that waits for its values.
 
     Evaluated by scipy's own C function (:func:`_smirnov_c`) where it can be found: the ufunc
     holds the GIL for its whole loop (~340 us a value at n ~ 900: a sum of ~n terms in
-    double-double arithmetic), the C function called through ctypes releases it, so threads
-    run in parallel. Otherwise (a scipy without it), the ufunc, in one thread."""
+    double-double arithmetic), the C function called through ctypes releases it, so with
+    ``workers > 1`` the sums run in that many threads, beside the caller. Otherwise (one
+    worker, few sums, or a scipy without that function) they are computed before returning.
+    """
     pairs = np.empty(len(n), dtype=[("n", np.int64), ("d", np.float64)])
     pairs["n"], pairs["d"] = n, d
     distinct, inverse = np.unique(pairs, return_inverse=True)
+    inverse = inverse.reshape(-1)
     kernel = _smirnov_c()
     if kernel is None:
         from scipy.special import smirnov
 
-        values = smirnov(distinct["n"], distinct["d"])
-    else:
-        ns, ds = distinct["n"].tolist(), distinct["d"].tolist()
+        done = smirnov(distinct["n"], distinct["d"])[inverse]
+        return lambda: done
+    ns, ds = distinct["n"].tolist(), distinct["d"].tolist()
+    step = max(1, min(workers, len(ns) // _SMIRNOV_PER_THREAD))
 
-        def part(first: int) -> list[float]:
-            # every workers-th pair: the pairs are sorted by n, so the parts cost alike
-            return [kernel(k, x, 0) for k, x in zip(ns[first::step], ds[first::step], strict=True)]
+    def part(first: int) -> list[float]:
+        # every step-th pair: the pairs are sorted by n, so the parts cost alike
+        return [kernel(k, x, 0) for k, x in zip(ns[first::step], ds[first::step], strict=True)]
 
-        step = max(1, min(workers, len(ns) // _SMIRNOV_PER_THREAD))
+    if step == 1:
+        done = np.array(part(0), dtype=np.float64)[inverse] if ns else np.empty(0)
+        return lambda: done
+    pool = ThreadPoolExecutor(step, thread_name_prefix="mlx-smirnov")
+    futures = [pool.submit(part, first) for first in range(step)]
+    pool.shutdown(wait=False)  # the threads end with their part
+
+    def wait() -> np.ndarray:
         values = np.empty(len(ns))
-        if step == 1:
-            values[:] = part(0)
-        else:
-            with ThreadPoolExecutor(step, thread_name_prefix="mlx-smirnov") as pool:
-                for first, part_values in enumerate(pool.map(part, range(step))):
-                    values[first::step] = part_values
-    out: np.ndarray = values[inverse.reshape(-1)]
-    return out
+        for first, future in enumerate(futures):
+            values[first::step] = future.result()
+        out: np.ndarray = values[inverse]
+        return out
+
+    return wait
 
 
 _SMIRNOV_PER_THREAD = 8
