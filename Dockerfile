@@ -64,6 +64,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     DAGSTER_HOME=/opt/dagster/dagster_home \
     MLX_HOME=/var/lib/mlx \
+    NUMBA_CACHE_DIR=/var/lib/mlx/cache/numba \
     MLX_COMPOSITION=/opt/mlx/mlx.yaml \
     MLX_VARIANT=${VARIANT}
 WORKDIR /opt/mlx

@@ -15,14 +15,31 @@ The loops release the GIL, so columns run in parallel threads.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from numba import njit
 
 _PW_BLOCKSIZE = 128  # numpy's PW_BLOCKSIZE
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-@njit(cache=True, nogil=True, error_model="numpy")
+
+def _compiled(fn: _F) -> _F:
+    """``fn`` compiled (nopython, GIL released, numpy's error model), cached on disk where numba
+    finds a writable place (``NUMBA_CACHE_DIR``, the module's ``__pycache__`` or the user's cache
+    folder); where none is writable (a read-only image with no writable home) it is compiled in
+    memory once per process instead of failing with numba's "no locator available"."""
+    try:
+        return njit(cache=True, nogil=True, error_model="numpy")(fn)  # type: ignore[return-value]
+    except RuntimeError as exc:
+        if "no locator available" not in str(exc):
+            raise
+        return njit(nogil=True, error_model="numpy")(fn)  # type: ignore[return-value]
+
+
+@_compiled
 def _block(a: np.ndarray, lo: int, n: int) -> float:  # pragma: no cover - compiled
     """numpy's ``pairwise_sum`` of at most ``_PW_BLOCKSIZE`` values: 8 accumulators."""
     if n < 8:
@@ -52,7 +69,7 @@ def _block(a: np.ndarray, lo: int, n: int) -> float:  # pragma: no cover - compi
     return res
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _pairwise(a: np.ndarray, lo: int, n: int) -> float:  # pragma: no cover - compiled
     """numpy's recursive ``pairwise_sum`` (halves cut at a multiple of 8, blocks of at most
     128 values), as a loop over an explicit stack: numba's cache cannot load recursive
@@ -87,13 +104,13 @@ def _pairwise(a: np.ndarray, lo: int, n: int) -> float:  # pragma: no cover - co
     return values[0]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def pairwise_sum(a: np.ndarray, n: int) -> float:  # pragma: no cover - compiled
     """``np.add.reduce(a[:n])`` of a contiguous float64 array, bit for bit."""
     return 0.0 + _pairwise(a, 0, n)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _count_le(xs: np.ndarray, lo: int, hi: int, v: float) -> int:  # pragma: no cover
     """``lo + #{xs[lo:hi] <= v}`` for sorted ``xs``: a branch-free binary search."""
     size = hi - lo
@@ -107,7 +124,7 @@ def _count_le(xs: np.ndarray, lo: int, hi: int, v: float) -> int:  # pragma: no 
     return base + (1 if xs[base] <= v else 0)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _upper_bound(xs: np.ndarray, lo: int, v: float) -> int:  # pragma: no cover - compiled
     """``np.searchsorted(xs, v, "right")`` for sorted ``xs`` with ``xs[:lo] <= v``: galloping
     from ``lo`` (the previous, smaller value's answer), so consecutive sorted values search
@@ -122,7 +139,7 @@ def _upper_bound(xs: np.ndarray, lo: int, v: float) -> int:  # pragma: no cover 
     return _count_le(xs, known + 1, min(known + step, n), v)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _lower_bound(xs: np.ndarray, lo: int, hi: int, v: float) -> int:  # pragma: no cover
     """``lo + #{xs[lo:hi] < v}`` for sorted ``xs`` (``np.searchsorted(xs, v, "left")`` when
     ``xs[:lo] < v <= xs[hi:]``), branch-free."""
@@ -137,7 +154,7 @@ def _lower_bound(xs: np.ndarray, lo: int, hi: int, v: float) -> int:  # pragma: 
     return base + (1 if xs[base] < v else 0)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def numeric_rows(
     rows: np.ndarray,
     ms: np.ndarray,
@@ -244,7 +261,7 @@ def numeric_rows(
         ints[d, 1] = new_values
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def pad_rows(
     values: np.ndarray, starts: np.ndarray, rows: np.ndarray, counts: np.ndarray
 ) -> None:  # pragma: no cover - compiled
@@ -264,7 +281,7 @@ def pad_rows(
             rows[d, i] = np.inf
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def split_prefix(
     xs: np.ndarray,
     scaled: np.ndarray,
