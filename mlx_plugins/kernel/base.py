@@ -139,6 +139,10 @@ class MLXPlugin(dg.ConfigurableResource):  # type: ignore[type-arg]
       redacted from its message and cause chain, keeping its type.
     """
 
+    # Validators are built when a plugin class is first instantiated (when the composition
+    # validates it), not at import: the kind bases (DataSource, MLPlatform...) never are.
+    model_config = ConfigDict(defer_build=True)
+
     metadata: ClassVar[PluginMetadata]
 
     mlx_env: dict[str, str] = Field(
