@@ -143,7 +143,8 @@ class RequestDecoder:
         )
         self._decoder = msgspec.json.Decoder(request)
         self._astuple = msgspec.structs.astuple
-        self._errors = (msgspec.ValidationError, msgspec.DecodeError)
+        # msgspec raises UnicodeDecodeError (not a DecodeError) on bytes that are not UTF-8
+        self._errors = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
 
     def decode(self, body: bytes) -> list[tuple[Any, ...]]:
         """The rows as tuples of values in ``schema.features`` order.
@@ -168,6 +169,13 @@ class RequestDecoder:
         """A msgspec error as a 422 ``detail`` entry naming the row and the field."""
         import msgspec
 
+        if isinstance(exc, UnicodeDecodeError):
+            return {
+                "row": None,
+                "field": "body",
+                "problem": f"not valid UTF-8 (a string holds the byte "
+                f"{exc.object[exc.start : exc.start + 1]!r}); send the JSON body encoded as UTF-8",
+            }
         if not isinstance(exc, msgspec.ValidationError):  # (a subclass of DecodeError)
             return {"row": None, "field": "body", "problem": f"not valid JSON ({exc})"}
         message, _, path = str(exc).partition(" - at `")
@@ -187,6 +195,8 @@ class RequestDecoder:
             problem = "missing feature (send null for a missing value)"
         elif field_name in self.schema.categorical:
             problem = f"expected a category (a string) or null, got {got_text}"
+        elif field_name in self.schema.numeric and "out of range" in message:
+            problem = "expected a number or null, got a number out of float64's range"
         elif field_name in self.schema.numeric:
             problem = f"expected a number or null, got {got_text}"
         else:

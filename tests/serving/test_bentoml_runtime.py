@@ -55,6 +55,9 @@ def test_rows_decode_in_feature_order(loaded: LoadedModel) -> None:
         (b'{"rows": [{"x": 1,', None, "body", "not valid JSON"),
         (b'{"row": []}', None, "row", "unknown field"),
         (b"[]", None, "body", "Expected `object`"),
+        # not UTF-8: was a 500 (msgspec raises UnicodeDecodeError, not a DecodeError)
+        (b'{"rows": [{"x": 1, "noise": 0, "cat": "\xff"}]}', None, "body", "not valid UTF-8"),
+        (b'{"rows": [{"x": 1e999, "noise": 0, "cat": "a"}]}', 0, "x", "out of float64's range"),
     ],
 )
 def test_request_errors_name_row_and_field(
