@@ -294,6 +294,28 @@ def test_second_router_in_one_folder_is_refused(
     assert httpx.post(first.url + "/x", content=b"{}", timeout=5).text == "A"
 
 
+@needs_nginx
+def test_a_full_batch_passes_and_a_body_too_large_gets_a_json_413(
+    backends: tuple[_Backend, _Backend], router_dir: Path
+) -> None:
+    """nginx's own default (1 MiB) refused a valid 1024-row request of 1.1 MB with an HTML
+    page; the router's limit is its ``max_body_mb`` and a larger body gets JSON naming it."""
+    a, _ = backends
+    router = NginxRouter(router_dir).start(RoutingTable.single("v1", [a.address]))
+    full_batch = b" " * (1_200_000)  # what the backend does with it is its business
+    assert httpx.post(router.url + "/predict", content=full_batch, timeout=10).text == "A"
+    router.stop()
+    small = NginxRouter(router_dir, settings=NginxSettings(max_body_mb=0.01)).start(
+        RoutingTable.single("v1", [a.address])
+    )
+    assert httpx.post(small.url + "/predict", content=b" " * 5_000, timeout=5).text == "A"
+    resp = httpx.post(small.url + "/predict", content=b" " * 20_000, timeout=5)
+    assert resp.status_code == 413
+    assert resp.headers["content-type"] == "application/json"
+    assert "max_body_mb 0.01 MiB" in resp.json()["error"]
+    small.stop()
+
+
 @dataclass
 class _Replica:
     """A replica address for the router (the rollout below never scrapes or stops it)."""

@@ -27,6 +27,7 @@ weights or stops it): :meth:`NginxRouter.attach` finds a running one from its ru
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pwd
 import re
@@ -121,6 +122,11 @@ class NginxSettings(BaseModel):
     fraction of the cost of a refusal by the worker). Shed requests are in the access log
     (status 503, no upstream). None (default): no limit; the workers' own ``max_inflight``
     still sheds."""
+    max_body_mb: float = Field(default=16.0, gt=0)
+    """The largest request body the router passes on, in MiB (nginx ``client_max_body_size``;
+    nginx's own default, 1 MiB, is below what a server's ``max_request_rows`` allows: a valid
+    full batch was refused). A larger body is answered by nginx: 413 with a JSON ``error``
+    naming this setting; below it, each server applies its own limit (its JSON 413)."""
     extra_http_directives: tuple[str, ...] = ()
     """Extra directives for the ``http`` block, each one line ending in ``;`` (e.g.
     ``client_max_body_size 8m;``)."""
@@ -234,6 +240,8 @@ def render_nginx_conf(
         f"    keepalive_timeout {s.client_keepalive_s:g}s;",
         *(f"    {d.strip()}" for d in s.extra_http_directives),
     ]
+    if not any(d.strip().startswith("client_max_body_size") for d in s.extra_http_directives):
+        lines.append(f"    client_max_body_size {math.ceil(s.max_body_mb * 1024)}k;")
     for r in table.routes:
         lines.append(f"    upstream {upstream[r.version]} {{  # {r.version}, {r.weight:g}%")
         # A version with no replicas (weight 0) still needs a server line to be a valid
@@ -311,8 +319,17 @@ def render_nginx_conf(
             f"            return 503 {shed};",
             "        }",
         ]
+    too_large = _q(
+        '{"error":"request body larger than the router accepts (max_body_mb '
+        f'{s.max_body_mb:g} MiB, nginx client_max_body_size); split the batch"}}'
+    )
     lines += [
+        "        location @mlx_too_large {",
+        "            default_type application/json;",
+        f"            return 413 {too_large};",
+        "        }",
         "        location / {",
+        "            error_page 413 @mlx_too_large;",  # nginx's own 413 only (no intercept)
         *limits,
         *(
             [
