@@ -7,6 +7,8 @@ mlx lifecycle [FILE] [-v] [-m M] [--all]
                                   materialize what is missing, stale or bad, in order, for
                                   each lifecycle instance run by default (-m/--model NAME: only
                                   those; --all: every one; -v/--verbose: Dagster's event lines)
+mlx serving stop [-m M]           stop the model servers and routers that
+                                  ./dev lifecycle --serve left running (logs: <home>/bentoml/logs/)
 mlx home                          print (and create) the local DAGSTER_HOME
 mlx audit [--plugin P] [--run R] [--since 2h|ISO] [--outcome ok|error] [--json]
                                   plugin calls recorded in the audit log
@@ -186,6 +188,21 @@ def _audit(args: argparse.Namespace) -> int:
     )
 
 
+def _serving_stop(args: argparse.Namespace) -> int:
+    from mlx_assets.serving.deployment import stop_serving
+    from mlx_resources.platform import Platform
+
+    home = Platform(**_load(args).settings).home_path
+    try:
+        lines = stop_serving(home, args.model)
+    except ValueError as exc:
+        print(f"mlx serving stop: {exc}", file=sys.stderr)
+        return 1
+    for line in lines or [f"nothing is served from {home}"]:
+        print(line)
+    return 0
+
+
 def _drift_demo(_: argparse.Namespace) -> int:
     from mlx_assets.monitoring.seasonal_demo import main as demo
 
@@ -210,6 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p.add_argument("file", nargs="?", default=None, help="composition file (default mlx.yaml)")
         p.add_argument("--profile", default=None, help="profile in the file (or MLX_PROFILE)")
+    serving = sub.add_parser("serving", help="what ./dev lifecycle --serve left running")
+    serving.add_argument("action", choices=["stop"])
+    serving.add_argument("file", nargs="?", default=None, help="composition file (mlx.yaml)")
+    serving.add_argument("--profile", default=None, help="profile in the file (or MLX_PROFILE)")
+    serving.add_argument(
+        "-m", "--model", action="append", help="only this model (repeatable); default: every one"
+    )
+    serving.set_defaults(fn=_serving_stop)
     sub.choices["config"].set_defaults(fn=_config_validate)
     sub.choices["health"].set_defaults(fn=_health)
     sub.choices["lifecycle"].set_defaults(fn=_lifecycle)

@@ -193,6 +193,13 @@ def summary_lines(instance: Any, defs: Any, lc: Any = None) -> list[str]:
             curl = str(m.get("curl", "")).strip("`\n ")
             if curl:
                 lines.append(f"try        {curl}")
+            if platform is not None:
+                home = platform.home_path
+                lines.append(
+                    "stop       mlx serving stop (the servers and router outlive this command; "
+                    f"a new run re-attaches); logs: {home / 'bentoml' / 'logs'}/ (servers), "
+                    f"{home / 'serving' / lc.model_name / 'router' / 'logs'}/ (router)"
+                )
     if data_root:
         lines.append(f"data       {data_root} (one file per asset and day)")
     if registry_root:

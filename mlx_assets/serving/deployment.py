@@ -439,3 +439,46 @@ def _reconfigure(
         server=str(server.metadata.name),
         workers=fresh.workers,
     )
+
+
+def stop_serving(home: Path, models: list[str] | None = None) -> list[str]:
+    """Stop what ``model_deployment`` left serving under the MLX ``home``: every recorded
+    server (its workers included) and the router of each model in ``<home>/serving/`` (only
+    ``models``, when given). Returns one line per model saying what was stopped; a model with
+    nothing running says so. ``servers.json`` is emptied, so the next run starts afresh.
+
+    Raises:
+        ValueError: a name in ``models`` has no ``<home>/serving/<name>/`` folder (naming the
+            models that do).
+    """
+    from mlx_plugins.model_servers.routing import NginxRouter, RouterError
+
+    root = home / "serving"
+    known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for name in models or []:
+        if name not in known:
+            raise ValueError(
+                f"no served model {name!r} under {root}; served there: {', '.join(known) or 'none'}"
+            )
+    lines = []
+    for name in models or known:
+        folder = root / name
+        stopped = []
+        state = folder / "servers.json"
+        for label, handles in _load_handles(state).items():
+            for h in handles:
+                h.stop()
+                stopped.append(f"{label} on port {h.port} (pid {h.pid})")
+        if state.exists():
+            _save_handles(state, {})
+        if (folder / "router" / "router.json").exists():
+            try:
+                router = NginxRouter.attach(folder / "router")
+            except RouterError:
+                router = None
+            if router is not None:
+                url = router.url
+                router.stop()
+                stopped.append(f"the router at {url}")
+        lines.append(f"{name}: stopped {', '.join(stopped)}" if stopped else f"{name}: nothing ran")
+    return lines
