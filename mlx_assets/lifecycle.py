@@ -296,6 +296,16 @@ def plan(
                 out.daily_assets[day] = (*out.daily_assets.get(day, ()), key.to_user_string())
     out.partitions = [d for d in all_days if d in out.daily_assets]
     out.training = [k.to_user_string() for k in training if judge.assess(k, None)]
+    platform = defs.resources.get("platform")
+    if lc.serving and platform is not None and not judge.planned(lc.deployment_key, None):
+        # fresh by its inputs, but its servers may be gone: the summary would show a dead URL
+        from mlx_assets.serving.deployment import not_serving
+
+        why = not_serving(platform.home_path, lc.model_name)
+        if why is not None:
+            finding = Finding(lc.deployment_key.to_user_string(), None, BAD, why)
+            judge.found[(lc.deployment_key, None)] = finding
+            out.training.append(finding.asset)
     out.monitoring = [
         d for d in monitor_days if judge.assess(drift, d) or judge.assess(incident, d)
     ]

@@ -441,6 +441,17 @@ def _reconfigure(
     )
 
 
+def not_serving(home: Path, model: str) -> str | None:
+    """Why ``model``'s deployment no longer serves, or None while a recorded server of it is
+    alive: no server recorded in ``<home>/serving/<model>/servers.json`` is running (stopped
+    with ``mlx serving stop``, killed, or the machine restarted). The lifecycle then runs
+    ``model_deployment`` again, although nothing upstream changed."""
+    state = home / "serving" / model / "servers.json"
+    if _load_handles(state):
+        return None
+    return "no server of it is running (stopped, or the machine restarted): serving it again"
+
+
 def stop_serving(home: Path, models: list[str] | None = None) -> list[str]:
     """Stop what ``model_deployment`` left serving under the MLX ``home``: every recorded
     server (its workers included) and the router of each model in ``<home>/serving/`` (only
