@@ -283,6 +283,34 @@ def test_attach_from_another_handle_changes_and_stops_it(
 
 
 @needs_nginx
+def test_a_restarted_router_keeps_its_url_unless_the_port_was_taken(
+    backends: tuple[_Backend, _Backend], router_dir: Path
+) -> None:
+    a, _ = backends
+    first = NginxRouter(router_dir).start(RoutingTable.single("v1", [a.address]))
+    url = first.url
+    first.stop()
+    # stopped (mlx serving stop, or the machine restarted): the next router takes its port,
+    # so a saved URL or curl line still works
+    second = NginxRouter(router_dir).start(RoutingTable.single("v1", [a.address]))
+    assert second.url == url
+    assert httpx.post(url + "/x", content=b"{}", timeout=5).text == "A"
+    second.stop()
+    # someone else listens there now: a free port instead of failing
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        busy.bind(("127.0.0.1", second.port))
+        busy.listen(1)
+        third = NginxRouter(router_dir).start(RoutingTable.single("v1", [a.address]))
+        assert third.port != second.port
+        assert httpx.post(third.url + "/x", content=b"{}", timeout=5).text == "A"
+    third.stop()
+    # the next one goes back to the newest port this folder's router had
+    fourth = NginxRouter(router_dir).start(RoutingTable.single("v1", [a.address]))
+    assert fourth.port == third.port
+
+
+@needs_nginx
 def test_second_router_in_one_folder_is_refused(
     backends: tuple[_Backend, _Backend], router_dir: Path
 ) -> None:

@@ -12,6 +12,7 @@ Everything nginx writes stays under the run folder, never in root-owned paths::
     <run_dir>/nginx.conf.candidate  the last configuration tried (kept when nginx refused it)
     <run_dir>/nginx.pid             the master's pid (nginx writes it)
     <run_dir>/router.json           host, port, master identity and routing table (for attach)
+    <run_dir>/last_port             the last router's port, reused by the next start when free
     <run_dir>/logs/error.log        nginx's own log
     <run_dir>/logs/access.log       one line a request: time, status, version, upstream, seconds
     <run_dir>/temp/                 request and response buffers
@@ -176,6 +177,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether ``port`` on ``host`` can be bound now (``SO_REUSEADDR``, as nginx binds: a port
+    held only by connections in TIME_WAIT counts as free)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _q(value: str) -> str:
@@ -383,7 +397,8 @@ class NginxRouter:
     host
         Interface to listen on (loopback by default).
     port
-        TCP port; None picks a free one at :meth:`start`.
+        TCP port; None picks, at :meth:`start`, the port of this folder's last router when it
+        is free (so a restarted router keeps its URL), else a free one.
     settings
         :class:`NginxSettings`.
 
@@ -520,7 +535,10 @@ class NginxRouter:
             for sub in ("logs", "temp"):
                 (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
             if self._port is None:
-                self._port = free_port(self.host)
+                # the port this folder's router had before (stopped, or the machine restarted),
+                # so saved URLs and curl lines keep working; else any free one
+                last = self._last_port()
+                self._port = last if last is not None else free_port(self.host)
             self._write_checked(table)
             os.replace(self.candidate_path, self.config_path)
             err_offset = self._log_size()
@@ -815,6 +833,18 @@ class NginxRouter:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=5)
 
+    @property
+    def last_port_path(self) -> Path:
+        """``<run_dir>/last_port``: the port of this folder's last router (kept by ``stop``)."""
+        return self.run_dir / "last_port"
+
+    def _last_port(self) -> int | None:
+        try:
+            port = int(self.last_port_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return port if 0 < port < 65536 and port_is_free(self.host, port) else None
+
     def _save_state(self) -> None:
         assert self._pid is not None and self._process is not None and self._table is not None
         state = _State(
@@ -827,6 +857,8 @@ class NginxRouter:
         )
         with atomic_open(self.state_path, "w") as fh:
             fh.write(state.model_dump_json(indent=2))
+        with atomic_open(self.last_port_path, "w") as fh:
+            fh.write(f"{self.port}\n")
 
     def describe(self) -> dict[str, Any]:
         """Plain data for asset metadata: URL, run folder, pid and the weights."""
