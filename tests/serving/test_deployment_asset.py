@@ -132,5 +132,18 @@ def test_deploy_then_canary_promote_then_unchanged(
         third, _ = materialize()
         assert third.decision == "unchanged"
         assert third.served_version == second.served_version
+
+        # `mlx serving stop` (or a restart): the next run serves it again, at the same URL
+        from mlx_assets.serving.deployment import not_serving, stop_serving
+
+        assert not_serving(home, "tiny") is None
+        (line,) = stop_serving(home)
+        assert line.startswith("tiny: stopped ") and f"the router at {second.url}" in line
+        assert "no server of it is running" in (not_serving(home, "tiny") or "")
+        fourth, check = materialize()
+        assert fourth.decision == "deployed" and check.passed
+        assert fourth.url == second.url  # the restarted router took its old port back
+        status, body = post(fourth.url + "/predict", {"rows": [features.row(2, named=True)]})
+        assert status == 200 and body["version"] == fourth.served_version
     finally:
         _stop_everything(home)
