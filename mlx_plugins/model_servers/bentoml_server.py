@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from mlx_plugins.model_servers.base import (
     http_get,
     stop_process_group,
 )
+from mlx_plugins.model_servers.ports import free_port, port_is_free
 
 if TYPE_CHECKING:
     from mlx_plugins.model_registries.base import ModelRegistry, ModelVersion
@@ -88,28 +88,6 @@ def _metadata_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_metadata_safe(v) if v is not None else "" for v in value]
     return value
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now (the OS's choice)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """Whether nothing listens on ``host:port`` now. ``bentoml serve`` binds with
-    ``SO_REUSEPORT``, so a second server on a taken port would not fail but share the port (and
-    its traffic) with the first: :meth:`BentoMLServer.start` checks first."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _tail(path: Path, lines: int = 30) -> str:

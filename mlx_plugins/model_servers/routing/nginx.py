@@ -46,6 +46,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlx_plugins.kernel.atomic import atomic_open
+from mlx_plugins.model_servers.ports import free_port, port_is_free
 from mlx_plugins.model_servers.routing.table import RoutingTable
 
 STATUS_PATH = "/_mlx/router"
@@ -169,27 +170,6 @@ def find_nginx(binary: str = "nginx") -> str:
             "'apt-get install -y nginx' (./dev test does this), or set the router's binary"
         )
     return found
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """Whether ``port`` on ``host`` can be bound now (``SO_REUSEADDR``, as nginx binds: a port
-    held only by connections in TIME_WAIT counts as free)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _q(value: str) -> str:
