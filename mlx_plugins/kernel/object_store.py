@@ -119,7 +119,14 @@ _CREDENTIAL_CODES = re.compile(
     re.IGNORECASE,
 )
 _NO_BUCKET = re.compile(r"NoSuchBucket|bucket does not exist", re.IGNORECASE)
-_DENIED = re.compile(r"AccessDenied|Forbidden|lacked the necessary privileges|403", re.IGNORECASE)
+_DENIED = re.compile(
+    r"AccessDenied|Forbidden|lacked the necessary privileges|"
+    r"\(403\)|\bHTTP 403\b|status code 403\b",
+    re.IGNORECASE,
+)
+"""A refused permission. The status code only in the forms S3 clients print it ("An error
+occurred (403) when calling ...", "HTTP 403", "status code 403"): a bare ``403`` also matches a
+port (``127.0.0.1:40312``), a bucket name or a request id."""
 
 
 _UNREACHABLE = re.compile(
@@ -164,6 +171,11 @@ def describe_s3_error(exc: BaseException, url: str) -> str | None:
     bucket = bucket_of(url)
     text = _chain_text(exc)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if _UNREACHABLE.search(text) and not (
+        _CREDENTIAL_CODES.search(text) or _NO_BUCKET.search(text)
+    ):
+        return None  # nobody answered: describe_s3_unreachable's case, even if wrapped in a
+        # PermissionError (s3fs may translate a failed call into one)
     if _CREDENTIAL_CODES.search(text):
         return (
             f"S3 refused the credentials for bucket '{bucket}' ({first[:200]}). Fix: set "
