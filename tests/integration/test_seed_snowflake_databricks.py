@@ -164,7 +164,7 @@ def test_snowflake_to_databricks_to_registry_by_composition_alone(servers, tmp_p
     # where it was in the output the failed assertion prints
     env["PYTHONFAULTHANDLER"] = "1"
     # the lifecycle deploys (servers and router outlive it): stopped whatever fails below
-    from tests.serving.test_deployment_asset import _stop_everything
+    from mlx_assets.serving.deployment import stop_serving
 
     try:
         done = subprocess.run(
@@ -219,4 +219,4 @@ def test_snowflake_to_databricks_to_registry_by_composition_alone(servers, tmp_p
         assert status == 200, body
         assert 0.0 <= body["predictions"][0] <= 1.0
     finally:
-        _stop_everything(home, "churn")
+        stop_serving(home)

@@ -4,9 +4,7 @@ URL stays, the old server stops), the same version again changes nothing."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -14,7 +12,7 @@ import polars as pl
 import pytest
 
 from mlx_assets.component.spec import Lifecycle, LifecycleSpec
-from mlx_assets.serving.deployment import build_deployment
+from mlx_assets.serving.deployment import build_deployment, not_serving, stop_serving
 from mlx_resources.platform import Platform
 from tests.serving.conftest import post, register
 
@@ -48,20 +46,6 @@ SPEC = LifecycleSpec.model_validate(
         "rollout": {"steps": [50, 100], "hold_requests": 40},
     }
 )
-
-
-def _stop_everything(home: Path, model: str = "tiny") -> None:
-    """Stop the servers and the router a deployment left running under ``home``."""
-    from mlx_plugins.model_servers.base import ServerHandle
-    from mlx_plugins.model_servers.routing import NginxRouter, RouterError
-
-    folder = home / "serving" / model
-    if (folder / "servers.json").exists():
-        for handles in json.loads((folder / "servers.json").read_text()).values():
-            for h in handles:
-                ServerHandle.model_validate(h).stop()
-    with contextlib.suppress(RouterError):
-        NginxRouter.attach(folder / "router").stop()
 
 
 @pytest.mark.slow
@@ -134,8 +118,6 @@ def test_deploy_then_canary_promote_then_unchanged(
         assert third.served_version == second.served_version
 
         # `mlx serving stop` (or a restart): the next run serves it again, at the same URL
-        from mlx_assets.serving.deployment import not_serving, stop_serving
-
         assert not_serving(home, "tiny") is None
         (line,) = stop_serving(home)
         assert line.startswith("tiny: stopped ") and f"the router at {second.url}" in line
@@ -146,4 +128,4 @@ def test_deploy_then_canary_promote_then_unchanged(
         status, body = post(fourth.url + "/predict", {"rows": [features.row(2, named=True)]})
         assert status == 200 and body["version"] == fourth.served_version
     finally:
-        _stop_everything(home)
+        stop_serving(home)  # whatever failed, nothing of it keeps running
