@@ -313,3 +313,155 @@ def split_prefix(
             if xs[i] != xs[i - 1]:
                 distinct += 1
     return distinct
+
+
+_CHUNK = 1 << 16  # stats._CHUNK: the chunk the numpy code sums at a time
+
+
+@_compiled
+def mean_std(
+    values: np.ndarray, lo: int, n: int, buf: np.ndarray
+) -> tuple[float, float]:  # pragma: no cover - compiled
+    """:func:`~mlx_plugins.drift_detectors.stats.mean_std` of ``values[lo:lo + n]`` (n > 0),
+    bit for bit: ``np.mean``, then the squared deviations summed a chunk of ``_CHUNK`` at a
+    time, each chunk as ``np.sum``. ``buf`` (float64, at least ``min(n, _CHUNK)``) is
+    overwritten."""
+    mean = (0.0 + _pairwise(values, lo, n)) / float(n)
+    total = 0.0
+    for start in range(0, n, _CHUNK):
+        size = min(_CHUNK, n - start)
+        base = lo + start
+        for j in range(size):
+            dev = values[base + j] - mean
+            buf[j] = dev * dev
+        total += 0.0 + _pairwise(buf, 0, size)
+    return mean, math.sqrt(total / float(n))
+
+
+_LANES = 4  # merge chains advanced together by :func:`ecdf_merged`
+MERGE_BUFFER = _LANES * _CHUNK
+"""The scratch :func:`ecdf_merged` needs (float64 values; fewer when the samples hold fewer)."""
+
+
+@_compiled
+def _merge_split(z: np.ndarray, n: int, m: int, d: int) -> int:  # pragma: no cover - compiled
+    """How many x (``z[:n]``) are among the first ``d`` values of the stable merge of the sorted
+    ``z[:n]`` and ``z[n:n + m]`` (x first among equal values): the merge path's split, by binary
+    search."""
+    lo = max(0, d - m)
+    hi = min(d, n)
+    # the largest i with: x[i-1] <= y[d-i] (or no such y)
+    while lo < hi:
+        mid = (lo + hi + 1) >> 1
+        if d - mid >= m or z[mid - 1] <= z[n + d - mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@_compiled
+def _merge_start(
+    z: np.ndarray, n: int, m: int, k: int
+) -> tuple[int, int, int, float]:  # pragma: no cover - compiled
+    """The merge's state just after its k-th value (0-based): ``(next x index, next y index in
+    z, scaled ECDF gap, the k-th value)``."""
+    d = k + 1
+    i = _merge_split(z, n, m, d)
+    jy = d - i
+    gap = m * i - n * jy
+    if i == 0:
+        value = z[n + jy - 1]
+    elif jy == 0:
+        value = z[i - 1]
+    else:  # the later of the two in the merge: the y when they are equal
+        value = z[i - 1] if z[i - 1] > z[n + jy - 1] else z[n + jy - 1]
+    return i, n + jy, gap, value
+
+
+@_compiled
+def _merge_step(
+    z: np.ndarray, n: int, total: int, i: int, j: int, gap: int, prev: float
+) -> tuple[int, int, int, float, int, float]:  # pragma: no cover - compiled
+    """One value of the merge after the state ``(i, j, gap, prev)``: the new state and
+    ``(|gap| before it, step)``; either sample may be exhausted."""
+    if i < n and (j >= total or z[i] <= z[j]):
+        return i + 1, j, gap + total - n, z[i], abs(gap), z[i] - prev
+    return i, j + 1, gap - n, z[j], abs(gap), z[j] - prev
+
+
+@njit(nogil=True, error_model="numpy", inline="always")
+def _merge_step_inside(
+    z: np.ndarray, n: int, total: int, i: int, j: int, gap: int, prev: float
+) -> tuple[int, int, int, float, int, float]:  # pragma: no cover - compiled
+    """:func:`_merge_step` where both samples have values left, without a branch: interleaved
+    samples make the choice a coin toss that a branch predictor loses half the time, so the
+    comparison's 0 or 1 picks the index arithmetically. Inlined into its caller (no cache of
+    its own: it is compiled as part of :func:`ecdf_merged`)."""
+    took_x = int(z[i] <= z[j])
+    nxt = z[j + (i - j) * took_x]
+    return i + took_x, j + 1 - took_x, gap + total * took_x - n, nxt, abs(gap), nxt - prev
+
+
+@_compiled
+def ecdf_merged(
+    z: np.ndarray, n: int, m: int, buf: np.ndarray
+) -> tuple[int, int, float]:  # pragma: no cover - compiled
+    """:func:`~mlx_plugins.drift_detectors.stats._ecdf_of_merged` of the sorted samples
+    ``z[:n]`` (x) and ``z[n:n + m]`` (y), both non-empty, in one merging pass and the same bits:
+    ``(max KS gap, tied neighbours, sum |gap| * step)``. Ties between the samples put x first
+    (a stable sort of the concatenation); the products are summed a chunk of ``_CHUNK`` at a
+    time with numpy's pairwise summation, as the numpy code sums them, and the chunk sums are
+    added in order. ``buf`` (float64, at least ``min(n + m - 1, MERGE_BUFFER)``) is overwritten.
+
+    A merge is a chain of dependent steps (which value comes next depends on the last choice).
+    Here ``_LANES`` consecutive chunks are merged together, each from its own start found by
+    binary search (the merge path), so the processor overlaps independent chains; where no
+    chain of the group can run out of either sample, each step chooses without a branch
+    (:func:`_merge_step_inside`). ~3.5 ns a value on the development machine, against ~8 for
+    one branching chain."""
+    total = n + m
+    products = total - 1
+    chunks = (products + _CHUNK - 1) // _CHUNK
+    max_gap = 0
+    ties = 0
+    dot = 0.0
+    c = 0
+    while c + _LANES <= chunks and (c + _LANES) * _CHUNK <= products:
+        i0, j0, g0, p0 = _merge_start(z, n, m, c * _CHUNK)
+        i1, j1, g1, p1 = _merge_start(z, n, m, (c + 1) * _CHUNK)
+        i2, j2, g2, p2 = _merge_start(z, n, m, (c + 2) * _CHUNK)
+        i3, j3, g3, p3 = _merge_start(z, n, m, (c + 3) * _CHUNK)
+        i_end, j_end, _, _ = _merge_start(z, n, m, (c + 4) * _CHUNK)
+        if i_end >= n or j_end >= total:  # a chain may run out of a sample: one at a time
+            break
+        for t in range(_CHUNK):
+            i0, j0, g0, p0, a0, s0 = _merge_step_inside(z, n, total, i0, j0, g0, p0)
+            i1, j1, g1, p1, a1, s1 = _merge_step_inside(z, n, total, i1, j1, g1, p1)
+            i2, j2, g2, p2, a2, s2 = _merge_step_inside(z, n, total, i2, j2, g2, p2)
+            i3, j3, g3, p3, a3, s3 = _merge_step_inside(z, n, total, i3, j3, g3, p3)
+            buf[t] = float(a0) * s0
+            buf[_CHUNK + t] = float(a1) * s1
+            buf[2 * _CHUNK + t] = float(a2) * s2
+            buf[3 * _CHUNK + t] = float(a3) * s3
+            r0, r1 = np.int64(s0 > 0), np.int64(s1 > 0)
+            r2, r3 = np.int64(s2 > 0), np.int64(s3 > 0)
+            max_gap = max(max_gap, a0 * r0, a1 * r1, a2 * r2, a3 * r3)
+            ties += 4 - r0 - r1 - r2 - r3
+        for lane in range(_LANES):
+            dot += 0.0 + _pairwise(buf, lane * _CHUNK, _CHUNK)
+        c += _LANES
+    if c < chunks:  # the rest in one chain
+        i0, j0, g0, p0 = _merge_start(z, n, m, c * _CHUNK)
+        while c < chunks:
+            size = min(_CHUNK, products - c * _CHUNK)
+            for t in range(size):
+                i0, j0, g0, p0, a0, s0 = _merge_step(z, n, total, i0, j0, g0, p0)
+                buf[t] = float(a0) * s0
+                if s0 > 0:
+                    max_gap = max(max_gap, a0)
+                else:
+                    ties += 1
+            dot += 0.0 + _pairwise(buf, 0, size)
+            c += 1
+    return max_gap, ties, dot

@@ -192,6 +192,11 @@ class PolarsDriftDetector(DriftDetector):
         current = _collect(current)
         plan, skipped = self.plan_columns(reference, current, numeric, categorical)
         local = threading.local()
+        numeric_values = (reference.height + current.height) * sum(
+            kind == "numeric" for _, kind in plan
+        )
+        compiled = numeric_values >= st.COMPILED_PAIR_MIN_VALUES or st.compiled_loaded()
+        column_values = reference.height + current.height
 
         def one(item: tuple[str, Kind]) -> ColumnDrift:
             name, kind = item
@@ -200,7 +205,8 @@ class PolarsDriftDetector(DriftDetector):
                 return self._categorical(name, ref, cur)
             if not hasattr(local, "workspace"):
                 local.workspace = st.Workspace()
-            return self._numeric(name, ref, cur, local.workspace)
+            use_compiled = compiled and column_values >= st.COMPILED_COLUMN_MIN_VALUES
+            return self._numeric(name, ref, cur, local.workspace, use_compiled)
 
         results = self._map(one, plan, max(reference.height, current.height))
         return self._report(results, reference.height, current.height, skipped)
@@ -565,6 +571,7 @@ class PolarsDriftDetector(DriftDetector):
         ref: pl.Series,
         cur: pl.Series,
         workspace: st.Workspace | None = None,
+        compiled: bool = False,
     ) -> ColumnDrift:
         from mlx_plugins.drift_detectors import stats as st
 
@@ -579,6 +586,7 @@ class PolarsDriftDetector(DriftDetector):
             wasserstein_min_std=self.wasserstein_min_std,
             ks_method=self.ks_method,
             workspace=workspace,
+            compiled=compiled,
         )
         return self._numeric_result(column, values, n_ref, n_cur, len(ref), len(cur))
 

@@ -1,0 +1,194 @@
+"""The compiled one-pair path (numba radix sort, four-lane merge, compiled mean/std) gives the
+numpy path's bits on every shape of input, and agrees with scipy.
+
+The compiled path is what a large ``compare`` takes (issue 15); the numpy path is what a small
+one takes. Both must give the same report, so which one ran never shows in a result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats as sps
+
+from mlx_plugins.drift_detectors import _fused, _radix
+from mlx_plugins.drift_detectors import stats as st
+from mlx_plugins.drift_detectors.polars_drift import PolarsDriftDetector
+
+RNG = np.random.default_rng(20261130)
+LANES_MIN = _fused.MERGE_BUFFER + 2  # values the four-lane merge needs to run at all
+
+
+def _sorted_finite(values: np.ndarray) -> np.ndarray:
+    return np.sort(values[np.isfinite(values)])
+
+
+def _with_specials(values: np.ndarray) -> np.ndarray:
+    out = values.copy()
+    out[::97] = np.nan
+    out[5::1013] = np.inf
+    out[7::1013] = -np.inf
+    # a NaN with its sign bit set: what x86 produces for 0 * inf, and sorts below -inf as bits
+    out[11::509] = np.array([0xFFF8000000000000], dtype=np.uint64).view(np.float64)[0]
+    return out
+
+
+SORT_CASES = {
+    "normal": RNG.normal(size=50_000),
+    "mixed signs and magnitudes": RNG.normal(size=50_000) * 10.0 ** RNG.integers(-300, 300, 50_000),
+    "integers of both signs": np.round(RNG.normal(size=50_000) * 5),
+    "signed zeros": np.where(RNG.random(50_000) < 0.5, 0.0, -0.0),
+    "subnormals": RNG.normal(size=50_000) * 5e-324 * 1000,
+    "constant": np.full(40_000, 3.25),
+    "non-finite mixed in": _with_specials(RNG.lognormal(size=60_000)),
+    "only non-finite": np.array([np.nan, np.inf, -np.inf, np.nan]),
+    "one value": np.array([1.5]),
+    "empty": np.empty(0),
+}
+
+
+@pytest.mark.parametrize("name", list(SORT_CASES))
+def test_radix_sort_gives_numpys_sorted_finite_values(name: str) -> None:
+    values = SORT_CASES[name]
+    out = np.full(len(values), 7.0)
+    scratch = np.empty(len(values))
+    k = _radix.finite_sort(values, out, scratch)
+    expected = _sorted_finite(values)
+    assert k == len(expected)
+    assert np.array_equal(out[:k], expected)  # -0.0 == 0.0: their order may differ
+    # the input is left as it was
+    assert np.array_equal(SORT_CASES[name], values, equal_nan=True)
+
+
+def _series(values: np.ndarray, nulls: float = 0.0) -> pl.Series:
+    s = pl.Series(values)
+    if nulls:
+        s = s.set(pl.Series(RNG.random(len(values)) < nulls), None)
+    return s
+
+
+def _pair_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    big = 300_000  # the merge's four lanes run (more than 4 x 65,536 values)
+    return {
+        "similar, shifted": (RNG.normal(size=big), RNG.normal(0.1, 1.2, size=big)),
+        "unequal sizes": (RNG.normal(size=big), RNG.normal(size=big // 3)),
+        "every x below every y": (RNG.random(big), 2.0 + RNG.random(big)),
+        "every y below every x": (2.0 + RNG.random(big), RNG.random(big)),
+        "few distinct values (ties across and within)": (
+            np.round(RNG.normal(size=big) * 3),
+            np.round(RNG.normal(size=big) * 3 + 0.5),
+        ),
+        "signed zeros and ones": (
+            np.where(RNG.random(big) < 0.5, 0.0, -0.0),
+            np.where(RNG.random(big) < 0.5, -0.0, 1.0),
+        ),
+        "identical samples": (np.arange(big, dtype=np.float64),) * 2,
+        "huge and tiny magnitudes": (RNG.normal(size=big) * 1e150, RNG.normal(size=big) * 1e-300),
+        "non-finite and nulls": (_with_specials(RNG.lognormal(size=big)), RNG.lognormal(size=big)),
+        "small (one chain)": (RNG.normal(size=20_000), RNG.normal(size=30_000)),
+        "small current (blocks)": (RNG.normal(size=big), RNG.normal(size=big // 10)),
+        "one value each": (np.array([1.0]), np.array([2.0])),
+    }
+
+
+PAIRS = _pair_cases()
+
+
+def _bits(values: dict[str, float]) -> list[tuple[str, int]]:
+    return [(k, int(np.array([v]).view(np.uint64)[0])) for k, v in values.items()]
+
+
+@pytest.mark.parametrize("binning", ["quantile", "equal_width"])
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_compiled_pair_gives_the_numpy_paths_bits(name: str, binning: str) -> None:
+    x, y = PAIRS[name]
+    ref = _series(x, nulls=0.01 if "nulls" in name else 0.0)
+    cur = _series(y)
+    numpy_values, n1, m1 = st.numeric_stats_of_series(ref, cur, binning=binning)  # type: ignore[arg-type]
+    compiled_values, n2, m2 = st.numeric_stats_of_series(
+        ref,
+        cur,
+        binning=binning,  # type: ignore[arg-type]
+        compiled=True,
+    )
+    assert (n1, m1) == (n2, m2)
+    assert _bits(compiled_values) == _bits(numpy_values)
+
+
+@pytest.mark.parametrize(
+    "name", ["similar, shifted", "few distinct values (ties across and within)"]
+)
+def test_compiled_pair_agrees_with_scipy(name: str) -> None:
+    x, y = PAIRS[name]
+    values, _, _ = st.numeric_stats_of_series(pl.Series(x), pl.Series(y), compiled=True)
+    ks = sps.ks_2samp(x, y)
+    assert values["ks_statistic"] == pytest.approx(ks.statistic, rel=1e-14, abs=1e-15)
+    assert values["ks_p_value"] == pytest.approx(ks.pvalue, rel=1e-12, abs=1e-300)
+    assert values["wasserstein"] == pytest.approx(sps.wasserstein_distance(x, y), rel=1e-13)
+    assert values["reference_mean"] == pytest.approx(float(np.mean(x)), rel=1e-14)
+    assert values["current_std"] == pytest.approx(float(np.std(y)), rel=1e-13)
+
+
+def test_merge_is_the_numpy_merge_at_every_lane_boundary() -> None:
+    """Sizes around the lanes' chunk boundaries: the first and last chunk of a lane group, a
+    group that ends exactly at the last value, and a tail shorter than one chunk."""
+    chunk = _fused.MERGE_BUFFER // 4
+    for total in (4 * chunk + 1, 4 * chunk + 2, 5 * chunk + 7, 8 * chunk + 1, 9 * chunk - 3):
+        n = total // 2 + 3
+        m = total - n
+        x = np.sort(np.round(RNG.normal(size=n) * 50))
+        y = np.sort(np.round(RNG.normal(size=m) * 50 + 1))
+        ws = st.Workspace()
+        z = ws.buffers(n + m)[0]
+        z[:n], z[n:] = x, y
+        max_gap, ties, dot = _fused.ecdf_merged(z, n, m, np.empty(_fused.MERGE_BUFFER))
+        expected = st.ecdf_distances(x, y)
+        assert (max_gap, n + m - ties) == (expected.ks_max_gap, expected.n_unique)
+        assert dot / (float(n) * float(m)) == expected.wasserstein
+        assert math.isfinite(dot)
+
+
+def test_a_large_compare_runs_compiled_and_reports_what_numpy_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows = 40_000
+    ref = pl.DataFrame(
+        {
+            "a": RNG.normal(size=rows),
+            "b": np.round(RNG.normal(size=rows) * 4),
+            "c": pl.Series(RNG.choice(["x", "y", "z"], rows)).cast(pl.Categorical),
+        }
+    )
+    cur = pl.DataFrame(
+        {
+            "a": RNG.normal(0.05, 1.0, size=rows),
+            "b": np.round(RNG.normal(size=rows) * 4 + 1),
+            "c": pl.Series(RNG.choice(["x", "y", "z"], rows)).cast(pl.Categorical),
+        }
+    )
+    detector = PolarsDriftDetector()
+    calls: list[bool] = []
+    real = st.numeric_stats_of_series
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(bool(kwargs.get("compiled")))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(st, "numeric_stats_of_series", spy)
+    monkeypatch.setattr(st, "COMPILED_PAIR_MIN_VALUES", 10**12)
+    monkeypatch.setattr(st, "compiled_loaded", lambda: False)
+    with_numpy = detector.compare(ref, cur)
+    assert calls == [False, False]
+    calls.clear()
+    monkeypatch.setattr(st, "COMPILED_PAIR_MIN_VALUES", 1)
+    compiled = detector.compare(ref, cur)
+    assert calls == [True, True]
+    assert compiled.model_dump() == with_numpy.model_dump()
+
+
+def test_load_compiled_makes_every_large_enough_compare_compiled() -> None:
+    st.load_compiled()
+    assert st.compiled_loaded()
