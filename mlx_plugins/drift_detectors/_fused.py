@@ -262,26 +262,6 @@ def numeric_rows(
 
 
 @_compiled
-def pad_rows(
-    values: np.ndarray, starts: np.ndarray, rows: np.ndarray, counts: np.ndarray
-) -> None:  # pragma: no cover - compiled
-    """Row d of ``rows`` (float64, D x width) receives the finite values of
-    ``values[starts[d]:starts[d + 1]]`` in order, then +inf; ``counts[d]`` how many are
-    finite."""
-    width = rows.shape[1]
-    for d in range(len(starts) - 1):
-        k = 0
-        for i in range(starts[d], starts[d + 1]):
-            v = values[i]
-            if math.isfinite(v):
-                rows[d, k] = v
-                k += 1
-        counts[d] = k
-        for i in range(k, width):
-            rows[d, i] = np.inf
-
-
-@_compiled
 def split_prefix(
     xs: np.ndarray,
     scaled: np.ndarray,

@@ -34,32 +34,13 @@ _SIGN = np.uint64(1) << np.uint64(63)
 
 
 @_compiled
-def finite_sort(
-    values: np.ndarray, out: np.ndarray, scratch: np.ndarray
-) -> int:  # pragma: no cover - compiled
-    """Sort the finite values of ``values`` (float64, any order) ascending into ``out[:k]`` and
-    return ``k``, their number. ``out`` and ``scratch`` (float64, each at least
-    ``len(values)`` long, neither overlapping ``values``) are overwritten.
-
-    One pass maps the finite values to keys (into ``scratch``) and counts every byte of every
-    key; each byte position where the keys differ then takes one scattering pass; a last pass
-    maps the keys back to floats in ``out``. The mappings are branch-free (the sign of a value
-    is a coin toss for a branch predictor)."""
-    src = values.view(np.uint64)
-    a = scratch.view(np.uint64)
-    b = out.view(np.uint64)
-    counts = np.zeros((_PASSES, _BUCKETS), dtype=np.int64)
-    k = 0
-    for i in range(len(values)):
-        if not math.isfinite(values[i]):
-            continue
-        bits = src[i]
-        key = bits ^ ((np.uint64(0) - (bits >> np.uint64(63))) | _SIGN)
-        a[k] = key
-        k += 1
-        for p in range(_PASSES):
-            counts[p, (key >> np.uint64(_BITS * p)) & _MASK] += 1
-    offsets = np.empty(_BUCKETS, dtype=np.int64)
+def _passes(
+    a: np.ndarray, b: np.ndarray, k: int, counts: np.ndarray, offsets: np.ndarray
+) -> bool:  # pragma: no cover - compiled
+    """Sort the keys ``a[:k]`` (uint64) whose bytes ``counts`` counted (passes x buckets): one
+    scattering pass per byte position where the keys differ, between ``a`` and ``b``. Returns
+    whether the sorted keys ended in ``b`` (else in ``a``)."""
+    in_b = False
     for p in range(_PASSES):
         trivial = False
         for d in range(_BUCKETS):
@@ -73,14 +54,82 @@ def finite_sort(
             offsets[d] = total
             total += counts[p, d]
         shift = np.uint64(_BITS * p)
+        src, dst = (b, a) if in_b else (a, b)
         for i in range(k):
-            key = a[i]
+            key = src[i]
             d = (key >> shift) & _MASK
-            b[offsets[d]] = key
+            dst[offsets[d]] = key
             offsets[d] += 1
-        a, b = b, a
-    dest = out.view(np.uint64)  # in place when the last pass wrote to ``out``
-    for i in range(k):
-        key = a[i]
+        in_b = not in_b
+    return in_b
+
+
+@_compiled
+def finite_sort(
+    values: np.ndarray, out: np.ndarray, scratch: np.ndarray
+) -> int:  # pragma: no cover - compiled
+    """Sort the finite values of ``values`` (float64, any order) ascending into ``out[:k]`` and
+    return ``k``, their number. ``out`` and ``scratch`` (float64, each at least
+    ``len(values)`` long, neither overlapping ``values``) are overwritten.
+
+    One pass maps the finite values to keys (into ``scratch``) and counts every byte of every
+    key; each byte position where the keys differ then takes one scattering pass; a last pass
+    maps the keys back to floats in ``out``. The mappings are branch-free (the sign of a value
+    is a coin toss for a branch predictor)."""
+    src = values.view(np.uint64)
+    a = scratch.view(np.uint64)
+    counts = np.zeros((_PASSES, _BUCKETS), dtype=np.int64)
+    k = 0
+    for i in range(len(values)):
+        if not math.isfinite(values[i]):
+            continue
+        bits = src[i]
+        key = bits ^ ((np.uint64(0) - (bits >> np.uint64(63))) | _SIGN)
+        a[k] = key
+        k += 1
+        for p in range(_PASSES):
+            counts[p, (key >> np.uint64(_BITS * p)) & _MASK] += 1
+    dest = out.view(np.uint64)
+    in_out = _passes(a, dest, k, counts, np.empty(_BUCKETS, dtype=np.int64))
+    keys = dest if in_out else a
+    for i in range(k):  # in place when the last pass wrote to ``out``
+        key = keys[i]
         dest[i] = key ^ (((key >> np.uint64(63)) - np.uint64(1)) | _SIGN)
     return k
+
+
+@_compiled
+def sorted_padded_rows(
+    values: np.ndarray, starts: np.ndarray, rows: np.ndarray, counts: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Row d of ``rows`` (float64, D x width) receives the finite values of
+    ``values[starts[d]:starts[d + 1]]`` sorted ascending, then +inf; ``counts[d]`` how many are
+    finite. The same values as copying each row's finite values and ``rows.sort(axis=1)``,
+    each row by the radix sort of :func:`finite_sort` (~10 us for a row of ~900 values,
+    against ~30 us for numpy's sort of the row on the development machine)."""
+    width = rows.shape[1]
+    a = np.empty(width, dtype=np.uint64)
+    b = np.empty(width, dtype=np.uint64)
+    byte_counts = np.empty((_PASSES, _BUCKETS), dtype=np.int64)
+    offsets = np.empty(_BUCKETS, dtype=np.int64)
+    src = values.view(np.uint64)
+    for d in range(len(starts) - 1):
+        byte_counts[:] = 0
+        k = 0
+        for i in range(starts[d], starts[d + 1]):
+            if not math.isfinite(values[i]):
+                continue
+            bits = src[i]
+            key = bits ^ ((np.uint64(0) - (bits >> np.uint64(63))) | _SIGN)
+            a[k] = key
+            k += 1
+            for p in range(_PASSES):
+                byte_counts[p, (key >> np.uint64(_BITS * p)) & _MASK] += 1
+        keys = b if _passes(a, b, k, byte_counts, offsets) else a
+        row = rows[d].view(np.uint64)
+        for i in range(k):
+            key = keys[i]
+            row[i] = key ^ (((key >> np.uint64(63)) - np.uint64(1)) | _SIGN)
+        for i in range(k, width):
+            rows[d, i] = np.inf
+        counts[d] = k

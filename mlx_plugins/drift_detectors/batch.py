@@ -94,7 +94,7 @@ def _float_values(currents: Sequence[pl.Series]) -> np.ndarray:
 def sorted_rows(currents: Sequence[pl.Series]) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, counts)``: row i of ``rows`` (float64, ``len(currents) x max length``) holds
     current i's finite values sorted, then +inf; ``counts[i]`` how many are finite."""
-    from mlx_plugins.drift_detectors import _fused
+    from mlx_plugins.drift_detectors import _radix
 
     lengths = np.fromiter((len(s) for s in currents), np.int64, len(currents))
     width = int(lengths.max()) if len(lengths) else 0
@@ -103,8 +103,7 @@ def sorted_rows(currents: Sequence[pl.Series]) -> tuple[np.ndarray, np.ndarray]:
     np.cumsum(lengths, out=starts[1:])
     rows = np.empty((len(lengths), max(width, 1)))
     counts = np.empty(len(lengths), dtype=np.int64)
-    _fused.pad_rows(np.ascontiguousarray(values, dtype=np.float64), starts, rows, counts)
-    rows.sort(axis=1)
+    _radix.sorted_padded_rows(np.ascontiguousarray(values, dtype=np.float64), starts, rows, counts)
     return rows, counts
 
 

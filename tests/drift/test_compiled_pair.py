@@ -192,3 +192,21 @@ def test_a_large_compare_runs_compiled_and_reports_what_numpy_reports(
 def test_load_compiled_makes_every_large_enough_compare_compiled() -> None:
     st.load_compiled()
     assert st.compiled_loaded()
+
+
+def test_sorted_padded_rows_are_each_segments_finite_values_sorted_then_inf() -> None:
+    lengths = [0, 1, 900, 3, 1200, 5, 0, 64]
+    parts = [RNG.normal(size=k) * 10.0 ** RNG.integers(-5, 5, k) for k in lengths]
+    parts[2] = _with_specials(parts[2])
+    parts[5][:] = np.nan  # a segment with no finite value
+    parts[7] = np.round(parts[7])  # ties
+    values = np.concatenate(parts)
+    starts = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    rows = np.full((len(lengths), max(lengths)), -1.0)
+    counts = np.full(len(lengths), -1, dtype=np.int64)
+    _radix.sorted_padded_rows(values, starts, rows, counts)
+    for d, part in enumerate(parts):
+        finite = _sorted_finite(part)
+        assert counts[d] == len(finite)
+        assert np.array_equal(rows[d, : len(finite)], finite)
+        assert np.all(rows[d, len(finite) :] == np.inf)
