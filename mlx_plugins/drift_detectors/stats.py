@@ -184,6 +184,7 @@ class Workspace:
         self._values = np.empty(0)
         self._flags = np.empty(0, dtype=bool)
         self._ints = np.empty(0, dtype=np.int64)
+        self._scratch = np.empty(0)
 
     def buffers(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """``(values, flags)``, each of length ``size``."""
@@ -192,6 +193,14 @@ class Workspace:
             self._values, self._flags = np.empty(size), np.empty(size, dtype=bool)
             self._size = size
         return self._values[:size], self._flags[:size]
+
+    def scratch(self, size: int) -> np.ndarray:
+        """A float64 array of length ``size`` kept apart from the others (the compiled path's
+        chunk buffer, see :func:`~mlx_plugins.drift_detectors._fused.ecdf_merged`: at most 2
+        MiB), so its pages are faulted in once per thread, not once per column."""
+        if size > len(self._scratch):
+            self._scratch = np.empty(size)
+        return self._scratch[:size]
 
     def ints(self, size: int) -> np.ndarray:
         """An int64 array of length ``size``, kept apart from :meth:`buffers` (only the merge
@@ -877,7 +886,7 @@ def _numeric_stats_in_place(
     if compiled:
         from mlx_plugins.drift_detectors import _fused
 
-        scratch = np.empty(min(max(n + m, 1), _fused.MERGE_BUFFER))
+        scratch = workspace.scratch(min(max(n + m, 1), _fused.MERGE_BUFFER))
         ref_mean, ref_std = _fused.mean_std(z, 0, n, scratch) if n else (0.0, 0.0)
         cur_mean, cur_std = _fused.mean_std(z, n, m, scratch) if m else (0.0, 0.0)
     else:
