@@ -6,9 +6,10 @@ dict that :func:`~mlx_plugins.drift_detectors.stats.numeric_stats_prepared` /
 :func:`~mlx_plugins.drift_detectors.stats.categorical_stats` return for it alone, bit for bit
 (``tests/drift/test_many.py``), and independent of which other currents share the batch.
 
-How: the currents of a column are concatenated once; missing values become +inf and the
-currents' values are sorted in one call (a matrix of one row per current, padded with +inf,
-sorted along the rows; currents grouped shortest first so the padding stays small); then one
+How: the currents of a column are concatenated once; each current's finite values are sorted
+into a row of a matrix padded with +inf (the compiled radix sort of
+:mod:`~mlx_plugins.drift_detectors._radix`, a row at a time; currents grouped shortest first so
+the padding stays small); then one
 compiled loop (:func:`~mlx_plugins.drift_detectors._fused.numeric_rows`, numba) passes once
 over every current's values: the binary searches into the sorted reference (galloping from the
 previous value's position), the KS gaps, the distinct count, the quantile-block Wasserstein
