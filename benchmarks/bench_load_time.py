@@ -92,6 +92,13 @@ def timed(code: str, cwd: Path = REPO) -> tuple[float, float, str]:
     return wall, float(first), rest
 
 
+def pair_ratio(ours: list[float], baseline: list[float]) -> float:
+    """Median of ``ours[i] / baseline[i]`` over the alternating pairs: each pair ran back to
+    back, so a slow drift of the machine's speed cancels within it, unlike in the ratio of the
+    two medians (which may come from different moments of the run)."""
+    return median([o / b for o, b in zip(ours, baseline, strict=True)])
+
+
 def compile_project(root: Path = REPO) -> None:
     """Byte-compile the project's packages into ``__pycache__`` (git-ignored)."""
     for pkg in PACKAGES:
@@ -146,6 +153,14 @@ def main() -> None:
         f"{median(cpus[ours]) / base_cpu:.2f}x CPU (goal < 1.20x; median of {args.repeats} "
         "fresh processes each, run alternately)"
     )
+    base = "import dagster (baseline)"
+    for name in codes:
+        if name != base:
+            print(
+                f"pair ratio {name}: {pair_ratio(walls[name], walls[base]):.2f}x wall, "
+                f"{pair_ratio(cpus[name], cpus[base]):.2f}x CPU (median of the {args.repeats} "
+                "per-pair ratios ours_i / baseline_i: robust to slow drifts of the machine's speed)"
+            )
     if args.breakdown:
         runs = [json.loads(timed(STAGES)[2]) for _ in range(args.repeats)]
         dagster_s = median([r[0] for r in runs])
