@@ -65,6 +65,37 @@ def _passes(
 
 
 @_compiled
+def _keys(
+    values: np.ndarray, lo: int, hi: int, keys: np.ndarray, counts: np.ndarray
+) -> int:  # pragma: no cover - compiled
+    """Map the finite values of ``values[lo:hi]`` to order-preserving keys in ``keys[:k]`` (sign
+    bit set for positives, every bit flipped for negatives, without a branch: the sign of a
+    value is a coin toss for a branch predictor) and add every byte of every key to ``counts``
+    (passes x buckets); return ``k``."""
+    src = values.view(np.uint64)
+    k = 0
+    for i in range(lo, hi):
+        if not math.isfinite(values[i]):
+            continue
+        bits = src[i]
+        key = bits ^ ((np.uint64(0) - (bits >> np.uint64(63))) | _SIGN)
+        keys[k] = key
+        k += 1
+        for p in range(_PASSES):
+            counts[p, (key >> np.uint64(_BITS * p)) & _MASK] += 1
+    return k
+
+
+@_compiled
+def _floats(keys: np.ndarray, k: int, dest: np.ndarray) -> None:  # pragma: no cover - compiled
+    """The floats of the keys ``keys[:k]`` into ``dest[:k]`` (uint64 views; in place when they
+    are the same array)."""
+    for i in range(k):
+        key = keys[i]
+        dest[i] = key ^ (((key >> np.uint64(63)) - np.uint64(1)) | _SIGN)
+
+
+@_compiled
 def finite_sort(
     values: np.ndarray, out: np.ndarray, scratch: np.ndarray
 ) -> int:  # pragma: no cover - compiled
@@ -74,27 +105,13 @@ def finite_sort(
 
     One pass maps the finite values to keys (into ``scratch``) and counts every byte of every
     key; each byte position where the keys differ then takes one scattering pass; a last pass
-    maps the keys back to floats in ``out``. The mappings are branch-free (the sign of a value
-    is a coin toss for a branch predictor)."""
-    src = values.view(np.uint64)
+    maps the keys back to floats in ``out``."""
     a = scratch.view(np.uint64)
     counts = np.zeros((_PASSES, _BUCKETS), dtype=np.int64)
-    k = 0
-    for i in range(len(values)):
-        if not math.isfinite(values[i]):
-            continue
-        bits = src[i]
-        key = bits ^ ((np.uint64(0) - (bits >> np.uint64(63))) | _SIGN)
-        a[k] = key
-        k += 1
-        for p in range(_PASSES):
-            counts[p, (key >> np.uint64(_BITS * p)) & _MASK] += 1
+    k = _keys(values, 0, len(values), a, counts)
     dest = out.view(np.uint64)
     in_out = _passes(a, dest, k, counts, np.empty(_BUCKETS, dtype=np.int64))
-    keys = dest if in_out else a
-    for i in range(k):  # in place when the last pass wrote to ``out``
-        key = keys[i]
-        dest[i] = key ^ (((key >> np.uint64(63)) - np.uint64(1)) | _SIGN)
+    _floats(dest if in_out else a, k, dest)
     return k
 
 
@@ -112,24 +129,10 @@ def sorted_padded_rows(
     b = np.empty(width, dtype=np.uint64)
     byte_counts = np.empty((_PASSES, _BUCKETS), dtype=np.int64)
     offsets = np.empty(_BUCKETS, dtype=np.int64)
-    src = values.view(np.uint64)
     for d in range(len(starts) - 1):
         byte_counts[:] = 0
-        k = 0
-        for i in range(starts[d], starts[d + 1]):
-            if not math.isfinite(values[i]):
-                continue
-            bits = src[i]
-            key = bits ^ ((np.uint64(0) - (bits >> np.uint64(63))) | _SIGN)
-            a[k] = key
-            k += 1
-            for p in range(_PASSES):
-                byte_counts[p, (key >> np.uint64(_BITS * p)) & _MASK] += 1
-        keys = b if _passes(a, b, k, byte_counts, offsets) else a
-        row = rows[d].view(np.uint64)
-        for i in range(k):
-            key = keys[i]
-            row[i] = key ^ (((key >> np.uint64(63)) - np.uint64(1)) | _SIGN)
+        k = _keys(values, starts[d], starts[d + 1], a, byte_counts)
+        _floats(b if _passes(a, b, k, byte_counts, offsets) else a, k, rows[d].view(np.uint64))
         for i in range(k, width):
             rows[d, i] = np.inf
         counts[d] = k
