@@ -32,10 +32,12 @@ from pathlib import Path
 import dagster as dg
 
 from mlx_plugins.kernel.errors import CompositionError
-from mlx_resources.hot_swap import LAST_GOOD_ENV
 
-ENV = LAST_GOOD_ENV
-"""Environment variable naming the file that keeps the last composition that loaded."""
+ENV = "MLX_LAST_GOOD_COMPOSITION"
+"""Environment variable naming the file that keeps the last composition that loaded: the same
+name as ``mlx_resources.hot_swap.LAST_GOOD_ENV`` (which unsets it when it checks a candidate;
+``tests/deploy/test_composition_guard.py`` checks they agree), written out here so that
+loading the definitions does not import the hot-swap tool."""
 ALARM_SENSOR = "composition_error"
 """The sensor added to the definitions served from the saved composition."""
 LOG = logging.getLogger("mlx.composition_guard")

@@ -23,13 +23,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 
-from mlx_plugins.kernel.process_identity import ProcessIdentity, identity, is_alive
-from mlx_resources.leftovers import GRACE_S, CleanReport, clean_leftovers
+if TYPE_CHECKING:
+    from mlx_resources.leftovers import CleanReport
+
+# The process identities (mlx_plugins.kernel.process_identity) and the leftovers' cleaning
+# (mlx_resources.leftovers) are imported by the functions that run them: the code location
+# loads this module for its executor only, at every load (docs/lifecycle_component.md, "Load
+# time").
 
 __all__ = [
     "TAG_RUN",
@@ -49,6 +54,8 @@ and must not be judged by it."""
 
 def worker_death(run: dg.DagsterRun) -> str | None:
     """Why the process recorded on ``run`` is known to be gone, or None (alive or unknown)."""
+    from mlx_plugins.kernel.process_identity import ProcessIdentity, is_alive
+
     if run.tags.get(TAG_RUN) != run.run_id:
         return None  # no worker recorded by this run itself
     who = ProcessIdentity.from_tags(run.tags)
@@ -92,7 +99,10 @@ def sweep_dead_runs(instance: dg.DagsterInstance, log: Callable[[str], None] = p
 
 
 def record_run_worker(instance: dg.DagsterInstance, run_id: str) -> None:
-    """Tag ``run_id`` with this process's identity (see :class:`ProcessIdentity`)."""
+    """Tag ``run_id`` with this process's identity (see
+    :class:`~mlx_plugins.kernel.process_identity.ProcessIdentity`)."""
+    from mlx_plugins.kernel.process_identity import identity
+
     instance.add_run_tags(run_id, {**identity().tags(), TAG_RUN: run_id})
 
 
@@ -113,6 +123,8 @@ class _LivenessExecutor:
             sweep_dead_runs(instance, plan_context.log.info)
             home = _platform_home(plan_context.reconstructable_job.get_definition())
             if home is not None:
+                from mlx_resources.leftovers import clean_leftovers
+
                 clean_leftovers(instance, home, log=plan_context.log.info)
         except Exception as exc:  # never fail this run because of another run's leftovers
             plan_context.log.warning(f"could not recover after dead processes: {exc!r}")
@@ -195,15 +207,20 @@ def recover(
     instance: dg.DagsterInstance,
     defs: dg.Definitions,
     log: Callable[[str], None] = print,
-    grace_s: float = GRACE_S,
+    grace_s: float | None = None,
 ) -> CleanReport:
     """Before a lifecycle: fail runs whose process died, then clean what they left.
 
     The MLX home is the ``platform`` resource's (``MLX_HOME`` or ``settings.home``). Leftovers
-    younger than ``grace_s`` seconds stay (the next lifecycle removes them): the pid check is
-    per host, and the grace keeps a writer on another host sharing the folder safe.
+    younger than ``grace_s`` seconds (default ``mlx_resources.leftovers.GRACE_S``) stay (the
+    next lifecycle removes them): the pid check is per host, and the grace keeps a writer on
+    another host sharing the folder safe.
     """
+    from mlx_resources.leftovers import GRACE_S, clean_leftovers
     from mlx_resources.platform import Platform
+
+    if grace_s is None:
+        grace_s = GRACE_S
 
     sweep_dead_runs(instance, log)
     platform = (defs.resources or {}).get("platform")

@@ -75,3 +75,11 @@ def test_an_unwritable_snapshot_folder_does_not_fail_a_good_load(tmp_path: Path,
     defs = guarded_definitions(_env(served, Path("/sys/mlx-nope/last_good.yaml")))
     assert _epochs(defs) == 2
     assert "cannot save the composition there" in caplog.text and "Fix:" in caplog.text
+
+
+def test_the_guard_reads_the_variable_the_hot_swap_check_unsets():
+    """``hot_swap`` checks a candidate with the guard's variable unset (the candidate itself
+    must load); the guard spells the name out so loading does not import the tool."""
+    from mlx_resources import hot_swap
+
+    assert hot_swap.LAST_GOOD_ENV == ENV

@@ -28,6 +28,11 @@ HEAVY = (
     "opentelemetry.trace",
     # the local model registry's SQLite index is opened on first use
     "sqlite3",
+    # run-time parts of the jobs' executor and the hot-swap tool (the guard needs only its
+    # variable's name)
+    "mlx_plugins.kernel.process_identity",
+    "mlx_resources.leftovers",
+    "mlx_resources.hot_swap",
 )
 UNUSED_PLUGIN_MODULES = ("mlx_plugins.ml_platforms.torch_mlp",)
 
