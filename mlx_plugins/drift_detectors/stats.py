@@ -203,8 +203,9 @@ class Workspace:
         return self._scratch[:size]
 
     def ints(self, size: int) -> np.ndarray:
-        """An int64 array of length ``size``, kept apart from :meth:`buffers` (only the merge
-        against a prepared reference uses it: 8 more bytes per value)."""
+        """An int64 array of length ``size``, kept apart from :meth:`buffers`: the merge against
+        a prepared reference uses it, and the compiled sort as its scratch (viewed as float64,
+        as long as the larger side): 8 more bytes per value of the larger side."""
         if size > len(self._ints):
             self._ints = np.empty(0, dtype=np.int64)
             self._ints = np.empty(size, dtype=np.int64)
@@ -785,7 +786,9 @@ def numeric_stats_of_series(
     Each sorted side is copied into the workspace and released at once, so at most one
     column's sorted copy exists outside the workspace at any time. ``compiled`` sorts, merges
     and sums in numba instead of numpy (see :data:`COMPILED_PAIR_MIN_VALUES`): the same bits,
-    ~4x less time on a large column, and no sorted copy outside the workspace at all.
+    ~4x less time on a large column, and no sorted copy outside the workspace at all (each
+    side's unsorted float64 values exist until the call returns: zero-copy views of a float64
+    column without nulls, a new array otherwise).
     """
     workspace = workspace or Workspace()
     if compiled:
@@ -818,12 +821,15 @@ the development machine, the compiled sort ~11 ns and the merge ~3.5 ns."""
 
 COMPILED_COLUMN_MIN_VALUES = 1 << 14
 """Within a compiled compare, a column of fewer values (the two sides together) stays in numpy,
-whose fixed costs are lower."""
+whose fixed costs are lower; :func:`finite_sorted` (one side: a prepared reference) sorts
+compiled from this many values of that side, where the compiled code is loaded."""
 
 
 def compiled_loaded() -> bool:
-    """Whether the compiled one-pair loops are loaded in this process (their first use is
-    paid)."""
+    """Whether numba and the compiled drift sort are loaded in this process: then the costly
+    part of a first compiled compare (numba's import, ~0.2-0.3 s) is paid. A kernel not used
+    yet in the process still loads its machine code from numba's cache on first use (~0.05-0.2
+    s each); :func:`load_compiled` loads them all."""
     return _RADIX in sys.modules
 
 
@@ -837,6 +843,9 @@ def load_compiled() -> None:
     values = np.array([2.0, -1.0, 0.5, 3.0])
     z = np.empty(len(values))
     _radix.finite_sort(values, z, np.empty(len(values)))
+    # polars hands out read-only arrays, for which numba keeps a machine-code version of its own
+    values.flags.writeable = False
+    _radix.finite_sort(values, z, np.empty(len(values)))
     _fused.mean_std(z, 0, 2, np.empty(len(values)))
     _fused.ecdf_merged(z, 2, 2, np.empty(len(values)))
 
@@ -844,7 +853,7 @@ def load_compiled() -> None:
 _RADIX = "mlx_plugins.drift_detectors._radix"
 
 
-def _float_values(series: pl.Series) -> np.ndarray:
+def _unsorted_values(series: pl.Series) -> np.ndarray:
     """The non-null values of ``series`` as a contiguous float64 array, as :func:`finite_sorted`
     reads them (temporal columns as nanoseconds), unsorted; NaN and +/-inf kept."""
     s = comparable_float64(series)
@@ -860,8 +869,8 @@ def _sort_compiled(
     ``workspace.buffers(n + m)[0]`` (reference first); returns ``(n, m)``."""
     from mlx_plugins.drift_detectors import _radix
 
-    xs = _float_values(reference)
-    ys = _float_values(current)
+    xs = _unsorted_values(reference)
+    ys = _unsorted_values(current)
     z = workspace.buffers(len(xs) + len(ys))[0]
     scratch = workspace.ints(max(len(xs), len(ys))).view(np.float64)
     n = int(_radix.finite_sort(xs, z, scratch))
