@@ -20,6 +20,7 @@ import pytest
 
 from mlx_plugins.drift_detectors import _fused, _radix, batch
 from mlx_plugins.drift_detectors import stats as st
+from tests.drift._paths import bits_of, numpy_only, path_differences
 
 CHUNK = _fused.MERGE_BUFFER // 4  # 65,536: the numpy code's summing chunk, one merge lane
 GROUP = _fused.MERGE_BUFFER  # values (products) of one four-lane group
@@ -33,10 +34,6 @@ SENTINEL = np.array([0x7FF4DEADBEEF0001], dtype=np.uint64).view(np.float64)[0]
 
 def _bit(v: float) -> int:
     return int(np.array([v], dtype=np.float64).view(np.uint64)[0])
-
-
-def _bits_of(values: dict[str, float]) -> list[tuple[str, int]]:
-    return [(k, _bit(v)) for k, v in values.items()]
 
 
 def _same_bits_multiset(a: np.ndarray, b: np.ndarray) -> bool:
@@ -385,31 +382,6 @@ def test_merge_with_ties_exactly_at_the_lane_starts() -> None:
 
 
 # -- the whole pair, through numeric_stats_of_series ----------------------------------------------
-def _numpy_only(mp: pytest.MonkeyPatch) -> None:
-    """The numpy path as a process that never loaded numba runs it: ``finite_sorted`` by
-    ``np.sort`` (not the radix sort it takes once ``_radix`` is imported) and the split prefix
-    sums by numpy (not ``_fused.split_prefix``, taken once ``_fused`` is imported)."""
-    mp.setattr(st, "compiled_loaded", lambda: False)
-    mp.setattr(st, "_FUSED", "mlx_plugins.drift_detectors._not_loaded")
-
-
-def _compare(ref: pl.Series, cur: pl.Series, label: str, workspace: st.Workspace | None) -> None:
-    for binning in ("quantile", "equal_width"):
-        with np.errstate(over="ignore", invalid="ignore"):
-            with pytest.MonkeyPatch.context() as mp:
-                _numpy_only(mp)
-                want, n1, m1 = st.numeric_stats_of_series(ref, cur, binning=binning)  # type: ignore[arg-type]
-            got, n2, m2 = st.numeric_stats_of_series(
-                ref,
-                cur,
-                binning=binning,  # type: ignore[arg-type]
-                compiled=True,
-                workspace=workspace,
-            )
-        assert (n1, m1) == (n2, m2), label
-        assert _bits_of(got) == _bits_of(want), label
-
-
 def _pair(
     rng: np.random.Generator, n: int, m: int, kind_x: str, kind_y: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -431,6 +403,7 @@ def _pair(
 def test_random_small_pairs_give_the_numpy_paths_bits(seed: int) -> None:
     rng = np.random.default_rng(3000 + seed)
     workspace = st.Workspace()  # reused: stale values from the previous pair in its buffers
+    differences: list[str] = []
     for case in range(30):
         n = int(rng.choice([1, 2, 3, 9, int(rng.integers(1, 600))]))
         ratio = float(rng.choice([0.1, 0.124, 0.125, 0.126, 1.0, 7.9, 8.0, 8.1, 30.0]))
@@ -439,7 +412,9 @@ def test_random_small_pairs_give_the_numpy_paths_bits(seed: int) -> None:
         x, y = _pair(rng, n, m, kind_x, kind_y)
         if rng.random() < 0.5:
             x, y = y, x
-        _compare(pl.Series(x), pl.Series(y), f"{seed}/{case} {kind_x}/{kind_y} {n}x{m}", workspace)
+        label = f"{seed}/{case} {kind_x}/{kind_y} {n}x{m}"
+        differences += path_differences(pl.Series(x), pl.Series(y), label, workspace=workspace)
+    assert differences == []
 
 
 # sizes where the merge's lanes and the chunked sums meet their boundaries; n >> m and m >> n
@@ -466,7 +441,7 @@ LARGE_PAIRS = [
 def test_large_pairs_give_the_numpy_paths_bits(n: int, m: int, kind_x: str, kind_y: str) -> None:
     rng = np.random.default_rng(n ^ m)
     x, y = _pair(rng, n, m, kind_x, kind_y)
-    _compare(pl.Series(x), pl.Series(y), f"{kind_x}/{kind_y} {n}x{m}", None)
+    assert path_differences(pl.Series(x), pl.Series(y), f"{kind_x}/{kind_y} {n}x{m}") == []
 
 
 def _dtype_pairs() -> dict[str, tuple[pl.Series, pl.Series]]:
@@ -546,8 +521,7 @@ DTYPE_PAIRS = _dtype_pairs()
 @pytest.mark.parametrize("name", list(DTYPE_PAIRS))
 def test_polars_dtypes_give_the_numpy_paths_bits(name: str) -> None:
     ref, cur = DTYPE_PAIRS[name]
-    _compare(ref, cur, name, None)
-    _compare(cur, ref, name + " swapped", None)
+    assert path_differences(ref, cur, name) + path_differences(cur, ref, name + " swapped") == []
 
 
 @pytest.mark.parametrize("kind", ["normal", "ties", "zeros and ones", "signed zeros", "bits"])
@@ -563,7 +537,7 @@ def test_prepared_reference_sorted_by_radix_gives_numpys_bits(kind: str) -> None
         cur = pl.Series(_sprinkle(rng, _draw(rng, kind, m), 0.01))
         with np.errstate(over="ignore", invalid="ignore"):
             with pytest.MonkeyPatch.context() as mp:
-                _numpy_only(mp)
+                numpy_only(mp)
                 by_numpy = st.NumericReference.of_series(ref)
                 want, n1, m1 = st.numeric_stats_prepared(by_numpy, cur)
             with pytest.MonkeyPatch.context() as mp:
@@ -573,7 +547,7 @@ def test_prepared_reference_sorted_by_radix_gives_numpys_bits(kind: str) -> None
                 by_radix = st.NumericReference.of_series(ref)
                 got, n2, m2 = st.numeric_stats_prepared(by_radix, cur)
         assert (n1, m1) == (n2, m2)
-        assert _bits_of(got) == _bits_of(want), (kind, m)
+        assert bits_of(got) == bits_of(want), (kind, m)
         assert (_bit(by_radix.mean), _bit(by_radix.std)) == (
             _bit(by_numpy.mean),
             _bit(by_numpy.std),
