@@ -789,7 +789,7 @@ def _make_client(plugin: DatabricksPlatform, on_message: Any, interval: float) -
             self.run_id = run_id
             deadline = time.monotonic() + plugin.timeout_s
             try:
-                run = self.client.jobs.get_run(run_id)
+                run = self._run(run_id)
                 self.run_url = run.run_page_url
                 context.log.info(f"[databricks] run {run_id} submitted: {self.run_url}")
                 last = None
@@ -830,17 +830,27 @@ def _make_client(plugin: DatabricksPlatform, on_message: Any, interval: float) -
             try:
                 return self._get_run_state(run_id)
             except NotFound as exc:
-                raise DatabricksError(
-                    f"Databricks run {run_id} disappeared ({exc}): it was deleted or its "
-                    f"workspace changed ({self.run_url}); materialize again to retrain"
-                ) from None
+                raise self._disappeared(run_id, exc) from None
+
+        def _run(self, run_id: int) -> Any:
+            try:
+                return self.client.jobs.get_run(run_id)
+            except NotFound as exc:  # deleted between runs/submit and the first runs/get
+                raise self._disappeared(run_id, exc) from None
+
+        def _disappeared(self, run_id: int, exc: Exception) -> DatabricksError:
+            return DatabricksError(
+                f"Databricks run {run_id} disappeared ({exc}): it was deleted or its "
+                f"workspace changed ({self.run_url or 'no run page yet'}); materialize "
+                "again to retrain"
+            )
 
         def _failure(self, run_id: int, state: Any) -> str:
             result = getattr(state.result_state, "value", state.result_state)
             lifecycle = getattr(state.life_cycle_state, "value", state.life_cycle_state)
             error = ""
             try:
-                run = self.client.jobs.get_run(run_id)
+                run = self._run(run_id)
                 task_run = next(iter(run.tasks or []), None)
                 if task_run is not None and task_run.run_id is not None:
                     out = self.client.jobs.get_run_output(task_run.run_id)

@@ -156,6 +156,9 @@ class LoopbackDatabricks(LoopbackHTTPServer):
         Run ids that ``runs/cancel`` was called for.
     rejected_tokens
         How many requests carried a wrong or no token.
+    forget_on_submit
+        Test hook: while true, ``runs/submit`` answers a run id but keeps and runs nothing, so
+        the very first ``runs/get`` of that run answers 404 (a run deleted at once).
     """
 
     def __init__(
@@ -185,6 +188,7 @@ class LoopbackDatabricks(LoopbackHTTPServer):
         self.runs: dict[int, LoopbackRun] = {}
         self.cancelled: list[int] = []
         self.rejected_tokens = 0
+        self.forget_on_submit = False
         self._handles: dict[int, tuple[Path, Path]] = {}
         self._next_id = 1000
         self._lock = threading.Lock()
@@ -501,8 +505,10 @@ class LoopbackDatabricks(LoopbackHTTPServer):
                 body=b,
                 started_ms=int(time.time() * 1000),
             )
-            self.runs[run.run_id] = run
             self.submitted.append(b)
+            if self.forget_on_submit:
+                return {"run_id": run.run_id}
+            self.runs[run.run_id] = run
         threading.Thread(
             target=self._execute, args=(run, task), daemon=True, name=f"dbx-run-{run.run_id}"
         ).start()

@@ -289,3 +289,21 @@ def test_a_run_that_disappears_is_a_clear_error(server: LoopbackDatabricks, tmp_
     with plugin.session(), pytest.raises(DatabricksError, match="disappeared"):
         plugin.train(train, valid, spec_for(tmp_path))
     watcher.join(timeout=5)
+
+
+def test_a_run_deleted_before_its_first_poll_is_the_same_clear_error(
+    server: LoopbackDatabricks, tmp_path: Path
+) -> None:
+    """The run is gone by the first ``runs/get`` (CI once deleted it that early): the error
+    still says it disappeared, not that Databricks refused the job spec."""
+    plugin = make_plugin(server)
+    train, valid = frames()
+    server.forget_on_submit = True
+    try:
+        with plugin.session(), pytest.raises(DatabricksError) as raised:
+            plugin.train(train, valid, spec_for(tmp_path))
+    finally:
+        server.forget_on_submit = False
+    message = str(raised.value)
+    assert "disappeared" in message and "materialize again" in message
+    assert "refused the training job" not in message
