@@ -33,32 +33,85 @@ _EXPONENT = np.uint64(0x7FF0000000000000)
 
 
 @_compiled
+def _scatter_dominant(
+    src: np.ndarray, dst: np.ndarray, k: int, shift: np.uint64, offsets: np.ndarray, top: int
+) -> None:  # pragma: no cover - compiled
+    """One stable scattering pass where the byte ``top`` holds at least half the keys: that
+    bucket's next slot is kept in a register instead of ``offsets`` (each key of the same
+    bucket as the one before would otherwise wait for the previous key's store to
+    ``offsets``: ~1.9 ms a million keys when one bucket holds them all, ~0.7 ms this way)."""
+    dominant = np.uint64(top)
+    slot = offsets[top]
+    for i in range(k):
+        key = src[i]
+        d = (key >> shift) & _MASK
+        if d == dominant:
+            dst[slot] = key
+            slot += 1
+        else:
+            dst[offsets[d]] = key
+            offsets[d] += 1
+
+
+@_compiled
+def _scatter_two_ends(
+    src: np.ndarray, dst: np.ndarray, k: int, shift: np.uint64, lo: np.ndarray, hi: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """One stable scattering pass as two independent chains: the first half of ``src`` forward
+    into each bucket's first free slot (``lo``), the second half backward into each bucket's
+    last free slot (``hi``). Both keep the keys' order, and the two halves fill each bucket
+    exactly, from the total counts alone. Two chains let the CPU overlap one key's wait on its
+    bucket's slot with the other's: ~1.2 ms a million keys for any spread of bytes, where one
+    chain takes 1.3 ms for uniform bytes and up to 3.4 ms for a few skewed buckets."""
+    half = k >> 1
+    for i in range(half):
+        ka = src[i]
+        kb = src[k - 1 - i]
+        da = (ka >> shift) & _MASK
+        db = (kb >> shift) & _MASK
+        dst[lo[da]] = ka
+        lo[da] += 1
+        dst[hi[db]] = kb
+        hi[db] -= 1
+    if k & 1:  # the middle key: the one slot left is its bucket's
+        key = src[half]
+        dst[lo[(key >> shift) & _MASK]] = key
+
+
+@_compiled
 def _passes(
     a: np.ndarray, b: np.ndarray, k: int, counts: np.ndarray, offsets: np.ndarray
 ) -> bool:  # pragma: no cover - compiled
     """Sort the keys ``a[:k]`` (uint64) whose bytes ``counts`` counted (passes x buckets): one
-    scattering pass per byte position where the keys differ, between ``a`` and ``b``. Returns
-    whether the sorted keys ended in ``b`` (else in ``a``)."""
+    stable scattering pass per byte position where the keys differ, between ``a`` and ``b``;
+    ``offsets`` (int64, 2 x buckets) is overwritten. Returns whether the sorted keys ended in
+    ``b`` (else in ``a``).
+
+    A pass where one byte holds at least half the keys runs :func:`_scatter_dominant`, any
+    other :func:`_scatter_two_ends` (per pass, on this project's AMD EPYC, a million keys:
+    normal values' byte 6 with 68 skewed buckets 3.4 -> 1.2 ms, their byte 7 with one outlier
+    1.9 -> 0.7 ms, uniform bytes 1.3 -> 1.2 ms)."""
     in_b = False
+    lo = offsets[0]
+    hi = offsets[1]
     for p in range(_PASSES):
-        trivial = False
+        top = 0
         for d in range(_BUCKETS):
-            if counts[p, d] == k:
-                trivial = True
-                break
-        if trivial:  # every key has the same byte here: the pass would not move anything
+            if counts[p, d] > counts[p, top]:
+                top = d
+        if counts[p, top] == k:  # every key has the same byte here: nothing would move
             continue
         total = 0
         for d in range(_BUCKETS):
-            offsets[d] = total
+            lo[d] = total
             total += counts[p, d]
+            hi[d] = total - 1
         shift = np.uint64(_BITS * p)
         src, dst = (b, a) if in_b else (a, b)
-        for i in range(k):
-            key = src[i]
-            d = (key >> shift) & _MASK
-            dst[offsets[d]] = key
-            offsets[d] += 1
+        if 2 * counts[p, top] >= k:
+            _scatter_dominant(src, dst, k, shift, lo, top)
+        else:
+            _scatter_two_ends(src, dst, k, shift, lo, hi)
         in_b = not in_b
     return in_b
 
@@ -109,7 +162,7 @@ def finite_sort(
     counts = np.zeros((_PASSES, _BUCKETS), dtype=np.int64)
     k = _keys(values, 0, len(values), a, counts)
     dest = out.view(np.uint64)
-    in_out = _passes(a, dest, k, counts, np.empty(_BUCKETS, dtype=np.int64))
+    in_out = _passes(a, dest, k, counts, np.empty((2, _BUCKETS), dtype=np.int64))
     _floats(dest if in_out else a, k, dest)
     return k
 
@@ -127,7 +180,7 @@ def sorted_padded_rows(
     a = np.empty(width, dtype=np.uint64)
     b = np.empty(width, dtype=np.uint64)
     byte_counts = np.empty((_PASSES, _BUCKETS), dtype=np.int64)
-    offsets = np.empty(_BUCKETS, dtype=np.int64)
+    offsets = np.empty((2, _BUCKETS), dtype=np.int64)
     for d in range(len(starts) - 1):
         byte_counts[:] = 0
         k = _keys(values, starts[d], starts[d + 1], a, byte_counts)

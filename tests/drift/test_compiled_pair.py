@@ -67,6 +67,63 @@ def test_radix_sort_gives_numpys_sorted_finite_values(name: str) -> None:
     assert np.array_equal(SORT_CASES[name], values, equal_nan=True)
 
 
+def _byte_counts(keys: np.ndarray) -> np.ndarray:
+    """What ``_radix._keys`` counts: every byte of every key (passes x buckets)."""
+    return np.stack(
+        [np.bincount((keys >> np.uint64(8 * p)) & np.uint64(255), minlength=256) for p in range(8)]
+    ).astype(np.int64)
+
+
+def _one_pass_expected(keys: np.ndarray, p: int) -> np.ndarray:
+    """A stable pass on byte ``p``: the keys ordered by that byte, ties kept in input order."""
+    digit = (keys >> np.uint64(8 * p)) & np.uint64(255)
+    return keys[np.argsort(digit, kind="stable")]
+
+
+def _pass_inputs() -> list[tuple[str, np.ndarray]]:
+    """Keys whose bytes are uniform, skewed, dominated by one bucket (exactly half, just under,
+    all but one), of odd and even lengths down to 0: every branch of ``_radix._passes``."""
+    cases: list[tuple[str, np.ndarray]] = []
+    for k in (0, 1, 2, 3, 4, 255, 256, 257, 1_000, 1_001):
+        cases.append((f"uniform k={k}", RNG.integers(0, 2**63, k, dtype=np.uint64)))
+        skewed = np.minimum(RNG.geometric(0.2, k), 255).astype(np.uint64) * np.uint64(0x0101)
+        cases.append((f"skewed k={k}", skewed))
+        half = np.where(np.arange(k) % 2 == 0, 7, RNG.integers(0, 256, k)).astype(np.uint64)
+        cases.append((f"one bucket holds half or more, k={k}", RNG.permutation(half)))
+        under = np.where(np.arange(k) < (k - 1) // 2, 7, 8 + RNG.integers(0, 200, k))
+        cases.append(
+            (f"one bucket just under half, k={k}", RNG.permutation(under.astype(np.uint64)))
+        )
+        if k:
+            outlier = np.full(k, 5, dtype=np.uint64)
+            outlier[RNG.integers(0, k)] = 200
+            cases.append((f"all but one in one bucket, k={k}", outlier))
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("name", "keys"), _pass_inputs(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_each_scatter_kernel_is_one_stable_pass(name: str, keys: np.ndarray) -> None:
+    k = len(keys)
+    counts = _byte_counts(keys)
+    for p in (0, 1):
+        expected = _one_pass_expected(keys, p)
+        starts = np.concatenate([[0], np.cumsum(counts[p])[:-1]]).astype(np.int64)
+        ends = (np.cumsum(counts[p]) - 1).astype(np.int64)
+        two_ends = np.zeros(k, dtype=np.uint64)
+        _radix._scatter_two_ends(keys, two_ends, k, np.uint64(8 * p), starts.copy(), ends.copy())
+        assert np.array_equal(two_ends, expected)
+        dominant = np.zeros(k, dtype=np.uint64)
+        top = int(np.argmax(counts[p]))
+        _radix._scatter_dominant(keys, dominant, k, np.uint64(8 * p), starts.copy(), top)
+        assert np.array_equal(dominant, expected)
+    # and the passes together, whichever kernel each pass takes, sort the keys
+    a, b = keys.copy(), np.zeros(k, dtype=np.uint64)
+    in_b = _radix._passes(a, b, k, counts, np.empty((2, 256), dtype=np.int64))
+    assert np.array_equal(b if in_b else a, np.sort(keys))
+
+
 def _series(values: np.ndarray, nulls: float = 0.0) -> pl.Series:
     s = pl.Series(values)
     if nulls:
