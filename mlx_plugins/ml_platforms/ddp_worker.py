@@ -15,13 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from mlx_plugins.ml_platforms.local_torch import (
-    DDP_EXTRA,
-    DDPEpochMessage,
-    DDPJob,
-    DDPResultMessage,
-    save_artifact,
-)
+from mlx_plugins.ml_platforms.ddp_protocol import DDPEpochMessage, DDPJob, DDPResultMessage
+from mlx_plugins.ml_platforms.local_torch import DDP_EXTRA, save_artifact
 
 
 def _read_extras() -> dict[str, Any]:

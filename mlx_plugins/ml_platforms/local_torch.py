@@ -15,13 +15,11 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from mlx_plugins.kernel.metadata import PluginMetadata
 from mlx_plugins.ml_platforms.base import (
@@ -43,11 +41,42 @@ if TYPE_CHECKING:
     import numpy as np
     import polars as pl
 
+    # the DDP protocol's classes, re-exported through __getattr__ below
+    from mlx_plugins.ml_platforms.ddp_protocol import DDPEpochMessage as DDPEpochMessage
+    from mlx_plugins.ml_platforms.ddp_protocol import DDPJob as DDPJob
+    from mlx_plugins.ml_platforms.ddp_protocol import DDPResultMessage as DDPResultMessage
+    from mlx_plugins.ml_platforms.ddp_protocol import (
+        _EpochForwardingReader as _EpochForwardingReader,
+    )
+    from mlx_plugins.ml_platforms.ddp_protocol import _ForwardingHandler as _ForwardingHandler
+
 MODEL_FILE = "model.pt"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 DDP_EXTRA = "mlx_ddp"
 """The Pipes extra that carries a :class:`DDPJob` to the workers."""
 DDP_WORKER_MODULE = "mlx_plugins.ml_platforms.ddp_worker"
+
+_DDP_PROTOCOL = frozenset(
+    {
+        "DDPJob",
+        "DDPEpochMessage",
+        "DDPResultMessage",
+        "_EpochForwardingReader",
+        "_ForwardingHandler",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    """The DDP protocol's classes, still importable from here. They live in
+    :mod:`mlx_plugins.ml_platforms.ddp_protocol`, imported on first use: only a DDP training
+    run needs them, and loading the code location (which imports this module for the plugin
+    class) no longer creates them (~1 ms, docs/lifecycle_component.md, "Load time")."""
+    if name in _DDP_PROTOCOL:
+        from mlx_plugins.ml_platforms import ddp_protocol
+
+        return getattr(ddp_protocol, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sha256_file(path: Path) -> str:
@@ -101,90 +130,6 @@ def save_artifact(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-# -- the parent <-> DDP worker protocol (Pipes extras in, custom messages out) ---------------
-class DDPJob(BaseModel):
-    """Everything a DDP worker needs; sent as the ``mlx_ddp`` Pipes extra."""
-
-    model_config = ConfigDict(defer_build=True, frozen=True, extra="forbid")
-
-    train_path: str
-    valid_path: str
-    target: str
-    artifact_dir: str
-    task: Task = "binary"
-    classes: list[str] = Field(default_factory=list)
-    preprocessing: dict[str, Any]
-    loop: dict[str, Any]
-    """``torch_mlp.LoopConfig`` fields (hidden, epochs, batch size, optimizer, precision)."""
-    embedding_dim: int
-    device: Literal["cuda", "cpu"]
-    pin_memory: bool = False
-    num_threads: int | None = None
-
-
-class DDPEpochMessage(BaseModel):
-    """Custom Pipes message sent by rank 0 after each epoch."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    kind: Literal["epoch"] = "epoch"
-    epoch: EpochStats
-
-
-class DDPResultMessage(BaseModel):
-    """Custom Pipes message sent by rank 0 once the artifact is saved."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    kind: Literal["result"] = "result"
-    artifact_path: str
-    history: list[EpochStats]
-    world_size: int
-    backend: str
-    device: str
-    replica_divergence: float
-    """Largest weight difference between ranks after training (0 when the replicas agree)."""
-
-
-class _EpochForwardingReader(dg.PipesTempFileMessageReader):
-    """The default temp-file reader, also handing each epoch message to a callback as it lands."""
-
-    def __init__(self, on_message: Callable[[dict[str, Any]], None]) -> None:
-        super().__init__()
-        self._on_message = on_message
-
-    @property
-    def expected_writer_count(self) -> int:
-        return 1  # rank 0 alone writes messages
-
-    @contextmanager
-    def read_messages(self, handler: Any) -> Iterator[Any]:
-        with super().read_messages(_ForwardingHandler(handler, self._on_message)) as params:
-            yield params
-
-
-class _ForwardingHandler:
-    def __init__(self, inner: Any, on_message: Callable[[dict[str, Any]], None]) -> None:
-        self._inner = inner
-        self._on_message = on_message
-
-    def handle_message(self, message: dict[str, Any]) -> None:
-        self._inner.handle_message(message)
-        if message.get("method") != "report_custom_message":
-            return
-        payload = (message.get("params") or {}).get("payload")
-        if isinstance(payload, dict):
-            try:
-                self._on_message(payload)
-            except Exception as exc:  # never kill the reader thread: later messages matter
-                context = getattr(self._inner, "_context", None)
-                if context is not None:
-                    context.log.warning(f"[ddp] epoch callback failed: {exc!r}")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 class LocalTorchPlatform(MLPlatform):
@@ -461,6 +406,12 @@ class LocalTorchPlatform(MLPlatform):
 
         from mlx_plugins.kernel.process_identity import with_parent_death
         from mlx_plugins.ml_platforms import torch_mlp as tm
+        from mlx_plugins.ml_platforms.ddp_protocol import (
+            DDPEpochMessage,
+            DDPJob,
+            DDPResultMessage,
+            _EpochForwardingReader,
+        )
 
         use_cuda = self.device != "cpu" and torch.cuda.is_available()
         device_type = "cuda" if use_cuda else "cpu"

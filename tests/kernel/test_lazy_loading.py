@@ -33,6 +33,8 @@ HEAVY = (
     "mlx_plugins.kernel.process_identity",
     "mlx_resources.leftovers",
     "mlx_resources.hot_swap",
+    # the DDP protocol of local_torch (its models; still importable from local_torch)
+    "mlx_plugins.ml_platforms.ddp_protocol",
 )
 UNUSED_PLUGIN_MODULES = ("mlx_plugins.ml_platforms.torch_mlp",)
 
