@@ -23,14 +23,20 @@ failed makes its event eligible again, up to ``DriftPolicy.max_attempts`` runs p
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from mlx_assets.component.spec import Lifecycle
 from mlx_assets.monitoring.events import DriftObservation
 from mlx_assets.training.training_set import describe_window, window_problem
 from mlx_resources.platform import TrainingWindow
+
+if TYPE_CHECKING:
+    # the cursor's models, re-exported through __getattr__ below
+    from mlx_assets.monitoring.drift_cursor import DriftCursor as DriftCursor
+    from mlx_assets.monitoring.drift_cursor import Pending as Pending
 
 BATCH = 500
 SENSOR_NAME = "drift_retrain_sensor"
@@ -41,30 +47,15 @@ RUN_KEY_TAG = "dagster/run_key"
 AUTO_RETRY_RUN_ID_TAG = "dagster/auto_retry_run_id"
 
 
-class Pending(BaseModel):
-    """A retraining requested for one day, not yet known to have succeeded."""
+def __getattr__(name: str) -> Any:
+    """:class:`DriftCursor` and :class:`Pending`, still importable from here. They live in
+    :mod:`mlx_assets.monitoring.drift_cursor`, imported by a sensor tick: loading the code
+    location no longer creates them (docs/lifecycle_component.md, "Load time")."""
+    if name in ("DriftCursor", "Pending"):
+        from mlx_assets.monitoring import drift_cursor
 
-    model_config = ConfigDict(defer_build=True)
-
-    run_key: str
-    attempt: int = Field(ge=1)
-    share: float = 0.0
-    drifted_columns: list[str] = Field(default_factory=list)
-
-
-class DriftCursor(BaseModel):
-    """The sensor's state, stored as JSON in Dagster's cursor."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    after_storage_id: int | None = None
-    """Storage id of the last ``feature_drift`` materialization read."""
-    last_retrain_at: float | None = None
-    """Timestamp of the drift event that last requested retraining (for the cooldown)."""
-    requested: list[str] = Field(default_factory=list)
-    """Days that ever requested a retraining: one decision per day of data."""
-    pending: dict[str, Pending] = Field(default_factory=dict)
-    """Day -> its latest request, until that run succeeds or the attempts are spent."""
+        return getattr(drift_cursor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_key(day: str, attempt: int) -> str:
@@ -186,6 +177,8 @@ def evaluate_drift(
     context: dg.SensorEvaluationContext, lc: Lifecycle
 ) -> dg.SensorResult | dg.SkipReason:
     """One tick of the drift sensor of ``lc`` (see the module doc)."""
+    from mlx_assets.monitoring.drift_cursor import DriftCursor, Pending
+
     cursor = DriftCursor.model_validate_json(context.cursor) if context.cursor else DriftCursor()
     policy = lc.drift
     instance = context.instance

@@ -35,6 +35,8 @@ HEAVY = (
     "mlx_resources.hot_swap",
     # the DDP protocol of local_torch (its models; still importable from local_torch)
     "mlx_plugins.ml_platforms.ddp_protocol",
+    # the drift sensor's cursor models (a sensor tick imports them)
+    "mlx_assets.monitoring.drift_cursor",
 )
 UNUSED_PLUGIN_MODULES = ("mlx_plugins.ml_platforms.torch_mlp",)
 
