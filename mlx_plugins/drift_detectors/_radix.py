@@ -147,6 +147,113 @@ def _floats(keys: np.ndarray, k: int, dest: np.ndarray) -> None:  # pragma: no c
         dest[i] = key ^ (((key >> np.uint64(63)) - np.uint64(1)) | _SIGN)
 
 
+IN_CACHE = 1 << 20
+"""Up to this many keys, :func:`finite_sort` sorts by LSD passes over the whole array (its two
+arrays, 16 MiB, stay in the caches); above it, most-significant bytes first partition the keys
+into parts of at most this many, each then sorted by LSD passes while in cache. On the
+project's 2-vCPU Intel Xeon development VM, a scattering pass takes ~1.2 ns a key up to 2M
+keys and 2.9-3.4 ns a key from 3M (``benchmarks/bench_drift.py``; docs/drift.md)."""
+
+
+@_compiled
+def _scatter(
+    src: np.ndarray, dst: np.ndarray, lo: int, hi: int, shift: np.uint64, offsets: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Scatter the keys ``src[lo:hi]`` into ``dst`` by their byte at ``shift``, each to
+    ``offsets[byte]`` (absolute indices, advanced): the one-chain pass, which out of cache
+    beats :func:`_scatter_two_ends` (whose two chains write twice as many places at once)."""
+    for i in range(lo, hi):
+        key = src[i]
+        d = (key >> shift) & _MASK
+        dst[offsets[d]] = key
+        offsets[d] += 1
+
+
+@_compiled
+def _sort_part(
+    src: np.ndarray,
+    other: np.ndarray,
+    out: np.ndarray,
+    lo: int,
+    hi: int,
+    top: int,
+    live: np.ndarray,
+    counts: np.ndarray,
+    offsets: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Sort the keys ``src[lo:hi]``, which agree on every byte above ``top`` and on every byte
+    ``p`` where ``live[p]`` is false, by LSD passes over the other bytes between ``src[lo:hi]``
+    and ``other[lo:hi]``; their floats into ``out[lo:hi]`` (a uint64 view; may be ``src`` or
+    ``other``)."""
+    k = hi - lo
+    counts[:] = 0
+    for p in range(_PASSES):
+        if p > top or not live[p]:
+            counts[p, 0] = k  # the same byte in every key: the pass is skipped
+    for i in range(lo, hi):
+        key = src[i]
+        for p in range(top + 1):
+            if live[p]:
+                counts[p, (key >> np.uint64(_BITS * p)) & _MASK] += 1
+    a = src[lo:hi]
+    b = other[lo:hi]
+    _floats(b if _passes(a, b, k, counts, offsets) else a, k, out[lo:hi])
+
+
+@_compiled
+def _sort_large(
+    a: np.ndarray, b: np.ndarray, k: int, counts: np.ndarray, part_size: int
+) -> None:  # pragma: no cover - compiled
+    """Sort the keys ``a[:k]`` (``counts``: their bytes, passes x buckets) and write their
+    floats into ``b[:k]``; ``a`` is overwritten. Parts larger than ``part_size`` (what
+    :func:`finite_sort` passes: :data:`IN_CACHE`) are partitioned by their most significant
+    byte where they differ (a stack of parts, each ``(lo, hi, byte, in_b)``), the dominant
+    bucket's slot in a register where one byte holds half the part; smaller ones, or ones
+    left with one byte, go to :func:`_sort_part`."""
+    offsets = np.empty((2, _BUCKETS), dtype=np.int64)
+    part_counts = np.empty((_PASSES, _BUCKETS), dtype=np.int64)
+    histogram = np.empty(_BUCKETS, dtype=np.int64)
+    live = np.empty(_PASSES, dtype=np.bool_)  # the byte positions where some keys differ
+    for p in range(_PASSES):
+        live[p] = counts[p].max() < k
+    top = _PASSES - 1
+    while top > 0 and not live[top]:
+        top -= 1
+    stack = [(0, k, top, False)]
+    while stack:
+        lo, hi, p, in_b = stack.pop()
+        src, dst = (b, a) if in_b else (a, b)
+        if hi - lo <= part_size or p == 0:
+            _sort_part(src, dst, b, lo, hi, p, live, part_counts, offsets)
+            continue
+        shift = np.uint64(_BITS * p)
+        if hi - lo == k:  # the whole array: its bytes were counted with the keys
+            histogram[:] = counts[p]
+        else:
+            histogram[:] = 0
+            for i in range(lo, hi):
+                histogram[(src[i] >> shift) & _MASK] += 1
+        top = histogram.argmax()
+        if histogram[top] == hi - lo:  # one byte value here: partition by the next byte
+            # (a byte that is the same in every key of the array is also skipped here)
+            stack.append((lo, hi, p - 1, in_b))
+            continue
+        starts = offsets[0]
+        total = lo
+        for d in range(_BUCKETS):
+            starts[d] = total
+            total += histogram[d]
+        if 2 * histogram[top] >= hi - lo:
+            _scatter_dominant(src[lo:hi], dst, hi - lo, shift, starts, top)
+        else:
+            _scatter(src, dst, lo, hi, shift, starts)
+        start = lo
+        for d in range(_BUCKETS):
+            if histogram[d]:
+                stack.append((start, start + histogram[d], p - 1, not in_b))
+                start += histogram[d]
+
+
 @_compiled
 def finite_sort(
     values: np.ndarray, out: np.ndarray, scratch: np.ndarray
@@ -156,12 +263,16 @@ def finite_sort(
     ``len(values)`` long, neither overlapping ``values``) are overwritten.
 
     One pass maps the finite values to keys (into ``scratch``) and counts every byte of every
-    key; each byte position where the keys differ then takes one scattering pass; a last pass
-    maps the keys back to floats in ``out``."""
+    key. Up to :data:`IN_CACHE` keys, each byte position where the keys differ then takes one
+    scattering pass, and a last pass maps the keys back to floats in ``out``; above it,
+    :func:`_sort_large`."""
     a = scratch.view(np.uint64)
     counts = np.zeros((_PASSES, _BUCKETS), dtype=np.int64)
     k = _keys(values, 0, len(values), a, counts)
     dest = out.view(np.uint64)
+    if k > IN_CACHE:
+        _sort_large(a, dest, k, counts, IN_CACHE)
+        return k
     in_out = _passes(a, dest, k, counts, np.empty((2, _BUCKETS), dtype=np.int64))
     _floats(dest if in_out else a, k, dest)
     return k

@@ -67,6 +67,42 @@ def test_radix_sort_gives_numpys_sorted_finite_values(name: str) -> None:
     assert np.array_equal(SORT_CASES[name], values, equal_nan=True)
 
 
+LARGE_CASES = {
+    **SORT_CASES,
+    "normal with one far outlier (a dominant top byte)": np.append(
+        RNG.normal(10, 2, 30_000), -1e300
+    ),
+    "integer-valued (low bytes all equal)": RNG.integers(0, 1000, 30_000).astype(np.float64),
+    "two clusters far apart": np.concatenate(
+        [RNG.normal(size=20_000), 1e200 + RNG.normal(size=9_000) * 1e185]
+    ),
+}
+
+
+@pytest.mark.parametrize("part_size", [1, 64, 5_000])
+@pytest.mark.parametrize("name", list(LARGE_CASES))
+def test_the_large_array_path_sorts_as_numpy_at_any_part_size(name: str, part_size: int) -> None:
+    """``_radix._sort_large`` (most significant bytes first, then LSD passes on parts of at most
+    ``part_size``) gives numpy's sorted finite values: small part sizes force many levels of
+    partitions and dominant buckets on small inputs."""
+    values = LARGE_CASES[name]
+    keys = np.empty(len(values), dtype=np.uint64)
+    counts = np.zeros((8, 256), dtype=np.int64)
+    k = _radix._keys(values, 0, len(values), keys, counts)
+    out = np.full(len(values), 7.0)
+    _radix._sort_large(keys, out.view(np.uint64), k, counts, part_size)
+    assert np.array_equal(out[:k], _sorted_finite(values))
+
+
+def test_finite_sort_above_in_cache_takes_the_large_path_and_matches_numpy() -> None:
+    values = _with_specials(RNG.normal(10, 2, _radix.IN_CACHE + 30_000))
+    out, scratch = np.empty(len(values)), np.empty(len(values))
+    k = _radix.finite_sort(values, out, scratch)
+    expected = _sorted_finite(values)
+    assert k == len(expected) > _radix.IN_CACHE
+    assert np.array_equal(out[:k], expected)
+
+
 def _byte_counts(keys: np.ndarray) -> np.ndarray:
     """What ``_radix._keys`` counts: every byte of every key (passes x buckets)."""
     return np.stack(
