@@ -73,6 +73,10 @@ LARGE_CASES = {
         RNG.normal(10, 2, 30_000), -1e300
     ),
     "integer-valued (low bytes all equal)": RNG.integers(0, 1000, 30_000).astype(np.float64),
+    "every top 16 bits in use (the top byte first)": RNG.integers(
+        0, 2**64, 40_000, dtype=np.uint64
+    ).view(np.float64),
+    "about 190 top-16-bit buckets in use (one chain)": 2.0 ** RNG.uniform(0, 12, 30_001),
     "two clusters far apart": np.concatenate(
         [RNG.normal(size=20_000), 1e200 + RNG.normal(size=9_000) * 1e185]
     ),
@@ -82,16 +86,16 @@ LARGE_CASES = {
 @pytest.mark.parametrize("part_size", [1, 64, 5_000])
 @pytest.mark.parametrize("name", list(LARGE_CASES))
 def test_the_large_array_path_sorts_as_numpy_at_any_part_size(name: str, part_size: int) -> None:
-    """``_radix._sort_large`` (most significant bytes first, then LSD passes on parts of at most
-    ``part_size``) gives numpy's sorted finite values: small part sizes force many levels of
-    partitions and dominant buckets on small inputs."""
+    """``_radix._sort_large`` (the top 16 bits or byte first, then the next bytes, then LSD
+    passes on parts of at most ``part_size``) gives numpy's sorted finite values: small part
+    sizes force many levels of partitions and dominant buckets on small inputs."""
     values = LARGE_CASES[name]
-    keys = np.empty(len(values), dtype=np.uint64)
-    counts = np.zeros((8, 256), dtype=np.int64)
-    k = _radix._keys(values, 0, len(values), keys, counts)
     out = np.full(len(values), 7.0)
-    _radix._sort_large(keys, out.view(np.uint64), k, counts, part_size)
-    assert np.array_equal(out[:k], _sorted_finite(values))
+    scratch = np.full(len(values), 7.0)
+    k = _radix._sort_large(values, out.view(np.uint64), scratch.view(np.uint64), part_size)
+    expected = _sorted_finite(values)
+    assert k == len(expected)
+    assert np.array_equal(out[:k], expected)
 
 
 def test_finite_sort_above_in_cache_takes_the_large_path_and_matches_numpy() -> None:
