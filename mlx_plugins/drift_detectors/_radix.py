@@ -213,7 +213,9 @@ skewed buckets and not for many."""
 
 
 @_compiled
-def _top_counts(values: np.ndarray, top: np.ndarray) -> tuple[int, int, int]:  # pragma: no cover
+def _top_counts(
+    values: np.ndarray, top: np.ndarray
+) -> tuple[int, np.uint64, np.uint64]:  # pragma: no cover - compiled
     """Count the finite values of ``values`` by their keys' top 16 bits into ``top`` (65,536
     counts, added to); return ``(k, and, or)``: how many are finite, and the bitwise and / or
     of their keys (a byte is the same in every key where the two agree)."""
