@@ -171,33 +171,31 @@ def _scatter(
 
 @_compiled
 def _sort_part(
-    src: np.ndarray,
-    other: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
     out: np.ndarray,
-    lo: int,
-    hi: int,
     top: int,
     live: np.ndarray,
     counts: np.ndarray,
     offsets: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """Sort the keys ``src[lo:hi]``, which agree on every byte above ``top`` and on every byte
-    ``p`` where ``live[p]`` is false, by LSD passes over the other bytes between ``src[lo:hi]``
-    and ``other[lo:hi]``; their floats into ``out[lo:hi]`` (a uint64 view; may be ``src`` or
-    ``other``)."""
-    k = hi - lo
+    """Sort the keys ``a`` (uint64), which agree on every byte above ``top`` and on every byte
+    ``p`` where ``live[p]`` is false, by LSD passes over the other bytes between ``a`` and
+    ``b[:len(a)]``; their floats into ``out`` (a uint64 view as long as ``a``; may be ``a``).
+    ``b`` is best one buffer reused for every part: it stays in cache, where a fresh range of
+    a large array would be fetched from memory before each write."""
+    k = len(a)
     counts[:] = 0
     for p in range(_PASSES):
         if p > top or not live[p]:
             counts[p, 0] = k  # the same byte in every key: the pass is skipped
-    for i in range(lo, hi):
-        key = src[i]
+    for i in range(k):
+        key = a[i]
         for p in range(top + 1):
             if live[p]:
                 counts[p, (key >> np.uint64(_BITS * p)) & _MASK] += 1
-    a = src[lo:hi]
-    b = other[lo:hi]
-    _floats(b if _passes(a, b, k, counts, offsets) else a, k, out[lo:hi])
+    b = b[:k]
+    _floats(b if _passes(a, b, k, counts, offsets) else a, k, out)
 
 
 _TOP_BITS = 16
@@ -351,13 +349,16 @@ def _sort_large(
     offsets = np.empty((2, _BUCKETS), dtype=np.int64)
     part_counts = np.empty((_PASSES, _BUCKETS), dtype=np.int64)
     histogram = np.empty(_BUCKETS, dtype=np.int64)
+    buffer = np.empty(0, dtype=np.uint64)  # sized to the largest part sorted in place
     while stack:
         lo, hi, p, in_scratch = stack.pop()
         src, dst = (scratch, out) if in_scratch else (out, scratch)
         while p > 0 and not live[p]:  # the same byte in every key: nothing to partition
             p -= 1
         if hi - lo <= part_size or p == 0:
-            _sort_part(src, dst, out, lo, hi, p, live, part_counts, offsets)
+            if len(buffer) < hi - lo:
+                buffer = np.empty(hi - lo, dtype=np.uint64)
+            _sort_part(src[lo:hi], buffer, out[lo:hi], p, live, part_counts, offsets)
             continue
         shift = np.uint64(_BITS * p)
         histogram[:] = 0
