@@ -409,6 +409,26 @@ def finite_sort(
 
 
 @_compiled
+def padded_rows(
+    values: np.ndarray, starts: np.ndarray, rows: np.ndarray, counts: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Row d of ``rows`` (float64, D x width) receives the finite values of
+    ``values[starts[d]:starts[d + 1]]`` in their order, then +inf; ``counts[d]`` how many are
+    finite: what ``rows.sort(axis=1)`` turns into :func:`sorted_padded_rows`' rows."""
+    width = rows.shape[1]
+    src = values.view(np.uint64)
+    for d in range(len(starts) - 1):
+        k = 0
+        for i in range(starts[d], starts[d + 1]):
+            if src[i] & _EXPONENT != _EXPONENT:  # not NaN or +/-inf
+                rows[d, k] = values[i]
+                k += 1
+        for i in range(k, width):
+            rows[d, i] = np.inf
+        counts[d] = k
+
+
+@_compiled
 def sorted_padded_rows(
     values: np.ndarray, starts: np.ndarray, rows: np.ndarray, counts: np.ndarray
 ) -> None:  # pragma: no cover - compiled

@@ -94,7 +94,9 @@ def _float_values(currents: Sequence[pl.Series]) -> np.ndarray:
 
 def sorted_rows(currents: Sequence[pl.Series]) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, counts)``: row i of ``rows`` (float64, ``len(currents) x max length``) holds
-    current i's finite values sorted, then +inf; ``counts[i]`` how many are finite."""
+    current i's finite values sorted, then +inf; ``counts[i]`` how many are finite. Sorted by
+    the compiled radix sort or numpy's, whichever is faster here
+    (:func:`~mlx_plugins.drift_detectors.stats.radix_sorts_faster`): the same values."""
     from mlx_plugins.drift_detectors import _radix
 
     lengths = np.fromiter((len(s) for s in currents), np.int64, len(currents))
@@ -104,7 +106,12 @@ def sorted_rows(currents: Sequence[pl.Series]) -> tuple[np.ndarray, np.ndarray]:
     np.cumsum(lengths, out=starts[1:])
     rows = np.empty((len(lengths), max(width, 1)))
     counts = np.empty(len(lengths), dtype=np.int64)
-    _radix.sorted_padded_rows(np.ascontiguousarray(values, dtype=np.float64), starts, rows, counts)
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    if st.radix_sorts_faster():
+        _radix.sorted_padded_rows(values, starts, rows, counts)
+    else:  # numpy's vectorised sort of each row (the +inf padding sorts last, where it was)
+        _radix.padded_rows(values, starts, rows, counts)
+        rows.sort(axis=1)
     return rows, counts
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,14 +68,20 @@ def finite_sorted(series: pl.Series, *, multithreaded: bool = False) -> np.ndarr
     several times faster than polars' float sort here) on the calling thread, unless
     ``multithreaded`` (then polars' parallel sort): parallelism pays off across columns (see
     the detector's ``max_workers``), while a parallel sort of one column mostly burns CPU on a
-    small machine. Where the compiled loops are loaded (:func:`compiled_loaded`), a column of at
-    least :data:`COMPILED_COLUMN_MIN_VALUES` values is sorted by the compiled radix sort
-    instead (the same values, ~5x faster on the development machine).
+    small machine. Where the compiled loops are loaded (:func:`compiled_loaded`) and the
+    compiled radix sort is the faster of the two on this machine (:func:`radix_sorts_faster`),
+    a column of at least :data:`COMPILED_COLUMN_MIN_VALUES` values is sorted by it instead (the
+    same values).
     """
     s = comparable_float64(series)
     if s.null_count():
         s = s.drop_nulls()
-    if not multithreaded and len(s) >= COMPILED_COLUMN_MIN_VALUES and compiled_loaded():
+    if (
+        not multithreaded
+        and len(s) >= COMPILED_COLUMN_MIN_VALUES
+        and compiled_loaded()
+        and radix_sorts_faster()
+    ):
         from mlx_plugins.drift_detectors import _radix
 
         raw = np.ascontiguousarray(s.to_numpy(), dtype=np.float64)
@@ -833,6 +840,43 @@ def compiled_loaded() -> bool:
     return _RADIX in sys.modules
 
 
+_CALIBRATION_VALUES = 1 << 18
+
+
+@functools.cache
+def radix_sorts_faster() -> bool:
+    """Whether the compiled radix sort (``_radix.finite_sort``) sorts float64 values faster than
+    ``np.sort`` on this machine: timed once per process (the first call; :func:`load_compiled`
+    makes it) on 262,144 normal values, best of 3 each, ~10 ms in all. Imports numba.
+
+    The answer depends on the CPU: numpy's float64 sort is a vectorised quicksort where the CPU
+    has AVX-512 (~6 ns a value on the project's Intel Xeon development VM, where the radix sort
+    takes ~13) and a scalar one where it has not (~52 ns a value on its AMD EPYC one, where the
+    radix sort takes ~11). Both give the same values, and ``np.sort`` is what the numpy path
+    uses: which one runs changes no result (``tests/drift/test_compiled_pair.py``)."""
+    import time
+
+    from mlx_plugins.drift_detectors import _radix
+
+    values = np.random.default_rng(0).normal(size=_CALIBRATION_VALUES)
+    out, scratch = np.empty(len(values)), np.empty(len(values))
+    _radix.finite_sort(values, out, scratch)  # loaded (or compiled) before it is timed
+
+    def best(fn: Callable[[], object]) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    def numpy_sort() -> None:
+        np.copyto(out, values)  # as _numpy_sort_into: the copy is part of the work
+        out.sort()
+
+    return best(lambda: _radix.finite_sort(values, out, scratch)) < best(numpy_sort)
+
+
 def load_compiled() -> None:
     """Import numba and load the compiled one-pair loops now (from numba's on-disk cache, or
     compiling them where there is none), so that no later compare pays for it: what a long-lived
@@ -848,6 +892,7 @@ def load_compiled() -> None:
     _radix.finite_sort(values, z, np.empty(len(values)))
     _fused.mean_std(z, 0, 2, np.empty(len(values)))
     _fused.ecdf_merged(z, 2, 2, np.empty(len(values)))
+    radix_sorts_faster()
 
 
 _RADIX = "mlx_plugins.drift_detectors._radix"
@@ -862,16 +907,35 @@ def _unsorted_values(series: pl.Series) -> np.ndarray:
     return np.ascontiguousarray(s.to_numpy(), dtype=np.float64)
 
 
+def _numpy_sort_into(values: np.ndarray, out: np.ndarray) -> int:
+    """The finite values of ``values`` (float64) sorted by ``np.sort``'s algorithm into
+    ``out[:k]`` (at least ``len(values)`` long, overwritten); returns ``k``. The values
+    :func:`finite_sorted` gives, bit for bit, with no array allocated."""
+    part = out[: len(values)]
+    np.copyto(part, values)
+    part.sort()
+    lo = int(np.searchsorted(part, -np.inf, side="right"))
+    hi = int(np.searchsorted(part, np.inf, side="left"))  # +inf, then NaN, sort last
+    if lo:
+        part[: hi - lo] = part[lo:hi]  # numpy copies overlapping ranges through a buffer
+    return hi - lo
+
+
 def _sort_compiled(
     reference: pl.Series, current: pl.Series, workspace: Workspace
 ) -> tuple[int, int]:
-    """:func:`finite_sorted` of both sides by the compiled radix sort, straight into
-    ``workspace.buffers(n + m)[0]`` (reference first); returns ``(n, m)``."""
+    """:func:`finite_sorted` of both sides, straight into ``workspace.buffers(n + m)[0]``
+    (reference first), by the compiled radix sort or, where it is the faster one here
+    (:func:`radix_sorts_faster`), numpy's; returns ``(n, m)``."""
     from mlx_plugins.drift_detectors import _radix
 
     xs = _unsorted_values(reference)
     ys = _unsorted_values(current)
     z = workspace.buffers(len(xs) + len(ys))[0]
+    if not radix_sorts_faster():
+        n = _numpy_sort_into(xs, z)
+        del xs
+        return n, _numpy_sort_into(ys, z[n:])
     scratch = workspace.ints(max(len(xs), len(ys))).view(np.float64)
     n = int(_radix.finite_sort(xs, z, scratch))
     del xs

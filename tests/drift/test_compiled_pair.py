@@ -200,7 +200,9 @@ PAIRS = _pair_cases()
 
 @pytest.mark.parametrize("binning", ["quantile", "equal_width"])
 @pytest.mark.parametrize("name", list(PAIRS))
-def test_compiled_pair_gives_the_numpy_paths_bits(name: str, binning: Binning) -> None:
+def test_compiled_pair_gives_the_numpy_paths_bits(
+    either_sort: str, name: str, binning: Binning
+) -> None:
     x, y = PAIRS[name]
     ref = _series(x, nulls=0.01 if "nulls" in name else 0.0)
     assert path_differences(ref, _series(y), name, binnings=(binning,)) == []
@@ -209,7 +211,7 @@ def test_compiled_pair_gives_the_numpy_paths_bits(name: str, binning: Binning) -
 @pytest.mark.parametrize(
     "name", ["similar, shifted", "few distinct values (ties across and within)"]
 )
-def test_compiled_pair_agrees_with_scipy(name: str) -> None:
+def test_compiled_pair_agrees_with_scipy(either_sort: str, name: str) -> None:
     x, y = PAIRS[name]
     values, _, _ = st.numeric_stats_of_series(pl.Series(x), pl.Series(y), compiled=True)
     ks = sps.ks_2samp(x, y)
@@ -240,6 +242,7 @@ def test_merge_is_the_numpy_merge_at_every_lane_boundary() -> None:
 
 
 def test_a_large_compare_runs_compiled_and_reports_what_numpy_reports(
+    either_sort: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rows = 40_000
@@ -324,3 +327,34 @@ def test_sorted_padded_rows_are_each_segments_finite_values_sorted_then_inf() ->
         assert counts[d] == len(finite)
         assert np.array_equal(rows[d, : len(finite)], finite)
         assert np.all(rows[d, len(finite) :] == np.inf)
+
+
+def test_where_numpy_sorts_faster_the_compiled_path_sorts_by_numpy_with_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a CPU where ``np.sort`` is the faster sort (AVX-512), the compiled path sorts by it,
+    in place in the workspace, NaN/inf cut from both ends; the radix sort is not called."""
+
+    def no_radix(*args: object) -> int:
+        raise AssertionError("the radix sort ran although numpy's was chosen")
+
+    monkeypatch.setattr(st, "radix_sorts_faster", lambda: False)
+    monkeypatch.setattr(_radix, "finite_sort", no_radix)
+    x = _with_specials(RNG.normal(size=40_000))
+    x[:3] = -np.inf  # non-finite values at the front too: the finite ones move down
+    y = _with_specials(RNG.normal(0.2, 1.0, size=30_000))
+    assert path_differences(_series(x), _series(y), "numpy sort") == []
+    workspace = st.Workspace()
+    n, m = st._sort_compiled(_series(x), _series(y), workspace)
+    z = workspace.buffers(n + m)[0]
+    assert np.array_equal(z[:n], _sorted_finite(x))
+    assert np.array_equal(z[n : n + m], _sorted_finite(y))
+
+
+def test_which_sort_is_faster_is_timed_once_per_process() -> None:
+    st.radix_sorts_faster.cache_clear()
+    first = st.radix_sorts_faster()
+    assert isinstance(first, bool)
+    assert st.radix_sorts_faster() is first
+    info = st.radix_sorts_faster.cache_info()
+    assert (info.misses, info.hits) == (1, 1)

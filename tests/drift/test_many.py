@@ -41,7 +41,7 @@ def assert_many_matches(
     return many
 
 
-def test_nulls_nan_inf_ties_both_kinds_and_large_currents() -> None:
+def test_nulls_nan_inf_ties_both_kinds_and_large_currents(either_sort: str) -> None:
     ref = _noisy(20_000, seed=1)  # asymptotic KS p-values
     sizes = (900, 50, 1, 3000, 900, 0, 120)  # 3000 > 20,000 / 8: the merge path
     currents = [_noisy(n, seed=10 + i, shift=0.05 * i) for i, n in enumerate(sizes)]
@@ -52,7 +52,7 @@ def test_nulls_nan_inf_ties_both_kinds_and_large_currents() -> None:
     assert_many_matches(PolarsDriftDetector(), ref.head(5000), currents, numeric=["x"])
 
 
-def test_many_days_with_statistics_in_every_p_value_branch() -> None:
+def test_many_days_with_statistics_in_every_p_value_branch(either_sort: str) -> None:
     rng = np.random.default_rng(5)
     ref = pl.DataFrame({"x": rng.normal(0, 1, 30_000), "d": rng.integers(0, 7, 30_000)})
     days = []
