@@ -556,6 +556,15 @@ def _ks_pvalue_cached(max_gap: int, n: int, m: int, method: KSMethod, tail: floa
     if method == "auto":
         method = "exact" if big <= KS_EXACT_MAX_N else "asymp"
     if method == "exact" or np.round(en) < 1:  # n = m = 1: kstwo(0) is undefined (scipy: NaN)
+        if n == m and max_gap > 0:
+            # scipy's own formula for equal sizes; where its rounding leaves [0, 1] (a p-value
+            # of 1 summed to 1 + 2**-52, e.g. n = 7, D = 1/7), scipy reports the exact
+            # calculation "unsuccessful" and returns kstwo.sf instead: so does this
+            h = max_gap // n
+            prob = _prob_outside_square(n, h)
+            if 0.0 <= prob <= 1.0:
+                return prob
+            return _kstwo_sf(h / n, float(np.round(en)))
         return _ks_exact_pvalue(n, m, max_gap)
     d = max_gap / (float(n) * float(m))
     size = float(np.round(en))
@@ -564,6 +573,22 @@ def _ks_pvalue_cached(max_gap: int, n: int, m: int, method: KSMethod, tail: floa
 
         return float(np.clip(kolmogorov(math.sqrt(size) * d), 0.0, 1.0))
     return _kstwo_sf(d, size)
+
+
+def _prob_outside_square(n: int, h: int) -> float:
+    """P(D >= h/n) for two samples of n values each: scipy's ``_compute_prob_outside_square``
+    (``2 * A0 * (1 - A1 * (1 - A2 * (...)))`` by Horner, each A a product of h ratios), the same
+    arithmetic in the same order, so the same bits; O(n) float operations. It may round just
+    outside [0, 1], which :func:`_ks_pvalue_cached` checks as scipy does."""
+    total = 0.0
+    k = n // h
+    while k >= 0:
+        p1 = 1.0
+        for j in range(h):
+            p1 = (n - k * h - j) * p1 / (n + k * h + j + 1)
+        total = p1 * (1.0 - total)
+        k -= 1
+    return 2 * total
 
 
 def _kstwo_sf(d: float, size: float) -> float:

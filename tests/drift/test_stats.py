@@ -267,3 +267,28 @@ def test_series_entry_point_equals_array_entry_point(x: np.ndarray, y: np.ndarra
     from_series, n, m = st.numeric_stats_of_series(pl.Series(x), pl.Series(y), workspace=ws)
     assert (n, m) == (len(x), len(y))
     assert from_series == from_arrays
+
+
+def test_equal_sizes_where_scipy_falls_back_to_the_asymptotic_p_value() -> None:
+    """scipy's exact formula for n = m = 7, D = 1/7 rounds to 1 + 2**-52; scipy then calls the
+    exact calculation unsuccessful and reports kstwo.sf: so must we (1.0 was 3.9e-5 off)."""
+    x = np.array([2.0, 1.0, 0.0, -2.0, -1.0, -3.0, -3.0])
+    y = np.array([2.0, -2.0, -3.0, -1.0, -1.0, 2.0, 0.0])
+    statistic, p_value = st.ks_2samp_sorted(np.sort(x), np.sort(y))
+    expected = _scipy_ks(x, y)
+    assert statistic == expected.statistic
+    assert p_value == expected.pvalue < 1.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 7, 8, 13, 31, 64, 100, 257, 1000])
+def test_equal_sizes_give_scipys_exact_bits_or_its_fallback_for_every_gap(n: int) -> None:
+    from scipy.stats import kstwo
+    from scipy.stats._stats_py import _attempt_exact_2kssamp  # the oracle: scipy's own code
+
+    for h in sorted({1, 2, 3, n // 3, n // 2, n - 1, n} - {0}):
+        success, d, prob = _attempt_exact_2kssamp(n, n, n, h / n, "two-sided")
+        if not success:
+            prob = kstwo.sf(d, np.round(n / 2))
+        expected = float(np.clip(prob, 0.0, 1.0))
+        st.clear_caches()
+        assert st.ks_pvalue(h * n, n, n, "exact") == expected, (n, h)
