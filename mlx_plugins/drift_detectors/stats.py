@@ -555,17 +555,17 @@ def _ks_pvalue_cached(max_gap: int, n: int, m: int, method: KSMethod, tail: floa
     en = float(big) * float(small) / (float(big) + float(small))
     if method == "auto":
         method = "exact" if big <= KS_EXACT_MAX_N else "asymp"
+    g = math.gcd(n, m)
+    if method == "exact" and n // g >= _INT32_MAX / (m // g):
+        method = "asymp"  # scipy: lcm(n, m) too large for its exact path
     if method == "exact" or np.round(en) < 1:  # n = m = 1: kstwo(0) is undefined (scipy: NaN)
-        if n == m and max_gap > 0:
-            # scipy's own formula for equal sizes; where its rounding leaves [0, 1] (a p-value
-            # of 1 summed to 1 + 2**-52, e.g. n = 7, D = 1/7), scipy reports the exact
-            # calculation "unsuccessful" and returns kstwo.sf instead: so does this
-            h = max_gap // n
-            prob = _prob_outside_square(n, h)
-            if 0.0 <= prob <= 1.0:
-                return prob
-            return _kstwo_sf(h / n, float(np.round(en)))
-        return _ks_exact_pvalue(n, m, max_gap)
+        prob = _scipy_exact_pvalue(n, m, g, max_gap)
+        if 0.0 <= prob <= 1.0:
+            return prob
+        # where the exact sum rounds outside [0, 1] (a p-value of 1 summed to 1 + 2**-52, e.g.
+        # n = m = 7 and D = 1/7), scipy calls the exact calculation "unsuccessful" and reports
+        # kstwo.sf at the effective size instead: so does this
+        return _kstwo_sf((max_gap // g) / ((n // g) * m), float(np.round(en)))
     d = max_gap / (float(n) * float(m))
     size = float(np.round(en))
     if size > 140 and 2.0 * math.exp(-2.0 * size * d * d) < tail:
@@ -573,6 +573,28 @@ def _ks_pvalue_cached(max_gap: int, n: int, m: int, method: KSMethod, tail: floa
 
         return float(np.clip(kolmogorov(math.sqrt(size) * d), 0.0, 1.0))
     return _kstwo_sf(d, size)
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _scipy_exact_pvalue(n: int, m: int, g: int, max_gap: int) -> float:
+    """The exact two-sided p-value as ``scipy.stats.ks_2samp`` computes it, possibly just
+    outside [0, 1] as scipy's own sums round (the caller falls back as scipy does): for equal
+    sizes :func:`_prob_outside_square`, otherwise scipy's compiled lattice recursion for the
+    complement (``_compute_outer_prob_inside_method``, Viehmann's numerically stable form,
+    accurate down to the smallest p-values), imported from a private module; where a scipy
+    lacks it, :func:`_ks_exact_pvalue` (the inside probability, so small p-values lose digits
+    to cancellation)."""
+    if max_gap <= 0:
+        return 1.0
+    if n == m:
+        return _prob_outside_square(n, max_gap // n)
+    try:
+        from scipy.stats._stats_pythran import _compute_outer_prob_inside_method
+    except ImportError:  # pragma: no cover - a scipy that moved it
+        return _ks_exact_pvalue(n, m, max_gap)
+    return float(_compute_outer_prob_inside_method(n, m, g, max_gap // g))
 
 
 def _prob_outside_square(n: int, h: int) -> float:

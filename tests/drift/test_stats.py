@@ -292,3 +292,19 @@ def test_equal_sizes_give_scipys_exact_bits_or_its_fallback_for_every_gap(n: int
         expected = float(np.clip(prob, 0.0, 1.0))
         st.clear_caches()
         assert st.ks_pvalue(h * n, n, n, "exact") == expected, (n, h)
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "shift"),
+    [(200, 2500, 3.0), (30, 2500, 3.0), (8000, 999, 0.3), (1000, 150, 1.0), (3000, 2500, 0.25)],
+)
+def test_unequal_sizes_small_exact_p_values_are_scipys_bits(n: int, m: int, shift: float) -> None:
+    """Small exact p-values of unequal sizes (down to 1e-171 here) are scipy's to the bit, not
+    ``1 - P(inside)``, whose cancellation left 0.0 or a few correct digits."""
+    rng = np.random.default_rng(n + m)
+    x, y = rng.normal(size=n), rng.normal(shift, size=m)
+    st.clear_caches()
+    statistic, p_value = st.ks_2samp_sorted(np.sort(x), np.sort(y))
+    expected = _scipy_ks(x, y)
+    assert statistic == expected.statistic
+    assert p_value == expected.pvalue
