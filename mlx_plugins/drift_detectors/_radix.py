@@ -3,16 +3,20 @@
 :func:`finite_sort` is what :func:`~mlx_plugins.drift_detectors.stats.finite_sorted` does
 (drop NaN and +/-inf, sort ascending) for a large column: 8 passes of 8 bits over the IEEE-754
 bits mapped to unsigned integers that order as the floats do (sign bit set for positives, every
-bit flipped for negatives), a pass skipped when every key has the same byte there. The
-sorted values are the same floats ``np.sort`` gives; only the relative order of ``-0.0`` and
-``0.0``, which compare equal, may differ (here ``-0.0`` always comes first), and nothing
-computed from a sorted sample depends on it.
+bit flipped for negatives), a pass skipped when every key has the same byte there; above
+:data:`IN_CACHE` values, most significant bits first (:func:`_sort_large`). The sorted values
+are the input's finite values, every one with its bits (``-0.0`` stays ``-0.0``, sorted before
+``0.0``). ``np.sort`` gives the same values except, where numpy runs its AVX-512 sort, the sign
+of some zeros (``np.sort(np.array([1.0, -0.0, 0.0, -1.0] * 5))`` keeps 2 of the 5 ``-0.0``);
+nothing computed from a sorted sample depends on it unless every value is a zero.
 
-Why not ``np.sort``: on this project's 2-vCPU AMD EPYC development machine numpy 2.4's float64
-sort takes ~52 ms for a million normal values (~52 ns a value); this sort takes ~11 ms
-(``benchmarks/bench_drift.py``; docs/drift.md, "How it is computed"). Its cost is linear in the
-values and does not depend on their distribution. It needs one scratch array as long as the
-input (8 bytes a value) and releases the GIL, so columns sort in parallel threads.
+Why not always ``np.sort``: numpy 2.4's float64 sort takes ~52 ns a value on the project's AMD
+EPYC development machine, where this sort takes ~11; on its Intel Xeon (AVX-512) numpy's takes
+~6 and this one ~13 (``benchmarks/bench_radix.py``; docs/drift.md, "Sorting on another CPU").
+:func:`~mlx_plugins.drift_detectors.stats.radix_sorts_faster` picks one per process. This sort's
+cost is linear in the values; it needs one scratch array as long as the input (8 bytes a value;
+above :data:`IN_CACHE`, one more of up to 8 MiB reused for the parts) and releases the GIL, so
+columns sort in parallel threads.
 
 Imported lazily, like :mod:`~mlx_plugins.drift_detectors._fused` (numba's import and the load of
 the cached machine code cost ~0.5 s in a fresh process).

@@ -522,21 +522,26 @@ def ks_pvalue(
 ) -> float:
     """Two-sided two-sample KS p-value, as ``scipy.stats.ks_2samp`` computes it.
 
-    ``max_gap`` is the statistic times ``n * m`` (an integer). ``"exact"`` counts lattice paths
-    (the Hodges / Drion-Gnedenko-Korolyuk "inside" method, here as a probability recursion over
-    the path's anti-diagonals, vectorised along each diagonal); ``"asymp"`` uses the
-    Kolmogorov-Smirnov distribution ``kstwo`` at the effective sample size
-    ``round(n*m/(n+m))``; ``"auto"`` is exact when ``max(n, m) <= 10000``. With one value a
-    side the effective size rounds to 0, where scipy's asymptotic p-value is NaN; this uses the
-    exact one (1.0) instead.
+    ``max_gap`` is the statistic times ``n * m`` (an integer). ``"exact"`` is scipy's exact
+    computation, bit for bit (:func:`_scipy_exact_pvalue`: its alternating sum for equal sizes,
+    its compiled lattice recursion for the complement otherwise), with scipy's own fallback to
+    ``kstwo.sf`` where that sum rounds outside [0, 1], and scipy's switch to ``"asymp"`` where
+    ``lcm(n, m)`` exceeds int32; ``"asymp"`` uses the Kolmogorov-Smirnov distribution
+    ``kstwo`` at the effective sample size ``round(n*m/(n+m))``; ``"auto"`` is exact when
+    ``max(n, m) <= 10000``. With one value a side the effective size rounds to 0, where scipy's
+    asymptotic p-value is NaN; this uses the exact one (1.0) instead.
 
-    The asymptotic value is scipy's own ``kstwo.sf`` arithmetic, bit for bit (its scalar kernel
-    called directly, without the distribution object's per-call overhead), except far in the
-    tail: where Massart's bound ``2 exp(-2 en D**2)`` (which scipy's value never exceeds) is
-    below ``tail`` (default 1e-16), the p-value is the limiting Kolmogorov distribution
-    ``scipy.special.kolmogorov(sqrt(en) D)``, also below the bound, so at most ``tail`` from
-    scipy's. There scipy sums about ``en`` terms (0.5 s at en = 500,000) for a p-value that
-    cannot change any decision at a threshold above ``tail``.
+    The asymptotic value is scipy's own ``kstwo.sf`` arithmetic for ``D = max_gap / (n * m)``
+    (its scalar kernel called directly, without the distribution object's per-call overhead).
+    scipy's ``ks_2samp`` takes D as a difference of two rounded ECDF values instead, which may
+    differ from this D in the last bit, so the two p-values agree to ~1e-15 relative, not
+    always bit for bit (x = [1.0], y = [0, 2, 3], ``"asymp"``: 0.6666666666666667 here,
+    0.6666666666666665 in scipy). Far in the tail, where Massart's bound
+    ``2 exp(-2 en D**2)`` (which scipy's value never exceeds) is below ``tail`` (default 1e-16),
+    the p-value is the limiting Kolmogorov distribution ``scipy.special.kolmogorov(sqrt(en) D)``,
+    also below the bound, so at most ``tail`` from scipy's. There scipy sums about ``en`` terms
+    (0.5 s at en = 500,000) for a p-value that cannot change any decision at a threshold above
+    ``tail``.
     """
     if n <= 0 or m <= 0:
         raise ValueError("ks_pvalue needs two non-empty samples")
