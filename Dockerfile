@@ -36,8 +36,9 @@ COPY mlx_plugins/ mlx_plugins/
 COPY mlx_resources/ mlx_resources/
 COPY mlx_assets/ mlx_assets/
 # Editable, so mlx_resources.platform.REPO_ROOT is /opt/mlx (dagster.yaml, mlx.yaml beside it);
-# torch is already satisfied at the pinned version.
-RUN pip install --no-cache-dir -e ".[${EXTRAS}]" \
+# torch stays at the pinned version (repeated here: a newer pip may otherwise upgrade it within
+# pyproject's range, to a CUDA build from the default index).
+RUN pip install --no-cache-dir -e ".[${EXTRAS}]" "torch==${TORCH_VERSION}" \
     && python -c "import torch, dagster_postgres; print('torch', torch.__version__)"
 # The project's own bytecode (pip compiled site-packages; an editable install's sources are not,
 # and PYTHONDONTWRITEBYTECODE keeps the code server from caching them): without it every process
