@@ -96,11 +96,55 @@ def finite_sorted(series: pl.Series, *, multithreaded: bool = False) -> np.ndarr
 _CATEGORY = "category"  # fixed names: a column may itself be called "reference" or "current"
 
 
+_CODES_PER_VALUE = 4
+"""A Categorical's codes are counted with ``np.bincount`` when its largest code is below this
+many times its length (plus 65,536): a global category pool holding far more strings than the
+column would make the count array larger than hashing the values."""
+
+
+def _counted_codes(series: pl.Series) -> tuple[pl.Series, np.ndarray] | None:
+    """Non-null values of a Categorical or Enum ``series`` counted by their physical codes:
+    ``(categories as strings, int64 counts)``, in code order, only those present; ``None`` for
+    any other dtype or a code range too sparse for an array of counts.
+
+    The same counts as polars' ``value_counts`` (a hash table over the values), from
+    ``np.bincount`` over the codes: ~5x faster on a million rows of a dozen categories."""
+    if not isinstance(series.dtype, pl.Categorical | pl.Enum):
+        return None
+    codes = series.to_physical().drop_nulls()
+    if codes.is_empty():
+        return pl.Series(_CATEGORY, [], dtype=pl.String), np.zeros(0, np.int64)
+    top = codes.max()
+    if not isinstance(top, int) or top >= _CODES_PER_VALUE * len(codes) + 65_536:
+        return None
+    counts = np.bincount(codes.to_numpy(), minlength=top + 1)
+    present = np.flatnonzero(counts)
+    names = (
+        pl.Series(_CATEGORY, present.astype(np.uint32), dtype=pl.UInt32)
+        .cat.to(series.dtype)
+        .cast(pl.String)
+    )
+    return names, counts[present]
+
+
+def _value_counts(series: pl.Series, name: str) -> tuple[pl.Series, pl.Series]:
+    """``(category, count)`` columns of the non-null values of ``series`` (any dtype), the
+    categories rendered as strings (String) and the counts named ``name`` (UInt32, as polars'
+    ``value_counts`` gives them), in no particular order."""
+    coded = _counted_codes(series)
+    if coded is not None:
+        names, counts = coded
+        return names, pl.Series(name, counts, dtype=pl.UInt32)
+    counted = series.alias(_CATEGORY).drop_nulls().value_counts(name=name)
+    return counted.get_column(_CATEGORY).cast(pl.String), counted.get_column(name)
+
+
 def category_value_counts(series: pl.Series, name: str = "reference") -> pl.DataFrame:
-    """Non-null values of ``series`` rendered as strings (column ``category``) and their counts
-    (column ``name``), in no particular order: one side of :func:`category_counts`."""
-    counts = series.alias(_CATEGORY).drop_nulls().value_counts(name=name)
-    return counts.with_columns(pl.col(_CATEGORY).cast(pl.String))
+    """Non-null values of ``series`` rendered as strings (column ``category``, String) and their
+    counts (column ``name``, UInt32), in no particular order: one side of
+    :func:`category_counts`. Categorical and Enum columns are counted by their codes
+    (:func:`_counted_codes`), others by polars' ``value_counts``."""
+    return pl.DataFrame(_value_counts(series, name))
 
 
 _SMALL_CATEGORIES = 4096
@@ -120,9 +164,8 @@ def align_category_counts(
     """:func:`category_counts` with the reference side already counted by
     :func:`category_value_counts` (``name="reference"``), as that frame or as a
     ``{category: count}`` dict."""
-    counted = current.alias(_CATEGORY).drop_nulls().value_counts(name="current")
-    cur_names = counted.get_column(_CATEGORY).cast(pl.String).to_list()
-    cur_counts = counted.get_column("current").to_list()
+    names, counted = _value_counts(current, "current")
+    cur_names, cur_counts = names.to_list(), counted.to_list()
     if isinstance(reference_counts, dict) or (
         reference_counts.height + len(cur_names) <= _SMALL_CATEGORIES
     ):

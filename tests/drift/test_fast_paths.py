@@ -187,3 +187,45 @@ def test_category_alignment_by_dict_and_by_join_agree(monkeypatch: pytest.Monkey
     prepared = st.CategoricalReference.of_series(ref.cast(pl.Categorical))
     aligned = prepared.align(cur.cast(pl.Categorical))
     assert aligned[0] == small[0] and aligned[1].tolist() == small[1].tolist()
+
+
+def _as_dict(counted: pl.DataFrame, name: str = "reference") -> dict[str, int]:
+    return dict(zip(counted["category"].to_list(), counted[name].to_list(), strict=True))
+
+
+def _hashed_counts(series: pl.Series) -> dict[str, int]:
+    """polars' own ``value_counts`` of the non-null values, as strings: the reference."""
+    counted = series.drop_nulls().cast(pl.String).alias("category").value_counts(name="n")
+    return _as_dict(counted, "n")
+
+
+@pytest.mark.parametrize(
+    "series",
+    [
+        pl.Series("c", ["b", "a", None, "é", "b", "日本"]).cast(pl.Categorical),
+        pl.Series("c", ["b", "a", None, "b"]).cast(pl.Enum(["z", "b", "a", "unused"])),
+        pl.Series("c", ["x", "y", "x", "z"] * 50).cast(pl.Categorical)[37:91],  # a slice
+        pl.Series("c", [None, None], dtype=pl.Categorical),
+        pl.Series("c", [], dtype=pl.Categorical),
+        pl.Series("c", ["b", None, "a", "b"]),  # String: hashed, no codes
+    ],
+    ids=["categorical", "enum", "slice", "all-null", "empty", "string"],
+)
+def test_category_counts_by_codes_equal_polars_value_counts(series: pl.Series) -> None:
+    """A Categorical or Enum column is counted with np.bincount over its codes (~5x faster than
+    hashing at 1M rows); the categories, counts and dtypes are what value_counts gives."""
+    counted = st.category_value_counts(series, name="reference")
+    assert counted.schema == pl.Schema({"category": pl.String, "reference": pl.UInt32})
+    assert _as_dict(counted) == _hashed_counts(series)
+    coded = st._counted_codes(series)
+    assert (coded is None) == (series.dtype == pl.String)
+
+
+def test_sparse_codes_of_a_large_category_pool_fall_back_to_hashing() -> None:
+    """Categorical's pool is shared by the process: three values whose codes reach 300,000
+    are hashed rather than counted in a 300,000-slot array, with the same counts."""
+    pool = pl.Series("pool", [f"p{i}" for i in range(300_000)]).cast(pl.Categorical)
+    few = pl.Series("c", [pool[-1], "p5", pool[-1], None]).cast(pl.Categorical)
+    assert st._counted_codes(few) is None
+    counted = st.category_value_counts(few)
+    assert _as_dict(counted) == {"p299999": 2, "p5": 1}
