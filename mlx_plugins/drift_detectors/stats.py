@@ -366,6 +366,14 @@ than this saves); otherwise in numpy. The same bits either way."""
 _FUSED = "mlx_plugins.drift_detectors._fused"
 
 
+def _aligned_rows(rows: int) -> np.ndarray:
+    """An uninitialised C-contiguous ``(rows, 4)`` float64 array starting on a 64-byte boundary,
+    so that each 32-byte row lies within one cache line."""
+    raw = np.empty(4 * rows + 7)
+    start = (-raw.ctypes.data % 64) // 8
+    return raw[start : start + 4 * rows].reshape(rows, 4)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class SplitPrefix:
     """Prefix sums of a sorted sample ``xs`` that give any ``sum(xs[a:b])`` to full precision.
@@ -373,18 +381,37 @@ class SplitPrefix:
     Each (scaled) value is split into three float64 parts ``x = h + g + l``: ``h`` a multiple
     of the quantum ``qh``, ``g`` of ``qg``, chosen so that every partial sum of the ``h`` (and of
     the ``g``) is an exact float64; only the ``l`` parts, below ``qg / 2`` (about 1e-30 of the
-    largest value), are summed with rounding. ``scale`` is the power of two the values were
-    multiplied by (1.0 unless they are beyond 2**+-900). Built once per reference column: three
-    arrays of ``len(xs) + 1`` floats, a few passes over the values.
+    largest value), are summed with rounding. The values are first multiplied by
+    ``2**-exponent`` (``exponent`` 0 unless they are beyond 2**+-900).
+
+    Built once per reference column, a few passes over the values, into one float64 array
+    ``table`` of shape ``(len(xs) + 1, 4)``: row i holds the prefix sums of the first i values'
+    parts (``h[i]``, ``g[i]``, ``low[i]``) and ``xs[i]`` (NaN in the last row); 32 bytes per
+    value. Each row lies within one cache line, so the compiled loop, which reads all four at
+    nearby indices (:func:`~mlx_plugins.drift_detectors._fused.numeric_rows`), loads one line
+    where four separate arrays would need four.
     """
 
-    h: np.ndarray
-    g: np.ndarray
-    low: np.ndarray
+    table: np.ndarray
     qh: float
     qg: float
     exponent: int
     n_unique: int
+
+    @property
+    def h(self) -> np.ndarray:
+        """Prefix sums of the ``h`` parts (``len(xs) + 1`` float64, a strided view)."""
+        return self.table[:, 0]
+
+    @property
+    def g(self) -> np.ndarray:
+        """Prefix sums of the ``g`` parts (``len(xs) + 1`` float64, a strided view)."""
+        return self.table[:, 1]
+
+    @property
+    def low(self) -> np.ndarray:
+        """Prefix sums of the ``l`` parts (``len(xs) + 1`` float64, a strided view)."""
+        return self.table[:, 2]
 
     @classmethod
     def of_sorted(cls, xs: np.ndarray) -> SplitPrefix:
@@ -396,29 +423,27 @@ class SplitPrefix:
         # |sum of h| <= n * (top + qh/2) < 2**53 qh, and the same for g with qg: exact sums
         qh = 2.0 ** (math.ceil(math.log2((n + 1) * top)) - 50) if top > 0 else 1.0
         qg = 2.0 ** (math.ceil(math.log2((n + 1) * qh)) - 50)
+        table = _aligned_rows(n + 1)
         if n >= _COMPILED_PREFIX_MIN and _FUSED in sys.modules:
             # the passes below in one compiled loop, the same arithmetic in the same order
             from mlx_plugins.drift_detectors import _fused
 
-            h, g, low = np.empty(n + 1), np.empty(n + 1), np.empty(n + 1)
             xs64 = np.ascontiguousarray(xs, dtype=np.float64)
             scaled64 = np.ascontiguousarray(scaled, dtype=np.float64)
-            n_unique = _fused.split_prefix(xs64, scaled64, qh, qg, h, g, low)
-            return cls(h, g, low, qh, qg, exponent, n_unique)
+            n_unique = _fused.split_prefix(xs64, scaled64, qh, qg, table)
+            return cls(table, qh, qg, exponent, n_unique)
         h = np.rint(scaled / qh)
         h *= qh
         rest = np.subtract(scaled, h)  # exact: |rest| <= qh/2 and qh >= ulp(x)
         g = np.rint(rest / qg)
         g *= qg
         rest -= g  # exact likewise; |rest| <= qg/2
-        arrays = []
-        for part in (h, g, rest):
-            prefix = np.empty(n + 1)
-            prefix[0] = 0.0
-            np.cumsum(part, out=prefix[1:])
-            arrays.append(prefix)
-        n_unique = _n_unique(xs)
-        return cls(arrays[0], arrays[1], arrays[2], qh, qg, exponent, n_unique)
+        table[0, :3] = 0.0
+        for column, part in enumerate((h, g, rest)):
+            np.cumsum(part, out=table[1:, column])
+        table[:n, 3] = xs
+        table[n, 3] = np.nan
+        return cls(table, qh, qg, exponent, _n_unique(xs))
 
     def split(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(h, g, l)`` of values within the range of the sample, split as the sample is."""
@@ -1177,7 +1202,7 @@ class NumericReference:
     @functools.cached_property
     def prefix(self) -> SplitPrefix:
         """The values' split prefix sums, built on first use (by a current at most
-        1/:data:`BLOCK_RATIO` the size of the reference): 24 more bytes per value. Two threads
+        1/:data:`BLOCK_RATIO` the size of the reference): 32 more bytes per value. Two threads
         may both build it; they build the same."""
         return SplitPrefix.of_sorted(self.values)
 
