@@ -208,13 +208,17 @@ def numeric_rows(
     value falls in ``xs``: cache misses, as a reference column's arrays (~7.5 MB at 190k values)
     outgrow the core's caches. The block of the value ``_AHEAD`` later is known in advance (the
     blocks advance by ``n / m`` rows), and its place in ``xs`` is guessed as that many blocks
-    on, so both are prefetched; the block ends come from a running quotient, not a division
-    per value."""
+    on, so both are prefetched. The block ends come from a running quotient (no integer
+    division per value), and the divisions by the quanta are multiplications by their exact
+    reciprocals."""
     n = len(xs)
     nf = float(n)
     x_lo, x_hi = xs[0], xs[n - 1]
     n_edges = len(edges)
     flat = table.reshape(-1)
+    # the quanta are powers of two within 2**+-1000, so 1/q is exact and x * (1/q) rounds
+    # the same real number as x / q: the same bits, without a division's latency
+    inv_qh, inv_qg = 1.0 / qh, 1.0 / qg
     buf = np.empty(rows.shape[1])
     for d in range(rows.shape[0]):
         m = ms[d]
@@ -279,9 +283,9 @@ def numeric_rows(
             inside = min(max(v, x_lo), x_hi)
             outside = v - inside
             scaled = math.ldexp(inside, -exponent) if exponent else inside
-            yh = np.rint(scaled / qh) * qh
+            yh = np.rint(scaled * inv_qh) * qh  # scaled / qh
             rest = scaled - yh
-            yg = np.rint(rest / qg) * qg
+            yg = np.rint(rest * inv_qg) * qg  # rest / qg
             yl = rest - yg
             left = float(k - a)
             right = float(b - k)
