@@ -25,12 +25,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 from pydantic import Field, field_validator
 
 from mlx_plugins.drift_detectors.base import (
-    ColumnDrift,
     DriftDetector,
     DriftReport,
     PreparedReference,
@@ -59,6 +58,11 @@ _THREADED_MIN_ROWS = 50_000
 """Columns are compared in threads only when a side has at least this many rows."""
 
 _P_VALUE_TESTS = {"ks", "chi2", "chi2_gof"}
+
+_Fields = dict[str, Any]
+"""A :class:`~mlx_plugins.drift_detectors.base.ColumnDrift`'s fields, validated into one with
+the :class:`~mlx_plugins.drift_detectors.base.DriftReport` that holds it (one validation per
+report costs less than one per column)."""
 
 
 def infer_column_kind(dtype: pl.DataType) -> Kind | None:
@@ -198,7 +202,7 @@ class PolarsDriftDetector(DriftDetector):
         compiled = numeric_values >= st.COMPILED_PAIR_MIN_VALUES or st.compiled_loaded()
         column_values = reference.height + current.height
 
-        def one(item: tuple[str, Kind]) -> ColumnDrift:
+        def one(item: tuple[str, Kind]) -> _Fields:
             name, kind = item
             ref, cur = reference.get_column(name), current.get_column(name)
             if kind == "categorical":
@@ -305,7 +309,7 @@ class PolarsDriftDetector(DriftDetector):
             None if prepared.categorical is None else list(prepared.categorical),
         )
 
-        def one(item: tuple[str, Kind]) -> ColumnDrift:
+        def one(item: tuple[str, Kind]) -> _Fields:
             name, kind = item
             cur = current.get_column(name)
             if kind == "categorical":
@@ -354,8 +358,9 @@ class PolarsDriftDetector(DriftDetector):
         heights = [frame.height for frame in frames]
         groups: dict[tuple[object, ...], list[int]] = {}
         for i, frame in enumerate(frames):
-            groups.setdefault(tuple(frame.schema.items()), []).append(i)
-        results: list[list[ColumnDrift]] = [[] for _ in frames]
+            # the schema, without building a polars Schema per frame
+            groups.setdefault((tuple(frame.columns), tuple(frame.dtypes)), []).append(i)
+        results: list[list[_Fields]] = [[] for _ in frames]
         skipped_of: list[list[str]] = [[] for _ in frames]
         pvalues = batch.PValues(self.ks_method, workers=self.max_workers)
         tasks: list[tuple[list[int], str, Kind]] = []
@@ -367,7 +372,7 @@ class PolarsDriftDetector(DriftDetector):
                 skipped_of[i] = skipped
             tasks.extend((members, name, kind) for name, kind in plan)
 
-        def one(task: tuple[list[int], str, Kind]) -> list[ColumnDrift] | _Pending:
+        def one(task: tuple[list[int], str, Kind]) -> list[_Fields] | _Pending:
             members, name, kind = task
             series = [frames[i].get_column(name) for i in members]
             cur_totals = [heights[i] for i in members]
@@ -429,19 +434,23 @@ class PolarsDriftDetector(DriftDetector):
         return [fn(item) for item in items]
 
     def _report(
-        self, results: list[ColumnDrift], ref_rows: int, cur_rows: int, skipped: list[str]
+        self, results: list[_Fields], ref_rows: int, cur_rows: int, skipped: list[str]
     ) -> DriftReport:
-        drifted = [c.drifted for c in results].count(True)
+        """The report of ``results`` (each column's fields, from :meth:`_result`), validated
+        with its columns in one call (numpy scalars converted to the declared Python types)."""
+        drifted = [c["drifted"] for c in results].count(True)
         share = drifted / len(results) if results else 0.0
-        return DriftReport(
-            columns=tuple(results),
-            reference_rows=int(ref_rows),
-            current_rows=int(cur_rows),
-            drift_share=float(share),
-            share_threshold=float(self.drift_share),
-            dataset_drift=bool(results and share >= self.drift_share),
-            skipped_columns=tuple(skipped),
-            detector=self.detector_id(),
+        return DriftReport.model_validate(
+            {
+                "columns": results,
+                "reference_rows": ref_rows,
+                "current_rows": cur_rows,
+                "drift_share": share,
+                "share_threshold": self.drift_share,
+                "dataset_drift": bool(results) and share >= self.drift_share,
+                "skipped_columns": skipped,
+                "detector": self.detector_id(),
+            }
         )
 
     def plan_columns(
@@ -530,14 +539,13 @@ class PolarsDriftDetector(DriftDetector):
         ref_total: int,
         cur_total: int,
         notes: list[str],
-    ) -> ColumnDrift:
-        """One column's :class:`ColumnDrift` (validation converts numpy scalars to the Python
-        types the model declares)."""
-        stats = dict(values)
-        statistic = stats[decision.statistic]
+    ) -> _Fields:
+        """One column's :class:`~mlx_plugins.drift_detectors.base.ColumnDrift` fields, for
+        :meth:`_report` to validate (``values`` is copied by the validation, not kept)."""
+        statistic = values[decision.statistic]
         if statistic is None:
             raise TypeError(f"column {column!r}: {decision.statistic} is None, not a number")
-        p_value = None if decision.p_value is None else stats[decision.p_value]
+        p_value = None if decision.p_value is None else values[decision.p_value]
         threshold = decision.threshold
         if n_ref == 0 or n_cur == 0:
             empty = " and ".join(
@@ -549,21 +557,21 @@ class PolarsDriftDetector(DriftDetector):
             drifted = p_value is not None and p_value < threshold
         else:
             drifted = statistic >= threshold
-        return ColumnDrift(
-            column=column,
-            kind=kind,
-            test=decision.test,
-            statistic=statistic,
-            p_value=p_value,
-            threshold=threshold,
-            drifted=bool(drifted),
-            stats=stats,
-            note="; ".join(notes),
-            reference_rows=int(n_ref),
-            current_rows=int(n_cur),
-            reference_null_share=float((ref_total - n_ref) / ref_total) if ref_total else 0.0,
-            current_null_share=float((cur_total - n_cur) / cur_total) if cur_total else 0.0,
-        )
+        return {
+            "column": column,
+            "kind": kind,
+            "test": decision.test,
+            "statistic": statistic,
+            "p_value": p_value,
+            "threshold": threshold,
+            "drifted": bool(drifted),
+            "stats": values,
+            "note": "; ".join(notes),
+            "reference_rows": n_ref,
+            "current_rows": n_cur,
+            "reference_null_share": (ref_total - n_ref) / ref_total if ref_total else 0.0,
+            "current_null_share": (cur_total - n_cur) / cur_total if cur_total else 0.0,
+        }
 
     def _numeric(
         self,
@@ -572,7 +580,7 @@ class PolarsDriftDetector(DriftDetector):
         cur: pl.Series,
         workspace: st.Workspace | None = None,
         compiled: bool = False,
-    ) -> ColumnDrift:
+    ) -> _Fields:
         from mlx_plugins.drift_detectors import stats as st
 
         for side, s in (("reference", ref), ("current", cur)):
@@ -598,7 +606,7 @@ class PolarsDriftDetector(DriftDetector):
         n_cur: int,
         ref_total: int,
         cur_total: int,
-    ) -> ColumnDrift:
+    ) -> _Fields:
         return self._numeric_results(column, [(values, n_ref, n_cur)], ref_total, [cur_total])[0]
 
     def _numeric_results(
@@ -607,7 +615,7 @@ class PolarsDriftDetector(DriftDetector):
         stats_of: Sequence[tuple[dict[str, float], int, int]],
         ref_total: int,
         cur_totals: Sequence[int],
-    ) -> list[ColumnDrift]:
+    ) -> list[_Fields]:
         """One numeric column's results against many currents: ``stats_of`` holds each
         current's ``(stats, n_ref, n_cur)``, ``cur_totals`` its row count."""
         constant = f"reference (nearly) constant: W normalised by {self.wasserstein_min_std:g}"
@@ -626,7 +634,7 @@ class PolarsDriftDetector(DriftDetector):
             )
         return out
 
-    def _categorical(self, column: str, ref: pl.Series, cur: pl.Series) -> ColumnDrift:
+    def _categorical(self, column: str, ref: pl.Series, cur: pl.Series) -> _Fields:
         from mlx_plugins.drift_detectors import stats as st
 
         _, ref_counts, cur_counts = st.category_counts(ref, cur)
@@ -639,7 +647,7 @@ class PolarsDriftDetector(DriftDetector):
         cur_counts: np.ndarray,
         ref_total: int,
         cur_total: int,
-    ) -> ColumnDrift:
+    ) -> _Fields:
         from mlx_plugins.drift_detectors import stats as st
 
         values = st.categorical_stats(ref_counts, cur_counts, psi_epsilon=self.psi_epsilon)
@@ -656,7 +664,7 @@ class PolarsDriftDetector(DriftDetector):
         n_curs: Sequence[int],
         ref_total: int,
         cur_totals: Sequence[int],
-    ) -> list[ColumnDrift]:
+    ) -> list[_Fields]:
         """One categorical column's results against many currents: ``many`` holds each
         current's stats, ``n_curs`` its non-missing values, ``cur_totals`` its row count;
         ``n_ref`` and ``ref_total`` are the reference's."""

@@ -38,6 +38,7 @@ def assert_many_matches(
     for got, want in zip(many, one_by_one, strict=True):
         assert got == want
         assert got.model_dump_json() == want.model_dump_json()  # floats bit for bit
+        assert got == DriftReport.model_validate(got.model_dump())  # as validation builds it
     return many
 
 

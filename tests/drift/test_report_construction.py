@@ -1,7 +1,7 @@
-"""The reports the detector builds (``_result`` / ``_report``, once per column and report):
-every field and stats value of the Python type the model declares, whatever numpy scalars the
-statistics gave, the decision and notes as documented, and the same reports from ``compare``,
-``compare_prepared`` and ``compare_prepared_many``."""
+"""The reports the detector builds (each column's fields from ``_result``, validated with their
+report by ``_report``): every field and stats value of the Python type the model declares,
+whatever numpy scalars the statistics gave, the decision and notes as documented, and the same
+reports from ``compare``, ``compare_prepared`` and ``compare_prepared_many``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,11 @@ def _revalidated(report: DriftReport) -> DriftReport:
     return DriftReport(**report.model_dump())
 
 
+def _column(detector: PolarsDriftDetector, *args: Any) -> ColumnDrift:
+    """The :class:`ColumnDrift` that ``detector._result(*args)``'s fields become in a report."""
+    return detector._report([detector._result(*args)], 1, 1, []).columns[0]
+
+
 def test_result_converts_numpy_inputs_as_validation_does() -> None:
     detector = PolarsDriftDetector()
     raw: dict[str, Any] = {
@@ -65,8 +70,8 @@ def test_result_converts_numpy_inputs_as_validation_does() -> None:
     for column_tests in ({}, {"x": "ks"}, {"x": "psi"}):
         detector = PolarsDriftDetector(column_tests=column_tests)
         decision = detector._decision("x", "numeric", int(n_ref))
-        fast = detector._result(
-            "x", "numeric", decision, raw, n_ref, n_cur, ref_total, cur_total, ["a note"]
+        fast = _column(
+            detector, "x", "numeric", decision, raw, n_ref, n_cur, ref_total, cur_total, ["a note"]
         )
         p_value = None if decision.p_value is None else raw[decision.p_value]
         statistic = raw[decision.statistic]
@@ -92,13 +97,14 @@ def test_result_converts_numpy_inputs_as_validation_does() -> None:
         )
         _assert_as_validated(fast, validated)
         assert type(fast.stats["bins"]) is float and type(fast.reference_rows) is int
+        assert fast.stats is not raw  # a copy, not the statistics' own dict
 
 
 def test_none_in_stats_and_empty_sides() -> None:
     detector = PolarsDriftDetector()
     values: dict[str, Any] = {"ks_statistic": np.float64(0.0), "ks_p_value": None, "other": 2}
     decision = detector._decision("x", "numeric", 10)
-    fast = detector._result("x", "numeric", decision, values, 10, 0, 10, 0, [])
+    fast = _column(detector, "x", "numeric", decision, values, 10, 0, 10, 0, [])
     validated = ColumnDrift(
         column="x",
         kind="numeric",
@@ -172,7 +178,7 @@ def test_report_of_numpy_counts_is_as_validated() -> None:
     detector = PolarsDriftDetector(drift_share=1)
     ref, days = _frames()
     column = detector.compare(ref, days[0]).columns[0]
-    fast = detector._report([column], np.int64(3000), np.int64(900), ["a"])
+    fast = detector._report([column.model_dump()], np.int64(3000), np.int64(900), ["a"])
     validated = DriftReport(
         columns=(column,),
         reference_rows=np.int64(3000),
