@@ -6,6 +6,7 @@ it can be stored as an artifact and opened offline.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 from pathlib import Path
@@ -38,11 +39,23 @@ def _num(value: float | None) -> str:
         return "-"
     if value == 0:
         return "0"
-    if math.isinf(value) or math.isnan(value):
+    if not math.isfinite(value):
         return str(value)
-    if abs(value) >= 1e5 or abs(value) < 1e-3:
+    size = abs(value)
+    if size >= 1e5 or size < 1e-3:
         return f"{value:.3e}"
     return f"{value:.4g}"
+
+
+_escape = functools.lru_cache(maxsize=4096)(html.escape)
+"""``html.escape``, remembered: a daily page repeats the same column names, kinds, tests and
+statistic names (one page per day of a backfill)."""
+
+
+def _ranked(report: DriftReport) -> list[tuple[ColumnDrift, float]]:
+    """Each column with its :func:`drift_score`, drifted columns first, then by score."""
+    scored = [(c, drift_score(c)) for c in report.columns]
+    return sorted(scored, key=lambda cs: (not cs[0].drifted, -cs[1]))
 
 
 def _pct(value: float) -> str:
@@ -71,7 +84,7 @@ def render_markdown(
     ``only_drifted`` keeps only drifted columns; ``max_rows`` cuts the table (a last line says
     how many rows were left out).
     """
-    columns = sorted(report.columns, key=lambda c: (not c.drifted, -drift_score(c)))
+    columns = [c for c, _ in _ranked(report)]
     if only_drifted:
         columns = [c for c in columns if c.drifted]
     left_out = 0
@@ -136,8 +149,7 @@ dt{color:#57606a}dd{margin:0;font-variant-numeric:tabular-nums}
 """
 
 
-def _bar(column: ColumnDrift) -> str:
-    score = drift_score(column)
+def _bar(column: ColumnDrift, score: float) -> str:
     width = 100.0 * score / _SCORE_CAP
     cls = ' class="over"' if column.drifted else ""
     return (
@@ -148,7 +160,7 @@ def _bar(column: ColumnDrift) -> str:
 
 def _details(column: ColumnDrift) -> str:
     rows = "".join(
-        f"<dt>{html.escape(k)}</dt><dd>{_num(v)}</dd>" for k, v in sorted(column.stats.items())
+        [f"<dt>{_escape(k)}</dt><dd>{_num(v)}</dd>" for k, v in sorted(column.stats.items())]
     )
     rows += (
         f"<dt>reference values</dt><dd>{column.reference_rows:,}</dd>"
@@ -161,18 +173,17 @@ def render_html(report: DriftReport, *, title: str = "Data drift report") -> str
     """A standalone HTML page: summary, then one row per column (drifted first) with a bar of
     its :func:`drift_score` against the threshold and every computed statistic."""
     esc = html.escape
-    columns = sorted(report.columns, key=lambda c: (not c.drifted, -drift_score(c)))
     body_rows = []
-    for c in columns:
+    for c, score in _ranked(report):
         body_rows.append(
             f'<tr class="{"drifted" if c.drifted else "stable"}">'
-            f"<td>{esc(c.column)}</td><td>{esc(c.kind)}</td><td>{esc(c.test)}</td>"
+            f"<td>{_escape(c.column)}</td><td>{_escape(c.kind)}</td><td>{_escape(c.test)}</td>"
             f'<td class="num">{_num(c.statistic)}</td><td class="num">{_num(c.p_value)}</td>'
-            f'<td class="num">{_num(c.threshold)}</td><td>{_bar(c)}</td>'
+            f'<td class="num">{_num(c.threshold)}</td><td>{_bar(c, score)}</td>'
             f'<td><span class="tag {"yes" if c.drifted else "no"}">'
             f"{'drift' if c.drifted else 'ok'}</span></td>"
             f'<td class="num">{_pct(c.reference_null_share)} / {_pct(c.current_null_share)}</td>'
-            f"<td>{esc(c.note)}{_details(c)}</td></tr>"
+            f"<td>{_escape(c.note)}{_details(c)}</td></tr>"
         )
     skipped = (
         f'<p class="meta">Not compared: {esc(", ".join(report.skipped_columns))}</p>'
