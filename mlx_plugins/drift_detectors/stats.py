@@ -108,8 +108,10 @@ def _counted_codes(series: pl.Series) -> tuple[pl.Series, np.ndarray] | None:
     any other dtype or a code range too sparse for an array of counts.
 
     The same counts as polars' ``value_counts`` (a hash table over the values), from
-    ``np.bincount`` over the codes: ~5x faster on a million rows of a dozen categories."""
-    if not isinstance(series.dtype, pl.Categorical | pl.Enum):
+    ``np.bincount`` over the codes: ~3x faster on a million rows of a dozen categories (18.2
+    against 5.5 ms). Needs polars' ``Series.cat.to`` (polars 2) to map codes back to their
+    categories; with an older polars, ``None``."""
+    if not isinstance(series.dtype, pl.Categorical | pl.Enum) or not _maps_codes():
         return None
     codes = series.to_physical().drop_nulls()
     if codes.is_empty():
@@ -119,12 +121,16 @@ def _counted_codes(series: pl.Series) -> tuple[pl.Series, np.ndarray] | None:
         return None
     counts = np.bincount(codes.to_numpy(), minlength=top + 1)
     present = np.flatnonzero(counts)
-    names = (
-        pl.Series(_CATEGORY, present.astype(np.uint32), dtype=pl.UInt32)
-        .cat.to(series.dtype)
-        .cast(pl.String)
-    )
+    # Series.cat.to takes the physical type: UInt8/16/32 by the dtype's number of categories
+    names = pl.Series(_CATEGORY, present, dtype=codes.dtype).cat.to(series.dtype).cast(pl.String)
     return names, counts[present]
+
+
+@functools.cache
+def _maps_codes() -> bool:
+    """Whether this polars maps physical codes back to categories (``Series.cat.to``, added in
+    polars 2; the project allows polars >= 1.30)."""
+    return callable(getattr(pl.Series([], dtype=pl.UInt32).cat, "to", None))
 
 
 def _value_counts(series: pl.Series, name: str) -> tuple[pl.Series, pl.Series]:
