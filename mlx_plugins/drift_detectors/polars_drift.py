@@ -652,9 +652,10 @@ class PolarsDriftDetector(DriftDetector):
 
         values = st.categorical_stats(ref_counts, cur_counts, psi_epsilon=self.psi_epsilon)
         n_ref, n_cur = int(ref_counts.sum()), int(cur_counts.sum())
-        return self._categorical_results(column, [values], n_ref, [n_cur], ref_total, [cur_total])[
-            0
-        ]
+        (result,) = self._categorical_results(
+            column, [values], n_ref, [n_cur], ref_total, [cur_total]
+        )
+        return result
 
     def _categorical_results(
         self,

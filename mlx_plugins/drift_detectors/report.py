@@ -183,7 +183,7 @@ def render_html(report: DriftReport, *, title: str = "Data drift report") -> str
             f'<td><span class="tag {"yes" if c.drifted else "no"}">'
             f"{'drift' if c.drifted else 'ok'}</span></td>"
             f'<td class="num">{_pct(c.reference_null_share)} / {_pct(c.current_null_share)}</td>'
-            f"<td>{_escape(c.note)}{_details(c)}</td></tr>"
+            f"<td>{esc(c.note)}{_details(c)}</td></tr>"  # notes vary by day: not cached
         )
     skipped = (
         f'<p class="meta">Not compared: {esc(", ".join(report.skipped_columns))}</p>'
