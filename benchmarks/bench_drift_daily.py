@@ -91,7 +91,7 @@ def _phases(reference: pl.DataFrame, currents: list[pl.DataFrame], columns: dict
         (PolarsDriftDetector, "prepare_reference", "prepare"),
         (batch, "sorted_rows", "days' values converted, padded, row-sorted"),
         (_fused, "numeric_rows", "compiled per-value loop (numeric_rows)"),
-        (pvalues, "_smirnov_start", "KS p-values: scipy's Smirnov sums"),
+        (pvalues, "_smirnov_start", "KS p-values: Smirnov sums (scipy's bits)"),
         (pvalues, "_durbin_sf", "KS p-values: Durbin's matrix"),
         (batch.PValues, "resolve", "KS p-values: all"),
         (batch, "category_matrix", "categorical counts"),

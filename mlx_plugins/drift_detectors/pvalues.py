@@ -5,7 +5,9 @@ ks_pvalue` gives (scipy's ``ks_2samp`` p-value, ``method="auto"``), but evaluate
 asymptotic branches of scipy's ``kstwo.sf`` kernel (``scipy.stats._ksstats._kolmogn``) as numpy
 array expressions over all the tests instead of one Python-level call per test:
 
-* the Smirnov branch (``n x**2 >= 2.2``): ``2 * scipy.special.smirnov(n, x)``, the same ufunc;
+* the Smirnov branch (``n x**2 >= 2.2``): ``2 * scipy.special.smirnov(n, x)``, its bits, from
+  the compiled replay of :mod:`~mlx_plugins.drift_detectors._smirnov` or scipy's C function
+  (:func:`_smirnov_start`);
 * the Pelz-Good series (the body of the distribution, around the usual 5% threshold): scipy's
   own arithmetic replayed on arrays, step by step in scipy's order, the tests grouped by the
   number of series terms (so every element sums the same terms in the same order);
