@@ -21,17 +21,26 @@ from mlx_plugins.kernel.kinds import SLOTS
 
 
 def platform_resources(composition: Composition) -> dict[str, object]:
-    """The non-plugin resources, all rooted in the platform's home folder."""
+    """The non-plugin resources, all rooted in the platform's home folder: ``platform`` (the
+    composition's ``settings:``), the two IO managers and, when the composition has
+    ``llm_provider`` plugins, ``llm_settings`` (``settings.llm``, the provider group's policy:
+    :func:`llm_settings_resource`).
+
+    Raises:
+        CompositionError: a bad ``settings`` value (``settings.llm``'s included, validated even
+            without providers), naming the key and the fix.
+    """
+    from mlx_assets.monitoring.incident_summary import LLM_SETTINGS_KEY
     from mlx_resources.atomic_pickle_io import AtomicFilesystemIOManager
     from mlx_resources.io_managers.polars_io import PolarsIOManager
     from mlx_resources.platform import Platform
 
+    settings = dict(composition.settings)
+    llm = {"llm": settings.pop("llm")} if "llm" in settings else None
     try:
-        platform = Platform(**composition.settings)
+        platform = Platform(**settings)
     except ValidationError as exc:
-        raise from_validation_error(
-            composition.source, "settings", exc, Platform.model_fields
-        ) from None
+        raise _settings_error(composition, exc, llm) from None
     except Exception as exc:
         raise CompositionError(
             composition.source,
@@ -40,12 +49,85 @@ def platform_resources(composition: Composition) -> dict[str, object]:
             "see mlx_resources/platform.py for the fields",
         ) from None
     home = platform.home_path
-    return {
+    out: dict[str, object] = {
         "platform": platform,
         "io_manager": io_manager_from_slot(composition, home, PolarsIOManager),
         # Dagster's pickling IO manager, writing atomically (a kill leaves the old value).
         "object_io_manager": AtomicFilesystemIOManager(base_dir=str(home / "objects")),
     }
+    providers = composition.of_kind("llm_provider")
+    if llm is not None or providers:
+        group = llm_settings_resource(composition, llm or {})
+        if providers:
+            out[LLM_SETTINGS_KEY] = group
+    return out
+
+
+class _SettingsErrors(Exception):
+    """Validation errors of ``settings:`` gathered from ``platform`` and ``llm_settings``, in
+    the order of the block's fields when ``llm`` was one of ``Platform``'s (before
+    ``arrival_cron``), as :func:`from_validation_error` reads them (``errors()``)."""
+
+    def __init__(self, errors: list[Any]) -> None:
+        super().__init__(errors)
+        self._errors = errors
+
+    def errors(self) -> list[Any]:
+        return self._errors
+
+
+def _settings_error(
+    composition: Composition, exc: ValidationError, llm: dict[str, Any] | None
+) -> CompositionError:
+    """The error of a ``settings:`` block that ``Platform`` refused, as when ``llm`` was its
+    field: the first problem of both parts (in field order), ``(and N more)`` counting both,
+    and ``llm`` among the known keys."""
+    from mlx_plugins.llm_providers.settings import LLMSettings  # only on this error path
+    from mlx_resources.platform import Platform
+
+    errors = list(exc.errors())
+    if llm is not None:
+        try:
+            LLMSettings(**llm)
+        except ValidationError as llm_exc:
+            errors += llm_exc.errors()
+        except Exception:  # reported by llm_settings_resource once the rest is fixed
+            pass
+    order = [*Platform.model_fields]
+    order.insert(order.index("arrival_cron"), "llm")
+    errors.sort(
+        key=lambda e: order.index(e["loc"][0]) if e["loc"] and e["loc"][0] in order else len(order)
+    )
+    fields = {**Platform.model_fields, "llm": LLMSettings.model_fields["llm"]}
+    return from_validation_error(composition.source, "settings", _SettingsErrors(errors), fields)
+
+
+def llm_settings_resource(composition: Composition, llm: dict[str, Any]) -> Any:
+    """``settings.llm`` (``llm``: ``{"llm": <the block>}`` or ``{}`` for the defaults) as the
+    ``llm_settings`` resource (:class:`~mlx_plugins.llm_providers.settings.LLMSettings`).
+
+    Built only when the composition writes ``settings.llm`` or has ``llm_provider`` plugins:
+    the block's class and Dagster's inference of its 23 config fields are not paid otherwise.
+
+    Raises:
+        CompositionError: a bad value, naming ``settings.llm.<key>`` and the fix, as when the
+            block was a field of ``platform``.
+    """
+    from mlx_plugins.llm_providers.settings import LLMSettings
+
+    try:
+        return LLMSettings(**llm)
+    except ValidationError as exc:
+        raise from_validation_error(
+            composition.source, "settings", exc, LLMSettings.model_fields
+        ) from None
+    except Exception as exc:
+        raise CompositionError(
+            composition.source,
+            "settings.llm",
+            str(exc).splitlines()[0],
+            "see mlx_plugins/llm_providers/settings.py for the fields",
+        ) from None
 
 
 IO_MANAGERS = {"polars_files": "PolarsIOManager"}
@@ -390,6 +472,15 @@ def _build_definitions(
     from mlx_assets.monitoring.incident_summary import llm_provider_keys
 
     platform = platform_resources(composition)
+    for entry in composition.entries:
+        if entry.name in platform:  # would be replaced by the platform's resource of that key
+            raise CompositionError(
+                composition.source,
+                f"plugins.{entry.kind}",
+                f"the {entry.kind} {entry.plugin!r} is named {entry.name!r}, the key of the "
+                f"platform's own resource ({', '.join(platform)})",
+                "give it another 'name:'",
+            )
     resources: dict[str, Any] = {**plugin_resources(composition, platform), **platform}
     specs = (
         lifecycles

@@ -2,6 +2,12 @@
 
 It carries what every stage needs and no plugin owns: the local home folder, the training
 window, the quality gate. Dates are ISO strings because Dagster config has no date type.
+
+``settings.llm`` (the LLM provider group's policy) is not a field: it is its own resource,
+``llm_settings`` (:class:`mlx_plugins.llm_providers.settings.LLMSettings`), bound only when the
+composition has ``llm_provider`` plugins, so that loading the code location does not infer the
+block's config schema when nothing uses it. ``Platform(**composition.settings)`` still accepts
+the block (checked, then left out: :meth:`Platform.__init__`).
 """
 
 from __future__ import annotations
@@ -12,8 +18,6 @@ from pathlib import Path
 
 import dagster as dg
 from pydantic import ConfigDict, Field, field_validator, model_validator
-
-from mlx_plugins.llm_providers.settings import LLMGroupSettings
 
 HOME_ENV = "MLX_HOME"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -133,16 +137,28 @@ class Platform(dg.ConfigurableResource):
     window: TrainingWindow = TrainingWindow()
     quality_gate: QualityGate = QualityGate()
     drift: DriftPolicy = DriftPolicy()
-    llm: LLMGroupSettings = Field(
-        default=LLMGroupSettings(),
-        description="How the llm_provider plugins run as a group (docs/llm.md).",
-    )
     arrival_cron: str = Field(
         default="* * * * *",
         description="How often the arrival schedule materializes the next unmonitored day.",
     )
 
     model_config = ConfigDict(extra="forbid", strict=True)  # misspelled keys, true for 1: errors
+
+    def __init__(self, **data: object) -> None:
+        """Like any resource's, but the composition's ``settings:`` block as a whole builds a
+        Platform (``mlx serving stop`` does ``Platform(**settings)``): its ``llm`` key is
+        checked as :class:`~mlx_plugins.llm_providers.settings.LLMGroupSettings` and left out,
+        the group's policy being the ``llm_settings`` resource (``mlx_assets.build`` validates
+        it there, with errors naming ``settings.llm.<key>``).
+
+        Raises:
+            pydantic.ValidationError: a bad value, ``llm``'s included (located under ``llm``).
+        """
+        if "llm" in data:
+            from mlx_plugins.llm_providers.settings import LLMSettings
+
+            LLMSettings.model_validate({"llm": data.pop("llm")})
+        super().__init__(**data)
 
     @field_validator("arrival_cron")
     @classmethod

@@ -8,9 +8,10 @@ the current model's window, or watch only). It is written to
 
 With ``llm_provider`` plugins in the composition the summary is written by them through a
 :class:`ProviderGroup` (parallel over days, breakers, retries, failover, persistent cache in
-``<home>/cache/llm``); a day the providers could not answer, and every day when no provider is
-configured, gets a deterministic template summary labelled ``template (no LLM provider)``, so
-the lifecycle never needs an API key.
+``<home>/cache/llm``) run with the composition's ``settings.llm`` (the ``llm_settings``
+resource, :data:`LLM_SETTINGS_KEY`, required only then); a day the providers could not
+answer, and every day when no provider is configured, gets a deterministic template summary
+labelled ``template (no LLM provider)``, so the lifecycle never needs an API key.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 
 INCIDENT_ASSET = "drift_incident_summary"
+LLM_SETTINGS_KEY = "llm_settings"
+"""Resource key of ``settings.llm`` (:class:`mlx_plugins.llm_providers.settings.LLMSettings`),
+bound and required only when the composition has ``llm_provider`` plugins."""
 TOP_COLUMNS = 5
 TEMPLATE_LABEL = "template (no LLM provider)"
 SYSTEM = (
@@ -160,7 +164,9 @@ def build_incident_summary(
     lc: Lifecycle, provider_keys: tuple[str, ...] = ()
 ) -> dg.AssetsDefinition:
     """The instance's ``drift_incident_summary`` asset, requiring the ``llm_provider``
-    resources named ``provider_keys`` (in failover order; empty: template summaries only)."""
+    resources named ``provider_keys`` (in failover order) and, with any, the group's policy
+    :data:`LLM_SETTINGS_KEY`; empty: template summaries only, neither required."""
+    required = {"platform", *provider_keys, *((LLM_SETTINGS_KEY,) if provider_keys else ())}
 
     @dg.asset(
         key=lc.incident_key,
@@ -170,7 +176,7 @@ def build_incident_summary(
         group_name=lc.group,
         kinds={"markdown"},
         code_version=code_version(__file__),
-        required_resource_keys={"platform", *provider_keys},
+        required_resource_keys=required,
         description="A drift incident summary per drift event (top columns, model metrics, "
         "decision), written by the configured LLM providers or, without any, a deterministic "
         "template labelled as such. Files in <home>/reports/incidents/<day>.md.",
@@ -236,7 +242,7 @@ def _summaries(
 
     group = ProviderGroup(
         {key: getattr(context.resources, key) for key in provider_keys},
-        platform.llm,
+        getattr(context.resources, LLM_SETTINGS_KEY).llm,
         cache_dir=platform.path("cache", "llm"),
     )
     try:

@@ -1,9 +1,16 @@
 """``settings.llm``: how the provider group runs, as a typed block of the composition.
 
-The ``Platform`` resource (``mlx_resources/platform.py``) carries it as ``platform.llm``; the
-``drift_incident_summary`` asset builds its :class:`~mlx_plugins.llm_providers.group.
-ProviderGroup` from it. Importing this module imports neither an SDK nor the group's
-libraries (purgatory, tenacity, diskcache): the code location loads without them.
+The block is validated when the definitions are built (errors name ``settings.llm.<key>``) and
+travels in its own resource, :class:`LLMSettings` under the key ``llm_settings``
+(``mlx_assets.monitoring.incident_summary.LLM_SETTINGS_KEY``), bound only when the composition
+has ``llm_provider`` plugins: the ``drift_incident_summary`` asset then requires it and builds
+its :class:`~mlx_plugins.llm_providers.group.ProviderGroup` from ``llm_settings.llm``, and the
+UI shows the effective settings as that resource's config. A composition without providers
+neither binds the resource nor imports this module (unless it writes ``settings.llm``), so
+the code location does not pay for the block's 23 config fields at every load.
+
+Importing this module imports neither an SDK nor the group's libraries (purgatory, tenacity,
+diskcache).
 
 Example (``mlx.yaml``)::
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import dagster as dg
 from pydantic import ConfigDict, Field, model_validator
 
 from mlx_plugins.kernel.base import PluginConfig
@@ -138,3 +146,24 @@ class LLMGroupSettings(PluginConfig):
     def provider_concurrency(self) -> int:
         """Calls in flight per provider (``per_provider_concurrency`` or its default)."""
         return self.per_provider_concurrency or 2 * self.max_concurrency
+
+
+class LLMSettings(dg.ConfigurableResource):
+    """``settings.llm`` as a resource (key ``llm_settings``): the policy of the provider group
+    that ``drift_incident_summary`` runs, in ``llm`` (every field has a default).
+
+    Bound by ``mlx_assets.build.platform_resources`` when the composition has ``llm_provider``
+    plugins, built from the composition's ``settings.llm`` (``{}`` when left out); its config
+    is what the UI shows under the resource. The same field name and type as the composition's
+    block, so a validation error's location (``llm.<key>``) reads as ``settings.llm.<key>``.
+
+    Raises:
+        pydantic.ValidationError: a bad value in ``llm`` (see :class:`LLMGroupSettings`).
+    """
+
+    llm: LLMGroupSettings = Field(
+        default=LLMGroupSettings(),
+        description="How the llm_provider plugins run as a group (docs/llm.md).",
+    )
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # misspelled keys, true for 1: errors

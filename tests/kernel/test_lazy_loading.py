@@ -37,6 +37,9 @@ HEAVY = (
     "mlx_plugins.ml_platforms.ddp_protocol",
     # the drift sensor's cursor models (a sensor tick imports them)
     "mlx_assets.monitoring.drift_cursor",
+    # settings.llm (LLMGroupSettings, the llm_settings resource): mlx.yaml has no llm_provider
+    # and no settings.llm, so nothing uses the group's policy
+    "mlx_plugins.llm_providers.settings",
 )
 UNUSED_PLUGIN_MODULES = ("mlx_plugins.ml_platforms.torch_mlp",)
 

@@ -51,7 +51,9 @@ def test_providers_load_with_env_keys_and_the_asset_requires_them(tmp_path, monk
     import dagster as dg
 
     node = defs.resolve_asset_graph().get(dg.AssetKey("drift_incident_summary"))
-    assert {"openai", "anthropic", "platform"} <= set(node.assets_def.required_resource_keys)
+    required = {"openai", "anthropic", "platform", "llm_settings"}
+    assert required <= set(node.assets_def.required_resource_keys)
+    assert "llm_settings" in defs.resources  # settings.llm (here the defaults), for the UI too
     assert KEY not in repr(composition.model_dump())
 
 

@@ -13,11 +13,13 @@ import pytest
 from mlx_assets.monitoring.events import DriftObservation
 from mlx_assets.monitoring.incident_summary import (
     INCIDENT_ASSET,
+    LLM_SETTINGS_KEY,
     TEMPLATE_LABEL,
     build_incident_summary,
 )
 from mlx_assets.partitions import DAILY_2013
 from mlx_plugins.llm_providers.loopback import Fault
+from mlx_plugins.llm_providers.settings import LLMSettings
 from mlx_resources.platform import Platform
 from tests.conftest import flights_lifecycle
 from tests.llm.conftest import SECRET, provider_for
@@ -77,8 +79,11 @@ def instance(tmp_path):
 
 def materialize(instance, home: Path, providers: dict | None = None, llm=None):
     providers = providers or {}
-    platform = Platform(home=str(home)) if llm is None else Platform(home=str(home), llm=llm)
+    platform = Platform(home=str(home))
+    group = {LLM_SETTINGS_KEY: LLMSettings() if llm is None else LLMSettings(llm=llm)}
     asset = build_incident_summary(flights_lifecycle(), tuple(providers))
+    # the group's policy is required (and bound) only with providers
+    assert (LLM_SETTINGS_KEY in asset.required_resource_keys) == bool(providers)
     upstream = dg.AssetSpec("feature_drift", partitions_def=DAILY_2013)
     result = dg.materialize(
         [asset, upstream],
@@ -88,7 +93,12 @@ def materialize(instance, home: Path, providers: dict | None = None, llm=None):
             "dagster/asset_partition_range_start": DAYS[0],
             "dagster/asset_partition_range_end": DAYS[-1],
         },
-        resources={"platform": platform, "io_manager": FrameIO(), **providers},
+        resources={
+            "platform": platform,
+            "io_manager": FrameIO(),
+            **providers,
+            **(group if providers else {}),
+        },
     )
     assert result.success
     by_day = {}
@@ -150,7 +160,8 @@ def test_when_no_provider_answers_the_template_is_written(instance, tmp_path, se
 
 
 def test_the_group_runs_with_settings_llm(instance, tmp_path, servers, monkeypatch):
-    """settings.llm reaches the asset's group: here three tries per provider before failover."""
+    """settings.llm (the llm_settings resource) reaches the asset's group: here three tries per
+    provider before failover."""
     from mlx_plugins.llm_providers.settings import LLMGroupSettings
 
     monkeypatch.delenv("MLX_HOME", raising=False)
