@@ -700,9 +700,10 @@ def _instantiate(
 
 
 # keys of a secret mapping (fsspec storage_options, connection options) that hold credentials
-_CREDENTIAL_KEY = re.compile(
-    r"(secret|password|passwd|passphrase|token|credential|private_key|api_key|access_key|^key$)",
-    re.IGNORECASE,
+# (a pattern compiled, and cached by ``re``, when a secret mapping is first checked)
+_CREDENTIAL_KEY = (
+    r"(?i)(secret|password|passwd|passphrase|token|credential|private_key|api_key|access_key"
+    r"|^key$)"
 )
 
 
@@ -723,7 +724,7 @@ def _refuse_literal_secret(source: str, key: str, entry: Any, value: Any) -> Non
         )
     if isinstance(value, dict):
         for k, v in value.items():
-            credential = isinstance(v, str) and _CREDENTIAL_KEY.search(str(k))
+            credential = isinstance(v, str) and re.search(_CREDENTIAL_KEY, str(k))
             if credential or isinstance(v, dict):
                 _refuse_literal_secret(source, f"{key}.{k}", entry, v)
 

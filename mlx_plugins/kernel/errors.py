@@ -33,8 +33,9 @@ class PluginNotFoundError(LookupError):
 
 
 # Well-known credential shapes: OpenAI/Anthropic/Stripe-style keys, AWS access key ids,
-# Databricks, GitHub and Slack tokens, JWTs, PEM blocks.
-_CREDENTIAL_SHAPE = re.compile(
+# Databricks, GitHub and Slack tokens, JWTs, PEM blocks. A pattern, compiled (and cached by
+# ``re``) on first use: only an error needs it, and the code location loads without one.
+_CREDENTIAL_SHAPE = (
     r"^(?:sk-|sk_|pk_|rk_|AKIA|ASIA|dapi|dkea|ghp_|gho_|ghs_|github_pat_|xox[abprs]-|eyJ)"
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"
 )
@@ -44,7 +45,7 @@ def looks_like_credential(value: Any) -> bool:
     """Whether ``value`` is text shaped like a well-known credential (``sk-...``, ``AKIA...``,
     ``dapi...``, a JWT, a PEM private key): such a value pasted into a non-secret field is not
     echoed in an error either."""
-    return isinstance(value, str) and bool(_CREDENTIAL_SHAPE.search(value.strip()))
+    return isinstance(value, str) and bool(re.search(_CREDENTIAL_SHAPE, value.strip()))
 
 
 def from_validation_error(

@@ -154,10 +154,11 @@ def load_scalar(text: str) -> Any:
 
 
 # What YAML 1.1 (and so most YAML tutorials) would have read differently, for error hints.
+# Patterns compiled (and cached by ``re``) when an error first needs a hint, not at load.
 YAML11_BOOLS = frozenset({"y", "yes", "n", "no", "on", "off"})
-_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
-_UNDERSCORED = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?$")
-_DATE = re.compile(r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}")
+_SEXAGESIMAL = r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$"
+_UNDERSCORED = r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?$"
+_DATE = r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}"
 
 
 def yaml11_hint(value: Any) -> str | None:
@@ -170,12 +171,12 @@ def yaml11_hint(value: Any) -> str | None:
             f"{value!r} is text (only true and false are booleans in YAML 1.2): "
             "write true or false for a yes/no field"
         )
-    if "_" in value and _UNDERSCORED.match(value):
+    if "_" in value and re.match(_UNDERSCORED, value):
         return f"{value!r} is text: write the number without underscores, e.g. " + value.replace(
             "_", ""
         )
-    if _SEXAGESIMAL.match(value):
+    if re.match(_SEXAGESIMAL, value):
         return f"{value!r} is text (YAML 1.2 has no base-60 numbers): write the number itself"
-    if _DATE.match(value):
+    if re.match(_DATE, value):
         return f"{value!r} is text: dates are written as ISO strings, YYYY-MM-DD"
     return None
