@@ -10,7 +10,8 @@ block's config schema when nothing uses it. ``Platform(**composition.settings)``
 the block (checked, then left out: :meth:`Platform.__init__`).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: pydantic would evaluate every field's
+# annotation from its text when each model is created, at every load of the code location.
 
 import os
 from datetime import date
@@ -51,7 +52,7 @@ class TrainingWindow(dg.Config):
     )(_iso)
 
     @model_validator(mode="after")
-    def _order(self) -> TrainingWindow:
+    def _order(self) -> "TrainingWindow":
         a, b, c, d = (
             date.fromisoformat(x)
             for x in (self.train_start, self.train_end, self.test_start, self.test_end)
@@ -62,7 +63,7 @@ class TrainingWindow(dg.Config):
             raise ValueError("valid_days must be shorter than the training window")
         return self
 
-    def shifted(self, test_end: str) -> TrainingWindow:
+    def shifted(self, test_end: str) -> "TrainingWindow":
         """The same lengths, moved so that the test period ends on ``test_end``."""
         delta = date.fromisoformat(test_end) - date.fromisoformat(self.test_end)
         moved = {
