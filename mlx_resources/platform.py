@@ -84,7 +84,8 @@ class TrainingWindow(dg.Config):
 
 
 class QualityGate(dg.Config):
-    model_config = ConfigDict(extra="forbid", strict=True)  # misspelled keys, true for 1: errors
+    # misspelled keys, true for 1, .inf and .nan: errors
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     min_roc_auc: float = Field(default=0.6, ge=0, le=1)
     max_log_loss_ratio: float = Field(
@@ -95,7 +96,9 @@ class QualityGate(dg.Config):
 class DriftPolicy(dg.Config):
     """What the drift sensor does with a day's drift (the detector decides what drifted)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)  # misspelled keys, true for 1: errors
+    # misspelled keys, true for 1, .inf and .nan (cooldown_minutes: .inf would overflow the
+    # sensor's time arithmetic): errors
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     warn_share: float = Field(
         default=0.25, ge=0, le=1, description="Share of drifted columns that logs a warning."

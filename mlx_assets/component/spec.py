@@ -13,6 +13,7 @@ schedule names of the instance. Every asset factory and the planner take one.
 # No ``from __future__ import annotations`` here: pydantic would evaluate every field's
 # annotation from its text when each model is created, at every load of the code location
 # (~0.35 ms for these models; docs/lifecycle_component.md, "Load time", seventh round).
+import math
 import re
 from datetime import date, timedelta
 from functools import cached_property
@@ -364,10 +365,14 @@ class GateSpec(_Strict):
     def _numbers(cls, v: object) -> object:
         if isinstance(v, dict):
             for metric, bound in v.items():
-                if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+                if (
+                    isinstance(bound, bool)
+                    or not isinstance(bound, (int, float))
+                    or not math.isfinite(bound)
+                ):
                     raise SpecValueError(
                         str(metric),
-                        f"{bound!r} is not a number (the gate compares the metric with it)",
+                        f"{bound!r} is not a finite number (the gate compares the metric with it)",
                         f"write a number without quotes, e.g. {metric}: 0.7",
                     )
         return v

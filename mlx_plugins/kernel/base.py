@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import math
 import os
 import time
 import types
@@ -78,7 +79,7 @@ def parse_env_value(annotation: Any, text: str) -> Any:
 
 _STRICT_MESSAGES = {
     int: "Input should be a whole number (int)",
-    float: "Input should be a number",
+    float: "Input should be a finite number",
     bool: "Input should be true or false",
     str: "Input should be text (str)",
 }
@@ -89,8 +90,13 @@ def _strict_ok(expected: type, value: Any) -> bool:
         return isinstance(value, bool)
     if expected is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is float:  # .inf and .nan are refused: no field means them (a count, a
+        # size, a threshold, a time), and they fail far from the file (int(inf), timedelta)
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (isinstance(value, int) or math.isfinite(value))
+        )
     return isinstance(value, str)
 
 

@@ -147,7 +147,7 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
 _EXAMPLES: dict[Any, str] = {
     int: "a whole number (int) without quotes, e.g. 6",
-    float: "a number (float) without quotes, e.g. 0.5",
+    float: "a finite number (float) without quotes, e.g. 0.5",
     bool: "true or false (bool)",
     str: "text (str), e.g. 'abc' (quote it if it looks like a number, bool or null)",
 }
@@ -181,6 +181,11 @@ def _range_fix(err: Any, annotation: Any) -> str:
     return f"write {kind} {op} {bound}"
 
 
+_MAX_LISTED_KEYS = 8
+"""A nested block's fix lists up to this many keys with their types and defaults; a longer
+block's (``settings.llm``: 23 keys) names its first ones and the count."""
+
+
 def _fix(annotation: Any) -> str:
     """What a person can write for a field of type ``annotation``."""
     if annotation is None:
@@ -205,6 +210,15 @@ def _fix(annotation: Any) -> str:
                     continue
                 parts.append(f"{name} ({kind}, default {default!r})")
                 example.append(f"{name}: {_yaml(default)}")
+        if len(parts) > _MAX_LISTED_KEYS:  # a long block: its first keys, not a page of text
+            shown = ", ".join(list(model.model_fields)[:_MAX_LISTED_KEYS])
+            required = any(i.is_required() for i in model.model_fields.values())
+            optional = "" if required else ", every one optional"
+            rest = len(parts) - _MAX_LISTED_KEYS
+            return (
+                f"write a mapping of its keys ({len(parts)} keys{optional}: {shown} and {rest} "
+                f"more); e.g. {{{', '.join(example[:2])}}}"
+            )
         return f"write a mapping with the keys {', '.join(parts)}; e.g. {{{', '.join(example)}}}"
     origin = typing.get_origin(base)
     if origin in (list, tuple, set, frozenset):

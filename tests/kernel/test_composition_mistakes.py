@@ -336,3 +336,38 @@ def test_a_credential_pasted_into_a_non_secret_field_is_not_echoed(tmp_path, pas
     err = _error(tmp_path, BASE.replace("{epochs: 2}", f"{{batch_size: '{pasted}'}}"))
     assert err.key == "plugins.ml_platform.config.batch_size"
     assert pasted not in str(err) and "looks like a credential" in err.problem
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+@pytest.mark.parametrize(
+    ("block", "key"),
+    [
+        ("llm: {cache_size_mb: %s}", "settings.llm.cache_size_mb"),  # was int(inf) at run time
+        ("llm: {backoff_max_s: %s}", "settings.llm.backoff_max_s"),
+        ("drift: {cooldown_minutes: %s}", "settings.drift.cooldown_minutes"),
+        ("quality_gate: {max_log_loss_ratio: %s}", "settings.quality_gate.max_log_loss_ratio"),
+    ],
+)
+def test_non_finite_settings_numbers_are_refused(tmp_path, value, block, key):
+    err = _error(tmp_path, BASE + "settings:\n  " + block % value + "\n", build=True)
+    assert err.key == key
+    assert "finite number" in err.problem + err.fix
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_non_finite_plugin_numbers_are_refused(tmp_path, value):
+    err = _error(tmp_path, BASE.replace("{epochs: 2}", f"{{learning_rate: {value}}}"))
+    assert err.key == "plugins.ml_platform.config.learning_rate"
+    assert "finite number" in err.problem and "finite number (float)" in err.fix
+
+
+def test_a_long_block_of_the_wrong_shape_gets_a_short_fix(tmp_path):
+    """``settings.llm: 5``: the fix names the block's first keys and their count, not all 23
+    with their types and defaults."""
+    err = _error(tmp_path, BASE + "settings:\n  llm: 5\n", build=True)
+    assert err.key == "settings.llm"
+    assert len(err.fix) < 300, err.fix
+    assert "max_concurrency" in err.fix and "every one optional" in err.fix
+    assert "e.g. {max_concurrency: 16" in err.fix
+    short = _error(tmp_path, BASE + "settings:\n  window: 5\n", build=True)
+    assert "valid_days (int, default 30)" in short.fix  # a short block still lists every key

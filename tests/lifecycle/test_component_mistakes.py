@@ -297,6 +297,20 @@ def test_a_gate_bound_in_words_asks_for_a_number(tmp_path):
     assert "number" in err.fix and "mapping" not in err.fix
 
 
+@pytest.mark.parametrize("bound", [".inf", "-.inf", ".nan"])
+def test_a_gate_bound_that_is_not_finite_is_refused(tmp_path, bound):
+    _, err = _error(
+        tmp_path, ("kind: regression}", f"kind: binary}}\ngate: {{min: {{roc_auc: {bound}}}}}")
+    )
+    assert err.key == "attributes.gate.min.roc_auc" and "not a finite number" in err.problem
+
+
+@pytest.mark.parametrize("block", ["drift: {cooldown_minutes: .inf}", "drift: {warn_share: .nan}"])
+def test_an_instance_drift_policy_that_is_not_finite_is_refused(tmp_path, block):
+    _, err = _error(tmp_path, ("kind: regression}", f"kind: binary}}\n{block}"))
+    assert err.key.startswith("attributes.drift.") and "finite number" in err.problem + err.fix
+
+
 def test_a_sandbox_without_a_function_says_fix_once(tmp_path):
     _, err = _error(tmp_path, ("features: {", "features: {sandbox: {memory_mb: 512}, "))
     assert err.key == "attributes.features.sandbox"
