@@ -2,13 +2,18 @@
 
 On a terminal (``stream.isatty()``) a long stage shows a rich progress bar with partitions
 done/total and the elapsed time; otherwise (a pipe, a CI log, a test) only plain lines are
-printed, so the output of a whole first run fits on a screen. Dagster's own event lines are
-printed only with ``--verbose`` (the lifecycle sets the run's console logger level).
+printed, so the output of a whole first run fits on a screen: a stage's start and end, and,
+while a stage runs longer than ``heartbeat_s`` (30 s), one line each ``heartbeat_s`` with what
+is done and the step running, so a log never goes silent on long work (training). Dagster's
+own event lines are printed only with ``--verbose`` (the lifecycle sets the run's console
+logger level).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
@@ -24,6 +29,8 @@ class Console:
         verbose: keep Dagster's event lines (and never draw a bar, which they would break).
         tty: draw progress bars; default ``stream.isatty()``.
         log: if given, every line goes to this callable (without prefix) and no bar is drawn.
+        heartbeat_s: without a bar, a stage still running after this many seconds prints a
+            line with its progress, and again each ``heartbeat_s`` (``None``: never).
     """
 
     def __init__(
@@ -32,9 +39,11 @@ class Console:
         verbose: bool = False,
         tty: bool | None = None,
         log: Callable[[str], None] | None = None,
+        heartbeat_s: float | None = 30.0,
     ) -> None:
         self.stream = stream or sys.stdout
         self.verbose = verbose
+        self.heartbeat_s = heartbeat_s
         self._log = log
         if tty is None:
             isatty = getattr(self.stream, "isatty", None)
@@ -64,11 +73,14 @@ class Console:
 
         ``label ...`` is printed once when the stage starts; on a terminal a transient bar
         ``short ━━━━ done/total <unit> 0:00:12`` follows it while the stage runs (``short``
-        defaults to ``label``). ``advance`` may be called from any thread.
+        defaults to ``label``); otherwise, while it runs, a line
+        ``  short: done/total <unit>, <step> running, 60s`` each ``heartbeat_s``.
+        ``advance`` may be called from any thread.
         """
         self.line(f"{label} ...")
         if self._rich is None:
-            yield lambda n, step=None: None
+            with self._heartbeat(short or label, total, unit) as advance:
+                yield advance
             return
         from rich.progress import (
             BarColumn,
@@ -96,6 +108,40 @@ class Console:
                 bar.advance(task, n)
 
             yield advance
+
+    @contextmanager
+    def _heartbeat(self, name: str, total: int, unit: str) -> Iterator[Callable[..., None]]:
+        """Plain progress for a stage: ``advance(n, step=None)`` counts; a daemon thread prints
+        a line each ``heartbeat_s`` while the stage runs (none for a shorter stage)."""
+        if not self.heartbeat_s:
+            yield lambda n, step=None: None
+            return
+        state: dict[str, Any] = {"done": 0, "step": None}
+        lock = threading.Lock()
+        stop = threading.Event()
+        start = time.monotonic()
+
+        def advance(n: int, step: str | None = None) -> None:
+            with lock:
+                state["done"] += n
+                if step is not None:
+                    state["step"] = step
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_s):
+                with lock:
+                    done, step = state["done"], state["step"]
+                running = f", {step} running" if step else ""
+                elapsed = time.monotonic() - start
+                self.line(f"  {name}: {done}/{total} {unit}{running}, {elapsed:.0f}s")
+
+        thread = threading.Thread(target=beat, name="mlx-console-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield advance
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

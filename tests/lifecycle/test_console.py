@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 from mlx_assets.console import Console
 
@@ -43,3 +44,31 @@ def test_terminal_gets_a_progress_bar_with_done_and_total():
 def test_verbose_never_draws_a_bar():
     console = Console(stream=_Tty(), verbose=True)
     assert console.verbose and not console.tty
+
+
+def test_a_long_stage_without_a_bar_prints_its_progress_while_it_runs():
+    """A pipe or CI log is never silent on long work: each heartbeat_s a line with what is done
+    and the step running; none once the stage has ended."""
+    out = io.StringIO()
+    console = Console(stream=out, heartbeat_s=0.01)
+    with console.progress("training: 1 model", 3, short="training", unit="assets") as advance:
+        advance(1)
+        advance(0, step="train_model")
+        deadline = time.monotonic() + 30
+        while "train_model running" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[mlx] training: 1 model ..."
+    beat = next(line for line in lines if "train_model running" in line)
+    assert beat.startswith("[mlx]   training: 1/3 assets, train_model running, ")
+    ended = len(out.getvalue())
+    time.sleep(0.05)
+    assert len(out.getvalue()) == ended  # the heartbeat stopped with the stage
+
+
+def test_a_short_stage_prints_no_heartbeat():
+    out = io.StringIO()
+    console = Console(stream=out, heartbeat_s=3600)
+    with console.progress("daily data: 3 days", 9) as advance:
+        advance(9)
+    assert out.getvalue().splitlines() == ["[mlx] daily data: 3 days ..."]
