@@ -4,7 +4,7 @@ On a terminal (``stream.isatty()``) a long stage shows a rich progress bar with 
 done/total and the elapsed time; otherwise (a pipe, a CI log, a test) only plain lines are
 printed, so the output of a whole first run fits on a screen: a stage's start and end, and,
 while a stage runs longer than ``heartbeat_s`` (30 s), one line each ``heartbeat_s`` with what
-is done and the step running, so a log never goes silent on long work (training). Dagster's
+is done and the last step started, so a log never goes silent on long work (training). Dagster's
 own event lines are printed only with ``--verbose`` (the lifecycle sets the run's console
 logger level).
 """
@@ -44,6 +44,7 @@ class Console:
         self.stream = stream or sys.stdout
         self.verbose = verbose
         self.heartbeat_s = heartbeat_s
+        self._write_lock = threading.Lock()
         self._log = log
         if tty is None:
             isatty = getattr(self.stream, "isatty", None)
@@ -61,8 +62,10 @@ class Console:
             self._log(message)
         elif self._rich is not None:
             self._rich.print(f"[bold cyan]\\[mlx][/] {message}", markup=True, soft_wrap=True)
-        else:
-            print(f"{PREFIX}{message}", file=self.stream, flush=True)
+        else:  # one write under a lock: the heartbeat thread prints too
+            with self._write_lock:
+                self.stream.write(f"{PREFIX}{message}\n")
+                self.stream.flush()
 
     @contextmanager
     def progress(
@@ -74,7 +77,7 @@ class Console:
         ``label ...`` is printed once when the stage starts; on a terminal a transient bar
         ``short ━━━━ done/total <unit> 0:00:12`` follows it while the stage runs (``short``
         defaults to ``label``); otherwise, while it runs, a line
-        ``  short: done/total <unit>, <step> running, 60s`` each ``heartbeat_s``.
+        ``  short: done/total <unit>, last step started: <step>, 60s`` each ``heartbeat_s``.
         ``advance`` may be called from any thread.
         """
         self.line(f"{label} ...")
@@ -131,7 +134,7 @@ class Console:
             while not stop.wait(self.heartbeat_s):
                 with lock:
                     done, step = state["done"], state["step"]
-                running = f", {step} running" if step else ""
+                running = f", last step started: {step}" if step else ""
                 elapsed = time.monotonic() - start
                 self.line(f"  {name}: {done}/{total} {unit}{running}, {elapsed:.0f}s")
 

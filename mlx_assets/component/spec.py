@@ -354,6 +354,11 @@ training rows' base rate or class frequencies; the training mean for regression)
 frequent class), e.g. ``min: {accuracy_lift: 0.0}`` to require beating it."""
 
 
+_MAX_EXACT_BOUND = 2**53
+"""A gate bound written as a whole number must be one a float holds exactly (a metric is a
+float; a larger one would overflow or round)."""
+
+
 class GateSpec(_Strict):
     """The blocking quality gate: every rule must hold for the version to be registered."""
 
@@ -368,7 +373,8 @@ class GateSpec(_Strict):
                 if (
                     isinstance(bound, bool)
                     or not isinstance(bound, (int, float))
-                    or not math.isfinite(bound)
+                    or (isinstance(bound, float) and not math.isfinite(bound))
+                    or (isinstance(bound, int) and abs(bound) > _MAX_EXACT_BOUND)
                 ):
                     raise SpecValueError(
                         str(metric),

@@ -18,8 +18,9 @@ also sums the density's terms, two double-double divisions a term), the exact pr
 comes from one fused multiply-add instruction rather than a call to the C library's
 ``fma``, and the double-double helpers are inlined.
 
-Not replayed: ``n > 1,000,000`` (scipy's closed-form approximation there is cheap: callers
-use scipy's function for it, see :func:`supported`).
+Not replayed: ``n > 1,000,000`` (:data:`MAX_N`), where scipy's closed-form approximation is
+cheap: :func:`smirnov_sf` returns NaN there, and the KS p-values use scipy's function for it
+(``pvalues._compiled_smirnov``).
 """
 
 from __future__ import annotations
@@ -295,8 +296,10 @@ def _mod_nx(n: int, x: float) -> tuple[float, int, float]:  # pragma: no cover -
 
 @_compiled
 def smirnov_sf(n: int, x: float) -> float:  # pragma: no cover - compiled
-    """``scipy.special.smirnov(n, x)`` for ``n <= MAX_N`` (the sf of scipy's ``_smirnov``)."""
-    if not (n > 0 and x >= 0.0 and x <= 1.0):
+    """``scipy.special.smirnov(n, x)`` for ``n <= MAX_N`` (the sf of scipy's ``_smirnov``);
+    NaN for ``n > MAX_N`` (scipy's closed form there is not replayed), as for a bad ``n`` or
+    ``x``."""
+    if not (n > 0 and n <= MAX_N and x >= 0.0 and x <= 1.0):
         return math.nan
     if n == 1:
         return 1 - x

@@ -205,7 +205,9 @@ _COMPILED_MIN_TERMS = 2_000_000
 """Use the compiled Smirnov sums, loading numba for them, when the distinct sums hold at least
 this many terms (the sum of their n): each term saves ~0.2 us against scipy's C function,
 loading numba and the cached machine code costs ~0.4 s. Where numba is loaded already (the
-batched daily path), they are used for any number of sums."""
+batched daily path), they are used for any number of sums. The first process after an install
+compiles them (~3-5 s, then cached on disk, as the other compiled loops); where numba cannot
+cache (no writable place), they are not used at all."""
 
 _SMIRNOV_CHECKS = (
     (1, 0.3),
@@ -249,6 +251,10 @@ def _replay_if_exact() -> _SmirnovMany | None:
     try:
         from mlx_plugins.drift_detectors import _smirnov
     except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    if type(_smirnov.smirnov_many._cache).__name__ == "NullCache":
+        # nowhere to cache the machine code (a read-only image without NUMBA_CACHE_DIR): it
+        # would be compiled in every process (~3-5 s), more than the sums save
         return None
     from scipy.special import smirnov
 

@@ -101,14 +101,25 @@ def test_every_path_gives_scipys_bits_in_threads_and_deduplicated(
     n = rng.integers(1, 2000, 200)
     d = np.sqrt(rng.uniform(2.2, 40.0, 200) / n).clip(0.0, 1.0)
     n[::7], d[::7] = n[0], d[0]  # repeated pairs are evaluated once
-    if path == "compiled":
-        monkeypatch.setattr(pv, "_compiled_smirnov", lambda ns: _smirnov.smirnov_many)
-    else:
-        monkeypatch.setattr(pv, "_compiled_smirnov", lambda ns: None)
-        if path == "scipy ufunc":
-            monkeypatch.setattr(pv, "_smirnov_c", lambda: None)
+    used: list[str] = []
+
+    def compiled(ns: np.ndarray, xs: np.ndarray, out: np.ndarray) -> None:
+        used.append("compiled")
+        _smirnov.smirnov_many(ns, xs, out)
+
+    kernel = pv._smirnov_c()
+    assert kernel is not None  # this scipy exports its C function
+
+    def c_function(k: int, x: float, skip: int) -> float:
+        used.append("scipy C")
+        return kernel(k, x, skip)
+
+    chosen = compiled if path == "compiled" else None
+    monkeypatch.setattr(pv, "_compiled_smirnov", lambda ns: chosen)
+    monkeypatch.setattr(pv, "_smirnov_c", lambda: None if path == "scipy ufunc" else c_function)
     got = pv._smirnov(n, d, workers)
     _assert_same_bits(got, smirnov(n, d), n, d)
+    assert set(used) == ({path} if path != "scipy ufunc" else set())  # that path, and only it
 
 
 def test_the_replay_is_chosen_where_numba_is_loaded_or_the_sums_are_many() -> None:
@@ -119,6 +130,39 @@ def test_the_replay_is_chosen_where_numba_is_loaded_or_the_sums_are_many() -> No
     assert pv._compiled_smirnov(np.array([900, _smirnov.MAX_N + 1])) is None  # scipy's closed form
     assert pv._compiled_smirnov(np.array([], dtype=np.int64)) is None
     assert pv._SMIRNOV_MAX_N == _smirnov.MAX_N
+
+
+def test_without_numba_loaded_the_replay_waits_for_many_sums(monkeypatch: pytest.MonkeyPatch):
+    """Loading numba (~0.4 s) pays only for many terms; where it is loaded, any number."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "mlx_plugins.drift_detectors._fused")
+    few = np.array([900, 950], dtype=np.int64)
+    assert pv._compiled_smirnov(few) is None
+    many = np.full(pv._COMPILED_MIN_TERMS // 1000, 1000, dtype=np.int64)
+    assert pv._compiled_smirnov(many) is _smirnov.smirnov_many
+
+
+def test_above_max_n_the_replay_is_nan_not_another_value():
+    n = np.array([_smirnov.MAX_N, _smirnov.MAX_N + 1], dtype=np.int64)
+    got = _compiled(n, np.array([0.002, 0.002]))
+    assert np.isfinite(got[0]) and np.isnan(got[1])
+
+
+def test_without_a_cache_for_its_machine_code_the_replay_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class NullCache:  # numba's cache where nothing is writable
+        pass
+
+    monkeypatch.setattr(_smirnov.smirnov_many, "_cache", NullCache())
+    pv._replay_if_exact.cache_clear()
+    try:
+        assert pv._replay_if_exact() is None
+    finally:
+        monkeypatch.undo()
+        pv._replay_if_exact.cache_clear()
+    assert pv._replay_if_exact() is _smirnov.smirnov_many
 
 
 def test_a_scipy_whose_values_differ_is_used_instead(

@@ -305,6 +305,13 @@ def test_a_gate_bound_that_is_not_finite_is_refused(tmp_path, bound):
     assert err.key == "attributes.gate.min.roc_auc" and "not a finite number" in err.problem
 
 
+def test_a_gate_bound_too_large_for_a_float_is_refused_not_a_crash(tmp_path):
+    _, err = _error(
+        tmp_path, ("kind: regression}", "kind: binary}\ngate: {min: {roc_auc: 1" + "0" * 400 + "}}")
+    )
+    assert err.key == "attributes.gate.min.roc_auc" and "not a finite number" in err.problem
+
+
 @pytest.mark.parametrize("block", ["drift: {cooldown_minutes: .inf}", "drift: {warn_share: .nan}"])
 def test_an_instance_drift_policy_that_is_not_finite_is_refused(tmp_path, block):
     _, err = _error(tmp_path, ("kind: regression}", f"kind: binary}}\n{block}"))

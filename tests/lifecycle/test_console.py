@@ -55,12 +55,12 @@ def test_a_long_stage_without_a_bar_prints_its_progress_while_it_runs():
         advance(1)
         advance(0, step="train_model")
         deadline = time.monotonic() + 30
-        while "train_model running" not in out.getvalue() and time.monotonic() < deadline:
+        while "started: train_model" not in out.getvalue() and time.monotonic() < deadline:
             time.sleep(0.01)
     lines = out.getvalue().splitlines()
     assert lines[0] == "[mlx] training: 1 model ..."
-    beat = next(line for line in lines if "train_model running" in line)
-    assert beat.startswith("[mlx]   training: 1/3 assets, train_model running, ")
+    beat = next(line for line in lines if "started: train_model" in line)
+    assert beat.startswith("[mlx]   training: 1/3 assets, last step started: train_model, ")
     ended = len(out.getvalue())
     time.sleep(0.05)
     assert len(out.getvalue()) == ended  # the heartbeat stopped with the stage
