@@ -252,7 +252,7 @@ def _replay_if_exact() -> _SmirnovMany | None:
         from mlx_plugins.drift_detectors import _smirnov
     except ImportError:  # pragma: no cover - numba is a dependency
         return None
-    if type(_smirnov.smirnov_many._cache).__name__ == "NullCache":
+    if type(getattr(_smirnov.smirnov_many, "_cache", None)).__name__ == "NullCache":
         # nowhere to cache the machine code (a read-only image without NUMBA_CACHE_DIR): it
         # would be compiled in every process (~3-5 s), more than the sums save
         return None
