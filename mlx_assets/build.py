@@ -4,10 +4,10 @@ the composition only; adding a model is a new ``defs.yaml`` (``mlx_assets/defs/<
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 from pydantic import ValidationError
@@ -37,17 +37,13 @@ def platform_resources(composition: Composition) -> dict[str, object]:
 
     settings = dict(composition.settings)
     llm = {"llm": settings.pop("llm")} if "llm" in settings else None
-    try:
-        platform = Platform(**settings)
-    except ValidationError as exc:
-        raise _settings_error(composition, exc, llm) from None
-    except Exception as exc:
-        raise CompositionError(
-            composition.source,
-            "settings",
-            str(exc).splitlines()[0],
-            "see mlx_resources/platform.py for the fields",
-        ) from None
+    platform = _built(
+        composition,
+        "settings",
+        "mlx_resources/platform.py",
+        lambda: Platform(**settings),
+        lambda exc: _settings_error(composition, exc, llm),
+    )
     home = platform.home_path
     out: dict[str, object] = {
         "platform": platform,
@@ -61,6 +57,29 @@ def platform_resources(composition: Composition) -> dict[str, object]:
         if providers:
             out[LLM_SETTINGS_KEY] = group
     return out
+
+
+_T = TypeVar("_T")
+
+
+def _built(
+    composition: Composition,
+    key: str,
+    fields_in: str,
+    build: Callable[[], _T],
+    invalid: Callable[[ValidationError], CompositionError],
+) -> _T:
+    """``build()``, or a ``CompositionError``: ``invalid(exc)`` for a pydantic
+    ``ValidationError``, otherwise the exception's first line under ``key``, pointing to the
+    fields in ``fields_in``."""
+    try:
+        return build()
+    except ValidationError as exc:
+        raise invalid(exc) from None
+    except Exception as exc:
+        raise CompositionError(
+            composition.source, key, str(exc).splitlines()[0], f"see {fields_in} for the fields"
+        ) from None
 
 
 class _SettingsErrors(Exception):
@@ -115,19 +134,15 @@ def llm_settings_resource(composition: Composition, llm: dict[str, Any]) -> Any:
     """
     from mlx_plugins.llm_providers.settings import LLMSettings
 
-    try:
-        return LLMSettings(**llm)
-    except ValidationError as exc:
-        raise from_validation_error(
+    return _built(
+        composition,
+        "settings.llm",
+        "mlx_plugins/llm_providers/settings.py",
+        lambda: LLMSettings(**llm),
+        lambda exc: from_validation_error(
             composition.source, "settings", exc, LLMSettings.model_fields
-        ) from None
-    except Exception as exc:
-        raise CompositionError(
-            composition.source,
-            "settings.llm",
-            str(exc).splitlines()[0],
-            "see mlx_plugins/llm_providers/settings.py for the fields",
-        ) from None
+        ),
+    )
 
 
 IO_MANAGERS = {"polars_files": "PolarsIOManager"}

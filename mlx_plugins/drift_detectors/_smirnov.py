@@ -278,8 +278,9 @@ def _pow4(  # pragma: no cover - compiled
 
 
 @_compiled
-def _mod_nx(n: int, x: float) -> tuple[float, int, float]:  # pragma: no cover - compiled
-    """``modNX``: (alpha, floor(n x), n x), with n x and its floor exact."""
+def _mod_nx(n: int, x: float) -> tuple[float, int]:  # pragma: no cover - compiled
+    """``modNX``: (alpha, floor(n x)), the fractional part of n x and its floor, exactly (scipy's
+    ``nx`` output feeds only the density, not computed here)."""
     nh, nl = _mul_d(x, 0.0, float(n))
     fh = math.floor(nh)
     fl = 0.0
@@ -291,7 +292,7 @@ def _mod_nx(n: int, x: float) -> tuple[float, int, float]:  # pragma: no cover -
     if alpha == 1:
         floor_nx += 1
         alpha = 0.0
-    return alpha, floor_nx, nh
+    return alpha, floor_nx
 
 
 @_compiled
@@ -307,7 +308,7 @@ def smirnov_sf(n: int, x: float) -> float:  # pragma: no cover - compiled
         return 1.0
     if x == 1.0:
         return 0.0
-    alpha, nxfl, _nx = _mod_nx(n, x)
+    alpha, nxfl = _mod_nx(n, x)
     n1mxfl = n - nxfl - (0 if alpha == 0 else 1)
     n1mxceil = n - nxfl
     if alpha == 0:

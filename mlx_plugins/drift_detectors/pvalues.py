@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -232,8 +233,6 @@ def _compiled_smirnov(ns: np.ndarray) -> _SmirnovMany | None:
     """The compiled ``smirnov_many(ns, xs, out)`` if it should evaluate sums of sizes ``ns``
     (sorted int64): all within its range, numba loaded or the sums many, and its values on
     :data:`_SMIRNOV_CHECKS` those of the installed scipy; else None."""
-    import sys
-
     if not len(ns) or int(ns[-1]) > _SMIRNOV_MAX_N:
         return None
     if "mlx_plugins.drift_detectors._fused" not in sys.modules and int(ns.sum()) < (
